@@ -1,0 +1,151 @@
+"""Model, audio and streaming settings: one frozen dataclass stored in every checkpoint and export.
+
+Every time <-> step <-> mel-frame <-> sample conversion goes through the constants and
+properties here, so the video rate, the mel hop and the audio rate can never disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+SAMPLE_RATE = 16_000  # Hz, mono
+HOP_LENGTH = 160  # samples between mel frames: 10 ms
+N_FFT = 400  # 25 ms analysis window
+N_MELS = 80
+FPS = 10  # video frames (= model steps) per second
+MELS_PER_STEP = SAMPLE_RATE // HOP_LENGTH // FPS  # 10 mel frames per video frame
+SAMPLES_PER_STEP = MELS_PER_STEP * HOP_LENGTH  # 1600 samples per video frame
+IMAGE_SIZE = 112
+VIDEO_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's video-model normalisation
+VIDEO_STD = (0.22803, 0.22145, 0.216989)
+
+HEADS = ("individual-fc", "shared-fc", "av-only")  # paper Table 2: ours, shared FC, single multi-modal
+FORMAT_VERSION = 1  # of checkpoints and export directories
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built or does not match what it is loaded into."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything needed to rebuild the model and feed it the right inputs.
+
+    ``width`` scales every channel count of both backbones (1.0 = the paper's MC3-18, 512-d
+    embeddings); ``layers`` gives the number of residual blocks per stage for both backbones.
+    ``causal`` pads the temporal convolutions on the past only: no lookahead when streaming,
+    but a different model that must be trained as such.
+    """
+
+    num_classes: int = 309
+    width: float = 1.0
+    layers: tuple[int, int, int, int] = (2, 2, 2, 2)
+    head: str = "individual-fc"
+    causal: bool = False
+    clip_seconds: float = 10.0
+    window_seconds: float = 3.0
+    fps: int = FPS
+    image_size: int = IMAGE_SIZE
+    sample_rate: int = SAMPLE_RATE
+    n_mels: int = N_MELS
+    hop_length: int = HOP_LENGTH
+    n_fft: int = N_FFT
+    class_names: tuple[str, ...] = field(default=(), compare=False)
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ConfigError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
+        if self.width <= 0 or len(self.layers) != 4 or min(self.layers) < 1:
+            raise ConfigError(f"bad backbone shape: width={self.width}, layers={self.layers}")
+        if (self.fps, self.sample_rate, self.hop_length, self.n_mels) != (FPS, SAMPLE_RATE, HOP_LENGTH, N_MELS):
+            raise ConfigError("fps, sample_rate, hop_length and n_mels are fixed by the method (10, 16000, 160, 80)")
+        if self.image_size % 16:
+            raise ConfigError(f"image_size must be a multiple of 16, not {self.image_size}")
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ConfigError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+        object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+
+    # -- derived sizes --------------------------------------------------------------------
+    def channels(self, base: int) -> int:
+        """Channel count of a stage whose full-width size is ``base``."""
+        return max(8, int(round(base * self.width)))
+
+    @property
+    def embed_dim(self) -> int:
+        return self.channels(512)
+
+    @property
+    def clip_steps(self) -> int:
+        return int(round(self.clip_seconds * self.fps))
+
+    @property
+    def window_steps(self) -> int:
+        return int(round(self.window_seconds * self.fps))
+
+    @property
+    def map_size(self) -> int:
+        return self.image_size // 16
+
+    @property
+    def lookahead_steps(self) -> int:
+        """Steps a streaming model waits before a step is final: stem + 4 layer-1 convs."""
+        return 0 if self.causal else 5
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layers"] = list(self.layers)
+        d["class_names"] = list(self.class_names)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}: written by a newer soundloc?")
+        d = dict(d)
+        if "layers" in d:
+            d["layers"] = tuple(d["layers"])
+        if "class_names" in d:
+            d["class_names"] = tuple(d["class_names"])
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS: dict[str, Config] = {
+    "paper": Config(),
+    # A CPU-trainable model: a quarter of the channels and one block per stage.
+    "small": Config(width=0.25, layers=(1, 1, 1, 1)),
+    # For tests: tiny and fast; still every mechanism of the full model.
+    "tiny": Config(width=0.0625, layers=(1, 1, 1, 1), clip_seconds=2.0),
+}
+
+
+def preset(name: str, **overrides: Any) -> Config:
+    """A named config (``paper``, ``small``, ``tiny``) with fields overridden."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides)
+
+
+def seconds_to_steps(seconds: float) -> int:
+    return int(round(seconds * FPS))
+
+
+def steps_to_seconds(steps: int | float) -> float:
+    return steps / FPS
+
+
+def samples_to_steps(samples: int) -> int:
+    """Whole model steps covered by ``samples`` audio samples."""
+    return samples // SAMPLES_PER_STEP
