@@ -92,8 +92,9 @@ class Config:
 
     @property
     def lookahead_steps(self) -> int:
-        """Steps a streaming model waits before a step is final: stem + 4 layer-1 convs."""
-        return 0 if self.causal else 5
+        """Steps a streaming model waits before a step is final: one per 3-tap temporal conv
+        (the stem and two per layer-1 block: 5 for MC3-18), none when causal."""
+        return 0 if self.causal else 1 + 2 * self.layers[0]
 
     # -- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
