@@ -4,18 +4,21 @@ import time), so `soundloc --help` answers at once on an edge box."""
 
 from __future__ import annotations
 
-from .app import app
+import sys
+
+from .app import app, run_app
 from . import info  # noqa: F401  (registers commands)
+from . import synth  # noqa: F401
+from . import devices  # noqa: F401
+from . import evaluate  # noqa: F401
 
 
 def main() -> None:
-    app()
+    run_app()
 
 
 def _run_one(command: str) -> None:
-    import sys
-
-    app(args=[command, *sys.argv[1:]], prog_name=f"soundloc-{command}")
+    run_app([command, *sys.argv[1:]], prog_name=f"soundloc-{command}")
 
 
 def export_main() -> None:

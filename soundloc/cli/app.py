@@ -1,6 +1,10 @@
-"""The `soundloc` typer app that every command module registers on."""
+"""The `soundloc` typer app that every command module registers on, and the one place where
+errors become one-line messages (tracebacks only with --debug)."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import typer
 
@@ -11,3 +15,31 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+@app.callback()
+def _global(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    if debug:
+        os.environ["SOUNDLOC_DEBUG"] = "1"
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    """Print a one-line error and return the Exit to raise (``raise fail(...)``)."""
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def run_app(args: list[str] | None = None, prog_name: str = "soundloc") -> None:
+    """Run the CLI; any exception becomes one line on stderr and exit code 1, unless --debug."""
+    try:
+        app(args=args, prog_name=prog_name)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # the CLI boundary: users get one line, developers use --debug
+        if os.environ.get("SOUNDLOC_DEBUG") or "--debug" in (args if args is not None else sys.argv):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        typer.echo(f"error: {type(e).__name__}: {msg}" if msg else f"error: {type(e).__name__}", err=True)
+        typer.echo("(run with --debug for the full traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,66 @@
+"""A model's description for `soundloc info`: config, parameter counts, GMAC per step."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..config import preset
+from .checkpoint import load_checkpoint
+from .classifier import AVClassifier, count_parameters
+from .cost import macs_per_step
+
+
+def describe(ckpt: Path | None = None, preset_name: str = "paper") -> dict[str, Any]:
+    if ckpt is not None:
+        model, data = load_checkpoint(ckpt)
+        source = str(ckpt)
+        epoch = data.get("epoch")
+    else:
+        model, source, epoch = AVClassifier(preset(preset_name)).eval(), f"preset '{preset_name}' (untrained)", None
+    cfg = model.config
+    macs = macs_per_step(model, cfg)
+    heads = sum(count_parameters(m) for n, m in model.named_children() if n.startswith("fc"))
+    return {
+        "source": source,
+        "epoch": epoch,
+        "config": {k: v for k, v in cfg.to_dict().items() if k != "class_names"},
+        "num_class_names": len(cfg.class_names),
+        "lookahead_steps": cfg.lookahead_steps,
+        "lookahead_seconds": cfg.lookahead_steps / cfg.fps,
+        "parameters": {"video": count_parameters(model.video), "audio": count_parameters(model.audio),
+                       "heads": heads, "total": count_parameters(model)},
+        "gmac_per_frame": {k: round(v / 1e9, 4) for k, v in macs.items()},
+    }
+
+
+def print_description(desc: dict[str, Any]) -> None:
+    console = Console()
+    console.print(f"[bold]{desc['source']}[/bold]" + (f", epoch {desc['epoch']}" if desc["epoch"] is not None else ""))
+    table = Table("setting", "value", box=None)
+    for k, v in desc["config"].items():
+        table.add_row(k, str(v))
+    table.add_row("lookahead", f"{desc['lookahead_steps']} steps ({desc['lookahead_seconds']:.1f} s)")
+    console.print(table)
+    cost = Table("network", "parameters", "GMAC / frame", box=None)
+    for net in ("video", "audio"):
+        cost.add_row(net, f"{desc['parameters'][net]:,}", f"{desc['gmac_per_frame'][net]:.3f}")
+    cost.add_row("heads", f"{desc['parameters']['heads']:,}", "-")
+    cost.add_row("total", f"{desc['parameters']['total']:,}", f"{sum(desc['gmac_per_frame'].values()):.3f}")
+    console.print(cost)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)

@@ -1,0 +1,56 @@
+"""The streaming step graph's PyTorch form equals the offline model, step for step."""
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch (the train extra) not installed")
+
+from soundloc.config import Config  # noqa: E402
+from soundloc.model.classifier import AVClassifier, localization_maps, moment_scores  # noqa: E402
+from soundloc.model.streaming import StreamingModel  # noqa: E402
+
+from conftest import randomise_batchnorm  # noqa: E402
+
+
+def _stream(sm, video, mel):
+    B, _, T = video.shape[:3]
+    states = sm.initial_state(B)
+    alphas, scores = [], []
+    for n in range(T + sm.lookahead):
+        real = n < T
+        frame = video[:, :, n:n + 1] if real else torch.zeros_like(video[:, :, :1])
+        m = mel[:, :, 10 * n:10 * n + 10] if real else torch.zeros_like(mel[:, :, :10])
+        out = sm(frame, m, torch.full((B, 1), float(real)), *states)
+        alpha, score, _, _, valid = out[:5]
+        states = list(out[5:])
+        assert bool(valid.all()) == (n >= sm.lookahead)
+        if n >= sm.lookahead:
+            alphas.append(alpha)
+            scores.append(score)
+    return torch.stack(alphas, 1), torch.stack(scores, 1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_stream_equals_offline(causal):
+    torch.manual_seed(0)
+    model = AVClassifier(Config(width=0.125, num_classes=4, causal=causal)).eval()
+    randomise_batchnorm(model)
+    T = 24
+    video, mel = torch.randn(2, 3, T, 112, 112), torch.randn(2, 1, 10 * T, 80)
+    with torch.no_grad():
+        f = model.features(video, mel)
+        ref_alpha, ref_score = localization_maps(f.V, f.za), moment_scores(f.zv, f.za)
+        sm = StreamingModel(model)
+        assert sm.lookahead == (0 if causal else 5)
+        alpha, score = _stream(sm, video, mel)
+    assert alpha.shape == ref_alpha.shape
+    torch.testing.assert_close(alpha, ref_alpha, atol=1e-4, rtol=0)
+    torch.testing.assert_close(score, ref_score, atol=1e-4, rtol=1e-5)
+
+
+def test_state_layout_is_named_and_shaped():
+    sm = StreamingModel(AVClassifier(Config(width=0.125, num_classes=4)).eval())
+    assert sm.state_names[0] == "state.valid" and sm.state_shapes[0] == (5,)
+    assert "video.layer1.1.conv2" in sm.state_names and "audio.stem" in sm.state_names
+    assert len(sm.state_names) == len(sm.state_shapes) == 1 + 2 * 5  # valid + 5 temporal convs per net
+    assert sm.state_shapes[sm.state_names.index("video.stem")] == (3, 2, 112, 112)
+    assert sm.state_shapes[sm.state_names.index("audio.stem")] == (1, 20, 80)
