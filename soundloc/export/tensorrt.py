@@ -1,0 +1,415 @@
+"""Build a TensorRT engine from an exported ONNX graph, on TensorRT 10.x (JetPack 6) and 11.x.
+
+Precision is decided by a pure function, ``plan_build``, so the version logic is tested where
+TensorRT cannot be installed:
+
+- TensorRT 10.x, fp16 from an fp32 graph: weakly typed network + ``BuilderFlag.FP16``
+  (deprecated since 10.12, so a note says to export an fp16 graph instead);
+- TensorRT 10.x otherwise: a strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``)
+  that computes in the graph's own types;
+- TensorRT >= 11: every network is strongly typed and the FP16 flag is gone, so fp16 needs an
+  ONNX whose weights and compute are already fp16; asking fp16 of an fp32 graph is an error that
+  says which graph to export.
+
+The same strongly typed path (precision exported into the ONNX) works on both majors. The
+build also sets a workspace limit, reuses a timing cache file (loaded if present, written back
+atomically), builds one optimisation profile over the batch dim of every input, optionally puts
+layers on a DLA core with GPU fallback, reports progress (``IProgressMonitor``) and writes the
+engine atomically. ``engine_metadata`` is the record the runtime checks before loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import onnx
+from onnx import TensorProto
+
+from soundloc.export.trt_ops import check_tensorrt_compat
+from soundloc.runtime.backend import BackendError
+from soundloc.runtime.tensorrt_backend import (
+    GpuInfo, import_tensorrt, normalize_cc, parse_version, query_gpu,
+)
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16")
+ProgressCallback = Callable[[str, int, int], None]  # (phase name, steps done, steps in phase)
+Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]  # name -> min/opt/max
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be done as asked; the message says what to do instead."""
+
+
+# -- the plan (pure) ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildPlan:
+    """How to build for one TensorRT version: network typing, builder flags, and notes to show."""
+
+    trt_version: str
+    precision: str
+    strongly_typed: bool  # the network computes in the ONNX's own types
+    strongly_typed_flag: bool  # pass NetworkDefinitionCreationFlag.STRONGLY_TYPED (10.x only)
+    fp16_flag: bool  # set BuilderFlag.FP16 (weakly typed, 10.x only)
+    dla_core: int | None = None
+    notes: tuple[str, ...] = ()
+
+
+def plan_build(trt_version: str, precision: str, onnx_is_fp16: bool,
+               dla_core: int | None = None) -> BuildPlan:
+    """The build recipe for ``precision`` on TensorRT ``trt_version`` (e.g. '10.3.0').
+
+    Raises ValueError for bad options and ExportError for combinations no TensorRT of that
+    version can build as asked.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if dla_core is not None and (not isinstance(dla_core, int) or dla_core < 0):
+        raise ValueError(f"dla_core must be a non-negative int or None, not {dla_core!r}")
+    major, minor, _ = parse_version(trt_version)
+    if major < 10:
+        raise ExportError(f"TensorRT {trt_version} is too old: soundloc needs TensorRT 10 or newer "
+                          "(JetPack 6 ships 10.3)")
+    if precision == "fp32" and onnx_is_fp16:
+        raise ExportError("asked for an fp32 engine from an fp16 ONNX graph: build from the fp32 "
+                          "graph, or ask for --precision fp16")
+    if dla_core is not None and precision != "fp16":
+        raise ExportError("DLA runs FP16/INT8 layers only: use --precision fp16 with a DLA core")
+    if major >= 11:
+        return _plan_strong(trt_version, precision, onnx_is_fp16, dla_core, flag=False)
+    if precision == "fp16" and not onnx_is_fp16:
+        notes = ()
+        if minor >= 12:
+            notes = (f"TensorRT {trt_version}: weak typing (BuilderFlag.FP16) is deprecated since "
+                     "10.12 and gone in 11; export the fp16 ONNX graph to build strongly typed",)
+        return BuildPlan(trt_version, precision, strongly_typed=False, strongly_typed_flag=False,
+                         fp16_flag=True, dla_core=dla_core, notes=notes)
+    return _plan_strong(trt_version, precision, onnx_is_fp16, dla_core, flag=True)
+
+
+def _plan_strong(trt_version: str, precision: str, onnx_is_fp16: bool, dla_core: int | None,
+                 *, flag: bool) -> BuildPlan:
+    if precision == "fp16" and not onnx_is_fp16:
+        raise ExportError(
+            f"TensorRT {trt_version} builds strongly typed networks only (no FP16 builder flag): an "
+            "fp16 engine needs the fp16 ONNX graph; export it with `soundloc export CKPT --format "
+            "onnx --precision fp16` and build the engine from that graph")
+    return BuildPlan(trt_version, precision, strongly_typed=True, strongly_typed_flag=flag,
+                     fp16_flag=False, dla_core=dla_core)
+
+
+def onnx_is_fp16(model: onnx.ModelProto) -> bool:
+    """True when most floating-point weight elements (initializers and Constants) are fp16.
+
+    soundloc's fp16 graphs keep fp32 inputs/outputs and a few fp32 constants around the Casts,
+    so 'all weights fp16' would be too strict; the majority of weight elements is the signal.
+    """
+    counts = {TensorProto.FLOAT16: 0, TensorProto.FLOAT: 0, TensorProto.BFLOAT16: 0}
+    tensors = list(model.graph.initializer) + [
+        a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    for t in tensors:
+        if t.data_type in counts:
+            size = 1
+            for d in t.dims:
+                size *= d
+            counts[t.data_type] += size
+    return counts[TensorProto.FLOAT16] > counts[TensorProto.FLOAT] + counts[TensorProto.BFLOAT16]
+
+
+# -- shapes (pure) --------------------------------------------------------------------------------
+def onnx_input_dims(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Graph inputs (initializers excluded) -> dims, None where the dim is symbolic/dynamic."""
+    inits = {i.name for i in model.graph.initializer}
+    dims = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        shape = vi.type.tensor_type.shape
+        dims[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                              for d in shape.dim)
+    return dims
+
+
+def profile_shapes(input_dims: Mapping[str, Sequence[int | None]], batch: tuple[int, int, int],
+                   fixed_dims: Mapping[str, Sequence[int]] | None = None) -> Profile:
+    """(min, opt, max) shapes per input: dim 0 is the batch, the rest must be static.
+
+    ``fixed_dims`` gives the non-batch dims of inputs whose ONNX dims are dynamic (e.g. T of
+    the offline graphs), fixing them for this engine.
+    """
+    lo, opt, hi = _check_batch(batch)
+    fixed = dict(fixed_dims or {})
+    unknown = sorted(set(fixed) - set(input_dims))
+    if unknown:
+        raise ValueError(f"fixed_dims names unknown inputs {unknown}; inputs are {sorted(input_dims)}")
+    profile: Profile = {}
+    for name, dims in input_dims.items():
+        if len(dims) == 0:
+            raise ExportError(f"input '{name}' is a scalar: engines need a batch dim first")
+        rest = tuple(fixed[name]) if name in fixed else tuple(dims[1:])
+        if len(rest) != len(dims) - 1 or any(d is None or d < 1 for d in rest):
+            raise ExportError(f"input '{name}' has dims {_fmt(dims)}: every dim but the batch must be "
+                              f"static; give its other {len(dims) - 1} dims in fixed_dims")
+        if dims[0] is not None and (lo, opt, hi) != (dims[0],) * 3:
+            raise ExportError(f"input '{name}' has a fixed batch of {dims[0]}: export the graph with a "
+                              f"dynamic batch, or ask for batch=({dims[0]}, {dims[0]}, {dims[0]})")
+        profile[name] = ((lo, *rest), (opt, *rest), (hi, *rest))
+    return profile
+
+
+def _check_batch(batch: Sequence[int]) -> tuple[int, int, int]:
+    ints = len(batch) == 3 and all(isinstance(b, int) for b in batch)
+    if not ints or not 1 <= batch[0] <= batch[1] <= batch[2]:
+        raise ValueError(f"batch must be (min, opt, max) ints with 1 <= min <= opt <= max, not {batch!r}")
+    return int(batch[0]), int(batch[1]), int(batch[2])
+
+
+def _fmt(dims: Sequence[int | None]) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+
+
+# -- the result and its record ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class EngineInfo:
+    """What was built, on what; ``engine_metadata`` turns it into the soundloc.json record."""
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str  # 'major.minor'
+    precision: str
+    strongly_typed: bool
+    build_seconds: float
+    profile: Profile = field(default_factory=dict)
+    dla_core: int | None = None
+    engine_sha256: str = ""
+    engine_bytes: int = 0
+
+
+def engine_metadata(info: EngineInfo) -> dict[str, Any]:
+    """JSON-ready record for ``soundloc.json`` (key "tensorrt"), checked by the runtime."""
+    return {
+        "tensorrt_version": info.tensorrt_version,
+        "gpu_name": info.gpu_name,
+        "compute_capability": info.compute_capability,
+        "dla_core": info.dla_core,
+        "precision": info.precision,
+        "strongly_typed": info.strongly_typed,
+        "profile": {n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])}
+                    for n, s in info.profile.items()},
+        "build_seconds": round(info.build_seconds, 3),
+        "engine_sha256": info.engine_sha256,
+        "engine_bytes": info.engine_bytes,
+    }
+
+
+def engine_info_from_metadata(record: Mapping[str, Any]) -> EngineInfo:
+    """Inverse of ``engine_metadata`` (accepts the whole soundloc.json too)."""
+    record = record.get("tensorrt", record)
+    profile = {n: (tuple(s["min"]), tuple(s["opt"]), tuple(s["max"])) for n, s in record["profile"].items()}
+    return EngineInfo(
+        tensorrt_version=str(record["tensorrt_version"]), gpu_name=str(record["gpu_name"]),
+        compute_capability=normalize_cc(record["compute_capability"]), precision=record["precision"],
+        strongly_typed=bool(record["strongly_typed"]), build_seconds=float(record["build_seconds"]),
+        profile=profile, dla_core=record.get("dla_core"), engine_sha256=record.get("engine_sha256", ""),
+        engine_bytes=int(record.get("engine_bytes", 0)))
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# -- the build (needs TensorRT) ---------------------------------------------------------------------
+def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: str = "fp32",
+                 workspace_gib: float = 2.0, timing_cache: str | Path | None = None,
+                 batch: tuple[int, int, int] = (1, 1, 4),
+                 fixed_dims: Mapping[str, Sequence[int]] | None = None, dla_core: int | None = None,
+                 progress: ProgressCallback | None = None, check_ops: bool = True) -> EngineInfo:
+    """Build ``engine_path`` from ``onnx_path``; see the module docstring for what is set.
+
+    ``batch``: (min, opt, max) of dim 0 of every input; ``workspace_gib``: builder scratch
+    memory limit in GiB; ``progress``: called with (phase, done, total) from TensorRT's
+    threads; None shows a rich progress bar. ``check_ops`` runs ``check_tensorrt_compat`` first.
+    fp32 keeps TensorRT's default TF32 for convolutions/matmuls on Ampere and newer (as trtexec
+    does): expect ~1e-3 relative differences from onnxruntime's fp32, not 1e-6.
+    """
+    if not workspace_gib > 0:
+        raise ValueError(f"workspace_gib must be > 0, not {workspace_gib!r}")
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    problems = check_tensorrt_compat(model) if check_ops else []
+    if problems:
+        raise ExportError(f"{onnx_path} has {len(problems)} problem(s) for TensorRT:\n  "
+                          + "\n  ".join(problems))
+    profile = profile_shapes(onnx_input_dims(model), batch, fixed_dims)
+    trt = _import_trt()
+    plan = plan_build(trt.__version__, precision, onnx_is_fp16(model), dla_core)
+    for note in plan.notes:
+        log.warning(note)
+    gpu = _query_gpu()
+    start = time.monotonic()
+    with _progress_reporter(progress) as report:
+        data = _build_serialized(trt, onnx_path, plan, profile, workspace_gib, timing_cache, report)
+    seconds = time.monotonic() - start
+    atomic_write(engine_path, data)
+    log.info("built %s in %.1f s (%d bytes)", engine_path, seconds, len(data))
+    return EngineInfo(trt.__version__, gpu.name, gpu.compute_capability, precision, plan.strongly_typed,
+                      seconds, profile, dla_core, hashlib.sha256(data).hexdigest(), len(data))
+
+
+def _import_trt() -> Any:
+    try:
+        return import_tensorrt()
+    except BackendError as exc:
+        raise ExportError(str(exc)) from exc
+
+
+def _query_gpu() -> GpuInfo:
+    try:
+        return query_gpu(0)
+    except BackendError as exc:
+        raise ExportError(f"cannot build a TensorRT engine here: {exc}") from exc
+
+
+def _build_serialized(trt: Any, onnx_path: Path, plan: BuildPlan, profile: Profile,
+                      workspace_gib: float, timing_cache: str | Path | None,
+                      report: ProgressCallback | None) -> bytes:
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, parser = _parse_network(trt, builder, logger, onnx_path, plan)  # parser outlives network
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if plan.fp16_flag:
+        config.set_flag(trt.BuilderFlag.FP16)
+    _set_profile(builder, config, profile)
+    if plan.dla_core is not None:
+        _set_dla(trt, builder, config, plan.dla_core)
+    cache = _load_timing_cache(config, timing_cache)
+    monitor = _progress_monitor(trt, report) if report is not None else None
+    if monitor is not None:
+        config.progress_monitor = monitor  # must outlive the build: kept in this frame
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ExportError(f"TensorRT {trt.__version__} could not build {onnx_path} (see its log above)")
+    if timing_cache is not None:
+        atomic_write(timing_cache, bytes(memoryview(cache.serialize())))
+    del parser
+    return bytes(memoryview(serialized))
+
+
+def _parse_network(trt: Any, builder: Any, logger: Any, onnx_path: Path,
+                   plan: BuildPlan) -> tuple[Any, Any]:
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if plan.strongly_typed_flag else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from the file: finds external weights
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise ExportError(f"TensorRT's ONNX parser refused {onnx_path}:\n  " + "\n  ".join(errors))
+    return network, parser
+
+
+def _set_profile(builder: Any, config: Any, profile: Profile) -> None:
+    opt_profile = builder.create_optimization_profile()
+    for name, (lo, opt, hi) in profile.items():
+        opt_profile.set_shape(name, lo, opt, hi)
+    if config.add_optimization_profile(opt_profile) < 0:
+        raise ExportError(f"TensorRT refused the optimisation profile {profile}")
+
+
+def _set_dla(trt: Any, builder: Any, config: Any, dla_core: int) -> None:
+    cores = int(getattr(builder, "num_DLA_cores", 0))
+    if dla_core >= cores:
+        raise ExportError(f"DLA core {dla_core} asked, but TensorRT {trt.__version__} sees {cores} DLA "
+                          "core(s) here (Jetson AGX Orin has 2; JetPack 6's TensorRT 10.3 supports them)")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = dla_core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # MC3's 3-D layers cannot run on DLA
+
+
+def _load_timing_cache(config: Any, path: str | Path | None) -> Any:
+    """The timing cache from ``path`` if it exists and matches this TensorRT/GPU, else a new one."""
+    data = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
+    cache = config.create_timing_cache(data)
+    if config.set_timing_cache(cache, False):
+        return cache
+    log.warning("timing cache %s is from another TensorRT or GPU; starting a new one", path)
+    cache = config.create_timing_cache(b"")
+    if not config.set_timing_cache(cache, False):
+        raise ExportError("TensorRT refused a new, empty timing cache")
+    return cache
+
+
+# -- progress ----------------------------------------------------------------------------------------
+def _progress_monitor(trt: Any, report: ProgressCallback) -> Any:
+    """An IProgressMonitor that forwards to ``report`` (thread-safe), or None if absent."""
+    base = getattr(trt, "IProgressMonitor", None)
+    if base is None:
+        return None
+
+    class _Monitor(base):  # type: ignore[misc, valid-type]
+        def __init__(self) -> None:
+            base.__init__(self)
+            self._lock = threading.Lock()
+            self._totals: dict[str, int] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            with self._lock:
+                self._totals[phase_name] = num_steps
+                report(phase_name, 0, num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            with self._lock:
+                report(phase_name, step + 1, self._totals.get(phase_name, step + 1))
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name: str) -> None:
+            with self._lock:
+                total = self._totals.pop(phase_name, 1)
+                report(phase_name, total, total)
+
+    return _Monitor()
+
+
+@contextmanager
+def _progress_reporter(progress: ProgressCallback | None) -> Iterator[ProgressCallback | None]:
+    """The caller's callback, or a rich display: bars per build phase, or a spinner when this
+    TensorRT has no IProgressMonitor (the callback is then never called)."""
+    if progress is not None:
+        yield progress
+        return
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bars:
+        overall = bars.add_task("building TensorRT engine", total=None)
+        tasks: dict[str, Any] = {}
+
+        def report(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(f"  {phase}", total=max(total, 1))
+            bars.update(tasks[phase], completed=done, total=max(total, 1))
+
+        yield report
+        bars.update(overall, total=1, completed=1)
