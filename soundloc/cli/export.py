@@ -1,0 +1,79 @@
+"""`soundloc export`: a checkpoint -> an export directory of ONNX graphs or TensorRT engines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app, fail
+
+
+@app.command("export")
+def export(
+    ckpt: Path = typer.Argument(..., help="soundloc checkpoint (.pt) to export."),
+    out: Path = typer.Option(..., "--out", "-o", help="Export directory to write."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx, or engine (ONNX + TensorRT engines)."),
+    precision: str = typer.Option("fp32", help="fp32, or fp16 (fp16 weights and compute, fp32 I/O)."),
+    max_batch: int = typer.Option(16, help="Most streams one step call serves (engine profile max)."),
+    workspace_gib: float = typer.Option(2.0, help="TensorRT builder workspace limit, GiB."),
+    timing_cache: Optional[Path] = typer.Option(None, help="TensorRT timing cache file, reused across builds."),
+    dla_core: Optional[int] = typer.Option(None, help="Jetson: build for this DLA core (GPU fallback)."),
+    verify: bool = typer.Option(False, "--verify", help="Compare onnxruntime with PyTorch; exit 1 above tolerance."),
+    clip: Optional[Path] = typer.Option(None, help="Video to verify on (default: a generated 100-step clip)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write export and verify figures here."),
+) -> None:
+    """Export the step graph (exact streaming) and the offline video/audio graphs."""
+    import logging
+
+    from rich.console import Console
+
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    from ..export.onnx import export_checkpoint
+
+    console = Console(stderr=True)
+    try:
+        bundle = export_checkpoint(ckpt, out, format=format, precision=precision, max_batch=max_batch,
+                                   workspace_gib=workspace_gib, timing_cache=timing_cache, dla_core=dla_core,
+                                   progress=console.print)
+    except ValueError as e:
+        raise fail(str(e))
+    files = [rec for g in bundle.manifest["graphs"].values() for rec in g["files"].values()]
+    for rec in files:
+        console.print(f"  {rec['file']}: {rec['bytes'] / 1e6:.1f} MB")
+    figures = {"export": {"dir": str(out), "precision": precision, "format": format,
+                          "seconds": bundle.manifest["export_seconds"],
+                          "bytes": {r["file"]: r["bytes"] for r in files}}}
+    if verify:
+        figures["verify"] = _verify(bundle, ckpt, clip, console)
+    if json_out:
+        from ..model.summary import write_json
+
+        write_json(figures, json_out)
+    console.print(f"wrote {out}")
+    if verify and not figures["verify"]["ok"]:
+        raise typer.Exit(1)
+
+
+def _verify(bundle, ckpt: Path, clip: Optional[Path], console) -> dict:
+    from ..export.verify import verify
+    from ..model.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    data = None
+    if clip is not None:
+        from ..preprocess import file_inputs
+
+        data = file_inputs(clip, model.config)
+    report = verify(bundle, model, data)
+    console.print(f"verify ({report.precision}, {report.steps} steps): max abs error")
+    for k, e in report.offline_vs_torch.items():
+        console.print(f"  offline {k:>5} vs PyTorch : {e:.2e}   (|ref| max {report.scale[k]:.2e})")
+    for k, e in report.stream_vs_offline.items():
+        console.print(f"  stream  {k:>5} vs offline: {e:.2e}")
+    if report.map_ciou_min is not None:
+        console.print(f"  binarised maps vs fp32: min cIoU {report.map_ciou_min:.3f}")
+    for f in report.failures:
+        console.print(f"[red]FAIL[/red] {f}")
+    return report.as_dict()

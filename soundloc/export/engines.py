@@ -1,0 +1,38 @@
+"""TensorRT engines for every graph of an export directory, recorded in its ``soundloc.json``.
+
+The step graph gets a profile over the batch (1 .. ``max_batch`` streams, optimised for 1);
+the offline graphs are built for one clip length (``config.clip_steps``) since TensorRT
+profiles want static non-batch dims here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from ..runtime.bundle import Bundle, file_record, read_bundle, write_manifest
+from .tensorrt import build_engine, engine_metadata
+
+
+def build_engines(bundle: Bundle, *, precision: str, max_batch: int, workspace_gib: float,
+                  timing_cache: str | Path | None, dla_core: int | None) -> Bundle:
+    cfg = bundle.config
+    S, T = cfg.image_size, cfg.clip_steps
+    fixed = {"step": None, "video": {"video": (3, T, S, S)}, "audio": {"mel": (1, 10 * T, cfg.n_mels)}}
+    cache = timing_cache or bundle.root / "timing.cache"
+    manifest = dict(bundle.manifest)
+    console = Console(stderr=True)
+    for name in ("step", "video", "audio"):
+        engine = bundle.root / f"{name}.engine"
+        console.print(f"building TensorRT engine for the {name} graph ({precision}) ...")
+        info = build_engine(bundle.path(name, "onnx"), engine, precision=precision, workspace_gib=workspace_gib,
+                            timing_cache=cache, batch=(1, 1, max_batch), fixed_dims=fixed[name],
+                            dla_core=dla_core)
+        console.print(f"  {engine.name}: {info.engine_bytes / 1e6:.1f} MB in {info.build_seconds:.1f} s")
+        manifest["graphs"][name]["files"]["engine"] = file_record(engine)
+        manifest["graphs"][name]["tensorrt"] = engine_metadata(info)
+        if name == "step":
+            manifest["tensorrt"] = engine_metadata(info)
+    write_manifest(bundle.root, manifest)
+    return read_bundle(bundle.root)

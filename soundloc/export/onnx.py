@@ -1,0 +1,209 @@
+"""Export a checkpoint to a self-describing directory of ONNX graphs (and TensorRT engines).
+
+Three graphs, each with a dynamic batch dimension:
+- ``video.onnx``: video (B, 3, T, H, W) normalised -> V (B, D, T, h, w), zv (B, T, D); dynamic T;
+- ``audio.onnx``: mel (B, 1, 10T, 80) -> za (B, T, D); dynamic T;
+- ``step.onnx``: the exact streaming step (``soundloc.model.streaming``): frame, mel, valid and
+  the state tensors in; alpha, score, zv, za, valid_out and the new state out.
+fp16 graphs hold fp16 weights and compute with fp32 inputs and outputs: the form a strongly
+typed TensorRT (11, or 10 without the FP16 flag) builds as it is. Every graph is checked
+against TensorRT's ONNX operator list before it is kept, and ``soundloc.json`` (also copied into
+each graph's ``metadata_props``) records everything the runtime needs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import onnx
+import torch
+from torch import nn
+
+from .. import __version__
+from ..config import FORMAT_VERSION
+from ..model.checkpoint import file_sha256, load_checkpoint
+from ..model.classifier import AVClassifier
+from ..model.streaming import INPUT_NAMES, OUTPUT_NAMES, StreamingModel
+from ..runtime.bundle import MAGIC, Bundle, file_record, read_bundle, write_manifest
+from .tensorrt import ExportError
+from .trt_ops import check_tensorrt_compat
+
+log = logging.getLogger(__name__)
+
+OPSET = 18  # torch 2.13's exporter may raise it (it writes what it needs); recorded as written
+PRECISIONS = ("fp32", "fp16")
+# One table of formats and what each accepts (Ultralytics-style, minus the flag soup).
+FORMATS: dict[str, dict[str, Any]] = {
+    "onnx": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
+    "engine": {"suffix": ".engine", "options": {"precision", "max_batch", "opset", "workspace_gib",
+                                                "timing_cache", "dla_core"}},
+}
+
+
+class _VideoGraph(nn.Module):
+    def __init__(self, model: AVClassifier) -> None:
+        super().__init__()
+        self.video = model.video
+
+    def forward(self, video: torch.Tensor):
+        V = self.video(video)
+        return V, V.mean(dim=(3, 4)).transpose(1, 2)
+
+
+class _AudioGraph(nn.Module):
+    def __init__(self, model: AVClassifier) -> None:
+        super().__init__()
+        self.audio = model.audio
+
+    def forward(self, mel: torch.Tensor):
+        return self.audio(mel)
+
+
+class _Half(nn.Module):
+    """fp16 weights and compute inside, fp32 at every input and output."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner.half()
+
+    def forward(self, *args: torch.Tensor):
+        out = self.inner(*[a.half() for a in args])
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    module: nn.Module
+    args: tuple
+    inputs: list[str]
+    outputs: list[str]
+    dynamic: list[dict]  # one per positional arg, states flattened
+
+
+def graph_specs(model: AVClassifier) -> list[GraphSpec]:
+    """Example inputs, names and dynamic dims of the three graphs."""
+    cfg = model.config
+    batch, steps = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("steps", min=2, max=100_000)
+    T, S = 4, cfg.image_size
+    sm = StreamingModel(model)
+    state_in = [f"state_in.{n}" for n in sm.state_names]
+    state_out = [f"state_out.{n}" for n in sm.state_names]
+    step_args = (torch.zeros(2, 3, 1, S, S), torch.zeros(2, 1, 10, cfg.n_mels), torch.ones(2, 1), *sm.initial_state(2))
+    return [
+        GraphSpec("step", sm, step_args, INPUT_NAMES + state_in, OUTPUT_NAMES + state_out,
+                  [{0: batch} for _ in step_args]),
+        GraphSpec("video", _VideoGraph(model), (torch.zeros(2, 3, T, S, S),), ["video"], ["V", "zv"],
+                  [{0: batch, 2: steps}]),
+        GraphSpec("audio", _AudioGraph(model), (torch.zeros(2, 1, 10 * T, cfg.n_mels),), ["mel"], ["za"],
+                  [{0: batch, 2: 10 * steps}]),
+    ]
+
+
+def _dynamic_shapes(module: nn.Module, flat: list[dict]) -> tuple:
+    """torch.export wants dynamic shapes shaped like forward's signature (varargs as one tuple)."""
+    if isinstance(module, _Half):
+        return (tuple(flat),)
+    if isinstance(module, StreamingModel):
+        return (*flat[:3], tuple(flat[3:]))
+    return tuple(flat)
+
+
+def _export_graph(spec: GraphSpec, path: Path, precision: str, opset: int) -> onnx.ModelProto:
+    module = _Half(spec.module) if precision == "fp16" else spec.module
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), spec.args, str(path), input_names=spec.inputs, output_names=spec.outputs,
+                          dynamic_shapes=_dynamic_shapes(module, spec.dynamic), opset_version=opset, external_data=False, verbose=False)
+    model = onnx.load(str(path))
+    problems = check_tensorrt_compat(model)
+    if problems:
+        raise ExportError(f"{path.name} would be refused by TensorRT: {problems[0]} (+{len(problems) - 1} more)")
+    return model
+
+
+def _tensor_info(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
+    def info(values) -> list[dict[str, Any]]:
+        return [{"name": v.name, "dtype": onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower(),
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+    return {"inputs": info(model.graph.input), "outputs": info(model.graph.output)}
+
+
+def export_model(model: AVClassifier, out_dir: str | Path, *, precision: str = "fp32", opset: int = OPSET,
+                 checkpoint: dict[str, str] | None = None,
+                 progress: Callable[[str], None] | None = None) -> Bundle:
+    """Write the three ONNX graphs and ``soundloc.json`` for ``model`` into ``out_dir``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval()
+    cfg = model.config
+    manifest: dict[str, Any] = {
+        "format": MAGIC, "format_version": FORMAT_VERSION, "soundloc_version": __version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(), "precision": precision,
+        "lookahead_steps": cfg.lookahead_steps, "lookahead_seconds": cfg.lookahead_steps / cfg.fps,
+        "checkpoint": checkpoint or {}, "graphs": {}, "export_seconds": {},
+    }
+    for spec in graph_specs(model):
+        t0 = time.perf_counter()
+        if progress:
+            progress(f"exporting {spec.name} graph ({precision})")
+        path = out / f"{spec.name}.onnx"
+        graph = _export_graph(spec, path, precision, opset)
+        entry: dict[str, Any] = {"opset": max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
+                                 **_tensor_info(graph)}
+        if spec.name == "step":
+            entry["state"] = [{"name": n, "input": f"state_in.{n}", "output": f"state_out.{n}", "shape": list(s)}
+                              for n, s in zip(spec.module.state_names, spec.module.state_shapes)]
+        _embed_metadata(graph, manifest, spec.name, path)
+        entry["files"] = {"onnx": file_record(path)}
+        manifest["graphs"][spec.name] = entry
+        manifest["export_seconds"][spec.name] = round(time.perf_counter() - t0, 2)
+    write_manifest(out, manifest)
+    return read_bundle(out)
+
+
+def _embed_metadata(graph: onnx.ModelProto, manifest: dict[str, Any], name: str, path: Path) -> None:
+    """Copy the manifest's description into the graph's ``metadata_props`` (keys ``soundloc.*``)."""
+    props = {"soundloc.graph": name, "soundloc.format_version": str(FORMAT_VERSION),
+             "soundloc.version": __version__, "soundloc.precision": manifest["precision"],
+             "soundloc.lookahead_steps": str(manifest["lookahead_steps"]),
+             "soundloc.config": json.dumps(manifest["config"], sort_keys=True),
+             "soundloc.checkpoint_sha256": manifest["checkpoint"].get("sha256", "")}
+    del graph.metadata_props[:]
+    for k, v in props.items():
+        graph.metadata_props.add(key=k, value=v)
+    graph.producer_name, graph.producer_version = "soundloc", __version__
+    onnx.save(graph, str(path))
+
+
+def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, format: str = "onnx", precision: str = "fp32",
+                      opset: int = OPSET, max_batch: int = 16, workspace_gib: float = 2.0,
+                      timing_cache: str | Path | None = None, dla_core: int | None = None,
+                      progress: Callable[[str], None] | None = None) -> Bundle:
+    """`soundloc export`: ONNX graphs, and for ``format='engine'`` TensorRT engines beside them."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, not {max_batch}")
+    if format == "onnx" and (dla_core is not None or timing_cache is not None):
+        raise ValueError("--dla-core and --timing-cache apply to --format engine only")
+    model, _ = load_checkpoint(ckpt)
+    record = {"file": Path(ckpt).name, "sha256": file_sha256(ckpt)}
+    bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record, progress=progress)
+    if format == "engine":
+        from .engines import build_engines
+
+        bundle = build_engines(bundle, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
+                               timing_cache=timing_cache, dla_core=dla_core)
+    return bundle

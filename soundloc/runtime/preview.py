@@ -1,0 +1,272 @@
+"""A live preview page: the annotated stream as MJPEG plus a status line, stdlib HTTP only.
+
+``GET /`` a page with ``<img src="/stream.mjpg">`` and status polled from ``/status.json``;
+``/stream.mjpg`` multipart/x-mixed-replace JPEGs, one per published frame; ``/frame.jpg``
+the latest still. JPEGs are encoded lazily, once per frame whoever asks, so with nobody
+watching publishing costs nothing but a reference swap.
+
+It binds 127.0.0.1 unless told otherwise: the stream shows whatever the camera sees, so
+exposing it on the network is the user's explicit choice and a warning is printed.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import json
+import socket
+import sys
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TextIO
+
+import numpy as np
+from PIL import Image
+
+from .render import Labeler, render_step
+from .results import StepResult
+from .sinks import SinkError, json_safe
+
+BOUNDARY = b"soundloc-frame"
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>soundloc preview</title>
+<style>
+ body { margin: 0; background: #111; color: #ddd; font: 14px system-ui, sans-serif; }
+ #view { display: block; width: 100vw; height: calc(100vh - 2.2em); object-fit: contain; }
+ #status { height: 2.2em; line-height: 2.2em; padding: 0 .8em; white-space: nowrap; }
+</style></head>
+<body>
+<img id="view" src="/stream.mjpg" alt="live localization">
+<div id="status">waiting for the first frame&hellip;</div>
+<script>
+const fields = ["index", "pts", "fps", "latency_ms", "drops", "gated", "score"];
+async function poll() {
+  try {
+    const s = await (await fetch("/status.json", {cache: "no-store"})).json();
+    document.getElementById("status").textContent = fields
+      .filter(k => k in s).map(k => k + " " + s[k]).join("  |  ");
+  } catch (e) {
+    document.getElementById("status").textContent = "stream stopped";
+  }
+  setTimeout(poll, 500);
+}
+poll();
+</script>
+</body></html>
+"""
+
+
+class PreviewServer:
+    """Serve the latest frame on ``http://host:port/`` from a daemon thread; also a Sink.
+
+    ``port=0`` picks a free port (read ``.port`` or ``.url``). ``publish(frame, status)``
+    takes an (H, W, 3) uint8 RGB frame and a JSON-able dict; ``write(result)`` draws the
+    step's overlay and publishes it with ``result.event()``. ``close()`` stops the server,
+    ends every open stream at once and joins the thread.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        quality: int = 80,
+        alpha: float = 0.45,
+        labeler: Labeler | None = None,
+        log: TextIO | None = None,
+    ) -> None:
+        self.quality, self.alpha, self.labeler = quality, alpha, labeler
+        self._log = log if log is not None else sys.stderr
+        self._changed = threading.Condition()
+        self._frame: np.ndarray | None = None
+        self._status: dict = {}
+        self._seq = 0
+        self._jpeg: tuple[int, bytes] = (0, b"")
+        self._jpeg_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._clients: set[socket.socket] = set()
+        self._clients_lock = threading.Lock()
+        try:
+            self._httpd = _Server((host, port), _Handler, self)
+        except OSError as exc:
+            raise SinkError(f"cannot serve the preview on {host}:{port}: {exc.strerror or exc}") from exc
+        self.host, self.port = host, self._httpd.server_address[1]
+        if not is_loopback(host):
+            print(f"soundloc: warning: the preview on {self.url} is visible to every machine "
+                  "that can reach this host; it shows what the camera sees", file=self._log)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="soundloc-preview", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else (self.host or "0.0.0.0")
+        return f"http://{host}:{self.port}/"
+
+    def __enter__(self) -> PreviewServer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def publish(self, frame_rgb: np.ndarray, status: dict | None = None) -> None:
+        """Make ``frame_rgb`` (H, W, 3) uint8 the latest frame; the array must not change after."""
+        if frame_rgb.dtype != np.uint8 or frame_rgb.ndim != 3 or frame_rgb.shape[2] != 3:
+            raise ValueError(f"frame must be (H, W, 3) uint8 RGB, got {frame_rgb.dtype} {frame_rgb.shape}")
+        with self._changed:
+            self._frame = frame_rgb
+            self._status = json_safe(dict(status or {}))
+            self._seq += 1
+            self._changed.notify_all()
+
+    def write(self, result: StepResult) -> None:
+        self.publish(render_step(result, alpha=self.alpha, labeler=self.labeler), result.event())
+
+    def close(self) -> None:
+        """Stop serving: end open streams, shut the listener, join the server thread."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        with self._changed:
+            self._changed.notify_all()
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        with self._clients_lock:
+            clients = list(self._clients)
+        for conn in clients:
+            _hang_up(conn)
+        self._thread.join(timeout=5)
+
+    # --- used by the request handler threads ---------------------------------------
+
+    def status(self) -> dict:
+        with self._changed:
+            return {**self._status, "frame": self._seq}
+
+    def wait_frame(self, after: int, timeout: float) -> int:
+        """Block until a frame newer than ``after`` is published; return its number (or
+        ``after`` on timeout or close)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._seq > after or self._closing.is_set(), timeout)
+            return self._seq
+
+    def jpeg(self) -> tuple[int, bytes]:
+        """(frame number, JPEG bytes) of the latest frame, encoded once per frame."""
+        with self._changed:
+            seq, frame = self._seq, self._frame
+        with self._jpeg_lock:
+            if self._jpeg[0] != seq and frame is not None:
+                buffer = io.BytesIO()
+                Image.fromarray(frame, "RGB").save(buffer, "JPEG", quality=self.quality)
+                self._jpeg = (seq, buffer.getvalue())
+            return self._jpeg
+
+    @property
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    def track(self, conn: socket.socket, add: bool) -> None:
+        with self._clients_lock:
+            (self._clients.add if add else self._clients.discard)(conn)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a stuck client never blocks the process from exiting
+    block_on_close = False
+
+    def __init__(self, address: tuple[str, int], handler: type, preview: PreviewServer) -> None:
+        self.preview = preview
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.preview.track(self.connection, add=True)
+
+    def finish(self) -> None:
+        self.server.preview.track(self.connection, add=False)
+        try:
+            super().finish()
+        except OSError:
+            return  # the client or close() hung up first: nothing left to flush
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        route = self.path.split("?", 1)[0]
+        try:
+            if route in ("/", "/index.html"):
+                self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode())
+            elif route == "/status.json":
+                body = json.dumps(self.server.preview.status(), allow_nan=False).encode()
+                self._send(HTTPStatus.OK, "application/json", body)
+            elif route == "/frame.jpg":
+                self._send_still()
+            elif route == "/stream.mjpg":
+                self._stream()
+            else:
+                self._send(HTTPStatus.NOT_FOUND, "text/plain", b"not found\n")
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, TimeoutError):
+            self.close_connection = True  # the viewer went away: normal for a live page
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base signature
+        return  # one line per request would drown the terminal status line
+
+    def _send(self, status: HTTPStatus, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_still(self) -> None:
+        seq, body = self.server.preview.jpeg()
+        if not body:
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, "text/plain", b"no frame yet\n")
+        else:
+            self._send(HTTPStatus.OK, "image/jpeg", body)
+
+    def _stream(self) -> None:
+        """One JPEG part per new frame; each part is closed by the next boundary right away,
+        since browsers show a part only once its end is known."""
+        preview = self.server.preview
+        self.close_connection = True
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY.decode()}")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(b"--" + BOUNDARY + b"\r\n")
+        sent = 0
+        while not preview.closing:
+            if preview.wait_frame(sent, timeout=0.5) == sent:
+                continue
+            sent, body = preview.jpeg()
+            head = b"Content-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
+            self.wfile.write(head + body + b"\r\n--" + BOUNDARY + b"\r\n")
+            self.wfile.flush()
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"; "" and 0.0.0.0 mean every interface."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _hang_up(conn: socket.socket) -> None:
+    """End a client's connection now; it may already be gone (that is fine)."""
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        return

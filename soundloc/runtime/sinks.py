@@ -1,0 +1,467 @@
+"""Where streaming results go: annotated mp4, JSON lines, a terminal status line, or several.
+
+Every sink takes ``StepResult`` records one at a time and is finalised by ``close()``
+(idempotent; also a context manager). Errors a user can act on (full disk, unwritable
+directory) are raised as ``SinkError`` with a one-line message.
+
+The mp4 is written to a temporary file beside the output and renamed into place only
+when complete, so a failed run never leaves a half file under the final name and an
+existing output stays intact until the new one is ready. It is a fragmented mp4 (a
+fragment per keyframe, one a second, flushed to disk as written) so even a SIGKILLed
+run leaves a temporary file that players and PyAV can read up to its last fragment.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from fractions import Fraction
+from pathlib import Path
+from typing import Protocol, TextIO, runtime_checkable
+
+import av
+import numpy as np
+
+from .render import Labeler, render_step
+from .results import StepResult
+
+SAMPLE_RATE = 16000  # Hz: the audio every StepResult carries
+AAC_PRIMING = 1024  # samples the AAC encoder emits before the signal (its initial padding)
+MP4_KEPT = "any previous file of that name is unchanged"
+MP4_OPTIONS = {
+    # empty_moov + a fragment per keyframe: the file is readable after every fragment;
+    # flush_packets pushes each fragment to the OS at once instead of a 32 KB buffer later.
+    "movflags": "frag_keyframe+empty_moov+default_base_moof",
+    "flush_packets": "1",
+}
+
+
+class SinkError(RuntimeError):
+    """A sink cannot go on; the message is one line meant for the user."""
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Consumes one ``StepResult`` per step; ``close()`` finalises (idempotent)."""
+
+    def write(self, result: StepResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Mp4Sink:
+    """Annotated H.264 video of the original-resolution frames with the steps' audio as AAC.
+
+    ``fps``: step rate (10). Odd frame sizes are padded by one edge pixel (yuv420p needs
+    even sizes). Each step's audio is padded or trimmed to ``SAMPLE_RATE / fps`` samples
+    so picture and sound never drift. Audio and video both run on a 1/16000 s clock
+    offset by the AAC priming, so every timestamp is non-negative and sample 0 of the
+    audio plays with frame 0. ``close()`` may be called from a signal handler: if it
+    interrupts ``write()`` in the same thread, finalising waits until that write ends.
+    A run that wrote no step leaves no file (and an existing output untouched).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fps: int = 10,
+        *,
+        crf: int = 23,
+        preset: str = "veryfast",
+        keyframe_s: float = 1.0,
+        alpha: float = 0.45,
+        labeler: Labeler | None = None,
+        audio: bool = True,
+    ) -> None:
+        if fps <= 0 or keyframe_s <= 0:
+            raise ValueError(f"fps and keyframe_s must be positive, got {fps} and {keyframe_s}")
+        self.path = Path(path)
+        self.fps, self.crf, self.preset = fps, crf, preset
+        self.gop = max(1, round(keyframe_s * fps))
+        self.alpha, self.labeler, self.with_audio = alpha, labeler, audio
+        self.frames_written = 0
+        self._samples_written = 0
+        self._video: av.VideoStream | None = None
+        self._audio: av.AudioStream | None = None
+        self._size: tuple[int, int] | None = None
+        self._lock = threading.RLock()
+        self._writer: int | None = None  # thread id inside write(), to detect signal re-entry
+        self._close_requested = False
+        self._state = "open"  # open -> closing -> closed | failed
+        self.temp_path = _create_temp(self.path)
+        try:
+            self._container = av.open(str(self.temp_path), "w", format="mp4", options=MP4_OPTIONS)
+        except (OSError, av.error.FFmpegError) as exc:
+            _remove(self.temp_path)
+            raise SinkError(f"cannot write {self.path}: {_reason(exc)}") from exc
+
+    def __enter__(self) -> Mp4Sink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()  # also on errors upstream: what was streamed so far is a valid video
+
+    def write(self, result: StepResult) -> None:
+        """Encode one step: overlay on ``result.frame`` (H, W, 3) and its audio (n,) at 16 kHz."""
+        with self._lock:
+            if self._state != "open":
+                raise SinkError(f"mp4 sink for {self.path} is {self._state}")
+            self._writer = threading.get_ident()
+            try:
+                self._encode_step(result)
+            except (OSError, av.error.FFmpegError) as exc:
+                self._abort()
+                raise SinkError(_failure_message(self.path, exc, MP4_KEPT)) from exc
+            finally:
+                self._writer = None
+                if self._close_requested and self._state == "open":
+                    self._finalise()
+
+    def close(self) -> None:
+        """Flush the encoders, finish the file and move it into place (idempotent)."""
+        if self._writer == threading.get_ident():
+            self._close_requested = True  # a signal handler interrupted write(): it finalises
+            return
+        with self._lock:
+            if self._state == "open":
+                self._finalise()
+
+    def abort(self) -> None:
+        """Stop without publishing: the temporary file is deleted, any old output kept."""
+        with self._lock:
+            if self._state == "open":
+                self._abort()
+
+    def _encode_step(self, result: StepResult) -> None:
+        image = render_step(result, alpha=self.alpha, labeler=self.labeler)
+        if self._video is None:
+            self._open_streams(image.shape[1], image.shape[0])
+        frame = av.VideoFrame.from_ndarray(_fit(image, self._size), format="rgb24")
+        frame.pts = AAC_PRIMING + self._clock(self.frames_written)
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        self._mux(self._video.encode(frame))
+        self.frames_written += 1
+        if self._audio is not None:
+            self._encode_audio(result.audio)
+
+    def _open_streams(self, width: int, height: int) -> None:
+        self._size = (width + width % 2, height + height % 2)
+        video = self._container.add_stream(
+            "libx264",
+            rate=self.fps,
+            options={"crf": str(self.crf), "preset": self.preset, "tune": "zerolatency", "g": str(self.gop)},
+        )
+        video.width, video.height = self._size
+        video.pix_fmt = "yuv420p"
+        video.codec_context.time_base = Fraction(1, SAMPLE_RATE)
+        self._video = video
+        if self.with_audio:
+            self._audio = self._container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+            self._audio.codec_context.bit_rate = 64000
+
+    def _encode_audio(self, samples: np.ndarray | None) -> None:
+        """Pad or trim to this step's share of the clock, then encode as 16 kHz mono."""
+        need = self._clock(self.frames_written) - self._samples_written
+        chunk = np.zeros(need, np.float32)
+        if samples is not None:
+            flat = np.nan_to_num(np.asarray(samples, np.float32).ravel()[:need])
+            chunk[: flat.size] = np.clip(flat, -1.0, 1.0)
+        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = AAC_PRIMING + self._samples_written
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        self._mux(self._audio.encode(frame))
+        self._samples_written += need
+
+    def _clock(self, steps: int) -> int:
+        """Samples at 16 kHz from the start to the start of step ``steps``."""
+        return round(steps * SAMPLE_RATE / self.fps)
+
+    def _mux(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            self._container.mux(packet)
+
+    def _finalise(self) -> None:
+        """Flush, write the trailer, fsync, rename. SIGINT/SIGTERM wait until it is done, so
+        a handler that exits the process cannot cut the file short."""
+        self._state = "closing"
+        if self.frames_written == 0:
+            self._abort()
+            self._state = "closed"
+            return
+        with _signals_deferred():
+            try:
+                self._mux(self._video.encode(None))
+                if self._audio is not None:
+                    self._mux(self._audio.encode(None))
+                self._container.close()
+                _fsync(self.temp_path)
+                os.replace(self.temp_path, self.path)
+                _fsync_dir(self.path.parent)
+            except (OSError, av.error.FFmpegError) as exc:
+                self._abort()
+                raise SinkError(_failure_message(self.path, exc, MP4_KEPT)) from exc
+            self._state = "closed"
+
+    def _abort(self) -> None:
+        """Release the container and delete the temp file; errors here are expected (the
+        disk may be full), so the first error, already being raised, is the one reported."""
+        self._state = "failed"
+        try:
+            self._container.close()
+        except (OSError, av.error.FFmpegError) as exc:
+            print(f"soundloc: discarding unfinished {self.temp_path.name}: {_reason(exc)}", file=sys.stderr)
+        _remove(self.temp_path)
+
+
+class JsonlSink:
+    """One JSON object per step (``StepResult.event()``), one line each, written with one
+    unbuffered ``os.write`` so a reader tailing the file sees every step at once.
+
+    A line is either written whole or not at all: if a write fails (full disk) the file
+    is truncated back to its last complete line and ``SinkError`` is raised. Non-finite
+    floats become null (strict JSON).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, append: bool = False) -> None:
+        self.path = Path(path)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        try:
+            self._fd: int | None = os.open(self.path, flags, 0o666)
+            self._size = os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError as exc:
+            raise SinkError(f"cannot write {self.path}: {_reason(exc)}") from exc
+        self.lines_written = 0
+
+    def __enter__(self) -> JsonlSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def write(self, result: StepResult) -> None:
+        if self._fd is None:
+            raise SinkError(f"events sink for {self.path} is closed")
+        line = json.dumps(json_safe(result.event()), allow_nan=False, separators=(",", ":")) + "\n"
+        data = line.encode()
+        try:
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+        except OSError as exc:
+            os.ftruncate(self._fd, self._size)
+            raise SinkError(_failure_message(self.path, exc, "it ends at the last whole line")) from exc
+        self._size += len(data)
+        self.lines_written += 1
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class TerminalStatus:
+    """A one-line status: steps/s, step latency p50, drops, gated share.
+
+    On a TTY the line is redrawn in place (at most every ``refresh_s``); otherwise (logs,
+    pipes) a full line is printed every ``interval_s`` so logs stay readable. Latency is
+    ``output_time - capture_time`` of the last 100 steps; fps counts steps whose output
+    came in the last 2 s; ``drops`` is the stream's own counter in ``result.stats``.
+    """
+
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        interval_s: float = 5.0,
+        refresh_s: float = 0.1,
+        tty: bool | None = None,
+        clock=time.monotonic,
+    ) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.period = refresh_s if self.tty else interval_s
+        self.clock = clock
+        self.steps = 0
+        self.gated = 0
+        self.drops = 0
+        self._latencies: deque[float] = deque(maxlen=100)
+        self._outputs: deque[float] = deque()
+        self._last_print = -math.inf
+        self._printed_steps = 0
+        self._closed = False
+
+    def write(self, result: StepResult) -> None:
+        self.steps += 1
+        self.gated += bool(result.gated)
+        self.drops = int(result.stats.get("drops", self.drops))
+        self._latencies.append(result.output_time - result.capture_time)
+        self._outputs.append(result.output_time)
+        while self._outputs and self._outputs[0] < result.output_time - 2.0:
+            self._outputs.popleft()
+        now = self.clock()
+        if now - self._last_print >= self.period:
+            self._last_print = now
+            self._emit()
+
+    def line(self) -> str:
+        """The status text, e.g. ``10.0 fps | latency p50 31 ms | drops 0 | gated 12%``."""
+        span = self._outputs[-1] - self._outputs[0] if len(self._outputs) > 1 else 0.0
+        fps = (len(self._outputs) - 1) / span if span > 0 else 0.0
+        p50 = float(np.median(self._latencies)) * 1000 if self._latencies else 0.0
+        gated = 100.0 * self.gated / self.steps if self.steps else 0.0
+        return (f"step {self.steps} | {fps:.1f} fps | latency p50 {p50:.0f} ms | "
+                f"drops {self.drops} | gated {gated:.0f}%")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.steps > self._printed_steps:
+            self._emit()
+        if self.tty and self.steps:
+            self.stream.write("\n")  # leave the last status on screen
+            self.stream.flush()
+
+    def _emit(self) -> None:
+        self._printed_steps = self.steps
+        if self.tty:
+            self.stream.write("\r" + self.line() + "\x1b[K")
+        else:
+            self.stream.write(self.line() + "\n")
+        self.stream.flush()
+
+
+class MultiSink:
+    """Fans each step out to several sinks; ``close()`` closes every one even if some raise.
+
+    A failing ``write`` does not stop the others from getting the step; the first error
+    is raised afterwards (the stream then stops and closes everything).
+    """
+
+    def __init__(self, sinks: Iterable[Sink]) -> None:
+        self.sinks = list(sinks)
+
+    def __enter__(self) -> MultiSink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def write(self, result: StepResult) -> None:
+        _each(self.sinks, lambda sink: sink.write(result))
+
+    def close(self) -> None:
+        _each(self.sinks, lambda sink: sink.close())
+
+
+def _each(sinks: list[Sink], call) -> None:
+    """Call ``call(sink)`` on every sink, then re-raise the first failure (if any)."""
+    first: BaseException | None = None
+    for sink in sinks:
+        try:
+            call(sink)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others ran
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def _create_temp(path: Path) -> Path:
+    """Create ``<stem>.<random>.partial.mp4`` beside ``path`` (same filesystem: rename is atomic)."""
+    if path.is_dir():
+        raise SinkError(f"cannot write {path}: it is a directory")
+    if not path.parent.is_dir():
+        raise SinkError(f"cannot write {path}: directory {path.parent} does not exist")
+    temp = path.parent / f"{path.stem}.{secrets.token_hex(4)}.partial{path.suffix or '.mp4'}"
+    try:
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise SinkError(f"cannot write {path}: {_reason(exc)}") from exc
+    return temp
+
+
+def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pad (edge pixels) or crop ``image`` to ``size`` = (width, height)."""
+    width, height = size
+    image = image[:height, :width]
+    pad_h, pad_w = height - image.shape[0], width - image.shape[1]
+    if pad_h or pad_w:
+        image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return image
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename durable; some filesystems refuse fsync on directories (EINVAL)."""
+    try:
+        _fsync(path)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.EISDIR, errno.EACCES):
+            raise
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
+
+
+def _failure_message(path: Path, exc: BaseException, kept: str) -> str:
+    if getattr(exc, "errno", None) == errno.ENOSPC:
+        return f"disk full while writing {path}; {kept}"
+    return f"writing {path} failed: {_reason(exc)}; {kept}"
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM in this thread (delivered on exit) where the OS allows it."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def json_safe(value):
+    """``value`` with numpy scalars made plain and NaN/inf replaced by None, recursively
+    (strict JSON has no NaN, and browsers' JSON.parse rejects it)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
