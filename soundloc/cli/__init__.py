@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import sys
 
-from .app import app, run_app
+from .app import app, run_app  # noqa: F401  (app: the typer object, re-exported)
 from . import info  # noqa: F401  (registers commands)
 from . import synth  # noqa: F401
 from . import devices  # noqa: F401
 from . import evaluate  # noqa: F401
+from . import export  # noqa: F401
+from . import stream  # noqa: F401
+from . import train  # noqa: F401
 
 
 def main() -> None:

@@ -48,7 +48,7 @@ def export(
     if verify:
         figures["verify"] = _verify(bundle, ckpt, clip, console)
     if json_out:
-        from ..model.summary import write_json
+        from ..fileio import write_json
 
         write_json(figures, json_out)
     console.print(f"wrote {out}")

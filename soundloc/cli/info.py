@@ -17,7 +17,8 @@ def info(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures to this JSON file."),
 ) -> None:
     """Print config, parameter counts and GMAC per frame of each network."""
-    from ..model.summary import describe, print_description, write_json
+    from ..fileio import write_json
+    from ..model.summary import describe, print_description
 
     desc = describe(ckpt=ckpt, preset_name=preset)
     print_description(desc)

@@ -138,7 +138,8 @@ def _tensor_info(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
 
 
 def export_model(model: AVClassifier, out_dir: str | Path, *, precision: str = "fp32", opset: int = OPSET,
-                 checkpoint: dict[str, str] | None = None,
+                 checkpoint: dict[str, str] | None = None, gate: dict[str, float] | None = None,
+                 graphs: tuple[str, ...] = ("step", "video", "audio"),
                  progress: Callable[[str], None] | None = None) -> Bundle:
     """Write the three ONNX graphs and ``soundloc.json`` for ``model`` into ``out_dir``."""
     if precision not in PRECISIONS:
@@ -154,7 +155,11 @@ def export_model(model: AVClassifier, out_dir: str | Path, *, precision: str = "
         "lookahead_steps": cfg.lookahead_steps, "lookahead_seconds": cfg.lookahead_steps / cfg.fps,
         "checkpoint": checkpoint or {}, "graphs": {}, "export_seconds": {},
     }
+    if gate:
+        manifest["gate"] = dict(gate)  # calibrated gating threshold(s) from training
     for spec in graph_specs(model):
+        if spec.name not in graphs:
+            continue
         t0 = time.perf_counter()
         if progress:
             progress(f"exporting {spec.name} graph ({precision})")
@@ -198,9 +203,10 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, format: str = "o
         raise ValueError(f"max_batch must be >= 1, not {max_batch}")
     if format == "onnx" and (dla_core is not None or timing_cache is not None):
         raise ValueError("--dla-core and --timing-cache apply to --format engine only")
-    model, _ = load_checkpoint(ckpt)
+    model, data = load_checkpoint(ckpt)
     record = {"file": Path(ckpt).name, "sha256": file_sha256(ckpt)}
-    bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record, progress=progress)
+    bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
+                          gate=data.get("gate"), progress=progress)
     if format == "engine":
         from .engines import build_engines
 

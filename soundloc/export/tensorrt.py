@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -35,6 +33,7 @@ import onnx
 from onnx import TensorProto
 
 from soundloc.export.trt_ops import check_tensorrt_compat
+from soundloc.fileio import atomic_write_bytes
 from soundloc.runtime.backend import BackendError
 from soundloc.runtime.tensorrt_backend import (
     GpuInfo, import_tensorrt, normalize_cc, parse_version, query_gpu,
@@ -226,18 +225,7 @@ def engine_info_from_metadata(record: Mapping[str, Any]) -> EngineInfo:
 
 def atomic_write(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 # -- the build (needs TensorRT) ---------------------------------------------------------------------

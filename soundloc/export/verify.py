@@ -64,7 +64,7 @@ def offline_onnx(bundle: Bundle, video: np.ndarray, mel: np.ndarray) -> dict[str
 
 def stream_onnx(bundle: Bundle, video: np.ndarray, mel: np.ndarray) -> dict[str, np.ndarray]:
     """Feed the clip to the step graph one frame at a time, then flush; collect valid steps."""
-    model = StepModel(bundle, backend="onnxruntime-cpu")
+    model = StepModel.from_export(bundle, backend="onnxruntime-cpu")
     T = video.shape[2]
     state = model.new_state(1)
     alphas, scores = [], []

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +52,3 @@ def print_description(desc: dict[str, Any]) -> None:
     cost.add_row("total", f"{desc['parameters']['total']:,}", f"{sum(desc['gmac_per_frame'].values()):.3f}")
     console.print(cost)
 
-
-def write_json(obj: Any, path: str | Path) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)

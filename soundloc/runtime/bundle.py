@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import FORMAT_VERSION, Config
+from ..fileio import atomic_write_bytes
 
 MANIFEST = "soundloc.json"
 MAGIC = "soundloc-export"
@@ -110,11 +111,4 @@ def file_record(path: Path) -> dict[str, Any]:
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
     """Write ``soundloc.json`` atomically."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=root)
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-    os.replace(tmp, root / MANIFEST)
-    return root / MANIFEST
+    return atomic_write_bytes(root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())

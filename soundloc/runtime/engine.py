@@ -53,14 +53,43 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
 
 
 class StepModel:
-    """The exact streaming step of an export: ``step(frames, mels, valid, state)``."""
+    """The exact streaming step: ``step(frames, mels, valid, state)`` on any backend.
 
-    def __init__(self, export_dir: str | Path | Bundle, backend: str = "auto", threads: int | None = None) -> None:
-        self.bundle = export_dir if isinstance(export_dir, Bundle) else read_bundle(export_dir)
-        self.config = self.bundle.config
-        self.lookahead = self.bundle.lookahead_steps
-        self.backend = open_backend(self.bundle, "step", backend, threads)
-        self._states = self.bundle.state_specs
+    Build it with ``StepModel.load(target, backend)``: an export directory (TensorRT engine or
+    onnxruntime) or a ``.pt`` checkpoint (PyTorch, for comparison; the only path that imports
+    torch).
+    """
+
+    def __init__(self, backend: Backend, config, lookahead: int, state_specs: list[dict],
+                 gate_score: float | None = None, bundle: Bundle | None = None) -> None:
+        self.backend, self.config, self.lookahead = backend, config, lookahead
+        self._states = state_specs
+        self.bundle_gate_score = gate_score
+        self.bundle = bundle
+
+    @classmethod
+    def from_export(cls, export_dir: str | Path | Bundle, backend: str = "auto",
+                    threads: int | None = None) -> "StepModel":
+        bundle = export_dir if isinstance(export_dir, Bundle) else read_bundle(export_dir)
+        gate = bundle.manifest.get("gate", {}).get("score")
+        return cls(open_backend(bundle, "step", backend, threads), bundle.config, bundle.lookahead_steps,
+                   bundle.state_specs, gate, bundle)
+
+    @classmethod
+    def load(cls, target: str | Path, backend: str = "auto", threads: int | None = None) -> "StepModel":
+        """An export directory, or a checkpoint file (``backend`` auto/torch) for PyTorch."""
+        target = Path(target)
+        if target.is_file():
+            if backend not in ("auto", "torch"):
+                raise ValueError(f"{target} is a checkpoint: it runs on the torch backend only; "
+                                 "export it (`soundloc export`) for onnxruntime or TensorRT")
+            from .torch_backend import TorchBackend
+
+            tb = TorchBackend(target, threads=threads)
+            return cls(tb, tb.config, tb.lookahead, tb.state_specs, tb.gate_score)
+        if backend == "torch":
+            raise ValueError("--backend torch needs a checkpoint (.pt), not an export directory")
+        return cls.from_export(target, backend, threads)
 
     @property
     def name(self) -> str:

@@ -35,7 +35,7 @@ from urllib.parse import parse_qsl
 import av
 import numpy as np
 
-from ..config import FPS, IMAGE_SIZE, SAMPLE_RATE, SAMPLES_PER_STEP
+from ..config import FPS, IMAGE_SIZE, SAMPLES_PER_STEP
 from ..media import (AudioChunk, FrameGrid, MediaError, VideoChunk, frame_duration, iter_av,
                      open_container)
 
@@ -302,6 +302,18 @@ class StepSource:
             self._asm.finish(end, pad_audio=not self.live)
         self._stop.set()  # one input ending ends the stream: the other must not run on alone
         self._done.set()
+
+    def next_step(self, timeout: float) -> StepInput | None:
+        """The next step, or None when none arrived within ``timeout`` seconds (so a caller can
+        notice a stalled device or a stop request); raises StopIteration once the stream ended."""
+        try:
+            step = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            if self._done.is_set() and self._queue.empty():
+                raise StopIteration from None
+            return None
+        self.stats.queue_depth = self._queue.qsize()
+        return step
 
     def __iter__(self) -> Iterator[StepInput]:
         while True:

@@ -1,0 +1,58 @@
+"""`soundloc stream` and `soundloc demo`: the runtime's main jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app, fail
+
+
+@app.command("stream")
+def stream(
+    target: Path = typer.Argument(..., help="Export directory (or a .pt checkpoint for --backend torch)."),
+    video: str = typer.Option(..., "--video", "-v", help="File/URL, v4l2:/dev/video0, avfoundation:0, dshow:video=NAME, lavfi:GRAPH."),
+    audio: Optional[str] = typer.Option(None, "--audio", "-a", help="Microphone spec (alsa:default, ...); default: the video's own track."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Annotated mp4 to write (atomic; playable after Ctrl-C)."),
+    events: Optional[Path] = typer.Option(None, help="JSON-lines file of per-step events."),
+    preview: bool = typer.Option(False, "--preview", help="Serve a live preview page."),
+    host: str = typer.Option("127.0.0.1", help="Preview bind address (anything but loopback is visible on your network)."),
+    port: int = typer.Option(8080, help="Preview port (0: any free port)."),
+    backend: str = typer.Option("auto", help="auto, tensorrt, onnxruntime, onnxruntime-cpu/-cuda/-tensorrt, torch."),
+    window: str = typer.Option("trailing", help="trailing (live) or centered (paper's Eq. 4; 1.5 s more delay)."),
+    gate_db: float = typer.Option(-50.0, help="Hide the map when the window's audio level is below this dBFS."),
+    gate_score: Optional[float] = typer.Option(None, help="Hide the map when mean S_av is below this (default: the export's calibrated value)."),
+    box_threshold: float = typer.Option(0.5, help="Pseudo-box binarisation threshold on the normalised map."),
+    realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime", help="Pace a file at 1x (default: files run as fast as possible)."),
+    video_only: bool = typer.Option(False, help="Accept a video without audio (maps then mean little: every step is gated)."),
+    seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    reconnect: int = typer.Option(0, help="Reopen a failed or stalled source up to N times."),
+    stall: float = typer.Option(10.0, help="Seconds without input before a source counts as stalled."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
+) -> None:
+    """Localize sound sources live: camera + microphone (or a file/URL) -> mp4, events, preview."""
+    from ..runtime.run import run_stream
+    from ..runtime.stream import StreamOptions
+
+    try:
+        options = StreamOptions(window=window, gate_db=gate_db, gate_score=gate_score, box_threshold=box_threshold)
+    except ValueError as e:
+        raise fail(str(e))
+    summary = run_stream(target, video, audio, out=out, events=events, preview=(host, port) if preview else None,
+                         backend=backend, options=options, realtime=realtime, video_only=video_only,
+                         max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads)
+    _report(summary.as_dict(), json_out)
+
+
+def _report(d: dict, json_out: Optional[Path]) -> None:
+    typer.echo(f"{d['steps']} steps in {d['seconds']:.1f} s on {d['backend']}: model p50 {d['model_ms_p50']:.1f} ms, "
+               f"p99 {d['model_ms_p99']:.1f} ms, gated {d['gated']}, dropped {d['dropped']} ({d['end_reason']})")
+    for o in d["outputs"]:
+        typer.echo(f"wrote {o}")
+    if json_out:
+        from ..fileio import write_json
+
+        write_json(d, json_out)

@@ -1,0 +1,166 @@
+"""The `soundloc stream` job as a library call: model + source + sinks, the loop, and a clean
+end on Ctrl-C / SIGTERM (capture stopped, pipeline flushed, mp4 finalised and playable), on a
+stalled or vanished device (ended with its reason, or reopened with ``reconnect``)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..media import MediaError
+from .engine import StepModel
+from .sinks import JsonlSink, MultiSink, Mp4Sink, TerminalStatus
+from .sources import StepInput, StepSource
+from .stream import Localizer, StreamOptions
+
+
+@dataclass
+class StreamSummary:
+    backend: str
+    steps: int = 0
+    gated: int = 0
+    dropped: int = 0
+    reconnects: int = 0
+    seconds: float = 0.0
+    end_reason: str = ""
+    outputs: list[str] = field(default_factory=list)
+    model_ms: list[float] = field(default_factory=list)
+    latency_ms: list[float] = field(default_factory=list)  # capture -> output, lookahead included
+
+    def as_dict(self) -> dict:
+        def pct(xs: list[float], q: float) -> float:
+            return round(float(np.percentile(xs, q)), 3) if xs else 0.0
+
+        return {"backend": self.backend, "steps": self.steps, "gated": self.gated, "dropped": self.dropped,
+                "reconnects": self.reconnects, "seconds": round(self.seconds, 3), "end_reason": self.end_reason,
+                "outputs": self.outputs, "model_ms_p50": pct(self.model_ms, 50), "model_ms_p99": pct(self.model_ms, 99),
+                "latency_ms_p50": pct(self.latency_ms, 50), "latency_ms_p99": pct(self.latency_ms, 99),
+                "realtime_factor": round(float(np.mean(self.model_ms)) / 100.0, 4) if self.model_ms else 0.0}
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set an event instead of raising, so the loop can end cleanly."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, lambda *_: stop.set())
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _steps(source: StepSource, stop: threading.Event, stall_s: float, deadline: float | None,
+           summary: StreamSummary) -> Iterator[StepInput]:
+    """The source's steps until it ends, stalls for ``stall_s``, a signal arrives or time is up."""
+    last = time.monotonic()
+    while True:
+        if stop.is_set():
+            summary.end_reason = "stopped by signal"
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            summary.end_reason = "time limit reached"
+            return
+        try:
+            step = source.next_step(0.1)
+        except StopIteration:
+            summary.end_reason = source.stats.end_reason or "end of input"
+            return
+        if step is None:
+            if time.monotonic() - last > stall_s:
+                summary.end_reason = f"source stalled: no input for {stall_s:g} s"
+                return
+            continue
+        last = time.monotonic()
+        yield step
+
+
+def _open_sinks(out: Path | None, events: Path | None, preview: tuple[str, int] | None, status: bool) -> MultiSink:
+    sinks = []
+    if out is not None:
+        sinks.append(Mp4Sink(out))
+    if events is not None:
+        sinks.append(JsonlSink(events))
+    if preview is not None:
+        from .preview import PreviewServer
+
+        server = PreviewServer(host=preview[0], port=preview[1])
+        print(f"preview: {server.url}", flush=True)
+        sinks.append(server)
+    if status:
+        sinks.append(TerminalStatus())
+    return MultiSink(sinks)
+
+
+def run_stream(target: str | Path, video: str, audio: str | None = None, *, out: Path | None = None,
+               events: Path | None = None, preview: tuple[str, int] | None = None, backend: str = "auto",
+               options: StreamOptions = StreamOptions(), realtime: bool | None = None, video_only: bool = False,
+               max_seconds: float | None = None, stall_seconds: float = 10.0, reconnect: int = 0,
+               status: bool = True, threads: int | None = None) -> StreamSummary:
+    """Stream ``video`` (+ ``audio``) through the model at ``target`` into the chosen sinks.
+
+    ``reconnect``: how many times to reopen a source that failed or stalled (live sources);
+    each reopen starts a fresh model state, and the sinks carry on.
+    """
+    model = StepModel.load(target, backend, threads)
+    summary = StreamSummary(backend=model.name)
+    start = time.monotonic()
+    deadline = start + max_seconds if max_seconds is not None else None
+    try:
+        with _open_sinks(out, events, preview, status) as sink, stop_on_signals() as stop:
+            attempts = 0
+            while True:
+                _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop, stall_s=stall_seconds,
+                          deadline=deadline)
+                retry = summary.end_reason.startswith("source stalled") or "error" in summary.end_reason.lower()
+                if not (reconnect and retry and attempts < reconnect and not stop.is_set()):
+                    break
+                attempts += 1
+                summary.reconnects += 1
+                stop.wait(min(2.0 ** attempts, 30.0))
+        summary.outputs = [str(p) for p in (out, events) if p is not None]
+    finally:
+        summary.seconds = time.monotonic() - start
+        model.close()
+    return summary
+
+
+def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOptions, realtime, video_only: bool,
+              sink: MultiSink, summary: StreamSummary, stop: threading.Event, stall_s: float,
+              deadline: float | None) -> None:
+    try:
+        source = StepSource(video, audio, realtime=realtime, video_only=video_only)
+    except MediaError as e:
+        if summary.reconnects == 0:
+            raise
+        summary.end_reason = f"reopen failed (error): {e}"
+        return
+    loc = Localizer(model, options)
+    with source:
+        for inp in _steps(source, stop, stall_s, deadline, summary):
+            for result in loc.push(inp):
+                _emit(result, source, sink, summary)
+        for result in loc.flush():
+            _emit(result, source, sink, summary)
+        summary.dropped += source.stats.dropped
+
+
+def _emit(result, source: StepSource, sink: MultiSink, summary: StreamSummary) -> None:
+    result.stats["drops"] = summary.dropped + source.stats.dropped
+    sink.write(result)
+    summary.steps += 1
+    summary.gated += result.gated
+    summary.model_ms.append(result.stats["model_ms"])
+    summary.latency_ms.append((result.output_time - result.capture_time) * 1000)
