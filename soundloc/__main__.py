@@ -1,0 +1,3 @@
+from soundloc.cli import main
+
+main()

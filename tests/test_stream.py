@@ -1,0 +1,196 @@
+"""The streaming runtime on real files and lavfi sources, through a real onnxruntime session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
+
+from soundloc.export.verify import offline_onnx  # noqa: E402
+from soundloc.localize import normalise, window_average  # noqa: E402
+from soundloc.media import MediaError  # noqa: E402
+from soundloc.preprocess import file_inputs  # noqa: E402
+from soundloc.runtime.engine import StepModel  # noqa: E402
+from soundloc.runtime.run import run_stream  # noqa: E402
+from soundloc.runtime.sources import StepSource  # noqa: E402
+from soundloc.runtime.stream import Localizer, StreamOptions, localize_stream  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    torch = pytest.importorskip("torch", reason="torch needed to make the test export")
+    from conftest import randomise_batchnorm
+    from soundloc.config import preset
+    from soundloc.export.onnx import export_model
+    from soundloc.model.classifier import AVClassifier
+
+    torch.manual_seed(0)
+    model = AVClassifier(preset("tiny", num_classes=4)).eval()
+    randomise_batchnorm(model)
+    return export_model(model, tmp_path_factory.mktemp("export"))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    from soundloc.data.synth import make_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    make_synthetic_dataset(out, num_clips=1, seed=3, seconds=4.0, workers=1)
+    return next((out / "videos").glob("*.mp4"))
+
+
+def _per_step_alphas(model: StepModel, path: Path) -> list[tuple[int, np.ndarray]]:
+    loc = Localizer(model, StreamOptions(window_seconds=0.1, gate_db=None))
+    got = []
+    with StepSource(str(path)) as source:
+        for inp in source:
+            loc.push(inp)
+            got += [(s.inp.index, s.alpha) for s in loc.window.buf if s.inp.index not in {i for i, _ in got}]
+    loc.flush()
+    got += [(s.inp.index, s.alpha) for s in loc.window.buf if s.inp.index not in {i for i, _ in got}]
+    return got
+
+
+def test_file_stream_equals_offline_every_step(tiny_export, clip):
+    model = StepModel.from_export(tiny_export, backend="onnxruntime-cpu")
+    video, mel = file_inputs(clip, tiny_export.config)
+    ref = offline_onnx(tiny_export, video, mel)["alpha"][0]
+    T = ref.shape[0]
+    with StepSource(str(clip)) as source:
+        results = list(localize_stream(source, model, StreamOptions(window="centered", gate_db=None)))
+    assert [r.index for r in results] == list(range(T))
+    want = window_average(ref, 30, "centered")
+    for r in results:
+        np.testing.assert_allclose(r.heatmap, normalise(want[r.index]), atol=1e-4)
+    pts = [r.pts for r in results]
+    assert pts == sorted(pts) and pts[1] - pts[0] == pytest.approx(0.1)
+    assert all(r.output_time >= r.capture_time for r in results)
+    caps = [r.capture_time for r in results]
+    assert caps == sorted(caps)
+    assert results[0].lookahead_s == pytest.approx(0.3 + 1.5)  # tiny: 3-step lookahead, + half window
+
+
+def test_trailing_window_per_step_raw_maps_match(tiny_export, clip):
+    model = StepModel.from_export(tiny_export, backend="onnxruntime-cpu")
+    video, mel = file_inputs(clip, tiny_export.config)
+    ref = offline_onnx(tiny_export, video, mel)["alpha"][0]
+    with StepSource(str(clip)) as source:
+        results = list(localize_stream(source, model, StreamOptions(window="trailing", gate_db=None)))
+    want = window_average(ref, 30, "trailing")
+    err = max(np.abs(r.heatmap - normalise(want[r.index])).max() for r in results)
+    assert err <= 1e-4
+
+
+class _Slow:
+    """A backend wrapper that makes every call take >= delay seconds (a model too slow for 10 fps)."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.name, self.providers = inner.name, inner.providers
+        self.input_names, self.output_names = inner.input_names, inner.output_names
+
+    def run(self, feed):
+        time.sleep(self.delay)
+        return self.inner.run(feed)
+
+    def close(self):
+        self.inner.close()
+
+
+def _rss_mb() -> float:
+    with open(f"/proc/{os.getpid()}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_slow_model_on_live_lavfi_drops_and_stays_bounded(tiny_export):
+    model = StepModel.from_export(tiny_export, backend="onnxruntime-cpu")
+    model.backend = _Slow(model.backend, 0.15)  # 6.7 steps/s against a 10 steps/s camera
+    loc = Localizer(model, StreamOptions())
+    rss = []
+    start = time.monotonic()
+    steps = 0
+    with StepSource("lavfi:testsrc=size=320x240:rate=30", "lavfi:sine=frequency=440:sample_rate=48000") as src:
+        for inp in src:
+            steps += len(loc.push(inp))
+            if steps % 20 == 0:
+                rss.append(_rss_mb())
+            if time.monotonic() - start > 20:
+                break
+        dropped = src.stats.dropped
+        assert src.stats.max_queue_depth <= 8
+    assert dropped > 20, dropped  # ~200 steps captured, ~130 processed
+    assert steps > 50
+    assert max(rss) - rss[0] < 40, rss  # MB: bounded, not growing with the backlog
+
+
+def test_file_without_audio_is_one_line_error(tiny_export, tmp_path):
+    path = tmp_path / "silent.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for i in range(10):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 20, np.uint8), format="rgb24")
+            for p in s.encode(frame):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    with pytest.raises(MediaError, match="no audio") as e:
+        run_stream(tiny_export.root, str(path), status=False)
+    assert "\n" not in str(e.value)
+    out = tmp_path / "v.mp4"
+    summary = run_stream(tiny_export.root, str(path), out=out, video_only=True, status=False)
+    assert summary.steps == 10 and summary.gated == 10  # documented: video-only steps are always gated
+    assert out.exists()
+
+
+def test_truncated_file_ends_cleanly_with_playable_output(tiny_export, clip, tmp_path):
+    data = clip.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    out = tmp_path / "o.mp4"
+    try:
+        summary = run_stream(tiny_export.root, str(cut), out=out, status=False)
+    except MediaError as e:  # a cut that loses the moov atom cannot be opened: one line
+        assert "\n" not in str(e)
+        return
+    assert summary.steps >= 0
+    if summary.steps:
+        with av.open(str(out)) as c:
+            assert sum(1 for _ in c.decode(video=0)) == summary.steps
+
+
+def test_unopenable_device_cli_one_line(tiny_export):
+    r = subprocess.run([sys.executable, "-m", "soundloc", "stream", str(tiny_export.root), "--video",
+                        "v4l2:/dev/video99"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("error:") and "video99" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_sigterm_during_file_stream_leaves_playable_mp4(tiny_export, clip, tmp_path):
+    out = tmp_path / "term.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "soundloc", "stream", str(tiny_export.root), "--video",
+                             str(clip), "--realtime", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    partial = []
+    while time.monotonic() < deadline and not partial:
+        partial = list(tmp_path.glob("*.partial.mp4"))
+        time.sleep(0.1)
+    time.sleep(1.0)  # a second of real-time streaming
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    with av.open(str(out)) as c:
+        n = sum(1 for _ in c.decode(video=0))
+        assert c.streams.audio and c.streams.audio[0].codec_context.name == "aac"
+    assert 3 <= n < 40  # some steps, not the whole 4 s clip
