@@ -13,7 +13,9 @@ from . import devices  # noqa: F401
 from . import evaluate  # noqa: F401
 from . import export  # noqa: F401
 from . import stream  # noqa: F401
+from . import applications  # noqa: F401
 from . import train  # noqa: F401
+from . import bench  # noqa: F401
 
 
 def main() -> None:

@@ -1,0 +1,61 @@
+"""`soundloc bench`: latency of every stage, the backends side by side, and the references."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app, fail
+
+
+def parse_compare(compare: str) -> list[str]:
+    """``a,b,c`` (or ``all``) -> backend names, checked."""
+    from ..bench import BACKEND_CHOICES, COMPARE_ALL
+
+    names = list(COMPARE_ALL) if compare.strip() == "all" else [c.strip() for c in compare.split(",") if c.strip()]
+    bad = [n for n in names if n not in BACKEND_CHOICES]
+    if bad or not names:
+        raise ValueError(f"--compare takes backends from {', '.join(BACKEND_CHOICES)} (or 'all'), not {compare!r}")
+    return names
+
+
+@app.command("bench")
+def bench(
+    target: Path = typer.Argument(..., help="Export directory, or a .pt checkpoint (torch backend only)."),
+    backend: str = typer.Option("auto", help="auto, torch, onnxruntime-cpu/-cuda/-tensorrt, tensorrt."),
+    compare: Optional[str] = typer.Option(None, help="Backends to run one after another, e.g. torch,onnxruntime-cpu (or 'all')."),
+    streams: int = typer.Option(1, help="Also time N streams batched through one step call."),
+    warmup: float = typer.Option(2.0, help="Warm-up seconds before each measurement."),
+    duration: float = typer.Option(5.0, help="Seconds each measurement runs at least."),
+    min_iters: int = typer.Option(50, help="Iterations each measurement runs at least."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for every runtime (default: the runtime's)."),
+    clip: Optional[Path] = typer.Option(None, help="H.264+AAC file for the decode stage (default: a generated 640x480 30 fps clip)."),
+    references: bool = typer.Option(True, "--references/--no-references", help="Window-recompute, offline floor, matmul peak."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
+) -> None:
+    """Per-stage latency (min/mean/p50/p90/p95/p99), throughput, backends, and the references."""
+    from rich.console import Console
+
+    from .. import bench as lib
+    from ..fileio import write_json
+
+    console = Console(width=max(Console().width, 120))
+    err = Console(stderr=True)
+    try:
+        backends = parse_compare(compare) if compare else [backend]
+        plan = lib.Plan(warmup, duration, min_iters)
+        report = lib.run_bench(target, backends=backends, streams=streams, plan=plan, threads=threads, clip=clip,
+                               references=references, progress=lambda s: err.print(f"[dim]{s}[/dim]"))
+    except ValueError as e:
+        raise fail(str(e))
+    console.print(lib.report_table(report))
+    for line in lib.notes_lines(report):
+        console.print(line)
+    console.print(lib.targets_table(report))
+    for line in lib.summary_lines(report):
+        console.print(line)
+    if json_out:
+        write_json(lib.report_dict(report), json_out)
+        console.print(f"wrote {json_out}")

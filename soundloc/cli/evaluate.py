@@ -1,0 +1,99 @@
+"""`soundloc eval`: score localization maps on VGG-SS or Flickr-SoundNet (DESIGN §2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from .app import app, fail
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..evaluate import EvalResult
+
+
+@app.command("eval")
+def eval_command(
+    ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint to compute maps with (needs --videos and torch)."),
+    annotations: Path = typer.Option(..., "--annotations", help="VGG-SS json file, or a Flickr-SoundNet folder of <id>.xml."),
+    maps: Optional[Path] = typer.Option(None, "--maps", help="Precomputed maps: .npz with one 2-D array per clip id."),
+    videos: Optional[Path] = typer.Option(None, "--videos", help="Folder of <clip_id>.mp4 (with a checkpoint)."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="center (a centred Gaussian), or shuffled (with CKPT: each clip's video with another clip's audio)."),
+    protocol: str = typer.Option("lvs", "--protocol", help="lvs (OpenCV resize, P > median) or ezvsl (align_corners, P >= median)."),
+    ids: Optional[Path] = typer.Option(None, "--ids", help="CSV whose first column lists the clip ids to evaluate (e.g. flickr_test.csv)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary and per-clip results here."),
+    curve: Optional[Path] = typer.Option(None, "--curve", help="Write the success curve as a PNG here."),
+) -> None:
+    """Score maps with cIoU AP50, AUC, mean cIoU and the pointing game."""
+    from .. import evaluate, metrics
+    from ..data.annotations import AnnotationError, read_annotations, read_id_list
+
+    try:
+        metrics.check_protocol(protocol)
+        model_baseline = baseline == "shuffled"
+        if sum(x is not None for x in (ckpt, maps, None if model_baseline else baseline)) != 1 or \
+                (model_baseline and ckpt is None):
+            raise evaluate.EvalError("give exactly one source of maps: a checkpoint (optionally --baseline shuffled), "
+                                     "--maps FILE or --baseline center")
+        gt = read_annotations(annotations, read_id_list(ids) if ids else None)
+        if maps is not None:
+            source, clip_maps = str(maps), evaluate.load_maps_npz(maps)
+        elif baseline is not None and not model_baseline:
+            source, clip_maps = f"baseline:{baseline}", evaluate.baseline_maps(baseline, gt)
+        else:
+            source = f"{ckpt}" + (" (shuffled audio)" if model_baseline else "")
+            clip_maps = _checkpoint_maps(ckpt, videos, gt.ids, baseline)
+        result = evaluate.score_maps(clip_maps, gt, protocol, source=source)
+        if json_out is not None:
+            evaluate.write_json(result, json_out)
+        if curve is not None:
+            metrics.plot_success_curves({Path(source).name: result.cious}, curve,
+                                        title=f"{gt.kind} success curve ({protocol} protocol)")
+    except (AnnotationError, evaluate.EvalError, metrics.MetricError) as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"{e.filename or ''}: {e.strerror or e}") from None
+    _print_result(result)
+
+
+def _checkpoint_maps(ckpt: Path, videos: Optional[Path], ids: tuple[str, ...],
+                     baseline: Optional[str]) -> dict[str, "np.ndarray"]:
+    """Maps from a checkpoint at each clip's middle frame (3 s centred window); needs torch."""
+    from .. import evaluate
+
+    if videos is None:
+        raise evaluate.EvalError("a checkpoint needs --videos DIR (the <clip_id>.mp4 files)")
+    try:
+        from ..inference import maps_from_checkpoint
+    except ImportError as e:
+        raise evaluate.EvalError(f"evaluating a checkpoint needs torch: pip install 'soundloc[train]' ({e})") from None
+    maps, skipped = maps_from_checkpoint(ckpt, videos, ids, baseline=baseline)
+    for clip_id, reason in skipped.items[:10]:
+        typer.echo(f"skipped {clip_id}: {reason}", err=True)
+    return maps
+
+
+def _print_result(result: "EvalResult") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    s = result.summary
+    table = Table(title=f"{result.dataset} · protocol {result.protocol} · {result.source}")
+    for col in ("clips", "cIoU AP50", "AUC", "mean cIoU", "pointing"):
+        table.add_column(col, justify="right")
+    table.add_row(str(s["n"]), f"{s['ap50']:.4f}", f"{s['auc']:.4f}", f"{s['mean_ciou']:.4f}", f"{s['pointing']:.4f}")
+    console = Console()
+    console.print(table)
+    notes = [f"{n} {what}" for n, what in (
+        (result.n_missing, "annotated clips without a map (not scored)"),
+        (result.n_unannotated, "maps without annotation (ignored)"),
+        (result.n_empty_gt, "empty GT (scored cIoU 0)"),
+        (result.n_non_finite, "maps with NaN/inf (non-finite set to the map's minimum)"),
+        (result.n_corrupt_boxes, "corrupt boxes clipped"),
+        (result.n_no_annotation, "requested ids without annotation (not scored)"),
+    ) if n]
+    for note in notes:
+        console.print(f"  note: {note}")

@@ -1,0 +1,68 @@
+"""`soundloc train DATA_DIR`: the paper's training recipe (soundloc.train) from the command line.
+
+Multi-GPU / multi-node: run the same command under torchrun, e.g.
+``torchrun --nproc_per_node 4 "$(which soundloc)" train DATA --out runs/x`` (``--batch-size`` is
+per GPU; for several nodes add torchrun's ``--nnodes``/``--rdzv-endpoint``, and put ``--out`` on a
+shared disk so every node can ``--resume``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .app import app, fail
+
+
+@app.command("train")
+def train_command(
+    data_dir: Path = typer.Argument(..., help="VGGSound-format folder (vggsound.csv + videos/) or a path,label,split CSV."),
+    out: Path = typer.Option(Path("runs/train"), "--out", help="Folder for last.pt, best.pt and log.jsonl."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="paper, small or tiny (default small; on --resume the checkpoint's)."),
+    overrides: List[str] = typer.Option([], "--set", help="Config override KEY=VALUE, e.g. clip_seconds=5 (repeatable)."),
+    csv_path: Optional[Path] = typer.Option(None, "--csv", help="Annotation CSV (default DATA_DIR/vggsound.csv)."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="Class list in index order, e.g. VGGSound's stat.csv (default: sorted labels)."),
+    val_split: str = typer.Option("test", "--val-split", help="Split validated after each epoch; 'none' for no validation."),
+    epochs: int = typer.Option(30, "--epochs", help="Total epochs (on --resume: the new total)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Clips per step per process."),
+    lr: float = typer.Option(1e-2, "--lr", help="SGD learning rate (divided by 10 after 3 epochs without gain)."),
+    workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
+    init_video: Optional[Path] = typer.Option(None, "--init-video", help="torchvision mc3_18 .pth to initialise the video net."),
+    amp: str = typer.Option("auto", "--amp", help="Mixed precision: auto (on for CUDA), on, off."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and data order."),
+    keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep epoch_XXX.pt for every epoch."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
+) -> None:
+    """Train the audio-visual classifier whose maps localize sound sources."""
+    from ..config import ConfigError
+    from ..model.checkpoint import CheckpointError
+    from ..train import TrainError, parse_overrides, train
+
+    try:
+        result = train(data_dir, out, preset=preset, overrides=parse_overrides(overrides), csv_path=csv_path,
+                       classes=classes, val_split=None if val_split.lower() == "none" else val_split,
+                       resume=resume, init_video=init_video, epochs=epochs, batch_size=batch_size, lr=lr,
+                       workers=workers, amp=amp, device=device, seed=seed, keep_epochs=keep_epochs)
+    except (TrainError, ConfigError, CheckpointError) as e:
+        raise fail(str(e)) from None
+    except OSError as e:  # full disk, unwritable --out: the previous checkpoint is intact
+        raise fail(f"{e.filename or out}: {e.strerror or e}") from None
+    if result.world_size > 1 and not _is_main():
+        return
+    acc = "  ".join(f"{k} {v:.3f}" for k, v in result.accuracy.items())
+    typer.echo(f"trained {result.epochs} epochs (from {result.resumed_from}) in {result.seconds:.0f} s: "
+               f"accuracy {acc}; best av {result.best_accuracy:.3f} at epoch {result.best_epoch}; "
+               f"{result.skipped} clips skipped -> {result.last_checkpoint}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+
+
+def _is_main() -> bool:
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,285 @@
+"""Training datasets: VGGSound-format collections and simple ``path,label`` lists -> model inputs.
+
+An item is what the classifier eats (DESIGN §1): ``video`` (3, T, 112, 112) float32 normalised
+with torchvision's video mean/std, ``mel`` (1, 10T, 80) float32 from ``soundloc.audio.log_mel``
+(the one log-mel), ``label`` int and ``id`` str. Decoding is ``soundloc.media.load_clip``:
+10 fps by timestamps from any source rate, the whole frame resized, audio resampled to
+16 kHz mono, padded or cut to ``config.clip_seconds``.
+
+A training run reads many downloaded videos and some are always broken. A broken file never
+ends an epoch: ``__getitem__`` returns a ``Skipped`` marker with a one-line reason, ``collate``
+drops markers and carries ``(id, reason)`` pairs in the batch (so they cross DataLoader worker
+processes with the batch), and the training loop feeds each batch to a ``SkipReport`` that it
+prints at the end of the epoch.
+
+File names from annotation files never leave the dataset root: absolute paths and ``..``
+components are refused when the CSV is read (issue 7). Symlinks inside the root are followed
+on purpose: videos on another disk linked into the root are a common layout.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..audio import log_mel
+from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, VIDEO_MEAN, VIDEO_STD, Config
+from ..media import MediaError, load_clip
+
+
+class DatasetError(ValueError):
+    """An annotation file or dataset folder that cannot be used; the message is one line."""
+
+
+@dataclass(frozen=True)
+class ClipRecord:
+    """One annotated clip: ``path`` to its video file and class index ``label``."""
+
+    clip_id: str
+    path: Path
+    label: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """The marker ``__getitem__`` returns for a clip that could not be loaded."""
+
+    clip_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training-time augmentation. ``flip``: mirror the frames left-right with probability 0.5
+    (sound sources have no handedness); ``crop_seconds``: a random window of this length
+    (a multiple of 0.1 s, at most the clip length) instead of the whole clip."""
+
+    flip: bool = False
+    crop_seconds: float | None = None
+
+
+def safe_relative(root: Path, name: str, where: str) -> Path:
+    """``root / name`` for a file name read from an annotation file; raises ``DatasetError``
+    if the name is empty, absolute or has a ``..`` component, i.e. could escape ``root``."""
+    posix, win = PurePosixPath(name), PureWindowsPath(name)
+    if not name.strip() or posix.is_absolute() or win.is_absolute() or win.drive or "\x00" in name:
+        raise DatasetError(f"{where}: file name {name!r} is not a relative path inside the dataset root")
+    if ".." in posix.parts or ".." in win.parts:
+        raise DatasetError(f"{where}: file name {name!r} escapes the dataset root (contains '..')")
+    return root / name
+
+
+def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """Non-blank CSV rows with their 1-based line numbers; ``csv`` handles quoted commas."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: annotation CSV not found")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [(i + 1, row) for i, row in enumerate(csv.reader(f)) if any(c.strip() for c in row)]
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DatasetError(f"{path}: not a readable UTF-8 CSV ({e})") from None
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    return rows
+
+
+def _class_index(labels: Sequence[str], class_names: Sequence[str] | None, config: Config,
+                 where: Path) -> tuple[tuple[str, ...], dict[str, int]]:
+    """Class names (given, from the config, or the sorted labels of the whole CSV, so every
+    split of one CSV gets the same indices) and the name -> index map."""
+    names = tuple(class_names or config.class_names or sorted(set(labels)))
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise DatasetError(f"{where}: {len(unknown)} labels not among the {len(names)} class names, e.g. {unknown[0]!r}")
+    return names, index
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Decodes ``records`` into model inputs (see the module docstring); the base of the
+    VGGSound and path-list datasets."""
+
+    def __init__(self, records: Sequence[ClipRecord], class_names: Sequence[str], config: Config,
+                 augment: Augment | None = None) -> None:
+        self.records = list(records)
+        self.class_names = tuple(class_names)
+        self.config = config
+        self.augment = augment or Augment()
+        self._crop_steps = self._check_crop(self.augment.crop_seconds)
+
+    def _check_crop(self, seconds: float | None) -> int | None:
+        if seconds is None:
+            return None
+        steps = round(seconds * FPS)
+        if abs(seconds * FPS - steps) > 1e-6 or not 1 <= steps <= self.config.clip_steps:
+            raise DatasetError(f"crop_seconds must be a multiple of 0.1 s in (0, {self.config.clip_seconds}], not {seconds}")
+        return steps
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def labels(self) -> list[int]:
+        """Class index of every clip (for balanced samplers and class counts)."""
+        return [r.label for r in self.records]
+
+    def __getitem__(self, i: int) -> dict[str, Any] | Skipped:
+        rec = self.records[i]
+        try:
+            clip = load_clip(rec.path, seconds=self.config.clip_seconds, fps=FPS, size=self.config.image_size,
+                             sample_rate=SAMPLE_RATE, require_audio=True)
+        except MediaError as e:
+            return Skipped(rec.clip_id, str(e))
+        except (OSError, ValueError, RuntimeError) as e:  # av/numpy failures media.py did not foresee
+            return Skipped(rec.clip_id, f"{rec.path}: cannot decode ({type(e).__name__}: {' '.join(str(e).split())})")
+        frames, mel = clip.frames, log_mel(clip.audio)
+        if self._crop_steps is not None:
+            s = int(torch.randint(0, len(frames) - self._crop_steps + 1, ()).item())
+            frames = frames[s: s + self._crop_steps]
+            mel = mel[s * MELS_PER_STEP: (s + self._crop_steps) * MELS_PER_STEP]
+        if self.augment.flip and torch.rand(()).item() < 0.5:
+            frames = frames[:, :, ::-1]
+        return {"video": normalise_frames(frames), "mel": torch.from_numpy(np.ascontiguousarray(mel))[None],
+                "label": rec.label, "id": rec.clip_id}
+
+
+def normalise_frames(frames: np.ndarray) -> torch.Tensor:
+    """uint8 RGB frames (T, H, W, 3) -> float32 (3, T, H, W) normalised with VIDEO_MEAN/STD."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div_(255.0)
+    mean = torch.tensor(VIDEO_MEAN).view(3, 1, 1, 1)
+    std = torch.tensor(VIDEO_STD).view(3, 1, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+class VGGSoundDataset(ClipDataset):
+    """A VGGSound-format collection: a headerless CSV ``ytid,start_seconds,label,split``
+    (default ``<root>/vggsound.csv``) and videos ``<root>/videos/<ytid>_<start:06d>.mp4``
+    (or directly in ``root``). ``split=None`` takes every row."""
+
+    def __init__(self, root: str | os.PathLike, csv_path: str | os.PathLike | None = None, split: str | None = "train",
+                 *, config: Config, class_names: Sequence[str] | None = None, augment: Augment | None = None) -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"{root}: dataset folder not found")
+        csv_file = Path(csv_path) if csv_path is not None else root / "vggsound.csv"
+        parsed = []
+        for line, row in _read_rows(csv_file):
+            if len(row) != 4:
+                raise DatasetError(f"{csv_file}:{line}: expected 4 columns ytid,start_seconds,label,split, got {len(row)}")
+            ytid, start, label, row_split = (c.strip() for c in row)
+            try:
+                start_s = int(float(start))
+            except ValueError:
+                raise DatasetError(f"{csv_file}:{line}: start_seconds {start!r} is not a number") from None
+            clip_id = f"{ytid}_{start_s:06d}"
+            safe_relative(root, f"{clip_id}.mp4", f"{csv_file}:{line}")
+            if "/" in ytid or "\\" in ytid:
+                raise DatasetError(f"{csv_file}:{line}: ytid {ytid!r} contains a path separator")
+            parsed.append((clip_id, label, row_split))
+        names, index = _class_index([p[1] for p in parsed], class_names, config, csv_file)
+        records = [ClipRecord(cid, _find_video(root, cid), index[label])
+                   for cid, label, s in parsed if split is None or s == split]
+        if not records:
+            raise DatasetError(f"{csv_file}: no rows in split {split!r}")
+        super().__init__(records, names, config, augment)
+        self.root = root
+
+
+def _find_video(root: Path, clip_id: str) -> Path:
+    """``root/videos/<id>.mp4`` if it exists, else ``root/<id>.mp4`` (a missing file is
+    reported when loaded, not here: checking 200k files up front is slow on network disks)."""
+    nested = root / "videos" / f"{clip_id}.mp4"
+    return nested if nested.exists() or not (root / f"{clip_id}.mp4").exists() else root / f"{clip_id}.mp4"
+
+
+class PathListDataset(ClipDataset):
+    """Any collection as a CSV of ``path,label`` rows (an optional third column ``split``;
+    an optional header row ``path,label[,split]``), paths relative to ``root`` (default: the
+    CSV's folder). VGGSound's own ``test.csv`` (``<ytid>_<start>.mp4,label``) is such a file."""
+
+    def __init__(self, csv_path: str | os.PathLike, root: str | os.PathLike | None = None, split: str | None = None,
+                 *, config: Config, class_names: Sequence[str] | None = None, augment: Augment | None = None) -> None:
+        csv_file = Path(csv_path)
+        base = Path(root) if root is not None else csv_file.parent
+        rows = _read_rows(csv_file)
+        if [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
+            rows = rows[1:]
+        parsed = []
+        for line, row in rows:
+            if len(row) not in (2, 3) or (split is not None and len(row) != 3):
+                need = "path,label,split" if split is not None else "path,label[,split]"
+                raise DatasetError(f"{csv_file}:{line}: expected {need}, got {len(row)} columns")
+            name, label = row[0].strip(), row[1].strip()
+            path = safe_relative(base, name, f"{csv_file}:{line}")
+            parsed.append((PurePosixPath(name.replace("\\", "/")).stem, path, label, row[2].strip() if len(row) == 3 else None))
+        names, index = _class_index([p[2] for p in parsed], class_names, config, csv_file)
+        records = [ClipRecord(cid, p, index[label]) for cid, p, label, s in parsed if split is None or s == split]
+        if not records:
+            raise DatasetError(f"{csv_file}: no rows" + (f" in split {split!r}" if split else ""))
+        super().__init__(records, names, config, augment)
+        self.root = base
+
+
+def collate(items: Sequence[dict[str, Any] | Skipped]) -> dict[str, Any]:
+    """Stack loaded items into a batch and carry the skipped ones as ``(id, reason)`` pairs.
+
+    Returns ``video`` (B, 3, T, H, W), ``mel`` (B, 1, 10T, 80), ``label`` (B,) int64, ``id``
+    list[str], ``skipped`` list[(id, reason)]. B may be 0 when every item was skipped: then
+    ``video`` and ``mel`` are empty (0,)-shaped tensors and the loop should move on.
+    """
+    good = [it for it in items if not isinstance(it, Skipped)]
+    skipped = [(it.clip_id, it.reason) for it in items if isinstance(it, Skipped)]
+    if not good:
+        empty = torch.zeros(0)
+        return {"video": empty, "mel": empty, "label": torch.zeros(0, dtype=torch.long), "id": [], "skipped": skipped}
+    return {
+        "video": torch.stack([it["video"] for it in good]),
+        "mel": torch.stack([it["mel"] for it in good]),
+        "label": torch.tensor([it["label"] for it in good], dtype=torch.long),
+        "id": [it["id"] for it in good],
+        "skipped": skipped,
+    }
+
+
+class SkipReport:
+    """Clips skipped during an epoch, accumulated in the main process from each batch's
+    ``skipped`` list (so it sees every DataLoader worker). Keeps the first ``keep`` reasons."""
+
+    def __init__(self, keep: int = 20) -> None:
+        self.keep = keep
+        self.count = 0
+        self.first: list[tuple[str, str]] = []
+
+    def add(self, skipped: Iterable[tuple[str, str]]) -> None:
+        """Record ``(id, reason)`` pairs, e.g. ``report.add(batch["skipped"])``."""
+        for clip_id, reason in skipped:
+            self.count += 1
+            if len(self.first) < self.keep:
+                self.first.append((clip_id, reason))
+
+    def reset(self) -> None:
+        self.count, self.first = 0, []
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def summary(self, max_lines: int = 5) -> str:
+        """Multi-line text for the end of an epoch: the count, then the first reasons."""
+        if not self.count:
+            return "no clips skipped"
+        lines = [f"{self.count} clip{'s' if self.count != 1 else ''} skipped:"]
+        lines += [f"  {cid}: {reason}" for cid, reason in self.first[:max_lines]]
+        if self.count > max_lines:
+            lines.append(f"  ... and {self.count - min(max_lines, len(self.first))} more")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """For json logs: ``{"count": n, "first": [{"id", "reason"}, ...]}``."""
+        return {"count": self.count, "first": [{"id": c, "reason": r} for c, r in self.first]}

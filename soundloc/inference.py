@@ -1,0 +1,190 @@
+"""Offline analysis of whole clips with a checkpoint: the maps behind `soundloc eval`, and the
+paper's two applications (§5) -- informative moments and pseudo boxes (`soundloc moments`,
+`soundloc annotate`).
+
+A clip is run once through the backbones (the whole clip, any length, time never
+downsampled); every later question -- the map at the annotated frame, the top-k moments, the
+box at the best moment, the map with another clip's audio -- is answered from those features.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.annotations import safe_join
+from .fileio import write_json
+from .localize import pseudo_box, top_k_moments, window_bounds
+from .media import MediaError
+from .model.checkpoint import load_checkpoint
+from .preprocess import file_inputs
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
+
+
+@dataclass
+class ClipFeatures:
+    """Backbone outputs of one clip: V (D, T, h, w), z^V (T, D), z^A (T, D)."""
+
+    clip_id: str
+    V: np.ndarray
+    zv: np.ndarray
+    za: np.ndarray
+
+    @property
+    def steps(self) -> int:
+        return self.zv.shape[0]
+
+    def alpha(self, za: np.ndarray | None = None) -> np.ndarray:
+        """(T, h, w) per-step maps; ``za`` from another clip gives the shuffled-audio baseline."""
+        za = self.za if za is None else za
+        T = min(self.steps, len(za))
+        return np.einsum("dthw,td->thw", self.V[:, :T], za[:T])
+
+    def scores(self) -> np.ndarray:
+        return np.einsum("td,td->t", self.zv, self.za)
+
+
+@dataclass
+class Skipped:
+    items: list[tuple[str, str]] = field(default_factory=list)  # (clip id, one-line reason)
+
+    def add(self, clip_id: str, reason: str) -> None:
+        self.items.append((clip_id, reason))
+
+
+class Analyzer:
+    """A checkpoint ready to turn video files into ``ClipFeatures``."""
+
+    def __init__(self, ckpt: str | Path, device: str = "auto") -> None:
+        dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        self.model, self.checkpoint = load_checkpoint(ckpt, map_location=dev)
+        self.device = torch.device(dev)
+        self.config = self.model.config
+
+    def features(self, path: Path, clip_id: str | None = None) -> ClipFeatures:
+        video, mel = file_inputs(path, self.config)
+        with torch.inference_mode():
+            f = self.model.features(torch.from_numpy(video).to(self.device), torch.from_numpy(mel).to(self.device))
+        return ClipFeatures(clip_id or path.stem, f.V[0].float().cpu().numpy(), f.zv[0].float().cpu().numpy(),
+                            f.za[0].float().cpu().numpy())
+
+    def classify(self, feats: ClipFeatures) -> str:
+        """The audio-visual head's top class name (or index) for a clip."""
+        with torch.inference_mode():
+            logits = self.model.heads(torch.from_numpy(feats.zv)[None].to(self.device),
+                                      torch.from_numpy(feats.za)[None].to(self.device))
+        k = int(logits["av"].argmax())
+        names = self.config.class_names
+        return names[k] if names else str(k)
+
+    def each(self, clips: Iterable[tuple[str, Path | None]], skipped: Skipped) -> Iterator[ClipFeatures]:
+        """Features of each (id, path); missing or broken files are skipped with their reason."""
+        for clip_id, path in clips:
+            if path is None:
+                skipped.add(clip_id, "video not found")
+                continue
+            try:
+                yield self.features(path, clip_id)
+            except MediaError as e:
+                skipped.add(clip_id, str(e))
+
+
+def find_video(videos: Path, clip_id: str) -> Path | None:
+    """``<videos>/<id>.mp4`` or ``<videos>/videos/<id>.mp4`` (other suffixes too), never outside."""
+    for sub in ("", "videos/"):
+        for suffix in VIDEO_SUFFIXES:
+            path = safe_join(videos, f"{sub}{clip_id}{suffix}")
+            if path.is_file():
+                return path
+    return None
+
+
+def list_videos(folder: Path) -> list[tuple[str, Path]]:
+    """Every video file in ``folder`` (or its ``videos/``), sorted, as (clip id, path)."""
+    root = folder / "videos" if (folder / "videos").is_dir() else folder
+    return [(p.stem, p) for p in sorted(root.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
+
+
+def centred_map(alpha: np.ndarray, t: int, steps: int) -> np.ndarray:
+    """The paper's Eq. 4 at step ``t``: the mean of alpha over [t - d/2, t + d/2]."""
+    lo, hi = window_bounds(t, steps, len(alpha), "centered")
+    return alpha[lo:hi].mean(axis=0)
+
+
+def maps_from_checkpoint(ckpt: Path, videos: Path, ids: Iterable[str], baseline: str | None = None,
+                         progress: bool = True) -> tuple[dict[str, np.ndarray], Skipped]:
+    """Each clip's map at its middle frame (VGG-SS's annotated frame) with the 3 s centred window.
+
+    ``baseline="shuffled"``: each clip's visual features with the *next* clip's audio, which
+    tells whether the audio drives the map at all.
+    """
+    if baseline not in (None, "shuffled"):
+        raise ValueError(f"checkpoint baseline must be 'shuffled' or none, not {baseline!r}")
+    an = Analyzer(ckpt)
+    skipped = Skipped()
+    clips = [(i, find_video(videos, i)) for i in ids]
+    feats = list(an.each(_progress(clips, "maps", progress), skipped))
+    steps = an.config.window_steps
+    maps = {}
+    for k, f in enumerate(feats):
+        za = feats[(k + 1) % len(feats)].za if baseline == "shuffled" and len(feats) > 1 else None
+        maps[f.clip_id] = centred_map(f.alpha(za), f.steps // 2, steps)
+    return maps, skipped
+
+
+def moments(ckpt: Path, folder: Path, k: int = 1, progress: bool = True) -> tuple[dict[str, list[int]], Skipped]:
+    """Top-k informative moments per clip: frame indices at 10 fps, best S_av first (§5.1)."""
+    an = Analyzer(ckpt)
+    skipped = Skipped()
+    out = {f.clip_id: top_k_moments(f.scores(), k)
+           for f in an.each(_progress(list_videos(folder), "moments", progress), skipped)}
+    return out, skipped
+
+
+def annotate(ckpt: Path, folder: Path, out_json: Path, threshold: float = 0.5, resume: bool = True,
+             save_every: int = 20, progress: bool = True) -> tuple[list[dict], Skipped]:
+    """Pseudo boxes for every clip in VGG-SS format (§5.2): at the top-1 moment, the centred
+    3 s map -> threshold -> largest component -> box. Resumable: clips already in ``out_json``
+    are kept and skipped; the file is rewritten atomically every ``save_every`` clips."""
+    entries = _read_existing(out_json) if resume else []
+    done = {e["file"] for e in entries}
+    an = Analyzer(ckpt)
+    skipped = Skipped()
+    todo = [(i, p) for i, p in list_videos(folder) if i not in done]
+    for n, f in enumerate(an.each(_progress(todo, "annotate", progress), skipped), start=1):
+        t = top_k_moments(f.scores(), 1)[0]
+        m = centred_map(f.alpha(), t, an.config.window_steps)
+        box = pseudo_box(m, 224, 224, threshold)
+        entries.append({"file": f.clip_id, "class": an.classify(f), "frame": t,
+                        "score": round(float(f.scores()[t]), 4), "bbox": [] if box is None else [list(box)]})
+        if n % save_every == 0:
+            write_json(entries, out_json)
+    write_json(entries, out_json)
+    return entries, skipped
+
+
+def _read_existing(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: cannot resume from a corrupt file ({e}); move it away") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: not a VGG-SS style list; move it away")
+    return data
+
+
+def _progress(items: list, what: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return items
+    from rich.progress import track
+
+    return track(items, description=what, transient=True)
+

@@ -1,0 +1,219 @@
+"""score_maps, the maps file, the JSON writer and the `soundloc eval` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundloc import evaluate
+from soundloc.data.annotations import Annotation, Annotations
+from soundloc.evaluate import EvalError
+
+# clip a: GT = top quarter (rows 0..55); clip b: GT = left half; clip e: empty GT
+GT = Annotations("vggss", {
+    "a": Annotation("a", ((0.0, 0.0, 1.0, 0.25),)),
+    "b": Annotation("b", ((0.0, 0.0, 0.5, 1.0),)),
+    "e": Annotation("e", (), n_corrupt=1, n_dropped=1),
+})
+
+
+def _top_quarter_map() -> np.ndarray:
+    m = np.zeros((224, 224))
+    m[:56] = 1.0
+    m[56:168] = 0.5
+    return m
+
+
+def test_score_maps_counts_and_values():
+    maps = {"a": _top_quarter_map(), "e": np.ones((7, 7)), "zz": np.ones((3, 3))}
+    r = evaluate.score_maps(maps, GT, "lvs", source="test")
+    assert [c.id for c in r.records] == ["a", "e"]
+    a, e = r.records
+    assert a.ciou == 1.0 and a.pointing and a.pred_pixels == 12544 and a.gt_pixels == 12544
+    assert e.ciou == 0.0 and not e.pointing and e.empty_gt
+    assert (r.n_missing, r.missing_ids, r.n_unannotated, r.n_empty_gt, r.n_corrupt_boxes) == (1, ("b",), 1, 1, 1)
+    assert r.summary["ap50"] == 0.5 and r.summary["mean_ciou"] == 0.5 and r.summary["n"] == 2
+    ez = evaluate.score_maps(maps, GT, "ezvsl")
+    assert ez.records[0].ciou == pytest.approx(1 / 3) and ez.protocol == "ezvsl"
+
+
+def test_score_maps_flickr_uses_consensus():
+    gt = Annotations("flickr", {"f": Annotation("f", ((0.0, 0.0, 0.5, 0.5),), annotators=(0,))})
+    m = np.zeros((224, 224))
+    m[:112, :112] = 1
+    r = evaluate.score_maps({"f": m}, gt)
+    # one annotator: G = 0.5 on the box, so overlap 0.5 * 12544 over |G| = 6272 + 0 outside
+    assert r.records[0].ciou == pytest.approx(1.0) and r.records[0].gt_pixels == 6272
+
+
+def test_score_maps_non_finite_counted():
+    m = _top_quarter_map()
+    m[100, 100] = np.nan
+    r = evaluate.score_maps({"a": m}, GT)
+    assert r.n_non_finite == 1 and r.records[0].ciou == 1.0
+
+
+def test_score_maps_nothing_in_common_and_bad_map():
+    with pytest.raises(EvalError, match="none of the 3"):
+        evaluate.score_maps({"x": np.ones((7, 7))}, GT)
+    with pytest.raises(EvalError, match="clip 'a'"):
+        evaluate.score_maps({"a": np.ones((2, 7, 7))}, GT)
+    with pytest.raises(ValueError, match="unknown protocol"):
+        evaluate.score_maps({"a": np.ones((7, 7))}, GT, "ezsvl")
+
+
+def test_center_baseline():
+    r = evaluate.score_maps(evaluate.baseline_maps("center", GT), GT)
+    assert r.n_missing == 0 and r.records[0].pred_pixels > 0
+    assert r.records[1].pointing and not r.records[0].pointing  # centre is inside the left half, not the top quarter
+    with pytest.raises(EvalError, match="unknown baseline"):
+        evaluate.baseline_maps("random", GT)
+
+
+def test_load_maps_npz(tmp_path):
+    p = tmp_path / "m.npz"
+    np.savez(p, a=np.ones((7, 7), np.float32), b=np.zeros((20, 30)))
+    maps = evaluate.load_maps_npz(p)
+    assert set(maps) == {"a", "b"} and maps["b"].shape == (20, 30)
+    np.savez(tmp_path / "obj.npz", a=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(EvalError, match="cannot read"):
+        evaluate.load_maps_npz(tmp_path / "obj.npz")
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(EvalError, match="bad.npz"):
+        evaluate.load_maps_npz(tmp_path / "bad.npz")
+    np.save(tmp_path / "one.npy", np.ones((7, 7)))
+    with pytest.raises(EvalError, match="single array"):
+        evaluate.load_maps_npz(tmp_path / "one.npy")
+
+
+def test_write_json_atomic(tmp_path):
+    r = evaluate.score_maps({"a": _top_quarter_map()}, GT)
+    out = tmp_path / "r.json"
+    out.write_text("old")
+    evaluate.write_json(r, out)
+    d = json.loads(out.read_text())
+    assert d["protocol"] == "lvs" and d["summary"]["ap50"] == 1.0 and d["counts"]["missing_maps"] == 2
+    assert d["clips"][0]["id"] == "a" and d["clips"][0]["ciou"] == 1.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]  # no temp file left behind
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+@pytest.fixture
+def cli_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    ann = tmp_path / "ss.json"
+    ann.write_text(json.dumps([
+        {"file": "a_000001", "class": "dog", "bbox": [[0.0, 0.0, 1.0, 0.25]]},
+        {"file": "b_000002", "class": "cat", "bbox": [[0.0, 0.0, 0.5, 1.0], [0.1, 0.1, -2.9e16, 0.4]]},
+    ]))
+    maps = tmp_path / "maps.npz"
+    left = np.zeros((7, 7))
+    left[:, :3] = 1.0
+    np.savez(maps, a_000001=_top_quarter_map(), b_000002=left)
+    return ann, maps
+
+
+def _invoke(args: list[str]):
+    from typer.testing import CliRunner
+
+    from soundloc.cli import app
+
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_eval_writes_json_and_curve(cli_inputs, tmp_path):
+    ann, maps = cli_inputs
+    res = _invoke(["eval", "--maps", str(maps), "--annotations", str(ann), "--json", str(tmp_path / "o.json"),
+                   "--curve", str(tmp_path / "c.png")])
+    assert res.exit_code == 0, res.output
+    assert "protocol lvs" in res.output and "corrupt boxes" in res.output
+    d = json.loads((tmp_path / "o.json").read_text())
+    assert d["protocol"] == "lvs" and d["counts"]["corrupt_boxes"] == 1 and d["summary"]["n"] == 2
+    assert d["clips"][0]["ciou"] == 1.0
+    assert 0.0 < d["clips"][1]["ciou"] < 1.0 and d["clips"][1]["pointing"]
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_eval_ids_without_annotation_reported(cli_inputs, tmp_path):
+    ann, maps = cli_inputs
+    ids = tmp_path / "ids.csv"
+    ids.write_text("a_000001,1\nzz_000009,2\n")
+    res = _invoke(["eval", "--maps", str(maps), "--annotations", str(ann), "--ids", str(ids), "--json",
+                   str(tmp_path / "o.json")])
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / "o.json").read_text())
+    assert d["summary"]["n"] == 1 and d["counts"]["ids_without_annotation"] == 1
+    assert "1 requested ids without annotation" in res.output
+
+
+@pytest.mark.parametrize("extra, why", [
+    (["--protocol", "cv2"], "unknown protocol 'cv2'"),
+    (["--baseline", "center"], "exactly one source"),
+    (["--ids", "/nonexistent/ids.csv"], "cannot read"),
+])
+def test_cli_eval_bad_input_one_line_exit_2(cli_inputs, extra, why):
+    ann, maps = cli_inputs
+    res = _invoke(["eval", "--maps", str(maps), "--annotations", str(ann), *extra])
+    assert res.exit_code == 2 and why in res.output
+    assert "Traceback" not in res.output and res.output.strip().count("\n") == 0
+
+
+def test_cli_eval_missing_annotations(cli_inputs, tmp_path):
+    _, maps = cli_inputs
+    res = _invoke(["eval", "--maps", str(maps), "--annotations", str(tmp_path / "nope.json")])
+    assert res.exit_code == 2 and "no such annotation file" in res.output
+
+
+def test_cli_eval_checkpoint_seam(cli_inputs, tmp_path, monkeypatch):
+    ann, _ = cli_inputs
+    calls = []
+
+    inference = pytest.importorskip("soundloc.inference", reason="torch (the train extra) not installed")
+
+    def fake(ckpt, videos, ids, baseline=None):
+        calls.append((ckpt, videos, ids))
+        return {i: np.ones((7, 7)) for i in ids}, inference.Skipped()
+
+    monkeypatch.setattr(inference, "maps_from_checkpoint", fake)
+    res = _invoke(["eval", str(tmp_path / "m.pt"), "--videos", str(tmp_path), "--annotations", str(ann)])
+    assert res.exit_code == 0, res.output
+    assert calls == [(tmp_path / "m.pt", tmp_path, ("a_000001", "b_000002"))]
+    res = _invoke(["eval", str(tmp_path / "m.pt"), "--annotations", str(ann)])
+    assert res.exit_code == 2 and "--videos" in res.output
+
+
+def _reference_ciou(heatmap: np.ndarray, boxes: list, protocol: str) -> float:
+    """The reference evaluation loops (LVS test.py / EZ-VSL test.py), transcribed with torch."""
+    import torch
+
+    h = torch.nn.functional.interpolate(torch.from_numpy(heatmap)[None, None], size=(224, 224), mode="bilinear",
+                                        align_corners=protocol == "ezvsl")[0, 0].numpy()
+    gt = np.zeros((224, 224))
+    for box in boxes:
+        x0, y0, x1, y1 = (int(224 * min(max(v, 0), 1)) for v in box)
+        gt[y0:y1, x0:x1] = 1
+    pred = (h - h.min()) / (h.max() - h.min())
+    thr = np.sort(pred.flatten())[int(pred.shape[0] * pred.shape[1] / 2)]
+    if protocol == "lvs":
+        pred[pred > thr] = 1
+        pred[pred < 1] = 0
+        infer = (pred >= 0.5).astype(float)
+    else:
+        infer = (pred >= thr).astype(float)
+    return float(np.sum(infer * gt) / (np.sum(gt) + np.sum(infer * (gt == 0))))
+
+
+@pytest.mark.parametrize("protocol", ["lvs", "ezvsl"])
+def test_matches_reference_loop_on_real_vggss(shared_dir, protocol):
+    pytest.importorskip("torch")
+    from soundloc.data.annotations import read_vggss
+
+    raw = {e["file"]: e["bbox"] for e in json.loads((shared_dir / "data" / "vggss" / "vggss.json").read_text())}
+    gt = read_vggss(shared_dir / "data" / "vggss" / "vggss.json")
+    ids = list(gt.ids[:60]) + list(gt.corrupt_ids)
+    rng = np.random.default_rng(3)
+    maps = {i: rng.random((7, 7)) for i in ids}
+    r = evaluate.score_maps(maps, gt.subset(ids), protocol)
+    assert [c.ciou for c in r.records] == pytest.approx([_reference_ciou(maps[i], raw[i], protocol) for i in ids], abs=1e-12)

@@ -1,0 +1,184 @@
+"""The evaluation protocol of DESIGN §2 on hand-counted cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from soundloc import metrics
+from soundloc.metrics import MetricError
+
+N = 224 * 224
+
+
+# -- upsampling --------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(7, 7), (5, 9), (1, 1), (1, 4), (300, 3), (250, 230)])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_upsample_matches_torch_interpolate(shape, align_corners):
+    torch = pytest.importorskip("torch")
+    m = np.random.default_rng(sum(shape)).normal(size=shape)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(m)[None, None], size=(224, 224), mode="bilinear",
+                                          align_corners=align_corners)[0, 0].numpy()
+    np.testing.assert_allclose(metrics.upsample(m, 224, align_corners), ref, rtol=0, atol=1e-12)
+
+
+def test_upsample_by_hand_2_to_4():
+    m = np.array([[0.0, 4.0]])
+    # pixel centres (OpenCV / align_corners=False): src x = (d + .5) / 2 - .5 = -.25(->0), .25, .75, 1.25(->1)
+    np.testing.assert_allclose(metrics._bilinear_matrix(2, 4, False) @ m[0], [0.0, 1.0, 3.0, 4.0])
+    # align_corners=True: src x = d / 3 -> 0, 4/3, 8/3, 4
+    np.testing.assert_allclose(metrics._bilinear_matrix(2, 4, True) @ m[0], [0.0, 4 / 3, 8 / 3, 4.0])
+
+
+# -- cIoU, GT maps -----------------------------------------------------------------------------
+def test_ciou_hand_counted_4x4():
+    pred = np.array([[1, 1, 1, 0], [1, 1, 1, 0], [0, 0, 0, 0], [0, 0, 0, 0]], float)  # 6 pixels
+    gt = np.array([[0, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 0], [0, 0, 0, 0]], float)  # 8 pixels
+    # overlap 4; prediction outside GT 2: 4 / (8 + 2)
+    assert metrics.ciou(pred, gt) == pytest.approx(0.4)
+    assert metrics.ciou(gt, gt) == 1.0
+
+
+def test_ciou_empty_gt_is_zero_never_nan():
+    gt = np.zeros((4, 4))
+    assert metrics.ciou(np.ones((4, 4)), gt) == 0.0
+    assert metrics.ciou(np.zeros((4, 4)), gt) == 0.0  # 0/0 defined as 0
+
+
+def test_union_gt_map_truncates_pixel_coordinates():
+    # int(224 * .1) = 22, int(224 * .2) = 44, int(224 * .5) = 112, int(224 * .6) = 134
+    g = metrics.union_gt_map([(0.1, 0.2, 0.5, 0.6)])
+    assert g.sum() == 90 * 90
+    assert g[44, 22] == 1 and g[133, 111] == 1 and g[134, 111] == 0 and g[43, 22] == 0
+    g2 = metrics.union_gt_map([(0.1, 0.2, 0.5, 0.6), (0.1, 0.2, 0.5, 0.6)])
+    assert set(np.unique(g2)) == {0.0, 1.0} and g2.sum() == 8100  # a union, not a sum
+    assert metrics.union_gt_map([]).sum() == 0
+
+
+def test_flickr_consensus_map_three_annotators():
+    # pixels of a 256 frame: A (0,0,128,128) -> [0,112); B (64,64,192,192) -> [56,168); C (64,64,128,128) -> [56,112)
+    a, b, c = (0, 0, 0.5, 0.5), (0.25, 0.25, 0.75, 0.75), (0.25, 0.25, 0.5, 0.5)
+    g = metrics.consensus_gt_map([a, b, c])
+    assert g[60, 60] == 1.0  # three boxes: 3/2 capped at 1
+    assert g[10, 10] == 0.5 and g[150, 150] == 0.5  # one annotator only
+    assert g[200, 200] == 0.0
+    # 56*56 pixels at 1, (112^2 - 56^2) * 2 pixels at 0.5
+    assert g.sum() == 3136 + 0.5 * 18816
+    pred = np.zeros((224, 224))
+    pred[:112, :112] = 1  # exactly A: overlap 3136*1 + 9408*.5 = 7840 over |G| = 12544, nothing outside G
+    assert metrics.ciou(pred, g) == pytest.approx(7840 / 12544)
+
+
+def test_flickr_pixel_rescale_matches_reference_integer_formula():
+    # the reference computes int(224 * px / 256); boxes here are px / 256
+    for px in (0, 1, 37, 100, 255, 256):
+        assert metrics._box_pixels((px / 256,) * 4)[0] == int(224 * px / 256)
+
+
+# -- protocols ---------------------------------------------------------------------------------
+def _tiered_map() -> np.ndarray:
+    m = np.zeros((224, 224))
+    m[:56] = 1.0  # a quarter at the maximum
+    m[56:168] = 0.5  # half tied at the median
+    return m
+
+
+def test_lvs_and_ezvsl_differ_on_ties():
+    gt = metrics.union_gt_map([(0.0, 0.0, 1.0, 0.25)])  # rows 0..55: 12544 pixels
+    lvs = metrics.score_map(_tiered_map(), gt, "lvs")
+    ez = metrics.score_map(_tiered_map(), gt, "ezvsl")
+    # thr = sorted[25088] = 0.5; LVS keeps P > .5 (rows 0..55), EZ-VSL P >= .5 (rows 0..167)
+    assert lvs.pred_pixels == 12544 and lvs.ciou == 1.0
+    assert ez.pred_pixels == 37632 and ez.ciou == pytest.approx(12544 / 37632)
+
+
+def test_lvs_keeps_maximum_when_more_than_half_ties_at_it():
+    p = np.ones((224, 224))
+    p[168:] = 0.0  # three quarters at the max, so thr == 1
+    # reference: pred[pred > thr] = 1; pred[pred < 1] = 0 leaves the maxima at 1
+    assert metrics.binarize(p, "lvs").sum() == 37632
+    assert metrics.binarize(p, "ezvsl").sum() == 37632
+
+
+def test_continuous_map_one_pixel_apart():
+    p = np.random.default_rng(1).random((224, 224))
+    assert metrics.binarize(p, "lvs").sum() == N - N // 2 - 1
+    assert metrics.binarize(p, "ezvsl").sum() == N - N // 2
+
+
+def test_constant_map_predicts_whole_frame():
+    gt = metrics.union_gt_map([(0.0, 0.0, 0.5, 1.0)])  # half the frame
+    for protocol in metrics.PROTOCOLS:
+        s = metrics.score_map(np.full((7, 7), 3.0), gt, protocol)
+        assert s.pred_pixels == N and s.ciou == pytest.approx(0.5)
+
+
+def test_unknown_protocol_and_bad_shapes_raise():
+    gt = np.zeros((224, 224))
+    with pytest.raises(MetricError, match="unknown protocol"):
+        metrics.score_map(np.ones((7, 7)), gt, "cv2")
+    with pytest.raises(MetricError, match="2-D"):
+        metrics.score_map(np.ones((2, 7, 7)), gt)
+    with pytest.raises(MetricError, match="2-D"):
+        metrics.score_map(np.ones((0, 7)), gt)
+    assert metrics.score_map(np.ones((1, 1, 7, 7)), gt).pred_pixels == N  # leading singleton axes dropped
+
+
+def test_non_finite_maps_are_flagged_and_never_predicted():
+    m = np.zeros((224, 224))
+    m[:56] = 1.0
+    m[200:, :] = np.nan
+    m[0, 0] = np.inf
+    gt = metrics.union_gt_map([(0.0, 0.0, 1.0, 0.25)])
+    s = metrics.score_map(m, gt, "lvs")
+    # NaN/inf set to the finite min (0): prediction = rows 0..55 minus the former inf pixel
+    assert s.non_finite and s.pred_pixels == 12543 and s.ciou == pytest.approx(12543 / 12544)
+    dead = metrics.score_map(np.full((7, 7), np.nan), gt)
+    assert dead == metrics.MapScore(0.0, False, 0, 12544.0, True)
+
+
+def test_pointing_game():
+    gt = metrics.union_gt_map([(0.375, 0.375, 0.625, 0.625)])  # central box
+    prior = metrics.center_prior(7, 7)
+    assert metrics.score_map(prior, gt).pointing
+    corner = np.zeros((7, 7))
+    corner[0, 0] = 1
+    assert not metrics.score_map(corner, gt).pointing
+    assert not metrics.score_map(prior, np.zeros((224, 224))).pointing  # empty GT: miss
+    top_right = np.zeros((7, 7))
+    top_right[0, 6] = 1  # peak at row 0, last column: (x, y) must not be swapped
+    assert metrics.score_map(top_right, metrics.union_gt_map([(0.75, 0.0, 1.0, 0.25)])).pointing
+    assert not metrics.score_map(top_right, metrics.union_gt_map([(0.0, 0.75, 0.25, 1.0)])).pointing
+
+
+# -- summaries ---------------------------------------------------------------------------------
+def test_auc_and_ap50_of_known_lists():
+    s = metrics.summarize([0.0, 0.5, 1.0], [True, False, False])
+    # success: 1 at t=0, 2/3 for t in (0, .5], 1/3 for t in (.5, 1]
+    expected_auc = 0.05 * (1 + 2 / 3) / 2 + 9 * 0.05 * 2 / 3 + 0.05 * (2 / 3 + 1 / 3) / 2 + 9 * 0.05 / 3
+    assert s["auc"] == pytest.approx(expected_auc) == pytest.approx(0.5166667, abs=1e-6)
+    assert s["ap50"] == pytest.approx(2 / 3) and s["mean_ciou"] == 0.5
+    assert s["pointing"] == pytest.approx(1 / 3) and s["n"] == 3
+    assert metrics.auc([1.0, 1.0]) == pytest.approx(1.0)
+    assert metrics.auc([0.0]) == pytest.approx(0.025)  # only success(0) = 1
+
+
+def test_success_thresholds_are_the_reference_floats():
+    # the reference builds thresholds as 0.05 * i: 0.05 * 3 is 0.15000000000000002
+    t, s = metrics.success_curve([0.15])
+    assert len(t) == 21 and s[3] == 0.0 and s[2] == 1.0
+
+
+def test_center_prior_is_centred_gaussian():
+    p = metrics.center_prior(5, 5)
+    assert np.unravel_index(np.argmax(p), p.shape) == (2, 2) and p[2, 2] == 1.0
+    np.testing.assert_allclose(p, p[::-1, ::-1])
+    np.testing.assert_allclose(p, p.T)
+    with pytest.raises(MetricError):
+        metrics.center_prior(0, 5)
+
+
+def test_success_curve_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = metrics.plot_success_curves({"a": [0.1, 0.6], "b": [0.9]}, tmp_path / "c.png", title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

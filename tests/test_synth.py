@@ -1,0 +1,168 @@
+"""The synthetic benchmark: real H.264 + AAC files, VGGSound/VGG-SS formats, consistent ground
+truth, objects of VGG-SS size, determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from soundloc.data import synth
+from soundloc.data.synth import (
+    AREA_RANGE,
+    SynthError,
+    make_synthetic_dataset,
+    synth_classes,
+)
+
+SECONDS = 2.0
+CLIPS = 4
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, synth.SynthSummary]:
+    out = tmp_path_factory.mktemp("synth")
+    summary = make_synthetic_dataset(out, num_clips=CLIPS, seed=3, seconds=SECONDS, num_classes=5,
+                                     val_fraction=0.5, workers=1)
+    return out, summary
+
+
+def _rows(out: Path) -> list[list[str]]:
+    with open(out / "vggsound.csv", newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_csv_is_vggsound_format_with_quoted_labels(made) -> None:
+    out, summary = made
+    rows = _rows(out)
+    assert len(rows) == CLIPS and all(len(r) == 4 for r in rows)
+    assert {r[3] for r in rows} == {"train", "test"} and summary.num_test == 2
+    names = {c.name for c in synth_classes(5)}
+    assert all(r[2] in names for r in rows)
+    assert any("," in r[2] for r in rows)  # a quoted label survived the round trip
+    assert '"' in (out / "vggsound.csv").read_text()
+    for ytid, start, _, _ in rows:
+        assert (out / "videos" / f"{ytid}_{int(start):06d}.mp4").is_file()
+
+
+def test_videos_are_h264_aac_of_the_right_length(made) -> None:
+    out, _ = made
+    for path in sorted((out / "videos").glob("*.mp4")):
+        with av.open(str(path)) as c:
+            v, a = c.streams.video[0], c.streams.audio[0]
+            assert (v.codec_context.name, a.codec_context.name) == ("h264", "aac")
+            assert a.sample_rate == 16000 and a.channels == 1
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+            duration = float(c.duration / av.time_base)
+        assert len(frames) == round(SECONDS * 10)
+        assert frames[0].shape == (160, 160, 3)
+        assert duration == pytest.approx(SECONDS, abs=0.1)
+
+
+def test_boxes_are_vggss_format_and_match_tracks(made) -> None:
+    out, _ = made
+    boxes = json.loads((out / "vggss.json").read_text())
+    tracks = json.loads((out / "tracks.json").read_text())
+    test_ids = {f"{r[0]}_{int(r[1]):06d}" for r in _rows(out) if r[3] == "test"}
+    assert {b["file"] for b in boxes} == test_ids
+    mid = round(SECONDS * 10) // 2
+    for entry in boxes:
+        (box,) = entry["bbox"]
+        x0, y0, x1, y1 = box
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        assert AREA_RANGE[0] - 1e-3 <= (x1 - x0) * (y1 - y0) <= AREA_RANGE[1] + 1e-3
+        track = tracks[entry["file"]]
+        source = track["objects"][track["sounding"]]
+        assert source["boxes"][mid] == box and source["class"] == entry["class"] == track["label"]
+    for track in tracks.values():
+        classes = [o["class"] for o in track["objects"]]
+        assert 2 <= len(classes) == len(set(classes))  # several objects, all of different classes
+        for obj in track["objects"]:
+            b = np.array(obj["boxes"])
+            assert b.shape == (round(SECONDS * 10), 4) and b.min() >= 0 and b.max() <= 1
+            assert np.abs(np.diff(b, axis=0)).max() <= synth.MAX_SPEED / 10 + 1e-3  # moves slowly
+
+
+def test_sizes_cover_the_vggss_range() -> None:
+    """Object areas over many layouts span the VGG-SS quartiles (12-46 %), never below 10 %."""
+    rng = np.random.default_rng(0)
+    layouts = [synth._place_objects(rng, 3)[0].prod(1) for _ in range(300)]
+    areas = np.concatenate(layouts)
+    assert areas.min() >= AREA_RANGE[0] - 1e-9 and areas.max() <= AREA_RANGE[1] + 1e-9
+    source = np.array([a[0] for a in layouts])
+    assert np.mean([a.argmax() == 0 for a in layouts if len(a) == 3]) < 0.42  # size is no cue (chance: 1/3)
+    assert np.quantile(source, 0.25) < 0.16 and np.quantile(source, 0.75) > 0.27
+    assert 0.18 < np.median(source) < 0.26  # VGG-SS median: 25 %
+
+
+def test_intervals_match_the_audio(made) -> None:
+    out, summary = made
+    intervals = json.loads((out / "intervals.json").read_text())
+    assert summary.num_with_silence >= 1  # seed 3 has a clip with a gap; the test relies on it
+    for clip_id, spans in intervals.items():
+        ends = np.array(spans).ravel()
+        assert ends[0] >= 0 and ends[-1] <= SECONDS and np.all(np.diff(ends) > 0)
+        with av.open(str(out / "videos" / f"{clip_id}.mp4")) as c:
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=16000)
+            audio = np.concatenate([r.to_ndarray().ravel() for f in c.decode(audio=0) for r in resampler.resample(f)])
+        active = np.zeros(len(audio), bool)
+        for s, e in spans:  # 50 ms margins: fades and AAC's filter ringing
+            active[int((s + 0.05) * 16000): int((e - 0.05) * 16000)] = True
+        silent = np.ones(len(audio), bool)
+        for s, e in spans:
+            silent[max(0, int((s - 0.1) * 16000)): int((e + 0.1) * 16000)] = False
+        silent[int(SECONDS * 16000):] = False
+        loud = np.sqrt(np.mean(audio[active] ** 2))
+        assert loud > 0.03
+        if silent.sum() > 1600:
+            assert np.sqrt(np.mean(audio[silent] ** 2)) < loud / 5
+
+
+def test_same_seed_same_dataset(made, tmp_path: Path) -> None:
+    """Annotations and pixels depend on the seed only, not on the number of workers."""
+    out, _ = made
+    again = make_synthetic_dataset(tmp_path, num_clips=CLIPS, seed=3, seconds=SECONDS, num_classes=5,
+                                   val_fraction=0.5, workers=2)
+    for name in ("vggsound.csv", "vggss.json", "tracks.json", "intervals.json", "classes.csv"):
+        assert (out / name).read_bytes() == (tmp_path / name).read_bytes(), name
+    clip = next(iter(json.loads((out / "intervals.json").read_text())))
+    assert (out / "videos" / f"{clip}.mp4").read_bytes() == (tmp_path / "videos" / f"{clip}.mp4").read_bytes()
+    assert again.num_clips == CLIPS
+
+
+def test_other_seed_other_dataset(made, tmp_path: Path) -> None:
+    out, _ = made
+    make_synthetic_dataset(tmp_path, num_clips=2, seed=4, seconds=SECONDS, num_classes=5, workers=1)
+    assert (out / "tracks.json").read_text()[:500] != (tmp_path / "tracks.json").read_text()[:500]
+
+
+def test_classes_differ_in_look_and_sound() -> None:
+    classes = synth_classes(synth.MAX_CLASSES)
+    assert len({(c.shape, c.colour) for c in classes}) == len(classes)
+    assert len({c.name for c in classes}) == len(classes)
+    assert len({round(c.f0) for c in classes}) == len(classes)
+
+
+@pytest.mark.parametrize("kwargs", [{"num_clips": 0}, {"num_classes": 1}, {"num_classes": 999},
+                                    {"seconds": 2.05}, {"val_fraction": 1.0}, {"size": 31}])
+def test_bad_settings_raise(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(SynthError):
+        make_synthetic_dataset(tmp_path, **{"num_clips": 2, "seconds": 2.0, **kwargs})
+
+
+def test_cli(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from soundloc.cli import app
+
+    result = CliRunner().invoke(app, ["synth", str(tmp_path), "--clips", "2", "--seconds", "1", "--classes", "3",
+                                      "--workers", "1", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 2 clips" in result.output
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 2
+    bad = CliRunner().invoke(app, ["synth", str(tmp_path), "--classes", "1"])
+    assert bad.exit_code == 2 and "num_classes" in bad.output
