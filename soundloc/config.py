@@ -125,8 +125,8 @@ class Config:
 
 PRESETS: dict[str, Config] = {
     "paper": Config(),
-    # A CPU-trainable model: a quarter of the channels and one block per stage.
-    "small": Config(width=0.25, layers=(1, 1, 1, 1)),
+    # A CPU-trainable model (the shipped demo model): 1/8 of the channels, one block per stage.
+    "small": Config(width=0.125, layers=(1, 1, 1, 1)),
     # For tests: tiny and fast; still every mechanism of the full model.
     "tiny": Config(width=0.0625, layers=(1, 1, 1, 1), clip_seconds=2.0),
 }

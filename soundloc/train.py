@@ -81,6 +81,8 @@ class TrainOptions:
     device: str = "auto"
     keep_epochs: bool = False
     progress: bool = True
+    crop_seconds: float | None = None  # train on random windows of this length (whole clips validate)
+    flip: bool = False  # random horizontal flips while training
 
     def __post_init__(self) -> None:
         if self.amp not in ("auto", "on", "off"):
@@ -655,19 +657,19 @@ def base_config(out: Path, preset_name: str | None, overrides: dict[str, Any], r
 
 
 def load_datasets(data: Path, config: Config, *, csv_path: str | Path | None, classes: Sequence[str] | None,
-                  val_split: str | None) -> tuple[Config, Dataset, Dataset | None]:
+                  val_split: str | None, augment: Any = None) -> tuple[Config, Dataset, Dataset | None]:
     """Training and validation sets from a VGGSound folder or a ``path,label[,split]`` CSV;
     the config gets the class list (sorted labels of the CSV unless ``classes`` is given) and
     a matching ``num_classes``, so every checkpoint carries its class names."""
     from .data.dataset import DatasetError, PathListDataset, VGGSoundDataset
 
-    def make(split: str | None, names: Sequence[str] | None) -> Dataset:
+    def make(split: str | None, names: Sequence[str] | None, aug: Any = None) -> Dataset:
         if data.is_file():
-            return PathListDataset(data, split=split, config=config, class_names=names)
-        return VGGSoundDataset(data, csv_path, split=split, config=config, class_names=names)
+            return PathListDataset(data, split=split, config=config, class_names=names, augment=aug)
+        return VGGSoundDataset(data, csv_path, split=split, config=config, class_names=names, augment=aug)
 
     train_split = "train" if val_split is not None or not data.is_file() else None
-    train_set = make(train_split, classes or config.class_names or None)
+    train_set = make(train_split, classes or config.class_names or None, augment)
     names = tuple(train_set.class_names)  # type: ignore[attr-defined]
     if config.num_classes != len(names) and config.class_names:
         raise TrainError(f"the config has {config.num_classes} classes, the class list {len(names)}")
@@ -699,8 +701,13 @@ def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = Non
     try:
         config = base_config(out, preset, overrides or {}, resume)
         names = read_class_names(classes) if classes is not None else None
+        augment = None
+        if opts.crop_seconds or opts.flip:
+            from .data.dataset import Augment
+
+            augment = Augment(flip=opts.flip, crop_seconds=opts.crop_seconds)
         config, train_set, val_set = load_datasets(Path(data_dir), config, csv_path=csv_path, classes=names,
-                                                   val_split=val_split)
+                                                   val_split=val_split, augment=augment)
     except (ConfigError, DatasetError, CheckpointError) as e:
         raise TrainError(str(e)) from None
     return fit(config, train_set, val_set, out, opts, resume=resume, init_video=init_video, collate_fn=collate)

@@ -48,18 +48,6 @@ def clip(tmp_path_factory) -> Path:
     return next((out / "videos").glob("*.mp4"))
 
 
-def _per_step_alphas(model: StepModel, path: Path) -> list[tuple[int, np.ndarray]]:
-    loc = Localizer(model, StreamOptions(window_seconds=0.1, gate_db=None))
-    got = []
-    with StepSource(str(path)) as source:
-        for inp in source:
-            loc.push(inp)
-            got += [(s.inp.index, s.alpha) for s in loc.window.buf if s.inp.index not in {i for i, _ in got}]
-    loc.flush()
-    got += [(s.inp.index, s.alpha) for s in loc.window.buf if s.inp.index not in {i for i, _ in got}]
-    return got
-
-
 def test_file_stream_equals_offline_every_step(tiny_export, clip):
     model = StepModel.from_export(tiny_export, backend="onnxruntime-cpu")
     video, mel = file_inputs(clip, tiny_export.config)

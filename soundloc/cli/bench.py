@@ -52,10 +52,10 @@ def bench(
         raise fail(str(e))
     console.print(lib.report_table(report))
     for line in lib.notes_lines(report):
-        console.print(line)
+        console.print(line, markup=False, highlight=False)
     console.print(lib.targets_table(report))
     for line in lib.summary_lines(report):
-        console.print(line)
+        console.print(line, markup=False, highlight=False)
     if json_out:
         write_json(lib.report_dict(report), json_out)
         console.print(f"wrote {json_out}")

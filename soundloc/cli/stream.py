@@ -56,3 +56,19 @@ def _report(d: dict, json_out: Optional[Path]) -> None:
         from ..fileio import write_json
 
         write_json(d, json_out)
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for input.mp4, demo.mp4 and events.jsonl."),
+    seconds: float = typer.Option(10.0, help="Length of the generated clip."),
+    seed: int = typer.Option(7, help="Which synthetic clip to generate."),
+    backend: str = typer.Option("onnxruntime", help="Backend for the bundled model."),
+    model: Optional[Path] = typer.Option(None, help="Another export directory instead of the bundled demo model."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
+) -> None:
+    """Generate a synthetic clip and localize its sounding object with the bundled demo model."""
+    from ..demo import run_demo
+
+    summary = run_demo(out, seconds=seconds, seed=seed, backend=backend, model=model)
+    _report(summary.as_dict(), json_out)

@@ -37,6 +37,8 @@ def train_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and data order."),
     keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep epoch_XXX.pt for every epoch."),
+    crop_seconds: Optional[float] = typer.Option(None, "--crop-seconds", help="Train on random windows of this length (cheaper steps; validation uses whole clips)."),
+    flip: bool = typer.Option(False, "--flip", help="Random horizontal flips while training."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
     """Train the audio-visual classifier whose maps localize sound sources."""
@@ -48,7 +50,8 @@ def train_command(
         result = train(data_dir, out, preset=preset, overrides=parse_overrides(overrides), csv_path=csv_path,
                        classes=classes, val_split=None if val_split.lower() == "none" else val_split,
                        resume=resume, init_video=init_video, epochs=epochs, batch_size=batch_size, lr=lr,
-                       workers=workers, amp=amp, device=device, seed=seed, keep_epochs=keep_epochs)
+                       workers=workers, amp=amp, device=device, seed=seed, keep_epochs=keep_epochs,
+                       crop_seconds=crop_seconds, flip=flip)
     except (TrainError, ConfigError, CheckpointError) as e:
         raise fail(str(e)) from None
     except OSError as e:  # full disk, unwritable --out: the previous checkpoint is intact

@@ -33,15 +33,19 @@ SILENCE_DB = -120.0  # level reported for digital silence
 class StreamOptions:
     """How steps become what users see.
 
-    ``gate_db``: hide the map when the window's audio RMS level is below this (dBFS; -50 is a
-    quiet room through a laptop mic, digital silence is -120). ``gate_score``: also hide it when
-    the window's mean S_av is below this (model-specific; ``None`` uses the export's calibrated
-    value when it has one, else no score gate). ``box_threshold``: pseudo-box binarisation level.
+    ``gate_db``: hide the map when the audio RMS level of the last ``gate_seconds`` up to the
+    step is below this (dBFS; speech at a metre is about -25, a quiet room through a laptop
+    mic -50 to -60, digital silence -120). The level is taken over a short span, not the 3 s
+    map window, so the map disappears within half a second of the sound stopping.
+    ``gate_score``: also hide it when the window's mean S_av is below this (model-specific;
+    ``None`` uses the export's calibrated value when it has one, else no score gate).
+    ``box_threshold``: pseudo-box binarisation level.
     """
 
     window: str = "trailing"
     window_seconds: float = 3.0
-    gate_db: float | None = -50.0
+    gate_db: float | None = -40.0
+    gate_seconds: float = 0.5
     gate_score: float | None = None
     box_threshold: float = 0.5
 
@@ -50,6 +54,8 @@ class StreamOptions:
             raise ValueError(f"window must be one of {', '.join(WINDOWS)}, not {self.window!r}")
         if not 0 < self.window_seconds <= 60:
             raise ValueError(f"window_seconds must be in (0, 60], not {self.window_seconds}")
+        if not 0 < self.gate_seconds <= self.window_seconds:
+            raise ValueError(f"gate_seconds must be in (0, window_seconds], not {self.gate_seconds}")
         if not 0 <= self.box_threshold < 1:
             raise ValueError(f"box_threshold must be in [0, 1), not {self.box_threshold}")
 
@@ -64,12 +70,14 @@ class _Step:
 
 
 class _Window:
-    """Recent steps; emits each step with its window averages once its window is complete."""
+    """Recent steps; emits each step with its window averages once its window is complete:
+    the mean map and S_av over the window, and the mean audio power of the last ``gate_steps``."""
 
-    def __init__(self, steps: int, mode: str) -> None:
+    def __init__(self, steps: int, mode: str, gate_steps: int = 5) -> None:
         self.future = steps // 2 if mode == "centered" else 0
         self.past = steps // 2 if mode == "centered" else steps - 1
-        self.buf: deque[_Step] = deque(maxlen=self.past + self.future + 1)
+        self.gate_steps = gate_steps
+        self.buf: deque[_Step] = deque(maxlen=max(self.past, gate_steps - 1) + self.future + 1)
         self.count = 0
         self.emitted = 0
 
@@ -88,9 +96,10 @@ class _Window:
         first = self.count - len(self.buf)
         lo, hi = max(k - self.past, first), min(k + self.future + 1, self.count)
         steps = [self.buf[i - first] for i in range(lo, hi)]
+        recent = [self.buf[i - first].power for i in range(max(k - self.gate_steps + 1, first), k + 1)]
         self.emitted += 1
         return (self.buf[k - first], np.mean([s.alpha for s in steps], axis=0),
-                float(np.mean([s.score for s in steps])), float(np.mean([s.power for s in steps])))
+                float(np.mean([s.score for s in steps])), float(np.mean(recent)))
 
 
 def level_db(power: float) -> float:
@@ -104,7 +113,7 @@ class Localizer:
         self.model, self.options = model, options
         cfg = model.config
         steps = max(1, int(round(options.window_seconds * cfg.fps)))
-        self.window = _Window(steps, options.window)
+        self.window = _Window(steps, options.window, max(1, int(round(options.gate_seconds * cfg.fps))))
         self.lookahead_s = (model.lookahead + self.window.future) / cfg.fps
         gate = options.gate_score if options.gate_score is not None else model.bundle_gate_score
         self.gate_score = gate
