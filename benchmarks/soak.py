@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -49,16 +50,20 @@ def rss_mb() -> float:
         return 0.0
 
 
+EXPORT_SCRIPT = """
+import sys, torch
+from soundloc.config import preset
+from soundloc.export.onnx import export_model
+from soundloc.model.classifier import AVClassifier
+torch.manual_seed(0)
+export_model(AVClassifier(preset("small", num_classes=8)).eval(), sys.argv[1], graphs=("step",))
+"""
+
+
 def make_export(folder: Path) -> Path:
-    """A randomly initialised ``small`` preset exported to ONNX in ``folder``."""
-    import torch
-
-    from soundloc.config import preset
-    from soundloc.export.onnx import export_model
-    from soundloc.model.classifier import AVClassifier
-
-    torch.manual_seed(0)
-    export_model(AVClassifier(preset("small", num_classes=8)).eval(), folder, graphs=("step",))
+    """A randomly initialised ``small`` preset exported to ONNX in ``folder``, in a child
+    process: the soak process stays torch-free like the edge runtime, so its RSS is the runtime's."""
+    subprocess.run([sys.executable, "-c", EXPORT_SCRIPT, str(folder)], check=True, stderr=subprocess.DEVNULL)
     return folder
 
 
@@ -99,7 +104,8 @@ def soak(export: Path, minutes: float, video: str, audio: str, sample_s: float, 
                     samples.append({"t": round(now - start, 2), "rss_mb": round(rss_mb(), 2), "steps": steps,
                                     "step_ms_p50": pct(step_ms, 50), "step_ms_p99": pct(step_ms, 99),
                                     "latency_ms_p50": pct(latency_ms, 50), "dropped": source.stats.dropped,
-                                    "skipped": source.stats.skipped, "queue_max": source.stats.max_queue_depth})
+                                    "skipped": source.stats.skipped, "queue_max": source.stats.max_queue_depth,
+                                    "loadavg_1m": round(os.getloadavg()[0], 2)})
                     log(f"{samples[-1]['t']:7.0f} s  rss {samples[-1]['rss_mb']:7.1f} MiB  steps {steps:6d}  "
                         f"step p50 {samples[-1]['step_ms_p50']:6.2f} ms  latency p50 "
                         f"{samples[-1]['latency_ms_p50']:7.1f} ms  dropped {source.stats.dropped}")

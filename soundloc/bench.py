@@ -564,7 +564,7 @@ def _command(args: list[str], timeout: float = 5.0) -> str | None:
     if shutil.which(args[0]) is None:
         return None
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() if done.returncode == 0 else None

@@ -22,7 +22,10 @@ IMAGE_SIZE = 112
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's video-model normalisation
 VIDEO_STD = (0.22803, 0.22145, 0.216989)
 
-HEADS = ("individual-fc", "shared-fc", "av-only")  # paper Table 2: ours, shared FC, single multi-modal
+# paper Table 2: ours, shared FC, single multi-modal; plus "tied-fc" (not in the paper): one
+# D -> C classifier applied to z^V, z^A and their mean, which puts both modalities' channels in
+# one class-evidence space, so that alpha = V . z^A compares like with like.
+HEADS = ("individual-fc", "shared-fc", "av-only", "tied-fc")
 FORMAT_VERSION = 1  # of checkpoints and export directories
 
 

@@ -105,14 +105,15 @@ def _grads(model, head):
     return has(model.video), has(model.audio)
 
 
-def test_each_head_sends_gradient_only_where_it_should():
-    model = AVClassifier(preset("tiny", num_classes=3)).train()
+@pytest.mark.parametrize("head", ["individual-fc", "tied-fc"])
+def test_each_head_sends_gradient_only_where_it_should(head):
+    model = AVClassifier(preset("tiny", num_classes=3, head=head)).train()
     assert _grads(model, "vision") == (True, False)
     assert _grads(model, "audio") == (False, True)
     assert _grads(model, "av") == (True, True)
 
 
-@pytest.mark.parametrize("head", ["individual-fc", "shared-fc", "av-only"])
+@pytest.mark.parametrize("head", ["individual-fc", "shared-fc", "av-only", "tied-fc"])
 def test_head_variants_train_one_step(head):
     torch.manual_seed(0)
     model = AVClassifier(preset("tiny", num_classes=3, head=head)).train()

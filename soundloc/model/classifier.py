@@ -4,7 +4,9 @@ Heads (Table 2 variants, chosen by ``config.head``):
 - ``individual-fc`` (the paper's): FC_v(concat(z^V, 0)), FC_a(concat(0, z^A)), FC_av(concat(z^V, z^A)),
   each on the time-averaged features (Eq. 1), loss CE_v + CE_a + CE_av;
 - ``shared-fc``: one FC applied to the three concatenations, same summed loss;
-- ``av-only`` ("single multi-modal"): FC_av and CE_av alone.
+- ``av-only`` ("single multi-modal"): FC_av and CE_av alone;
+- ``tied-fc`` (ours, not the paper's): one FC (D -> C) scores z^V, z^A and (z^V + z^A) / 2, so
+  channel k means the same class evidence in both modalities; same summed loss.
 Localization needs only the backbones: alpha_t = V_t . z^A_t and S_av[t] = z^V_t . z^A_t.
 """
 
@@ -53,6 +55,8 @@ class AVClassifier(nn.Module):
             self.fc_v, self.fc_a, self.fc_av = nn.Linear(2 * d, c), nn.Linear(2 * d, c), nn.Linear(2 * d, c)
         elif config.head == "shared-fc":
             self.fc = nn.Linear(2 * d, c)
+        elif config.head == "tied-fc":
+            self.fc = nn.Linear(d, c)
         else:
             self.fc_av = nn.Linear(2 * d, c)
 
@@ -64,6 +68,8 @@ class AVClassifier(nn.Module):
     def heads(self, zv: torch.Tensor, za: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-head logits (B, C) from per-step features (B, T, D), averaged over t (Eq. 1)."""
         mv, ma = zv.mean(dim=1), za.mean(dim=1)
+        if self.config.head == "tied-fc":
+            return {"vision": self.fc(mv), "audio": self.fc(ma), "av": self.fc((mv + ma) / 2)}
         zero = torch.zeros_like(mv)
         inputs = {"vision": torch.cat([mv, zero], 1), "audio": torch.cat([zero, ma], 1),
                   "av": torch.cat([mv, ma], 1)}
