@@ -86,7 +86,7 @@ class Stats:
     max: float
 
     @classmethod
-    def from_seconds(cls, samples: Sequence[float]) -> "Stats":
+    def from_seconds(cls, samples: Sequence[float]) -> Stats:
         ms = [1000.0 * s for s in samples]
         if not ms:
             raise ValueError("no samples to summarise")
@@ -115,7 +115,7 @@ class Plan:
         if self.min_iters < 1:
             raise ValueError(f"min_iters must be >= 1, not {self.min_iters}")
 
-    def scaled(self, min_iters: int) -> "Plan":
+    def scaled(self, min_iters: int) -> Plan:
         """The same times with another iteration floor (references whose calls take seconds)."""
         return Plan(self.warmup_s, self.duration_s, min(self.min_iters, min_iters))
 
@@ -317,9 +317,9 @@ class Target:
     config: Config
 
 
-def resolve_target(target: Path, scratch: Path) -> Target:
-    """An export directory (torch runs a checkpoint of the same architecture, written to
-    ``scratch`` with fresh weights: weights do not change the time) or a checkpoint (the
+def resolve_target(target: Path) -> Target:
+    """An export directory (torch then runs a checkpoint of the same architecture with fresh
+    weights, written to a scratch folder: weights do not change the time) or a checkpoint (the
     onnxruntime and TensorRT backends then have nothing to load)."""
     target = Path(target)
     if target.is_dir():
@@ -352,7 +352,7 @@ def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = N
 
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, not {backend!r}")
-    if backend == "torch":
+    if backend == "torch" or (backend == "auto" and tgt.export is None):
         if importlib.util.find_spec("torch") is None:
             raise RuntimeError("PyTorch is not installed (`pip install 'soundloc[train]'`)")
         ckpt = tgt.checkpoint or _scratch_checkpoint(tgt.config, scratch)
@@ -448,7 +448,8 @@ def _export_offline(tgt: Target, backend: str, threads: int | None) -> Callable[
 def matmul_peak(runtime: str, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
                 n: int = MATMUL_N, plan: Plan = Plan(0.5, 2.0, 5)) -> dict[str, Any]:
     """Reference (3): sustained fp32 matmul FLOP/s of (n, n) @ (n, n) on the same runtime:
-    an onnxruntime MatMul graph (same providers and threads) or ``torch.matmul``."""
+    an onnxruntime MatMul graph (same providers and threads) or ``torch.matmul``. ``gflops``
+    from the median call (what utilisation uses), ``gflops_best`` from the fastest."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     if runtime == "torch":
@@ -463,9 +464,10 @@ def matmul_peak(runtime: str, providers: Sequence[str] = ("CPUExecutionProvider"
         run, how = (lambda: sess.run(None, {"A": a})), f"onnxruntime MatMul {n}x{n} fp32 on {providers[0]}"
     else:
         raise ValueError(f"no matmul probe for runtime {runtime!r}")
-    timing = run_timed(lambda laps: run(), plan)
-    seconds = timing.stats().median / 1000
-    return {"gflops": round(2 * n ** 3 / seconds / 1e9, 2), "probe": how, "median_ms": round(seconds * 1000, 3)}
+    stats = run_timed(lambda laps: run(), plan).stats()
+    flop = 2 * n ** 3
+    return {"gflops": round(flop / stats.median * 1e3 / 1e9, 2), "gflops_best": round(flop / stats.min * 1e3 / 1e9, 2),
+            "probe": how, "median_ms": round(stats.median, 3)}
 
 
 def _matmul_session(b: np.ndarray, providers: list[str], threads: int | None):
@@ -621,7 +623,7 @@ class Tegrastats:
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
 
-    def __enter__(self) -> "Tegrastats":
+    def __enter__(self) -> Tegrastats:
         if shutil.which("tegrastats"):
             self.proc = subprocess.Popen(["tegrastats", "--interval", str(self.interval_ms)],
                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -781,7 +783,7 @@ def run_bench(target: str | Path, *, backends: Sequence[str] = ("auto",), stream
 
 def _collect(target: Path, backends: list[str], streams: int, plan: Plan, threads: int | None, clip: Path | None,
              references: bool, scratch: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-    tgt = resolve_target(target, scratch)
+    tgt = resolve_target(target)
     system = system_info()
     clip_path = Path(clip) if clip else make_clip(scratch / "clip.mp4")
     progress(f"decode: {clip_path.name} through StepSource")

@@ -35,7 +35,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .config import Config, ConfigError
+from .distributed import (DistInfo, ShardSampler, dist_from_env, gather_skips, init_distributed,
+                          resolve_device)
 from .config import preset as config_preset
 from .data.dataset import SkipReport, collate
 from .model.checkpoint import CheckpointError, load_checkpoint, load_video_weights, read_checkpoint, save_checkpoint
@@ -114,23 +116,6 @@ class TrainResult:
         return dataclasses.asdict(self)
 
 
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in a (possibly one-process) job."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
 @dataclass
 class TrainState:
     """Everything a step or a checkpoint needs; ``model`` may be the DDP wrapper of ``module``."""
@@ -149,38 +134,6 @@ class TrainState:
 
 
 # -- setup ---------------------------------------------------------------------------------
-
-
-def dist_from_env() -> DistInfo:
-    """Read torchrun's WORLD_SIZE / RANK / LOCAL_RANK (absent: a single process)."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", "0"))
-        local = int(os.environ.get("LOCAL_RANK", str(rank)))
-    except ValueError as e:
-        raise TrainError(f"bad torchrun environment: {e}") from None
-    return DistInfo(rank=rank, world_size=world, local_rank=local)
-
-
-def resolve_device(name: str, info: DistInfo) -> torch.device:
-    """``auto`` picks this rank's GPU when there is one, else the CPU; asking for a missing GPU fails."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError(f"device {name!r} asked for, but torch sees no CUDA GPU")
-        if device.index is None:
-            device = torch.device("cuda", info.local_rank % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-    return device
-
-
-def init_distributed(info: DistInfo, device: torch.device) -> None:
-    """Join the process group (NCCL on CUDA, gloo on CPU) unless this is a single process."""
-    if info.enabled and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                rank=info.rank, world_size=info.world_size)
 
 
 def seed_everything(seed: int) -> None:
@@ -216,20 +169,6 @@ def build_state(config: Config, options: TrainOptions, info: DistInfo, device: t
 
 
 # -- data ----------------------------------------------------------------------------------
-
-
-class ShardSampler(Sampler[int]):
-    """Every ``world``-th index from ``rank``: each clip evaluated exactly once over all ranks
-    (DistributedSampler would pad with repeats and bias the accuracy)."""
-
-    def __init__(self, n: int, info: DistInfo) -> None:
-        self.indices = list(range(info.rank, n, info.world_size))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def make_loader(dataset: Dataset, options: TrainOptions, info: DistInfo, train: bool,
@@ -360,15 +299,6 @@ def evaluate(state: TrainState, loader: DataLoader) -> tuple[Totals, list]:
             loss, parts = classification_loss(logits, labels)
         totals.add(n, float(loss), parts, {k: int((v.argmax(1) == labels).sum()) for k, v in logits.items()})
     return totals, skipped
-
-
-def gather_skips(skipped: list, info: DistInfo) -> list[tuple[str, str]]:
-    """All ranks' skipped (id, reason) pairs, on every rank."""
-    if not info.enabled:
-        return skipped
-    out: list[list] = [[] for _ in range(info.world_size)]
-    dist.all_gather_object(out, skipped)
-    return [tuple(s) for part in out for s in part]  # type: ignore[misc]
 
 
 # -- checkpoints, resume, log ---------------------------------------------------------------

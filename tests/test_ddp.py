@@ -18,8 +18,8 @@ mp = pytest.importorskip("torch.multiprocessing")
 
 from soundloc.config import preset  # noqa: E402
 from soundloc.data.dataset import collate  # noqa: E402
-from soundloc.train import (DistInfo, TrainOptions, build_state, dist_from_env, fit, forward_backward,  # noqa: E402
-                            init_distributed, resolve_device, seed_everything)
+from soundloc.distributed import DistInfo, dist_from_env, init_distributed, resolve_device  # noqa: E402
+from soundloc.train import TrainOptions, build_state, fit, forward_backward, seed_everything  # noqa: E402
 
 CONFIG = preset("tiny", num_classes=3, clip_seconds=0.4, image_size=32, class_names=("a", "b", "c"))
 GLOBAL_BATCH = 8

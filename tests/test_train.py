@@ -211,7 +211,7 @@ def test_cli_trains_on_synthetic_videos_resumes_and_reports_errors_in_one_line(t
     assert r.exit_code == 0, r.output
     assert [x["epoch"] for x in log_lines(out)] == [1, 2]
     r = runner.invoke(app, [*base, "--epochs", "3", "--resume", "--preset", "small"])
-    assert r.exit_code == 2 and "another config: width=0.0625 (asked 0.25)" in r.output
+    assert r.exit_code == 2 and "another config: width=0.0625 (asked 0.125)" in r.output
     r = runner.invoke(app, [*base, "--set", "widht=1"])
     assert r.exit_code == 2 and "did you mean width?" in r.output
 

@@ -44,6 +44,7 @@ def train_command(
     """Train the audio-visual classifier whose maps localize sound sources."""
     from ..config import ConfigError
     from ..model.checkpoint import CheckpointError
+    from ..distributed import DistributedError
     from ..train import TrainError, parse_overrides, train
 
     try:
@@ -52,7 +53,7 @@ def train_command(
                        resume=resume, init_video=init_video, epochs=epochs, batch_size=batch_size, lr=lr,
                        workers=workers, amp=amp, device=device, seed=seed, keep_epochs=keep_epochs,
                        crop_seconds=crop_seconds, flip=flip)
-    except (TrainError, ConfigError, CheckpointError) as e:
+    except (TrainError, DistributedError, ConfigError, CheckpointError) as e:
         raise fail(str(e)) from None
     except OSError as e:  # full disk, unwritable --out: the previous checkpoint is intact
         raise fail(f"{e.filename or out}: {e.strerror or e}") from None
