@@ -37,7 +37,26 @@ def cuda_device_count() -> int:
     return count.value
 
 
+def installed_onnxruntimes() -> list[str]:
+    """onnxruntime distributions installed in this environment (more than one breaks imports)."""
+    from importlib import metadata
+
+    names = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino")
+    found = []
+    for name in names:
+        try:
+            metadata.version(name)
+            found.append(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
 def _import_ort():
+    both = installed_onnxruntimes()
+    if len(both) > 1:
+        raise BackendError(f"{' and '.join(both)} are installed together and overwrite each other's files: "
+                           f"`pip uninstall -y {' '.join(both)}` then install exactly one")
     try:
         import onnxruntime
     except ImportError:

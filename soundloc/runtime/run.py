@@ -116,6 +116,8 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     """
     model = StepModel.load(target, backend, threads)
     summary = StreamSummary(backend=model.name)
+    if status:
+        print(f"backend: {model.name}; lookahead {model.lookahead / model.config.fps:.1f} s", flush=True)
     start = time.monotonic()
     deadline = start + max_seconds if max_seconds is not None else None
     try:
