@@ -1,0 +1,51 @@
+"""Reproduce the demo model shipped in soundloc/assets/demo/.
+
+    python benchmarks/train_demo.py --data data/synth500 --run runs/demo --train
+    python benchmarks/train_demo.py --data data/synth500 --run runs/demo        # export only
+
+Synthesises the benchmark if --data is empty (500 clips of 10 s, seed 1, 10 classes), trains
+the `small` config with the `tied-fc` head (the variant that makes the map follow the audio on
+this data; see benchmarks/RESULTS.md) on 3 s crops, and exports the streaming step graph of
+the best epoch (fp32, ONNX) into the package's assets.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from soundloc.export.onnx import export_model
+from soundloc.model.checkpoint import file_sha256, load_checkpoint
+
+ASSETS = Path(__file__).resolve().parents[1] / "soundloc" / "assets" / "demo"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--train", action="store_true", help="train first (else use RUN/best.pt)")
+    ap.add_argument("--head", default="tied-fc")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--out", type=Path, default=ASSETS)
+    args = ap.parse_args()
+    if not (args.data / "vggsound.csv").is_file():
+        from soundloc.data.synth import make_synthetic_dataset
+
+        make_synthetic_dataset(args.data, num_clips=500, seed=1, seconds=10.0, num_classes=10)
+    if args.train:
+        from soundloc.train import train
+
+        train(args.data, args.run, preset="small", overrides={"head": args.head}, epochs=args.epochs,
+              batch_size=16, workers=1, crop_seconds=3.0, flip=True)
+    ckpt = args.run / "best.pt"
+    model, data = load_checkpoint(ckpt)
+    bundle = export_model(model, args.out, graphs=("step",), gate=data.get("gate"),
+                          checkpoint={"file": "demo (benchmarks/train_demo.py)", "sha256": file_sha256(ckpt),
+                                      "epoch": str(data.get("epoch"))})
+    size = sum(g["files"]["onnx"]["bytes"] for g in bundle.manifest["graphs"].values())
+    print(f"exported {ckpt} (epoch {data.get('epoch')}) to {args.out}: {size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
