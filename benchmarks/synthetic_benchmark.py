@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from soundloc import evaluate
 from soundloc.data.annotations import read_vggss

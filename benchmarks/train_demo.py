@@ -15,7 +15,8 @@ import argparse
 from pathlib import Path
 
 from soundloc.export.onnx import export_model
-from soundloc.model.checkpoint import file_sha256, load_checkpoint
+from soundloc.fileio import sha256_file
+from soundloc.model.checkpoint import load_checkpoint
 
 ASSETS = Path(__file__).resolve().parents[1] / "soundloc" / "assets" / "demo"
 
@@ -41,7 +42,7 @@ def main() -> None:
     ckpt = args.run / "best.pt"
     model, data = load_checkpoint(ckpt)
     bundle = export_model(model, args.out, graphs=("step",), gate=data.get("gate"),
-                          checkpoint={"file": "demo (benchmarks/train_demo.py)", "sha256": file_sha256(ckpt),
+                          checkpoint={"file": "demo (benchmarks/train_demo.py)", "sha256": sha256_file(ckpt),
                                       "epoch": str(data.get("epoch"))})
     size = sum(g["files"]["onnx"]["bytes"] for g in bundle.manifest["graphs"].values())
     print(f"exported {ckpt} (epoch {data.get('epoch')}) to {args.out}: {size / 1e6:.2f} MB")

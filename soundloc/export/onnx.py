@@ -28,7 +28,8 @@ from torch import nn
 
 from .. import __version__
 from ..config import FORMAT_VERSION
-from ..model.checkpoint import file_sha256, load_checkpoint
+from ..fileio import sha256_file
+from ..model.checkpoint import load_checkpoint
 from ..model.classifier import AVClassifier
 from ..model.streaming import INPUT_NAMES, OUTPUT_NAMES, StreamingModel
 from ..runtime.bundle import MAGIC, Bundle, file_record, read_bundle, write_manifest
@@ -204,7 +205,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, format: str = "o
     if format == "onnx" and (dla_core is not None or timing_cache is not None):
         raise ValueError("--dla-core and --timing-cache apply to --format engine only")
     model, data = load_checkpoint(ckpt)
-    record = {"file": Path(ckpt).name, "sha256": file_sha256(ckpt)}
+    record = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}
     bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
                           gate=data.get("gate"), progress=progress)
     if format == "engine":

@@ -7,10 +7,7 @@ rename), so a run killed mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,7 @@ import torch
 
 from .. import __version__
 from ..config import FORMAT_VERSION, Config, ConfigError
+from ..fileio import atomic_write
 from .classifier import AVClassifier
 from .video import load_torchvision_mc3
 
@@ -29,18 +27,7 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(path: str | Path, model: AVClassifier, **extra: Any) -> None:
@@ -103,11 +90,3 @@ def load_video_weights(model: AVClassifier, path: str | Path) -> list[str]:
         return load_torchvision_mc3(model.video, state)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -5,14 +5,13 @@ lookahead, precision, checksums). numpy/json only: an edge box needs no torch to
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..config import FORMAT_VERSION, Config
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write_bytes, sha256_file
 
 MANIFEST = "soundloc.json"
 MAGIC = "soundloc-export"
@@ -21,14 +20,6 @@ GRAPHS = ("step", "video", "audio")  # streaming step; offline video and audio
 
 class BundleError(RuntimeError):
     """An export directory that is missing, altered or of another format; one-line message."""
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
