@@ -19,7 +19,7 @@ from torch import nn
 
 from ..config import ConfigError
 from .classifier import AVClassifier
-from .temporal import delayed
+from .temporal import delayed, frame_conv, frame_norm
 
 INPUT_NAMES = ["frame", "mel", "valid"]
 OUTPUT_NAMES = ["alpha", "score", "zv", "za", "valid_out"]
@@ -34,46 +34,74 @@ class _Walk:
         self.names: list[str] = []
         self.valid = valid  # (B, L+1): validity of steps n, n-1, ..., n-L
 
-    def cache(self, name: str, x: torch.Tensor, patch: int) -> torch.Tensor:
+    def cache(self, name: str, x: torch.Tensor, patch: int, frames: bool) -> torch.Tensor:
         if self.old is None:
             self.names.append(name)
-            return x.new_zeros((x.shape[0], x.shape[1], 2 * patch, *x.shape[3:]))
+            rest = x.shape[2:] if frames else x.shape[3:]  # frames: (B, C, H, W); audio: (B, C, patch, F)
+            return x.new_zeros((x.shape[0], x.shape[1], 2 * patch, *rest))
         return next(self.old)
 
     def mask(self, x: torch.Tensor, delay: int) -> torch.Tensor:
         v = self.valid[:, delay]
         return x * v.reshape(-1, *([1] * (x.dim() - 1)))
 
-    def conv(self, name: str, conv: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def conv(self, name: str, conv: nn.Module, x: torch.Tensor, frames: bool) -> tuple[torch.Tensor, torch.Tensor]:
         patch = getattr(conv, "patch", 1)
-        y, window = conv.step(self.cache(name, x, patch), x)
+        y, window = conv.step(self.cache(name, x, patch, frames), x)
         self.new.append(window[:, :, patch:])
         return y, window
 
 
-def _stream_stage(walk: _Walk, prefix: str, stem: nn.Sequential, layers: list[nn.Sequential],
+class _Frames:
+    """Video ops on single frames (B, C, H, W): 2-D convolutions and norms with the 3-D weights."""
+
+    frames = True
+    conv, norm = staticmethod(frame_conv), staticmethod(frame_norm)
+
+    @staticmethod
+    def delayed(window: torch.Tensor, delay: int) -> torch.Tensor:
+        return delayed(window, delay)[:, :, 0]
+
+
+class _Steps:
+    """Audio ops on one step (B, C, 1, F): the modules themselves."""
+
+    frames = False
+    conv = staticmethod(lambda conv, x: conv(x))
+    norm = staticmethod(lambda bn, x: bn(x))
+    delayed = staticmethod(delayed)
+
+
+def _frame_block(ops, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A residual block without temporal convolutions, on one step."""
+    (c1, bn1, relu1), (c2, bn2) = block.conv1, block.conv2
+    identity = x if block.downsample is None else ops.norm(block.downsample[1], ops.conv(block.downsample[0], x))
+    return block.relu(ops.norm(bn2, ops.conv(c2, relu1(ops.norm(bn1, ops.conv(c1, x))))) + identity)
+
+
+def _stream_stage(walk: _Walk, ops, prefix: str, stem: nn.Sequential, layers: list[nn.Sequential],
                   x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Run a backbone's stem and residual layers for one step; returns output and its delay."""
     conv, bn, relu = stem
-    y, _ = walk.conv(f"{prefix}.stem", conv, walk.mask(x, 0))
+    y, _ = walk.conv(f"{prefix}.stem", conv, walk.mask(x, 0), ops.frames)
     delay = conv.lookahead
-    y = walk.mask(relu(bn(y)), delay)
+    y = walk.mask(relu(ops.norm(bn, y)), delay)
     for li, layer in enumerate(layers, start=1):
         for bi, block in enumerate(layer):
             name = f"{prefix}.layer{li}.{bi}"
             if not block.conv1[0].mixes_time:
-                y = block(y)
+                y = _frame_block(ops, block, y)
                 continue
             c1, bn1, relu1 = block.conv1
             c2, bn2 = block.conv2
-            h, win1 = walk.conv(f"{name}.conv1", c1, y)
-            h = walk.mask(relu1(bn1(h)), delay + c1.lookahead)
-            o, _ = walk.conv(f"{name}.conv2", c2, h)
-            identity = delayed(win1, c1.lookahead + c2.lookahead)
+            h, win1 = walk.conv(f"{name}.conv1", c1, y, ops.frames)
+            h = walk.mask(relu1(ops.norm(bn1, h)), delay + c1.lookahead)
+            o, _ = walk.conv(f"{name}.conv2", c2, h, ops.frames)
+            identity = ops.delayed(win1, c1.lookahead + c2.lookahead)
             if block.downsample is not None:
-                identity = block.downsample(identity)
+                identity = ops.norm(block.downsample[1], ops.conv(block.downsample[0], identity))
             delay += c1.lookahead + c2.lookahead
-            y = walk.mask(block.relu(bn2(o) + identity), delay)
+            y = walk.mask(block.relu(ops.norm(bn2, o) + identity), delay)
     return y, delay
 
 
@@ -112,14 +140,15 @@ class StreamingModel(nn.Module):
             full = valid
         walk = _Walk(states, full)
         v_net, a_net = self.model.video, self.model.audio
-        V, dv = _stream_stage(walk, "video", v_net.stem, [v_net.layer1, v_net.layer2, v_net.layer3, v_net.layer4], frame)
-        A, da = _stream_stage(walk, "audio", a_net.stem, [a_net.layer1, a_net.layer2, a_net.layer3, a_net.layer4],
-                              a_net.normalise(mel))
+        V, dv = _stream_stage(walk, _Frames, "video", v_net.stem,
+                              [v_net.layer1, v_net.layer2, v_net.layer3, v_net.layer4], frame[:, :, 0])
+        A, da = _stream_stage(walk, _Steps, "audio", a_net.stem,
+                              [a_net.layer1, a_net.layer2, a_net.layer3, a_net.layer4], a_net.normalise(mel))
         if dv != da:
             raise ConfigError(f"video delay {dv} != audio delay {da}: the two streams would not align")
         if self.lookahead:
             walk.new.insert(0, full[:, :-1])
-        V = V[:, :, 0]  # (B, D, h, w)
+        # V: (B, D, h, w), one frame
         zv = V.mean(dim=(2, 3))
         za = A[:, :, 0].mean(dim=2)
         alpha = torch.einsum("bdhw,bd->bhw", V, za)

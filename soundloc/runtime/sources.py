@@ -260,6 +260,10 @@ class StepSource:
         self._pending = len(self._threads)
         for t in self._threads:
             t.start()
+        # From here each capture thread owns (and closes) its container: closing it from another
+        # thread while a read is blocked in it (a stalled network camera) frees the demuxer
+        # under that read, a segfault once the read returns.
+        self._containers = []
 
     def _open_container(self, spec: SourceSpec) -> Any:
         timeout = (10.0, 10.0) if "://" in spec.url and spec.format is None else None
@@ -294,6 +298,13 @@ class StepSource:
             self.stats.errors.append(reason)
         finally:
             self._input_ended(reason, end)
+            self._close_container(container)
+
+    def _close_container(self, container: Any) -> None:
+        try:
+            container.close()
+        except av.error.FFmpegError as e:
+            self.stats.errors.append(f"close: {e}")
 
     def _input_ended(self, reason: str, end: float | None) -> None:
         if self.stats.end_reason is None:
@@ -327,15 +338,13 @@ class StepSource:
             yield step
 
     def close(self) -> None:
-        """Stop the capture threads (within about a second) and close the inputs."""
+        """Stop the capture threads (within about a second; a thread blocked in a stalled read
+        is left to end at the read timeout and close its input then) and close the inputs."""
         self._stop.set()
         for t in self._threads:
             t.join(timeout=2.0)
-        for c in self._containers:
-            try:
-                c.close()
-            except av.error.FFmpegError as e:
-                self.stats.errors.append(f"close: {e}")
+        for c in self._containers:  # opened but never handed to a thread (a failed open)
+            self._close_container(c)
         self._containers = []
         if self.stats.end_reason is None:
             self.stats.end_reason = "closed"
