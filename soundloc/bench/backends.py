@@ -1,0 +1,75 @@
+"""What the benchmark runs: the target (export directory or checkpoint) and its model loaded
+on a backend."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+
+BACKEND_CHOICES = ("auto", "torch", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
+COMPARE_ALL = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch")  # first that loads: stages
+
+
+# -- backends --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the benchmark runs: an export directory and/or a checkpoint, and the config."""
+
+    export: Path | None
+    checkpoint: Path | None
+    config: Config
+
+
+def resolve_target(target: Path) -> Target:
+    """An export directory (torch then runs a checkpoint of the same architecture with fresh
+    weights, written to a scratch folder: weights do not change the time) or a checkpoint (the
+    onnxruntime and TensorRT backends then have nothing to load)."""
+    target = Path(target)
+    if target.is_dir():
+        from ..runtime.bundle import read_bundle
+
+        return Target(target, None, read_bundle(target).config)
+    if target.is_file():
+        from ..model.checkpoint import read_checkpoint
+
+        return Target(None, target, Config.from_dict(read_checkpoint(target)["config"]))
+    raise ValueError(f"{target}: no such export directory or checkpoint")
+
+
+def _scratch_checkpoint(config: Config, scratch: Path) -> Path:
+    import torch
+
+    from ..model.checkpoint import save_checkpoint
+    from ..model.classifier import AVClassifier
+
+    path = scratch / "bench-arch.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        save_checkpoint(path, AVClassifier(config).eval())
+    return path
+
+
+def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = None):
+    """A ``StepModel`` on ``backend``; raises with the reason it cannot load here."""
+    from ..runtime.engine import StepModel
+
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, not {backend!r}")
+    if backend == "torch" or (backend == "auto" and tgt.export is None):
+        if importlib.util.find_spec("torch") is None:
+            raise RuntimeError("PyTorch is not installed (`pip install 'soundloc[train]'`)")
+        ckpt = tgt.checkpoint or _scratch_checkpoint(tgt.config, scratch)
+        return StepModel.load(ckpt, "torch", threads=threads)
+    if tgt.export is None:
+        raise RuntimeError("needs an export directory (`soundloc export CKPT --out DIR`), not a checkpoint")
+    return StepModel.load(tgt.export, backend, threads=threads)
+
+
+def runtime_of(model) -> str:
+    """The runtime family of a loaded model: torch, onnxruntime or tensorrt."""
+    return model.backend.name
