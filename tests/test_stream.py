@@ -182,3 +182,39 @@ def test_sigterm_during_file_stream_leaves_playable_mp4(tiny_export, clip, tmp_p
         n = sum(1 for _ in c.decode(video=0))
         assert c.streams.audio and c.streams.audio[0].codec_context.name == "aac"
     assert 3 <= n < 40  # some steps, not the whole 4 s clip
+
+
+def _inputs(n: int, loud: list[bool]) -> list:
+    from soundloc.runtime.sources import StepInput
+
+    rng = np.random.default_rng(0)
+    t = np.arange(1600) / 16000
+    out = []
+    for i in range(n):
+        audio = (0.3 * np.sin(2 * np.pi * 440 * t) if loud[i] else 1e-4 * rng.standard_normal(1600)).astype(np.float32)
+        frame = rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)
+        out.append(StepInput(index=i, pts=i / 10, frame=frame, small=frame, audio=audio, capture_time=float(i)))
+    return out
+
+
+def test_gate_hides_the_map_within_half_a_second_of_silence(tiny_export):
+    model = StepModel.from_export(tiny_export, backend="onnxruntime-cpu")
+    loud = [True] * 20 + [False] * 20
+    results = list(localize_stream(_inputs(40, loud), model, StreamOptions(gate_db=-40.0, gate_seconds=0.5)))
+    gated = [r.gated for r in results]
+    assert not any(gated[:20])  # a tone at -13 dBFS is shown
+    assert all(gated[25:])  # 0.5 s after it stops, the map is hidden
+    assert all(r.heatmap is None and r.box is None for r in results if r.gated)
+    assert all(r.heatmap is not None for r in results if not r.gated)
+
+
+def test_score_gate_and_disabled_gate(tiny_export):
+    model = StepModel.from_export(tiny_export, backend="onnxruntime-cpu")
+    silent = _inputs(15, [False] * 15)
+    assert not any(r.gated for r in localize_stream(silent, model, StreamOptions(gate_db=None)))
+    high = StreamOptions(gate_db=None, gate_score=1e9)
+    assert all(r.gated for r in localize_stream(_inputs(15, [True] * 15), model, high))
+    with pytest.raises(ValueError, match="gate_seconds"):
+        StreamOptions(gate_seconds=5.0)
+    with pytest.raises(ValueError, match="window"):
+        StreamOptions(window="future")
