@@ -27,7 +27,17 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    def write(f) -> None:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:
+            # after a failed write (a full disk) torch's zip writer raises its own RuntimeError
+            # ("unexpected pos ...") while closing, hiding the OSError that says why
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+
+    atomic_write(path, write)
 
 
 def save_checkpoint(path: str | Path, model: AVClassifier, **extra: Any) -> None:
