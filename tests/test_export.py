@@ -152,3 +152,26 @@ def test_bad_options_raise(tmp_path, model):
         export_checkpoint(path, tmp_path / "x", format="tflite")
     with pytest.raises(ValueError, match="precision"):
         export_model(model, tmp_path / "y", precision="int4")
+
+
+def test_failed_reexport_keeps_the_previous_export(fp32, model, tmp_path, monkeypatch):
+    import shutil
+
+    from soundloc.export import onnx as export_onnx
+
+    root = tmp_path / "exp"
+    shutil.copytree(fp32.root, root)
+    before = (root / "soundloc.json").read_text()
+    real = export_onnx._export_graph
+
+    def flaky(spec, path, precision, opset):
+        if spec.name == "video":
+            raise OSError(28, "No space left on device")
+        return real(spec, path, precision, opset)
+
+    monkeypatch.setattr(export_onnx, "_export_graph", flaky)
+    with pytest.raises(OSError):
+        export_model(model, root)
+    assert (root / "soundloc.json").read_text() == before
+    assert read_bundle(root).lookahead_steps == 5  # every file still matches its manifest
+    assert not list(root.glob(".*partial*"))

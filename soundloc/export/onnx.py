@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -158,25 +159,40 @@ def export_model(model: AVClassifier, out_dir: str | Path, *, precision: str = "
     }
     if gate:
         manifest["gate"] = dict(gate)  # calibrated gating threshold(s) from training
-    for spec in graph_specs(model):
-        if spec.name not in graphs:
-            continue
-        t0 = time.perf_counter()
-        if progress:
-            progress(f"exporting {spec.name} graph ({precision})")
-        path = out / f"{spec.name}.onnx"
-        graph = _export_graph(spec, path, precision, opset)
-        entry: dict[str, Any] = {"opset": max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
-                                 **_tensor_info(graph)}
-        if spec.name == "step":
-            entry["state"] = [{"name": n, "input": f"state_in.{n}", "output": f"state_out.{n}", "shape": list(s)}
-                              for n, s in zip(spec.module.state_names, spec.module.state_shapes)]
-        _embed_metadata(graph, manifest, spec.name, path)
-        entry["files"] = {"onnx": file_record(path)}
-        manifest["graphs"][spec.name] = entry
-        manifest["export_seconds"][spec.name] = round(time.perf_counter() - t0, 2)
+    written: list[tuple[Path, Path]] = []  # (temp file, final name)
+    try:
+        for spec in graph_specs(model):
+            if spec.name in graphs:
+                if progress:
+                    progress(f"exporting {spec.name} graph ({precision})")
+                tmp = out / f".{spec.name}.partial.onnx"
+                written.append((tmp, out / f"{spec.name}.onnx"))
+                manifest["graphs"][spec.name] = _export_entry(spec, tmp, manifest, opset)
+    except BaseException:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    # Every graph exported: only now replace the previous export's files (a failed re-export
+    # leaves the old directory usable), the manifest last.
+    for tmp, final in written:
+        os.replace(tmp, final)
+        manifest["graphs"][final.stem]["files"] = {"onnx": file_record(final)}
     write_manifest(out, manifest)
     return read_bundle(out)
+
+
+def _export_entry(spec: GraphSpec, path: Path, manifest: dict[str, Any], opset: int) -> dict[str, Any]:
+    """Export one graph to ``path``; its manifest entry (files are recorded by the caller)."""
+    t0 = time.perf_counter()
+    graph = _export_graph(spec, path, manifest["precision"], opset)
+    entry: dict[str, Any] = {"opset": max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")),
+                             **_tensor_info(graph)}
+    if spec.name == "step":
+        entry["state"] = [{"name": n, "input": f"state_in.{n}", "output": f"state_out.{n}", "shape": list(s)}
+                          for n, s in zip(spec.module.state_names, spec.module.state_shapes)]
+    _embed_metadata(graph, manifest, spec.name, path)
+    manifest["export_seconds"][spec.name] = round(time.perf_counter() - t0, 2)
+    return entry
 
 
 def _embed_metadata(graph: onnx.ModelProto, manifest: dict[str, Any], name: str, path: Path) -> None:

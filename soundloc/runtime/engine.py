@@ -11,9 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+import logging
+
 from .backend import Backend, BackendError
 from .bundle import Bundle, read_bundle
 
+log = logging.getLogger(__name__)
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt")
 
 
@@ -33,7 +36,6 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
     when the export has one and TensorRT loads, else onnxruntime with the best usable provider."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    errors = []
     if backend in ("auto", "tensorrt") and "engine" in bundle.graph(graph)["files"]:
         try:
             from .tensorrt_backend import TensorRTBackend
@@ -42,7 +44,7 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
         except BackendError as e:
             if backend == "tensorrt":
                 raise
-            errors.append(str(e))
+            log.warning("TensorRT engine not used (%s); falling back to onnxruntime", e)
     elif backend == "tensorrt":
         raise BackendError(f"{bundle.root}: no TensorRT engine in this export; build one with "
                            "`soundloc export CKPT --format engine`")

@@ -124,9 +124,11 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
         with _open_sinks(out, events, preview, status) as sink, stop_on_signals() as stop:
             attempts = 0
             while True:
-                _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop, stall_s=stall_seconds,
-                          deadline=deadline)
-                retry = summary.end_reason.startswith("source stalled") or "error" in summary.end_reason.lower()
+                live = _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop,
+                                 stall_s=stall_seconds, deadline=deadline)
+                ended = summary.end_reason not in ("stopped by signal", "time limit reached")
+                retry = summary.end_reason.startswith("source stalled") or "error" in summary.end_reason.lower() \
+                    or (live and ended)  # a camera or stream that hung up: try again
                 if not (reconnect and retry and attempts < reconnect and not stop.is_set()):
                     break
                 attempts += 1
@@ -141,14 +143,15 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
 
 def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOptions, realtime, video_only: bool,
               sink: MultiSink, summary: StreamSummary, stop: threading.Event, stall_s: float,
-              deadline: float | None) -> None:
+              deadline: float | None) -> bool:
+    """One connection to the source; returns whether it was a live source."""
     try:
         source = StepSource(video, audio, realtime=realtime, video_only=video_only)
     except MediaError as e:
         if summary.reconnects == 0:
             raise
         summary.end_reason = f"reopen failed (error): {e}"
-        return
+        return True
     loc = Localizer(model, options)
     with source:
         for inp in _steps(source, stop, stall_s, deadline, summary):
@@ -157,6 +160,7 @@ def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOp
         for result in loc.flush():
             _emit(result, source, sink, summary)
         summary.dropped += source.stats.dropped
+    return source.live
 
 
 def _emit(result, source: StepSource, sink: MultiSink, summary: StreamSummary) -> None:
