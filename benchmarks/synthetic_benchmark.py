@@ -27,6 +27,9 @@ from soundloc.inference import Analyzer, Skipped, centred_map, find_video
 from soundloc.localize import pseudo_box, top_k_moments
 
 
+GATE_SECONDS = 0.5  # StreamOptions' default span of the audio-level gate
+
+
 def iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -83,18 +86,25 @@ def gating(ckpt: Path, data: Path, ids: list[str], intervals: dict, gate_db: flo
 
     with tempfile.TemporaryDirectory() as tmp:
         model = StepModel.load(export_checkpoint(ckpt, Path(tmp) / "export").root, "onnxruntime-cpu")
-        fp = fn = silent = sounding = 0
+        fp = fn = silent = sounding = settled = fp_settled = 0
         for clip_id in ids:
+            ivs = intervals[clip_id]
             with StepSource(str(find_video(data, clip_id))) as src:
                 for r in localize_stream(src, model, StreamOptions(gate_db=gate_db)):
-                    if active(intervals[clip_id], r.pts):
+                    if active(ivs, r.pts):
                         sounding += 1
                         fn += r.gated
-                    else:
-                        silent += 1
-                        fp += not r.gated
-    return {"gate_db": gate_db, "silent_steps": silent, "sounding_steps": sounding,
-            "false_positive_rate": fp / max(silent, 1), "false_negative_rate": fn / max(sounding, 1)}
+                        continue
+                    silent += 1
+                    fp += not r.gated
+                    # silent for at least the gate's own 0.5 s span: the gate has had time to react
+                    if not active(ivs, r.pts - GATE_SECONDS + 1e-6) and r.pts >= GATE_SECONDS:
+                        settled += 1
+                        fp_settled += not r.gated
+    return {"gate_db": gate_db, "gate_seconds": GATE_SECONDS, "silent_steps": silent, "sounding_steps": sounding,
+            "false_positive_rate": fp / max(silent, 1), "false_negative_rate": fn / max(sounding, 1),
+            "silent_steps_past_gate_span": settled,
+            "false_positive_rate_past_gate_span": fp_settled / max(settled, 1)}
 
 
 def main() -> None:
