@@ -28,7 +28,7 @@ def demo_model_dir() -> Path:
     return path
 
 
-def make_demo_clip(out_dir: Path, seconds: float = 10.0, seed: int = 7) -> Path:
+def make_demo_clip(out_dir: Path, seconds: float = 10.0, seed: int = 4) -> Path:
     """One synthetic clip (H.264 + AAC mp4) of the classes the demo model knows."""
     from .data.synth import make_synthetic_dataset
 
@@ -41,7 +41,7 @@ def make_demo_clip(out_dir: Path, seconds: float = 10.0, seed: int = 7) -> Path:
     return dest
 
 
-def run_demo(out_dir: str | Path = "demo_out", seconds: float = 10.0, seed: int = 7, backend: str = "onnxruntime",
+def run_demo(out_dir: str | Path = "demo_out", seconds: float = 10.0, seed: int = 4, backend: str = "onnxruntime",
              model: str | Path | None = None, status: bool = True) -> StreamSummary:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
