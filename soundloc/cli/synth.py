@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -27,6 +28,7 @@ def synth(
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of clips in the 'test' split."),
     size: int = typer.Option(160, "--size", help="Frame width and height in pixels."),
     workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary (counts, seconds, clips/min) here."),
 ) -> None:
     """Render a synthetic benchmark: several objects per clip, one of them sounding."""
     from ..data.synth import SynthError, make_synthetic_dataset
@@ -49,3 +51,10 @@ def synth(
         f"{summary.num_with_silence} with silent gaps, {summary.num_classes} classes) to {summary.out_dir} "
         f"in {summary.seconds_elapsed:.1f} s ({rate:.0f} clips/min)"
     )
+    if json_out is not None:
+        import dataclasses
+
+        from ..fileio import write_json
+
+        record = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(summary).items()}
+        write_json({**record, "clips_per_minute": round(rate, 1)}, json_out)
