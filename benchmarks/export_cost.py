@@ -18,18 +18,9 @@ import torch
 
 from soundloc.config import Config
 from soundloc.export.onnx import export_checkpoint
-from soundloc.export.verify import verify
+from soundloc.export.verify import randomise_batchnorm, verify
 from soundloc.model.checkpoint import save_checkpoint
 from soundloc.model.classifier import AVClassifier
-
-
-def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
 
 
 def main() -> None:

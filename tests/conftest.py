@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import types
+
 import numpy as np
 import pytest
 
@@ -28,14 +30,23 @@ def real_audio(shared_dir: Path) -> np.ndarray:
 
 
 def randomise_batchnorm(model, seed: int = 0) -> None:
-    """Give BatchNorm layers non-trivial statistics so eval-mode tests exercise them."""
-    import torch
+    from soundloc.export.verify import randomise_batchnorm as randomise
 
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+    randomise(model, seed)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> types.SimpleNamespace:
+    """A tiny model as a checkpoint and as an export directory."""
+    torch = pytest.importorskip("torch", reason="torch (the train extra) needed to make the test model")
+    from soundloc.config import preset
+    from soundloc.export.onnx import export_model
+    from soundloc.model.checkpoint import save_checkpoint
+    from soundloc.model.classifier import AVClassifier
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = AVClassifier(preset("tiny", num_classes=4)).eval()
+    save_checkpoint(root / "tiny.pt", model)
+    bundle = export_model(model, root / "export", graphs=("step",))
+    return types.SimpleNamespace(ckpt=root / "tiny.pt", export=bundle.root, bundle=bundle)

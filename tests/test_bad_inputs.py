@@ -128,23 +128,6 @@ def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> str:
     return errors[0]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> types.SimpleNamespace:
-    """A tiny model as a checkpoint and as an export directory."""
-    torch = pytest.importorskip("torch", reason="torch (the train extra) needed to make the test model")
-    from soundloc.config import preset
-    from soundloc.export.onnx import export_model
-    from soundloc.model.checkpoint import save_checkpoint
-    from soundloc.model.classifier import AVClassifier
-
-    root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    model = AVClassifier(preset("tiny", num_classes=4)).eval()
-    save_checkpoint(root / "tiny.pt", model)
-    bundle = export_model(model, root / "export", graphs=("step",))
-    return types.SimpleNamespace(ckpt=root / "tiny.pt", export=bundle.root, bundle=bundle)
-
-
 # -- unusual but valid media: decoded onto the model's grid --------------------------------------
 VIDEO_KINDS = {
     "1x1": dict(size=(1, 1), pix_fmt="yuv444p", grey=200),

@@ -27,7 +27,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
 
 from soundloc.runtime.run import run_stream  # noqa: E402
-from test_bad_inputs import assert_one_line_error, run_cli, tiny, write_media  # noqa: E402,F401
+from test_bad_inputs import assert_one_line_error, run_cli, write_media  # noqa: E402
 
 TS_PACKET = 188
 

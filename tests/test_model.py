@@ -62,29 +62,18 @@ def _changed_steps(fn, x, k, axis, per_step=1):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_video_receptive_field(causal):
+@pytest.mark.parametrize("net_cls, shape, per_step", [(VideoNet, (1, 3, 24, 112, 112), 1), (AudioNet, (1, 1, 240, 80), 10)])
+def test_receptive_field(net_cls, shape, per_step, causal):
     torch.manual_seed(0)
-    net = VideoNet(Config(width=0.125, causal=causal)).eval()
+    net = net_cls(Config(width=0.125, causal=causal)).eval()
     randomise_batchnorm(net)
     T, k = 24, 9
     with torch.no_grad():
-        diff = _changed_steps(net, torch.randn(1, 3, T, 112, 112), k, axis=2)
-    per_t = diff.amax(dim=(0, 1, 3, 4))
+        diff = _changed_steps(net, torch.randn(*shape), k, axis=2, per_step=per_step)
+    # video output (B, D, T, h, w): time is axis 2; audio output (B, T, D): axis 1
+    per_t = diff.amax(dim=(0, 1, 3, 4)) if net_cls is VideoNet else diff.amax(dim=(0, 2))
     changed = [t for t in range(T) if per_t[t] > 1e-6]
-    # centred: five 3-tap convs see +-5 frames; causal: each sees 2 past frames, so 10 back
-    assert changed == (list(range(k, k + 11)) if causal else list(range(k - 5, k + 6)))
-
-
-@pytest.mark.parametrize("causal", [False, True])
-def test_audio_receptive_field(causal):
-    torch.manual_seed(0)
-    net = AudioNet(Config(width=0.125, causal=causal)).eval()
-    randomise_batchnorm(net)
-    T, k = 24, 9
-    with torch.no_grad():
-        diff = _changed_steps(net, torch.randn(1, 1, 10 * T, 80), k, axis=2, per_step=10)
-    per_t = diff.amax(dim=(0, 2))
-    changed = [t for t in range(T) if per_t[t] > 1e-6]
+    # centred: five 3-tap convs see +-5 steps; causal: each sees 2 past steps, so 10 back
     assert changed == (list(range(k, k + 11)) if causal else list(range(k - 5, k + 6)))
 
 

@@ -24,7 +24,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch (the train extra) needed to write checkpoints")
 
 from soundloc.model.checkpoint import CheckpointError, load_video_weights, read_checkpoint  # noqa: E402
-from test_bad_inputs import assert_one_line_error, run_cli, tiny, write_media  # noqa: E402,F401
+from test_bad_inputs import assert_one_line_error, run_cli, write_media  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parents[1] / "soundloc"
 

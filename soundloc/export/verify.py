@@ -44,6 +44,19 @@ class VerifyReport:
                 "map_ciou_min": self.map_ciou_min, "ok": self.ok, "failures": self.failures}
 
 
+def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give BatchNorm layers non-trivial statistics, so that checking an untrained model's
+    export exercises every layer (fresh BN is an identity that hides mistakes)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
 def random_clip(config, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A reproducible normalised clip: video (1, 3, T, S, S), mel (1, 1, 10T, 80)."""
     rng = np.random.default_rng(seed)
