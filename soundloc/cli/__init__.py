@@ -7,15 +7,16 @@ from __future__ import annotations
 import sys
 
 from .app import app, run_app  # noqa: F401  (app: the typer object, re-exported)
-from . import info  # noqa: F401  (registers commands)
+# Registration order is the order `soundloc --help` lists them: the runtime's jobs first.
+from . import stream  # noqa: F401  (stream, demo)
+from . import export  # noqa: F401
+from . import bench  # noqa: F401
+from . import train  # noqa: F401
+from . import evaluate  # noqa: F401
+from . import applications  # noqa: F401  (moments, annotate)
 from . import synth  # noqa: F401
 from . import devices  # noqa: F401
-from . import evaluate  # noqa: F401
-from . import export  # noqa: F401
-from . import stream  # noqa: F401
-from . import applications  # noqa: F401
-from . import train  # noqa: F401
-from . import bench  # noqa: F401
+from . import info  # noqa: F401
 
 
 def main() -> None:
