@@ -40,6 +40,8 @@ def run_app(args: list[str] | None = None, prog_name: str = "soundloc") -> None:
         if os.environ.get("SOUNDLOC_DEBUG") or "--debug" in (args if args is not None else sys.argv):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        ours = type(e).__module__.startswith("soundloc")  # our errors say what to do; others are bugs
         typer.echo(f"error: {type(e).__name__}: {msg}" if msg else f"error: {type(e).__name__}", err=True)
-        typer.echo("(run with --debug for the full traceback)", err=True)
+        if not ours:
+            typer.echo("(unexpected: run with --debug for the full traceback)", err=True)
         sys.exit(1)
