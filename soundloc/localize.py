@@ -6,6 +6,7 @@ themselves (alpha_t = V_t . z^A_t) come from the model or an exported graph.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 
 import numpy as np
@@ -73,19 +74,25 @@ def normalise(m: np.ndarray) -> np.ndarray | None:
     return ((m - lo) / (hi - lo)).astype(np.float32)
 
 
+@functools.lru_cache(maxsize=32)
+def lerp_indices(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``n_out`` output pixel centres: the two input cells around it and the weight
+    of the second (OpenCV's INTER_LINEAR / align_corners=False, edges clamped). Cached: every
+    frame of a stream has the same size."""
+    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1)
+    lo = np.floor(x).astype(np.intp)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = (x - lo).astype(np.float32)
+    for a in (lo, hi, frac):
+        a.setflags(write=False)
+    return lo, hi, frac
+
+
 def upsample(m: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize with pixel-centre alignment (OpenCV's INTER_LINEAR, align_corners=False)."""
     m = np.asarray(m, dtype=np.float32)
-    h, w = m.shape
-
-    def axis(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-        lo = np.floor(pos).astype(int)
-        hi = np.minimum(lo + 1, n_in - 1)
-        return lo, hi, (pos - lo).astype(np.float32)
-
-    y0, y1, fy = axis(height, h)
-    x0, x1, fx = axis(width, w)
+    y0, y1, fy = lerp_indices(height, m.shape[0])
+    x0, x1, fx = lerp_indices(width, m.shape[1])
     rows = m[y0] * (1 - fy)[:, None] + m[y1] * fy[:, None]
     return rows[:, x0] * (1 - fx)[None, :] + rows[:, x1] * fx[None, :]
 

@@ -17,6 +17,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..localize import lerp_indices
 from .results import StepResult
 
 BOX_COLOR = (0, 255, 0)  # pure green: absent from the turbo colormap, so never confused with it
@@ -144,9 +145,9 @@ def upsample(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
     if values.ndim != 2 or values.size == 0:
         raise ValueError(f"heatmap must be a non-empty 2-D array, got shape {values.shape}")
     levels = np.clip(values, 0.0, 1.0) * np.float32(255.0)
-    col_lo, col_hi, col_frac = _lerp_indices(width, values.shape[1])
+    col_lo, col_hi, col_frac = lerp_indices(width, values.shape[1])
     rows = levels[:, col_lo] + (levels[:, col_hi] - levels[:, col_lo]) * col_frac  # (h, width)
-    row_lo, row_hi, row_frac = _lerp_indices(height, values.shape[0])
+    row_lo, row_hi, row_frac = lerp_indices(height, values.shape[0])
     out = rows[row_hi]
     top = rows[row_lo]
     out -= top
@@ -155,17 +156,6 @@ def upsample(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
     out += np.float32(0.5)
     return out.astype(np.uint8)
 
-
-@lru_cache(maxsize=16)
-def _lerp_indices(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each output pixel centre: the two input cells around it and the weight of the second."""
-    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1)
-    lo = np.floor(x).astype(np.intp)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = (x - lo).astype(np.float32)
-    for array in (lo, hi, frac):
-        array.setflags(write=False)
-    return lo, hi, frac
 
 
 def indicator_region(width: int, height: int) -> tuple[int, int, int, int]:
