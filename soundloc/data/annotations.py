@@ -116,11 +116,12 @@ class Annotations:
 
 
 # -- paths -------------------------------------------------------------------------------------
-def safe_join(root: str | Path, name: str) -> Path:
+def safe_join(root: str | Path, name: str, follow_links: bool = False) -> Path:
     """``root / name``, refusing names from annotation files that would leave ``root``.
 
     Rejects empty names, NUL bytes, absolute paths (POSIX or Windows, drive letters), any
-    ``..`` component, and symlinks that resolve outside ``root``.
+    ``..`` component, and -- unless ``follow_links`` (training sets whose videos are linked in
+    from another disk) -- symlinks that resolve outside ``root``.
     """
     if not name or "\x00" in name:
         raise AnnotationError(f"unsafe file name {name!r} in an annotation: empty or NUL byte")
@@ -129,7 +130,7 @@ def safe_join(root: str | Path, name: str) -> Path:
             raise AnnotationError(f"unsafe file name {name!r} in an annotation: it escapes the dataset root")
     root = Path(root)
     path = root / name
-    if not path.resolve().is_relative_to(root.resolve()):
+    if not follow_links and not path.resolve().is_relative_to(root.resolve()):
         raise AnnotationError(f"unsafe file name {name!r} in an annotation: resolves outside {root}")
     return path
 

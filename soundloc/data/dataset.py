@@ -23,15 +23,17 @@ import csv
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..audio import log_mel
-from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, VIDEO_MEAN, VIDEO_STD, Config
+from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, Config
 from ..media import MediaError, load_clip
+from ..preprocess import normalise_frames
+from .annotations import AnnotationError, safe_join
 
 
 class DatasetError(ValueError):
@@ -66,14 +68,12 @@ class Augment:
 
 
 def safe_relative(root: Path, name: str, where: str) -> Path:
-    """``root / name`` for a file name read from an annotation file; raises ``DatasetError``
-    if the name is empty, absolute or has a ``..`` component, i.e. could escape ``root``."""
-    posix, win = PurePosixPath(name), PureWindowsPath(name)
-    if not name.strip() or posix.is_absolute() or win.is_absolute() or win.drive or "\x00" in name:
-        raise DatasetError(f"{where}: file name {name!r} is not a relative path inside the dataset root")
-    if ".." in posix.parts or ".." in win.parts:
-        raise DatasetError(f"{where}: file name {name!r} escapes the dataset root (contains '..')")
-    return root / name
+    """``root / name`` for a file name read from an annotation file (``annotations.safe_join``,
+    symlinks followed); an escaping name raises ``DatasetError`` naming ``where``."""
+    try:
+        return safe_join(root, name, follow_links=True)
+    except AnnotationError as e:
+        raise DatasetError(f"{where}: {e}") from None
 
 
 def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
@@ -146,16 +146,8 @@ class ClipDataset(torch.utils.data.Dataset):
             mel = mel[s * MELS_PER_STEP: (s + self._crop_steps) * MELS_PER_STEP]
         if self.augment.flip and torch.rand(()).item() < 0.5:
             frames = frames[:, :, ::-1]
-        return {"video": normalise_frames(frames), "mel": torch.from_numpy(np.ascontiguousarray(mel))[None],
+        return {"video": torch.from_numpy(normalise_frames(frames)), "mel": torch.from_numpy(np.ascontiguousarray(mel))[None],
                 "label": rec.label, "id": rec.clip_id}
-
-
-def normalise_frames(frames: np.ndarray) -> torch.Tensor:
-    """uint8 RGB frames (T, H, W, 3) -> float32 (3, T, H, W) normalised with VIDEO_MEAN/STD."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).float().div_(255.0)
-    mean = torch.tensor(VIDEO_MEAN).view(3, 1, 1, 1)
-    std = torch.tensor(VIDEO_STD).view(3, 1, 1, 1)
-    return x.sub_(mean).div_(std)
 
 
 class VGGSoundDataset(ClipDataset):
