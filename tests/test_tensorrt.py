@@ -17,8 +17,9 @@ from onnx import helper as h
 from onnx import numpy_helper
 
 from soundloc.export import tensorrt as trt_export
+from soundloc.fileio import atomic_write_bytes
 from soundloc.export.tensorrt import (
-    EngineInfo, ExportError, atomic_write, engine_info_from_metadata, engine_metadata, onnx_input_dims,
+    EngineInfo, ExportError, engine_info_from_metadata, engine_metadata, onnx_input_dims,
     onnx_is_fp16, plan_build, profile_shapes,
 )
 from soundloc.runtime.backend import BackendError
@@ -205,11 +206,11 @@ def test_cuda_call_turns_errors_into_exceptions():
 
 def test_atomic_write_replaces_whole_file_or_nothing(tmp_path):
     target = tmp_path / "sub" / "model.engine"
-    atomic_write(target, b"old")
-    atomic_write(target, b"new")
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new")
     assert target.read_bytes() == b"new"
     with pytest.raises(TypeError):
-        atomic_write(target, "not bytes")  # type: ignore[arg-type]
+        atomic_write_bytes(target, "not bytes")  # type: ignore[arg-type]
     assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["model.engine"]
 
 

@@ -223,10 +223,6 @@ def engine_info_from_metadata(record: Mapping[str, Any]) -> EngineInfo:
         engine_bytes=int(record.get("engine_bytes", 0)))
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old file or the new one, never a part."""
-    atomic_write_bytes(path, data)
-
 
 # -- the build (needs TensorRT) ---------------------------------------------------------------------
 def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: str = "fp32",
@@ -260,7 +256,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     with _progress_reporter(progress) as report:
         data = _build_serialized(trt, onnx_path, plan, profile, workspace_gib, timing_cache, report)
     seconds = time.monotonic() - start
-    atomic_write(engine_path, data)
+    atomic_write_bytes(engine_path, data)
     log.info("built %s in %.1f s (%d bytes)", engine_path, seconds, len(data))
     return EngineInfo(trt.__version__, gpu.name, gpu.compute_capability, precision, plan.strongly_typed,
                       seconds, profile, dla_core, hashlib.sha256(data).hexdigest(), len(data))
@@ -301,7 +297,7 @@ def _build_serialized(trt: Any, onnx_path: Path, plan: BuildPlan, profile: Profi
     if serialized is None:
         raise ExportError(f"TensorRT {trt.__version__} could not build {onnx_path} (see its log above)")
     if timing_cache is not None:
-        atomic_write(timing_cache, bytes(memoryview(cache.serialize())))
+        atomic_write_bytes(timing_cache, bytes(memoryview(cache.serialize())))
     del parser
     return bytes(memoryview(serialized))
 
