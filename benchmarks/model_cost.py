@@ -1,5 +1,5 @@
 """GMAC per frame and PyTorch forward time per frame of the video and audio networks at full
-size (issue 2's measure; DESIGN §3 quotes ~2.7 GMAC and ~28 ms per frame on 2 cores).
+size (issue 2's measure; docs/design.md §1 gives ~2.7 GMAC per frame).
 
     .venv/bin/python benchmarks/model_cost.py --json benchmarks/model_cost.json
 

@@ -1,4 +1,4 @@
-"""Score localization maps against VGG-SS / Flickr-SoundNet ground truth (DESIGN §2).
+"""Score localization maps against VGG-SS / Flickr-SoundNet ground truth (docs/design.md §2).
 
 Every source of maps ends in :func:`score_maps`: a ``{clip_id: (h, w) map}`` dict from a
 ``.npz`` file (:func:`load_maps_npz`, any method's maps), from a baseline

@@ -1,4 +1,4 @@
-"""The sound-localization evaluation protocol of DESIGN §2: cIoU, AP50, AUC, pointing game.
+"""The sound-localization evaluation protocol of docs/design.md §2: cIoU, AP50, AUC, pointing game.
 
 Two protocols exist in the literature and disagree by a few points; both are implemented
 exactly and every number must name the one that produced it:

@@ -1,4 +1,4 @@
-"""The evaluation protocol of DESIGN §2 on hand-counted cases."""
+"""The evaluation protocol of docs/design.md §2 on hand-counted cases."""
 
 from __future__ import annotations
 

@@ -147,5 +147,5 @@ def test_load_torchvision_layout_state_dict():
 def test_gmac_per_frame_full_size():
     model = AVClassifier(Config()).eval()
     macs = macs_per_step(model, model.config, steps=4)
-    assert 2.6e9 < macs["video"] < 2.8e9  # DESIGN §3: about 2.7 GMAC per frame
+    assert 2.6e9 < macs["video"] < 2.8e9  # docs/design.md §1: about 2.7 GMAC per frame
     assert macs["audio"] < 0.1 * macs["video"]

@@ -1,4 +1,4 @@
-"""`soundloc eval`: score localization maps on VGG-SS or Flickr-SoundNet (DESIGN §2)."""
+"""`soundloc eval`: score localization maps on VGG-SS or Flickr-SoundNet (docs/design.md §2)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Training datasets: VGGSound-format collections and simple ``path,label`` lists -> model inputs.
 
-An item is what the classifier eats (DESIGN §1): ``video`` (3, T, 112, 112) float32 normalised
+An item is what the classifier eats (docs/design.md §1): ``video`` (3, T, 112, 112) float32 normalised
 with torchvision's video mean/std, ``mel`` (1, 10T, 80) float32 from ``soundloc.audio.log_mel``
 (the one log-mel), ``label`` int and ``id`` str. Decoding is ``soundloc.media.load_clip``:
 10 fps by timestamps from any source rate, the whole frame resized, audio resampled to

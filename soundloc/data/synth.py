@@ -8,7 +8,7 @@ learnt from either modality and only the audio says *which* object on screen is 
 
 Objects are as large as VGG-SS boxes (median 25 % of the frame, quartiles 12-46 %): every
 object's box covers 10-45 % of the frame, so a perfect map can reach cIoU >= 0.5 under the
-median-threshold protocol (DESIGN §2). Every object draws its size from the same range, so
+median-threshold protocol (docs/design.md §2). Every object draws its size from the same range, so
 "the biggest object sounds" is no shortcut. About half of the clips have silent gaps where the
 source is quiet and only a faint background hiss remains.
 

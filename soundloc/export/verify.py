@@ -3,7 +3,7 @@
 Per output, the max abs error of (1) the offline graphs vs the PyTorch model and (2) the
 streaming step graph, fed frame by frame and flushed, vs the offline graphs, on every step of
 a clip. fp16 exports are compared with the fp32 PyTorch model; besides raw errors they are
-judged by what a user sees: the binarised maps (DESIGN §2 thresholding) must agree with fp32
+judged by what a user sees: the binarised maps (docs/design.md §2 thresholding) must agree with fp32
 at cIoU >= 0.95.
 """
 

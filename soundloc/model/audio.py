@@ -1,7 +1,7 @@
 """The audio network: log-mel (B, 1, 10T, 80) -> z^A (B, T, D), one embedding per video frame.
 
 A ResNet-18-shaped 2-D CNN over (time, frequency) in the spirit of AVObjects (paper [1]),
-shaped to stream exactly like MC3 (DESIGN §3): the stem *patchifies* time, 10 mel frames per
+shaped to stream exactly like MC3 (docs/design.md §3): the stem *patchifies* time, 10 mel frames per
 model step (kernel 3 steps = 30 mel frames, stride 10), so every later layer works in model
 steps; the stem and layer1 are 3-tap in time (receptive field +-5 steps, as the video net),
 layers 2-4 act on each step alone and halve the frequency axis. No time downsampling, so step

@@ -1,4 +1,4 @@
-"""The exact streaming step (DESIGN §3): one new frame and its 10 mel frames in, one finished
+"""The exact streaming step (docs/design.md §3): one new frame and its 10 mel frames in, one finished
 step out, the temporal context carried as explicit state tensors.
 
 Only the 3-tap temporal convolutions (stems and layer1 of both backbones) need state: the last

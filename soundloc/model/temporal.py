@@ -6,7 +6,7 @@ one has a *lookahead* of 1 (centred, zero-padded one step on each side: the pape
 streaming they keep the last two input steps as explicit state, see one new step, and emit the
 output step ``lookahead`` steps in the past. With zero state at the start, and the inputs of
 invalid (not-yet-existing or flushed) steps masked to zero, the stream equals the offline
-result exactly (DESIGN §3).
+result exactly (docs/design.md §3).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Spec strings (``?key=value&...`` appends FFmpeg input options, e.g. ``v4l2:/dev/
 =================================  ====================================================
 ``clip.mp4``, ``rtsp://...``       file or URL, video and its own audio track
 ``v4l2:/dev/video0``               Linux camera
-``alsa:default``, ``alsa:hw:1``    Linux microphone (``ALSA_CONFIG_DIR`` set, DESIGN §4)
+``alsa:default``, ``alsa:hw:1``    Linux microphone (``ALSA_CONFIG_DIR`` set, docs/design.md §4)
 ``avfoundation:0`` / ``:0``        macOS camera / microphone (framerate set explicitly)
 ``dshow:video=NAME``               Windows camera (``dshow:audio=NAME`` for a microphone)
 ``lavfi:testsrc=size=320x240:rate=30``, ``lavfi:sine=frequency=440``   no hardware needed
