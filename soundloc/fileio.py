@@ -82,6 +82,8 @@ class Staged:
     so the rename is atomic; ``prefix + random + suffix``), or, for a FIFO or a character
     device, the node itself. ``commit()`` fsyncs and renames (keeping an existing file's
     permissions); ``discard()`` deletes the temporary file; a node is left as it is by both.
+    A path that cannot be written raises ``OSError`` (a directory, a missing folder with
+    ``make_parent=False``, no permission), as ``open`` would.
     """
 
     def __init__(self, path: PathLike, *, prefix: str | None = None, suffix: str = ".tmp",
@@ -92,10 +94,8 @@ class Staged:
             st: os.stat_result | None = os.stat(self.target)
         except FileNotFoundError:
             st = None
-        except OSError as exc:
-            raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
         if st is not None and stat.S_ISDIR(st.st_mode):
-            raise OutputError(f"cannot write {self.path}: it is a directory")
+            raise IsADirectoryError(errno.EISDIR, "it is a directory", str(self.path))
         self.direct = st is not None and not stat.S_ISREG(st.st_mode)
         self._mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
         if self.direct:
@@ -105,12 +105,9 @@ class Staged:
         if make_parent:
             parent.mkdir(parents=True, exist_ok=True)
         elif not parent.is_dir():
-            raise OutputError(f"cannot write {self.path}: directory {parent} does not exist")
-        try:
-            fd, name = tempfile.mkstemp(prefix=f".{self.target.name}." if prefix is None else prefix,
-                                        suffix=suffix, dir=parent)
-        except OSError as exc:
-            raise OutputError(f"cannot write {self.path}: {exc.strerror}") from None
+            raise FileNotFoundError(errno.ENOENT, f"directory {parent} does not exist", str(self.path))
+        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}." if prefix is None else prefix,
+                                    suffix=suffix, dir=parent)
         os.fchmod(fd, self._mode)  # mkstemp makes 0600; outputs are ordinary files
         os.close(fd)
         self.temp = Path(name)

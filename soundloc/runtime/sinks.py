@@ -34,7 +34,7 @@ from typing import Protocol, TextIO, runtime_checkable
 import av
 import numpy as np
 
-from ..fileio import OutputError, Staged
+from ..fileio import Staged
 from .render import Labeler, render_step
 from .results import StepResult
 
@@ -270,7 +270,8 @@ class JsonlSink:
         except OSError as exc:
             if self._regular:  # a pipe or a device cannot be taken back
                 os.ftruncate(self._fd, self._size)
-            raise SinkError(_failure_message(self.path, exc, "it ends at the last whole line")) from exc
+            kept = "it ends at the last whole line" if self._regular else "the lines before it went through"
+            raise SinkError(_failure_message(self.path, exc, kept)) from exc
         self._size += len(data)
         self.lines_written += 1
 
@@ -403,8 +404,8 @@ def _stage(path: Path, suffix: str) -> Staged:
     """``path``'s temporary file ``<stem>.<random>.partial<suffix>`` (or the node itself)."""
     try:
         return Staged(path, prefix=f"{path.stem}.", suffix=f".partial{suffix}", make_parent=False)
-    except OutputError as exc:
-        raise SinkError(str(exc)) from None
+    except OSError as exc:
+        raise SinkError(f"cannot write {path}: {_reason(exc)}") from exc
 
 
 def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
