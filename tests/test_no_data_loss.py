@@ -228,7 +228,7 @@ def test_export_onto_an_existing_file_is_a_usage_error(tiny, tmp_path):
 def test_stream_without_outputs_says_nothing_is_kept(export, video):
     r = stream(export, video)
     assert r.returncode == 0, r.stderr
-    assert "nothing of them is kept" in r.stderr
+    assert "nothing of them is kept" in r.stdout.splitlines()[0]
 
 
 # -- 5: synth onto an existing dataset ---------------------------------------------------------------

@@ -40,7 +40,7 @@ def stream(
     check_paths([out, events, json_out], [target, video, audio])
     if out is None and events is None and not preview:
         typer.echo("note: no --out, --events or --preview: the maps are shown in the status line only and "
-                   "nothing of them is kept", err=True)
+                   "nothing of them is kept")
     try:
         options = StreamOptions(window=window, gate_db=gate_db, gate_score=gate_score, box_threshold=box_threshold)
     except ValueError as e:
