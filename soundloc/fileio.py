@@ -1,45 +1,172 @@
-"""Atomic file writes (a reader, or a crash, sees the old file or the new one, never a part)
-and file checksums."""
+"""Every file soundloc writes goes through here, under one rule that never destroys a user's file:
+
+1. an output is never one of the run's inputs (the same file, also through a symlink or a
+   hard link), nor the same file as another output (``check_outputs``, called before any work);
+2. a path is replaced only once the run has produced what replaces it: the new content goes to
+   a temporary file beside the real file (symlinks followed) and is renamed over it when
+   complete (``Staged``), so a reader, a crash or a failed run sees the old file or the new one;
+3. nothing but a regular file is ever renamed over: a FIFO or a character device (a pipe to
+   another program, /dev/null) is written into directly, never replaced.
+
+Also file checksums.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
+PathLike = str | os.PathLike
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(f)`` on a temp file beside ``path``, fsync it, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+class OutputError(ValueError):
+    """An output that would destroy an input or another output, or cannot be one; one line."""
+
+
+def check_outputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike | None] = (),
+                  *, dirs: Iterable[PathLike | None] = ()) -> None:
+    """Refuse, before any work, outputs that are inputs or each other, and outputs of the wrong kind.
+
+    ``outputs`` are files (an existing directory there is refused), ``dirs`` output folders (an
+    existing non-directory there is refused); ``None`` entries are skipped. Inputs that do not
+    exist (URLs, device specs such as ``v4l2:/dev/video0``) cannot collide and are ignored.
+    """
+    files = [Path(p) for p in outputs if p is not None]
+    folders = [Path(p) for p in dirs if p is not None]
+    for path in files:
+        if path.is_dir():
+            raise OutputError(f"{path} is a directory; give a file name to write")
+    for path in folders:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{path} exists and is not a directory; give a folder to write into")
+    seen: dict[Any, Path] = {}
+    for path in (p for p in files if not _is_char_device(p)):  # /dev/null may take several
+        key = _identity(path)
+        if key in seen:
+            raise OutputError(f"{seen[key]} and {path} are the same file; give each output its own name")
+        seen[key] = path
+    for source in (Path(p) for p in inputs if p is not None):
+        for path in files:
+            if _identity(source) == _identity(path) and source.exists():
+                raise OutputError(f"output {path} is the input {source}; writing it would destroy the input")
+
+
+def _identity(path: Path) -> Any:
+    """What makes two paths the same file: device and inode when it exists (links resolved),
+    else its absolute path with symlinks resolved (two new outputs of one name)."""
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; outputs are ordinary files
-        with os.fdopen(fd, "wb") as f:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino)
+
+
+def _is_char_device(path: Path) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+class Staged:
+    """The new content of ``path`` while it is being written, published by ``commit()``.
+
+    ``temp`` is where to write: a fresh temporary file beside the real file (same filesystem,
+    so the rename is atomic; ``prefix + random + suffix``), or, for a FIFO or a character
+    device, the node itself. ``commit()`` fsyncs and renames (keeping an existing file's
+    permissions); ``discard()`` deletes the temporary file; a node is left as it is by both.
+    A path that cannot be written raises ``OSError`` (a directory, a missing folder with
+    ``make_parent=False``, no permission), as ``open`` would.
+    """
+
+    def __init__(self, path: PathLike, *, prefix: str | None = None, suffix: str = ".tmp",
+                 make_parent: bool = True) -> None:
+        self.path = Path(path)
+        self.target = Path(os.path.realpath(self.path))
+        try:
+            st: os.stat_result | None = os.stat(self.target)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "it is a directory", str(self.path))
+        self.direct = st is not None and not stat.S_ISREG(st.st_mode)
+        self._mode = stat.S_IMODE(st.st_mode) if st is not None else 0o644
+        if self.direct:
+            self.temp = self.target
+            return
+        parent = self.target.parent
+        if make_parent:
+            parent.mkdir(parents=True, exist_ok=True)
+        elif not parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, f"directory {parent} does not exist", str(self.path))
+        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}." if prefix is None else prefix,
+                                    suffix=suffix, dir=parent)
+        os.fchmod(fd, self._mode)  # mkstemp makes 0600; outputs are ordinary files
+        os.close(fd)
+        self.temp = Path(name)
+
+    def commit(self) -> Path:
+        """Make ``temp`` the file at ``path`` (durably); a no-op for a node written directly."""
+        if not self.direct:
+            fsync_path(self.temp)
+            os.replace(self.temp, self.target)
+            _fsync_dir(self.target.parent)
+        return self.path
+
+    def discard(self) -> None:
+        """Forget the new content: the temporary file goes, the old ``path`` stays as it was."""
+        if not self.direct:
+            self.temp.unlink(missing_ok=True)
+
+
+def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(f)`` on a staged file for ``path`` (see ``Staged``), then publish it."""
+    staged = Staged(path)
+    try:
+        with open(staged.temp, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        staged.commit()
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        staged.discard()
         raise
-    return path
+    return staged.path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
+def write_json(obj: Any, path: PathLike) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def sha256_file(path: str | Path) -> str:
+def fsync_path(path: PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename durable; some filesystems refuse fsync on directories (EINVAL)."""
+    try:
+        fsync_path(path)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.EISDIR, errno.EACCES):
+            raise
+
+
+def sha256_file(path: PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -151,22 +151,31 @@ def annotate(ckpt: Path, folder: Path, out_json: Path, threshold: float = 0.5, r
              save_every: int = 20, progress: bool = True) -> tuple[list[dict], Skipped]:
     """Pseudo boxes for every clip in VGG-SS format (§5.2): at the top-1 moment, the centred
     3 s map -> threshold -> largest component -> box. Resumable: clips already in ``out_json``
-    are kept and skipped; the file is rewritten atomically every ``save_every`` clips."""
+    are kept and skipped. The file is rewritten atomically (valid json at every moment) every
+    ``save_every`` clips and when the run ends, also by Ctrl-C or an error: an interrupted run
+    keeps every clip it finished, and running it again goes on from there."""
     entries = _read_existing(out_json) if resume else []
     done = {e["file"] for e in entries}
     an = Analyzer(ckpt)
     skipped = Skipped()
     todo = [(i, p) for i, p in list_videos(folder) if i not in done]
-    for n, f in enumerate(an.each(_progress(todo, "annotate", progress), skipped), start=1):
-        t = top_k_moments(f.scores(), 1)[0]
-        m = centred_map(f.alpha(), t, an.config.window_steps)
-        box = pseudo_box(m, 224, 224, threshold)
-        entries.append({"file": f.clip_id, "class": an.classify(f), "frame": t,
-                        "score": round(float(f.scores()[t]), 4), "bbox": [] if box is None else [list(box)]})
-        if n % save_every == 0:
-            write_json(entries, out_json)
-    write_json(entries, out_json)
+    try:
+        for n, f in enumerate(an.each(_progress(todo, "annotate", progress), skipped), start=1):
+            entries.append(_pseudo_entry(an, f, threshold))
+            if n % save_every == 0:
+                write_json(entries, out_json)
+    finally:
+        write_json(entries, out_json)
     return entries, skipped
+
+
+def _pseudo_entry(an: Analyzer, f, threshold: float) -> dict:
+    """One clip's VGG-SS entry: its top-1 moment's centred 3 s map -> box (none if empty)."""
+    t = top_k_moments(f.scores(), 1)[0]
+    m = centred_map(f.alpha(), t, an.config.window_steps)
+    box = pseudo_box(m, 224, 224, threshold)
+    return {"file": f.clip_id, "class": an.classify(f), "frame": t,
+            "score": round(float(f.scores()[t]), 4), "bbox": [] if box is None else [list(box)]}
 
 
 def _read_existing(path: Path) -> list[dict]:

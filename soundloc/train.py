@@ -31,7 +31,6 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -51,6 +50,7 @@ from .distributed import (DistInfo, ShardSampler, dist_from_env, gather_skips, i
                           resolve_device)
 from .config import preset as config_preset
 from .data.dataset import SkipReport, collate
+from .fileio import atomic_write_bytes
 from .model.checkpoint import CheckpointError, load_checkpoint, load_video_weights, read_checkpoint, save_checkpoint
 from .model.classifier import MODALITIES, AVClassifier, classification_loss
 
@@ -382,9 +382,7 @@ def repair_log(out: Path, epoch: int, record: dict[str, Any] | None) -> None:
                 kept[e] = line
     if record is not None and epoch not in kept:
         kept[epoch] = json.dumps(record)
-    tmp = path.with_name(".log.jsonl.tmp")
-    tmp.write_text("".join(kept[e] + "\n" for e in sorted(kept)), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, "".join(kept[e] + "\n" for e in sorted(kept)).encode("utf-8"))
 
 
 def remove_stale_temps(out: Path) -> list[Path]:

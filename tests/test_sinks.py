@@ -243,7 +243,8 @@ def test_jsonl_lines_parse_and_nan_becomes_null(tmp_path):
             if i == 3:
                 step.score, step.heatmap, step.box, step.gated = float("nan"), None, None, True
             sink.write(step)
-            assert len(path.read_text().splitlines()) == i + 1  # visible at once, no buffering
+            assert len(sink.temp_path.read_text().splitlines()) == i + 1  # visible at once, no buffering
+            assert not path.exists()  # published by close(), not before
     events = [json.loads(line) for line in path.read_text().splitlines()]
     assert [e["index"] for e in events] == [0, 1, 2, 3, 4]
     assert events[3]["score"] is None and events[3]["gated"] is True and events[3]["peak"] is None

@@ -3,13 +3,13 @@ preprocess + mel, model step, localization + box and render; and the model step 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..fileio import Staged
 from .stats import Clock, Laps, Plan, Timing, run_timed
 
 STAGES = ("decode", "preprocess+mel", "model step", "localization+box", "render")
@@ -32,14 +32,24 @@ class ClipSpec:
 
 def make_clip(path: Path, spec: ClipSpec = ClipSpec()) -> Path:
     """Write a moving-pattern H.264 + AAC clip (once: reused when it exists)."""
-    import av
-
     if path.is_file():
         return path
+    staged = Staged(path, suffix=".mp4")
+    try:
+        _encode_pattern(staged.temp, spec)
+        staged.commit()
+    except BaseException:
+        staged.discard()
+        raise
+    return path
+
+
+def _encode_pattern(path: Path, spec: ClipSpec) -> None:
+    import av
+
     n = int(spec.seconds * spec.fps)
     y, x = np.mgrid[0:spec.height, 0:spec.width]
-    tmp = path.with_suffix(".tmp.mp4")
-    with av.open(str(tmp), "w", format="mp4") as out:
+    with av.open(str(path), "w", format="mp4") as out:
         vs = out.add_stream("libx264", rate=spec.fps, options={"crf": "23", "preset": "veryfast"})
         vs.width, vs.height, vs.pix_fmt = spec.width, spec.height, "yuv420p"
         aus = out.add_stream("aac", rate=spec.sample_rate, layout="mono")
@@ -54,8 +64,6 @@ def make_clip(path: Path, spec: ClipSpec = ClipSpec()) -> Path:
             af.sample_rate, af.pts = spec.sample_rate, i
             out.mux(aus.encode(af))
         out.mux(aus.encode())
-    os.replace(tmp, path)
-    return path
 
 
 class _LoopedSource:

@@ -29,6 +29,16 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
+def check_paths(outputs: list, inputs: list = (), dirs: list = ()) -> None:
+    """``fileio.check_outputs`` before a command does any work; a refusal is a usage error."""
+    from ..fileio import OutputError, check_outputs
+
+    try:
+        check_outputs(outputs, inputs, dirs=dirs)
+    except OutputError as e:
+        raise fail(str(e)) from None
+
+
 def run_app(args: list[str] | None = None, prog_name: str = "soundloc") -> None:
     """Run the CLI; any exception becomes one line on stderr and exit code 1, unless --debug."""
     try:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, fail
+from .app import app, check_paths, fail
 
 
 def _report_skipped(skipped) -> None:
@@ -30,6 +30,7 @@ def moments_command(
 
     if k < 1:
         raise fail("--top-k must be >= 1")
+    check_paths([json_out], [ckpt, folder])
     result, skipped = moments(ckpt, folder, k)
     write_json(result, json_out)
     typer.echo(f"{len(result)} clips -> {json_out}")
@@ -51,6 +52,7 @@ def annotate_command(
 
     if not 0 <= threshold < 1:
         raise fail("--threshold must be in [0, 1)")
+    check_paths([out, json_out], [ckpt, folder])  # --out is also read: the clips done so far
     try:
         entries, skipped = annotate(ckpt, folder, out, threshold=threshold, resume=resume)
     except ValueError as e:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, fail
+from .app import app, check_paths, fail
 
 
 def parse_compare(compare: str) -> list[str]:
@@ -41,6 +41,7 @@ def bench(
     from .. import bench as lib
     from ..fileio import write_json
 
+    check_paths([json_out], [target, clip])
     console = Console(width=max(Console().width, 120))
     err = Console(stderr=True)
     try:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from .app import app, fail
+from .app import app, check_paths, fail
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,6 +31,7 @@ def eval_command(
     from .. import evaluate, metrics
     from ..data.annotations import AnnotationError, read_annotations, read_id_list
 
+    check_paths([json_out, curve], [ckpt, annotations, maps, videos, ids])
     try:
         metrics.check_protocol(protocol)
         model_baseline = baseline == "shuffled"

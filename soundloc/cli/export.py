@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, fail
+from .app import app, check_paths, fail
 
 
 @app.command("export")
@@ -32,6 +32,7 @@ def export(
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     from ..export.onnx import export_checkpoint
 
+    check_paths([json_out], [ckpt, clip], dirs=[out])
     console = Console(stderr=True)
     try:
         bundle = export_checkpoint(ckpt, out, format=format, precision=precision, max_batch=max_batch,

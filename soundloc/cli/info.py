@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import app
+from .app import app, check_paths
 
 
 @app.command("info")
@@ -20,6 +20,7 @@ def info(
     from ..fileio import write_json
     from ..model.summary import describe, print_description
 
+    check_paths([json_out], [ckpt])
     desc = describe(ckpt=ckpt, preset_name=preset)
     print_description(desc)
     if json_out:

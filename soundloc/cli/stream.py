@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, fail
+from .app import app, check_paths, fail
 
 
 @app.command("stream")
@@ -37,6 +37,10 @@ def stream(
     from ..runtime.run import run_stream
     from ..runtime.stream import StreamOptions
 
+    check_paths([out, events, json_out], [target, video, audio])
+    if out is None and events is None and not preview:
+        typer.echo("note: no --out, --events or --preview: the maps are shown in the status line only and "
+                   "nothing of them is kept")
     try:
         options = StreamOptions(window=window, gate_db=gate_db, gate_score=gate_score, box_threshold=box_threshold)
     except ValueError as e:
@@ -70,5 +74,6 @@ def demo(
     """Generate a synthetic clip and localize its sounding object with the bundled demo model."""
     from ..demo import run_demo
 
+    check_paths([json_out], [model], dirs=[out])
     summary = run_demo(out, seconds=seconds, seed=seed, backend=backend, model=model)
     _report(summary.as_dict(), json_out)

@@ -15,7 +15,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .app import app, fail
+from .app import app, check_paths, fail
 
 
 @app.command("synth")
@@ -29,10 +29,12 @@ def synth(
     size: int = typer.Option(160, "--size", help="Frame width and height in pixels."),
     workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary (counts, seconds, clips/min) here."),
+    force: bool = typer.Option(False, "--force", help="Write into a folder that is not empty (files of the same names are replaced)."),
 ) -> None:
     """Render a synthetic benchmark: several objects per clip, one of them sounding."""
     from ..data.synth import SynthError, make_synthetic_dataset
 
+    check_paths([json_out], dirs=[out_dir])
     console = Console()
     columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as bar:
@@ -41,7 +43,7 @@ def synth(
             summary = make_synthetic_dataset(
                 out_dir, num_clips=clips, seed=seed, seconds=seconds, num_classes=classes,
                 val_fraction=val_fraction, workers=workers or None, size=size,
-                progress=lambda done, total: bar.update(task, completed=done),
+                progress=lambda done, total: bar.update(task, completed=done), force=force,
             )
         except SynthError as e:
             raise fail(str(e)) from None

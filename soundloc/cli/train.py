@@ -8,14 +8,13 @@ shared disk so every node can ``--resume``).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .app import app, fail
+from .app import app, check_paths, fail
 
 
 @app.command("train")
@@ -47,6 +46,7 @@ def train_command(
     from ..distributed import DistributedError
     from ..train import TrainError, parse_overrides, train
 
+    check_paths([json_out], [data_dir, csv_path, classes, init_video], dirs=[out])
     try:
         result = train(data_dir, out, preset=preset, overrides=parse_overrides(overrides), csv_path=csv_path,
                        classes=classes, val_split=None if val_split.lower() == "none" else val_split,
@@ -64,8 +64,9 @@ def train_command(
                f"accuracy {acc}; best av {result.best_accuracy:.3f} at epoch {result.best_epoch}; "
                f"{result.skipped} clips skipped -> {result.last_checkpoint}")
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(result.to_dict(), indent=1) + "\n", encoding="utf-8")
+        from ..fileio import write_json
+
+        write_json(result.to_dict(), json_out)
 
 
 def _is_main() -> bool:

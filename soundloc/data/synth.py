@@ -36,7 +36,6 @@ import io
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -46,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import FPS, SAMPLE_RATE
-from ..fileio import atomic_write_bytes
+from ..fileio import Staged, atomic_write_bytes, check_outputs
 
 SHAPES = ("disc", "square", "triangle", "diamond", "ring", "cross", "octagon", "hourglass")
 COLOURS = {
@@ -324,14 +323,13 @@ def render_audio(cls: SynthClass, intervals: list[list[float]], seconds: float,
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int | Fraction, audio: np.ndarray, sample_rate: int) -> None:
-    """Write H.264 + AAC mono to ``path`` atomically (temp file in the same folder, then
-    ``os.replace``). frames (T, H, W, 3) uint8 RGB with even H, W; audio (N,) float32."""
+    """Write H.264 + AAC mono to ``path`` atomically (``fileio.Staged``). frames (T, H, W, 3)
+    uint8 RGB with even H, W; audio (N,) float32."""
     import av  # PyAV is a core dependency; imported here to keep ``import soundloc`` light
 
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix=".tmp-", dir=path.parent)
-    os.close(fd)
+    staged = Staged(path, prefix=".tmp-", suffix=".mp4")
     try:
-        with av.open(tmp, "w", format="mp4") as out:
+        with av.open(str(staged.temp), "w", format="mp4") as out:
             # One thread: a pool runs one clip per core. mbtree off: with it, this x264 build gave
             # different bytes for the same frames in about 1 run in 5 (measured); without it the
             # files are reproducible, which the determinism test checks.
@@ -351,11 +349,9 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int | Fraction, audio: np.nda
                 af.sample_rate, af.pts = sample_rate, i
                 out.mux(aus.encode(af))
             out.mux(aus.encode())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a dataset is meant to be shared
-        os.replace(tmp, path)
+        staged.commit()
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        staged.discard()
         raise
 
 
@@ -423,16 +419,26 @@ def _check_args(num_clips: int, seconds: float, num_classes: int, val_fraction: 
     synth_classes(num_classes)
 
 
+def _check_target(out: Path, force: bool) -> None:
+    """Refuse to mix synthetic clips and annotations into a folder that already holds files."""
+    check_outputs([], dirs=[out])
+    if not force and out.is_dir() and any(out.iterdir()):
+        raise SynthError(f"{out} is not empty (it may hold a real dataset whose vggsound.csv and videos/ "
+                         "this would overwrite); choose a new folder, or pass --force to write into it")
+
+
 def make_synthetic_dataset(out_dir: str | os.PathLike, num_clips: int = 400, seed: int = 0,
                            seconds: float = 10.0, num_classes: int = 10, val_fraction: float = 0.2,
                            workers: int | None = None, size: int = 160, fps: int = FPS,
-                           progress: Callable[[int, int], None] | None = None) -> SynthSummary:
+                           progress: Callable[[int, int], None] | None = None,
+                           force: bool = False) -> SynthSummary:
     """Render ``num_clips`` clips into ``out_dir`` (layout in the module docstring).
 
     ``size``: frame width = height in pixels; ``fps``: video rate (a multiple of 10, so the
     10 fps tracks are exact frames); ``workers``: processes (default: all cores);
-    ``progress(done, total)`` is called after each clip. Existing files of the same names are
-    replaced; the annotation files are written last, so a crash leaves no half dataset that
+    ``progress(done, total)`` is called after each clip. A non-empty ``out_dir`` (a real
+    dataset's ``vggsound.csv`` and ``videos/``) is refused unless ``force``, which replaces
+    files of the same names and leaves the others; the annotation files are written last, so a crash leaves no half dataset that
     looks complete. With ``workers > 1`` the pool uses the ``spawn`` start method (safe when
     the caller has torch loaded), so a calling script needs the usual
     ``if __name__ == "__main__":`` guard.
@@ -440,6 +446,7 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, num_clips: int = 400, see
     _check_args(num_clips, seconds, num_classes, val_fraction, size, fps)
     started = time.perf_counter()
     out = Path(out_dir)
+    _check_target(out, force)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     jobs, splits = _plan_jobs(out, num_clips, seed, seconds, num_classes, val_fraction, size, fps)
     workers = max(1, min(workers or os.cpu_count() or 1, num_clips))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import FORMAT_VERSION
-from ..fileio import sha256_file
+from ..fileio import Staged, sha256_file
 from ..model.checkpoint import load_checkpoint
 from ..model.classifier import AVClassifier
 from ..model.streaming import INPUT_NAMES, OUTPUT_NAMES, StreamingModel
@@ -159,23 +158,22 @@ def export_model(model: AVClassifier, out_dir: str | Path, *, precision: str = "
     }
     if gate:
         manifest["gate"] = dict(gate)  # calibrated gating threshold(s) from training
-    written: list[tuple[Path, Path]] = []  # (temp file, final name)
+    written: list[Staged] = []
     try:
         for spec in graph_specs(model):
             if spec.name in graphs:
                 if progress:
                     progress(f"exporting {spec.name} graph ({precision})")
-                tmp = out / f".{spec.name}.partial.onnx"
-                written.append((tmp, out / f"{spec.name}.onnx"))
-                manifest["graphs"][spec.name] = _export_entry(spec, tmp, manifest, opset)
+                written.append(Staged(out / f"{spec.name}.onnx", suffix=".partial.onnx"))
+                manifest["graphs"][spec.name] = _export_entry(spec, written[-1].temp, manifest, opset)
     except BaseException:
-        for tmp, _ in written:
-            tmp.unlink(missing_ok=True)
+        for staged in written:
+            staged.discard()
         raise
     # Every graph exported: only now replace the previous export's files (a failed re-export
     # leaves the old directory usable), the manifest last.
-    for tmp, final in written:
-        os.replace(tmp, final)
+    for staged in written:
+        final = staged.commit()
         manifest["graphs"][final.stem]["files"] = {"onnx": file_record(final)}
     write_manifest(out, manifest)
     return read_bundle(out)

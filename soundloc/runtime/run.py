@@ -1,5 +1,5 @@
 """The `soundloc stream` job as a library call: model + source + sinks, the loop, and a clean
-end on Ctrl-C / SIGTERM (capture stopped, pipeline flushed, mp4 finalised and playable), on a
+end on Ctrl-C / SIGTERM / SIGHUP (capture stopped, pipeline flushed, mp4 finalised and playable), on a
 stalled or vanished device (ended with its reason, or reopened with ``reconnect``)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..fileio import check_outputs
 from ..media import MediaError
 from .engine import StepModel
 from .sinks import JsonlSink, MultiSink, Mp4Sink, TerminalStatus
@@ -47,12 +48,14 @@ class StreamSummary:
 
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGINT/SIGTERM set an event instead of raising, so the loop can end cleanly."""
+    """SIGINT/SIGTERM/SIGHUP (a closed terminal) set an event instead of raising, so the loop
+    can end cleanly and the outputs are finalised."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    names = ("SIGINT", "SIGTERM", "SIGHUP")  # no SIGHUP on Windows
+    old = {s: signal.getsignal(s) for s in (getattr(signal, n) for n in names if hasattr(signal, n))}
     for s in old:
         signal.signal(s, lambda *_: stop.set())
     try:
@@ -112,8 +115,10 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     """Stream ``video`` (+ ``audio``) through the model at ``target`` into the chosen sinks.
 
     ``reconnect``: how many times to reopen a source that failed or stalled (live sources);
-    each reopen starts a fresh model state, and the sinks carry on.
+    each reopen starts a fresh model state, and the sinks carry on. Outputs that are inputs
+    (or each other) are refused before anything is opened.
     """
+    check_outputs([out, events], [target, video, audio])
     model = StepModel.load(target, backend, threads)
     summary = StreamSummary(backend=model.name)
     if status:

@@ -4,11 +4,13 @@ Every sink takes ``StepResult`` records one at a time and is finalised by ``clos
 (idempotent; also a context manager). Errors a user can act on (full disk, unwritable
 directory) are raised as ``SinkError`` with a one-line message.
 
-The mp4 is written to a temporary file beside the output and renamed into place only
-when complete, so a failed run never leaves a half file under the final name and an
-existing output stays intact until the new one is ready. It is a fragmented mp4 (a
-fragment per keyframe, one a second, flushed to disk as written) so even a SIGKILLed
-run leaves a temporary file that players and PyAV can read up to its last fragment.
+Both files follow ``fileio``'s rule: they are written to a temporary file beside the output
+(``<stem>.<random>.partial<suffix>``) and renamed into place only when the run ends, so a
+failed run never leaves a half file under the final name and an existing output stays intact
+until the new one is ready; a run that produced no step publishes nothing. A FIFO or a
+character device (``/dev/null``) is written into directly. The mp4 is fragmented (a fragment
+per keyframe, one a second, flushed to disk as written) so even a SIGKILLed run leaves a
+temporary file that players and PyAV can read up to its last fragment.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import errno
 import json
 import math
 import os
-import secrets
 import signal
+import stat
 import sys
 import threading
 import time
@@ -32,12 +34,13 @@ from typing import Protocol, TextIO, runtime_checkable
 import av
 import numpy as np
 
+from ..fileio import Staged
 from .render import Labeler, render_step
 from .results import StepResult
 
 SAMPLE_RATE = 16000  # Hz: the audio every StepResult carries
 AAC_PRIMING = 1024  # samples the AAC encoder emits before the signal (its initial padding)
-MP4_KEPT = "any previous file of that name is unchanged"
+KEPT = "any previous file of that name is unchanged"
 MP4_OPTIONS = {
     # empty_moov + a fragment per keyframe: the file is readable after every fragment;
     # flush_packets pushes each fragment to the OS at once instead of a 32 KB buffer later.
@@ -98,11 +101,12 @@ class Mp4Sink:
         self._writer: int | None = None  # thread id inside write(), to detect signal re-entry
         self._close_requested = False
         self._state = "open"  # open -> closing -> closed | failed
-        self.temp_path = _create_temp(self.path)
+        self._staged = _stage(self.path, self.path.suffix or ".mp4")
+        self.temp_path = self._staged.temp
         try:
             self._container = av.open(str(self.temp_path), "w", format="mp4", options=MP4_OPTIONS)
         except (OSError, av.error.FFmpegError) as exc:
-            _remove(self.temp_path)
+            self._staged.discard()
             raise SinkError(f"cannot write {self.path}: {_reason(exc)}") from exc
 
     def __enter__(self) -> Mp4Sink:
@@ -121,7 +125,7 @@ class Mp4Sink:
                 self._encode_step(result)
             except (OSError, av.error.FFmpegError) as exc:
                 self._abort()
-                raise SinkError(_failure_message(self.path, exc, MP4_KEPT)) from exc
+                raise SinkError(_failure_message(self.path, exc, KEPT)) from exc
             finally:
                 self._writer = None
                 if self._close_requested and self._state == "open":
@@ -192,7 +196,7 @@ class Mp4Sink:
             self._container.mux(packet)
 
     def _finalise(self) -> None:
-        """Flush, write the trailer, fsync, rename. SIGINT/SIGTERM wait until it is done, so
+        """Flush, write the trailer, fsync, rename. SIGINT/SIGTERM/SIGHUP wait until it is done, so
         a handler that exits the process cannot cut the file short."""
         self._state = "closing"
         if self.frames_written == 0:
@@ -205,12 +209,10 @@ class Mp4Sink:
                 if self._audio is not None:
                     self._mux(self._audio.encode(None))
                 self._container.close()
-                _fsync(self.temp_path)
-                os.replace(self.temp_path, self.path)
-                _fsync_dir(self.path.parent)
+                self._staged.commit()
             except (OSError, av.error.FFmpegError) as exc:
                 self._abort()
-                raise SinkError(_failure_message(self.path, exc, MP4_KEPT)) from exc
+                raise SinkError(_failure_message(self.path, exc, KEPT)) from exc
             self._state = "closed"
 
     def _abort(self) -> None:
@@ -221,25 +223,32 @@ class Mp4Sink:
             self._container.close()
         except (OSError, av.error.FFmpegError) as exc:
             print(f"soundloc: discarding unfinished {self.temp_path.name}: {_reason(exc)}", file=sys.stderr)
-        _remove(self.temp_path)
+        self._staged.discard()
 
 
 class JsonlSink:
     """One JSON object per step (``StepResult.event()``), one line each, written with one
-    unbuffered ``os.write`` so a reader tailing the file sees every step at once.
+    unbuffered ``os.write`` so a reader tailing ``temp_path`` (the path itself for a FIFO,
+    or with ``append``) sees every step at once; ``close()`` publishes the file.
 
-    A line is either written whole or not at all: if a write fails (full disk) the file
-    is truncated back to its last complete line and ``SinkError`` is raised. Non-finite
-    floats become null (strict JSON).
+    A line is either written whole or not at all: if a write fails (full disk) a regular
+    file is truncated back to its last complete line and ``SinkError`` is raised; ``close()``
+    still publishes those lines. ``append`` adds to an existing file in place (nothing in
+    it is rewritten). Non-finite floats become null (strict JSON).
     """
 
     def __init__(self, path: str | os.PathLike, *, append: bool = False) -> None:
         self.path = Path(path)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+        self._staged = None if append else _stage(self.path, self.path.suffix or ".jsonl")
+        self.temp_path = self.path if self._staged is None else self._staged.temp
+        flags = os.O_WRONLY | (os.O_APPEND | os.O_CREAT if append else 0)
         try:
-            self._fd: int | None = os.open(self.path, flags, 0o666)
-            self._size = os.lseek(self._fd, 0, os.SEEK_END)
+            self._fd: int | None = os.open(self.temp_path, flags, 0o666)
+            self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
+            self._size = os.lseek(self._fd, 0, os.SEEK_END) if self._regular else 0
         except OSError as exc:
+            if self._staged is not None:
+                self._staged.discard()
             raise SinkError(f"cannot write {self.path}: {_reason(exc)}") from exc
         self.lines_written = 0
 
@@ -259,19 +268,29 @@ class JsonlSink:
             while written < len(data):
                 written += os.write(self._fd, data[written:])
         except OSError as exc:
-            os.ftruncate(self._fd, self._size)
-            raise SinkError(_failure_message(self.path, exc, "it ends at the last whole line")) from exc
+            if self._regular:  # a pipe or a device cannot be taken back
+                os.ftruncate(self._fd, self._size)
+            kept = "it ends at the last whole line" if self._regular else "the lines before it went through"
+            raise SinkError(_failure_message(self.path, exc, kept)) from exc
         self._size += len(data)
         self.lines_written += 1
 
     def close(self) -> None:
+        """Publish the lines written (none written: any previous file is left as it was)."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        os.close(fd)
+        if self._staged is None:
+            return
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            if self.lines_written:
+                self._staged.commit()
+            else:
+                self._staged.discard()
+        except OSError as exc:
+            self._staged.discard()
+            raise SinkError(_failure_message(self.path, exc, KEPT)) from exc
 
 
 class TerminalStatus:
@@ -381,18 +400,12 @@ def _each(sinks: list[Sink], call) -> None:
         raise first
 
 
-def _create_temp(path: Path) -> Path:
-    """Create ``<stem>.<random>.partial.mp4`` beside ``path`` (same filesystem: rename is atomic)."""
-    if path.is_dir():
-        raise SinkError(f"cannot write {path}: it is a directory")
-    if not path.parent.is_dir():
-        raise SinkError(f"cannot write {path}: directory {path.parent} does not exist")
-    temp = path.parent / f"{path.stem}.{secrets.token_hex(4)}.partial{path.suffix or '.mp4'}"
+def _stage(path: Path, suffix: str) -> Staged:
+    """``path``'s temporary file ``<stem>.<random>.partial<suffix>`` (or the node itself)."""
     try:
-        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        return Staged(path, prefix=f"{path.stem}.", suffix=f".partial{suffix}", make_parent=False)
     except OSError as exc:
         raise SinkError(f"cannot write {path}: {_reason(exc)}") from exc
-    return temp
 
 
 def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -403,30 +416,6 @@ def _fit(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if pad_h or pad_w:
         image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
     return image
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename durable; some filesystems refuse fsync on directories (EINVAL)."""
-    try:
-        _fsync(path)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.EBADF, errno.EISDIR, errno.EACCES):
-            raise
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        return
 
 
 def _reason(exc: BaseException) -> str:
@@ -441,11 +430,11 @@ def _failure_message(path: Path, exc: BaseException, kept: str) -> str:
 
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM in this thread (delivered on exit) where the OS allows it."""
+    """Hold SIGINT, SIGTERM and SIGHUP in this thread (delivered on exit) where the OS allows it."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
+    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield

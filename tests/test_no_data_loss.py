@@ -1,0 +1,406 @@
+"""Never destroy a user's file (issue 13, data loss): each case as a user meets it, through the
+``soundloc`` command in a subprocess, on real H.264/AAC files, a real onnxruntime session, real
+FIFOs, links and character devices; then one property test of the writer rule in ``fileio``.
+
+Character devices: as root the tests make their own null/full device nodes in the test folder
+(``mknod``), so a regression could never replace the machine's /dev/null; as another user they
+use /dev/null and /dev/full, which such a user cannot rename over anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from soundloc.fileio import OutputError, atomic_write_bytes, check_outputs
+from soundloc.runtime.sinks import JsonlSink
+
+CLIP_SECONDS = 3.0
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+def soundloc(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "soundloc", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_line_error(r: subprocess.CompletedProcess) -> str:
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+    return errors[0]
+
+
+def char_device(tmp_path: Path, name: str) -> Path:
+    """A character device node like /dev/<name> (null: 1,3; full: 1,7), see the module docstring."""
+    if os.geteuid() != 0:
+        return Path("/dev") / name
+    node = tmp_path / f"dev-{name}"
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, {"null": 3, "full": 7}[name]))
+    try:
+        os.close(os.open(node, os.O_WRONLY))
+    except OSError as e:  # a filesystem mounted nodev
+        pytest.skip(f"cannot open a device node made in {tmp_path}: {e.strerror}")
+    return node
+
+
+class FifoReader(threading.Thread):
+    """Reads everything written into a FIFO until the writer closes it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path, self.data = path, b""
+
+    def run(self) -> None:
+        with open(self.path, "rb") as f:
+            self.data = f.read()
+
+
+def frames_in(mp4: Path | bytes) -> int:
+    source = io.BytesIO(mp4) if isinstance(mp4, bytes) else str(mp4)
+    with av.open(source) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A real synthetic clip: H.264 + AAC, 3 s."""
+    from soundloc.data.synth import make_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    make_synthetic_dataset(out, num_clips=1, seed=3, seconds=CLIP_SECONDS, workers=1, size=64)
+    return next((out / "videos").glob("*.mp4"))
+
+
+@pytest.fixture
+def export(tiny):
+    pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
+    return tiny.export
+
+
+@pytest.fixture
+def video(clip: Path, tmp_path: Path) -> Path:
+    """The user's own copy of the clip, which nothing may touch."""
+    path = tmp_path / "in.mp4"
+    path.write_bytes(clip.read_bytes())
+    return path
+
+
+def stream(export: Path, video: Path, *args) -> subprocess.CompletedProcess:
+    return soundloc("stream", export, "--video", video, "--backend", "onnxruntime-cpu", *args)
+
+
+# -- 1, 2: an output that is the input ---------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--events", "--out", "--json"])
+@pytest.mark.parametrize("how", ["same path", "symlink", "hard link"])
+def test_output_that_is_the_input_is_refused(export, video, tmp_path, flag, how):
+    before = digest(video)
+    target = {"same path": video, "symlink": tmp_path / "link.mp4", "hard link": tmp_path / "hard.mp4"}[how]
+    if how == "symlink":
+        target.symlink_to(video)
+    elif how == "hard link":
+        os.link(video, target)
+    r = stream(export, video, flag, target)
+    assert r.returncode == 2 and "is the input" in one_line_error(r)
+    assert digest(video) == before and target.exists() and digest(target) == before
+    assert (how != "symlink") or target.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted({video.name, target.name})  # no temp left
+
+
+def test_events_equal_to_out_is_refused(export, video, tmp_path):
+    r = stream(export, video, "--out", tmp_path / "x.mp4", "--events", tmp_path / "x.mp4")
+    assert r.returncode == 2 and "same file" in one_line_error(r)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_outputs_onto_the_input_refused_by_other_commands(tiny, video, tmp_path):
+    """The same rule in every command that writes: the checkpoint is the input here."""
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(tiny.ckpt.read_bytes())
+    before = digest(ckpt)
+    for args in (["info", ckpt, "--json", ckpt],
+                 ["annotate", ckpt, tmp_path, "--out", ckpt],
+                 ["export", ckpt, "--out", tmp_path / "exp", "--json", ckpt]):
+        r = soundloc(*args)
+        assert r.returncode == 2 and "is the input" in one_line_error(r), args
+    assert digest(ckpt) == before
+
+
+# -- 3: FIFOs and character devices are written into, never replaced ------------------------------
+def test_out_and_events_into_fifos(export, video, tmp_path):
+    fifos = {name: tmp_path / name for name in ("video.fifo", "events.fifo")}
+    readers = {}
+    for name, path in fifos.items():
+        os.mkfifo(path)
+        readers[name] = FifoReader(path)
+        readers[name].start()
+    r = stream(export, video, "--out", fifos["video.fifo"], "--events", fifos["events.fifo"])
+    assert r.returncode == 0, r.stderr
+    for reader in readers.values():
+        reader.join(timeout=30)
+    assert all(stat.S_ISFIFO(os.lstat(p).st_mode) for p in fifos.values())  # still FIFOs
+    events = [json.loads(line) for line in readers["events.fifo"].data.decode().splitlines()]
+    steps = round(CLIP_SECONDS * 10)
+    assert [e["index"] for e in events] == list(range(steps))
+    assert frames_in(readers["video.fifo"].data) == steps  # a playable fragmented mp4 came through
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([video.name, *fifos])  # no temp left
+
+
+def test_complete_run_into_a_null_device_exits_0(export, video, tmp_path):
+    null = char_device(tmp_path, "null")
+    r = stream(export, video, "--out", null, "--events", null, "--json", null)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+
+
+def test_events_into_a_full_device_reports_no_space(export, video, tmp_path):
+    full = char_device(tmp_path, "full")
+    r = stream(export, video, "--events", full)
+    assert r.returncode != 0
+    line = one_line_error(r)
+    assert "disk full" in line and "Invalid argument" not in r.stderr
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+
+
+# -- 4: a run that fails at start keeps the existing events ----------------------------------------
+def write_video(path: Path, seconds: float = 2.0, *, audio: bool = True) -> Path:
+    """H.264 video at 10 fps (64x48), with a 440 Hz AAC tone or without an audio track."""
+    with av.open(str(path), "w") as c:
+        vs = c.add_stream("libx264", rate=10, options={"preset": "ultrafast"})
+        vs.width, vs.height, vs.pix_fmt = 64, 48, "yuv420p"
+        aus = c.add_stream("aac", rate=16000, layout="mono") if audio else None
+        for i in range(round(seconds * 10)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i % 250, np.uint8), format="rgb24")
+            frame.pts = i
+            c.mux(vs.encode(frame))
+        c.mux(vs.encode())
+        if aus is not None:
+            tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(round(seconds * 16000)) / 16000)).astype(np.float32)
+            for i in range(0, tone.size, 1024):
+                frame = av.AudioFrame.from_ndarray(tone[None, i:i + 1024], format="flt", layout="mono")
+                frame.sample_rate, frame.pts = 16000, i
+                c.mux(aus.encode(frame))
+            c.mux(aus.encode())
+    return path
+
+
+@pytest.mark.parametrize("why", ["mistyped input", "no audio track"])
+def test_failed_start_keeps_existing_events_and_mp4(export, tmp_path, why):
+    video = tmp_path / "mistyped.mp4" if why == "mistyped input" else write_video(tmp_path / "silent.mp4", audio=False)
+    events, out = tmp_path / "events.jsonl", tmp_path / "out.mp4"
+    events.write_text('{"index": 0}\n')
+    out.write_bytes(b"last night's recording")
+    r = stream(export, video, "--events", events, "--out", out)
+    assert r.returncode != 0
+    one_line_error(r)
+    assert events.read_text() == '{"index": 0}\n' and out.read_bytes() == b"last night's recording"
+    new_events = tmp_path / "new.jsonl"
+    assert stream(export, video, "--events", new_events).returncode != 0
+    assert not new_events.exists()  # no empty events file left behind
+    assert not list(tmp_path.glob("*partial*"))
+
+
+def test_export_onto_an_existing_file_is_a_usage_error(tiny, tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine")
+    r = soundloc("export", tiny.ckpt, "--out", target)
+    assert r.returncode == 2 and "not a directory" in one_line_error(r)
+    assert target.read_text() == "mine"
+
+
+def test_stream_without_outputs_says_nothing_is_kept(export, video):
+    r = stream(export, video)
+    assert r.returncode == 0, r.stderr
+    assert "nothing of them is kept" in r.stdout.splitlines()[0]
+
+
+# -- 5: synth onto an existing dataset ---------------------------------------------------------------
+def test_synth_refuses_a_non_empty_folder_unless_forced(tmp_path):
+    data = tmp_path / "vggsound"
+    (data / "videos").mkdir(parents=True)
+    (data / "vggsound.csv").write_text("---g-f_I2yQ,1,people marching,test\n")
+    (data / "videos" / "---g-f_I2yQ_000001.mp4").write_bytes(b"a real clip")
+    args = ["synth", data, "--clips", "1", "--seconds", "1", "--size", "32", "--workers", "1"]
+    r = soundloc(*args)
+    assert r.returncode == 2 and "--force" in one_line_error(r)
+    assert (data / "vggsound.csv").read_text() == "---g-f_I2yQ,1,people marching,test\n"
+    assert [p.name for p in (data / "videos").iterdir()] == ["---g-f_I2yQ_000001.mp4"]
+    forced = soundloc(*args, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "people marching" not in (data / "vggsound.csv").read_text()
+    assert len(list((data / "videos").glob("*.mp4"))) == 2
+    (tmp_path / "empty").mkdir()
+    assert soundloc("synth", tmp_path / "empty", *args[2:]).returncode == 0  # an empty folder is fine
+    r = soundloc("synth", data / "vggsound.csv", *args[2:])
+    assert r.returncode == 2 and "not a directory" in one_line_error(r)
+
+
+# -- 6: interruptions -------------------------------------------------------------------------------
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on this OS")
+def test_sighup_finalises_the_mp4_and_events(export, clip, tmp_path):
+    out, events = tmp_path / "hup.mp4", tmp_path / "hup.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "soundloc", "stream", str(export), "--video", str(clip),
+                             "--realtime", "--backend", "onnxruntime-cpu", "--out", str(out),
+                             "--events", str(events)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob("*.partial.jsonl")):
+        time.sleep(0.05)
+    while time.monotonic() < deadline and not any(p.stat().st_size for p in tmp_path.glob("*.partial.jsonl")):
+        time.sleep(0.05)  # the first step is out: the stream loop runs
+    proc.send_signal(signal.SIGHUP)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != -signal.SIGHUP, err  # not killed by it: it ended the run
+    n = frames_in(out)
+    lines = events.read_text().splitlines()
+    assert 1 <= n < CLIP_SECONDS * 10 and len(lines) == n
+    assert not list(tmp_path.glob("*partial*"))
+
+
+def _opened(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has ``path`` open (Linux /proc)."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc to see which clip is open")
+def test_annotate_ctrl_c_keeps_finished_clips_and_resumes(tiny, tmp_path):
+    """Ctrl-C while the third clip (a long one) is being read, after two finished."""
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for name in ("a_000000", "b_000000", "d_000000"):
+        write_video(folder / f"{name}.mp4", 2.0)
+    long = write_video(folder / "c_000000.mp4", 30.0)
+    out = tmp_path / "boxes.json"
+    proc = subprocess.Popen([sys.executable, "-m", "soundloc", "annotate", str(tiny.ckpt), str(folder),
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not _opened(proc.pid, long.resolve()) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    kept = [e["file"] for e in json.loads(out.read_text())]
+    assert kept in (["a_000000", "b_000000"], ["a_000000", "b_000000", "c_000000"])  # all it finished
+    r = soundloc("annotate", tiny.ckpt, folder, "--out", out)
+    assert r.returncode == 0, r.stderr
+    final = json.loads(out.read_text())
+    assert [e["file"] for e in final] == ["a_000000", "b_000000", "c_000000", "d_000000"]
+    assert "4 clips" in r.stdout
+
+
+# -- the rule itself: random inputs, outputs, links, FIFOs -------------------------------------------
+def _world(root: Path, rng: random.Random) -> tuple[list[Path], list[Path]]:
+    """Input files with random content and every kind of path an output might name."""
+    inputs = []
+    for i in range(3):
+        path = root / f"in{i}.bin"
+        path.write_bytes(rng.randbytes(rng.randrange(1, 4000)))
+        inputs.append(path)
+    other = root / "other.txt"
+    other.write_text("not an input")
+    names = [*inputs, other, root / "new.out", root / "sub" / "new.out", root / "dir"]
+    (root / "dir").mkdir()
+    for i, target in enumerate([*inputs, other, root / "missing"]):
+        (root / f"sym{i}").symlink_to(target)
+        names.append(root / f"sym{i}")
+        if target.exists():
+            os.link(target, root / f"hard{i}")
+            names.append(root / f"hard{i}")
+    os.mkfifo(root / "pipe")
+    names.append(root / "pipe")
+    return inputs, names
+
+
+def _collides(outputs: list[Path], inputs: list[Path]) -> bool:
+    def key(p: Path):
+        return (os.stat(p).st_dev, os.stat(p).st_ino) if p.exists() else os.path.realpath(p)
+
+    keys = [key(p) for p in outputs]
+    return (len(set(keys)) < len(keys) or any(key(i) == k for i in inputs for k in keys)
+            or any(p.is_dir() for p in outputs))
+
+
+def _write(outputs: list[Path], rng: random.Random) -> None:
+    for path in outputs:
+        if not path.parent.exists():  # only atomic_write makes the folder
+            atomic_write_bytes(path, b"new")
+            continue
+        reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK) if path.exists() and stat.S_ISFIFO(
+            os.stat(path).st_mode) else None  # a FIFO needs a reader; small writes fit its buffer
+        try:
+            if rng.random() < 0.5:
+                atomic_write_bytes(path, b"new")
+            else:
+                with JsonlSink(path) as sink:
+                    sink.write(_step())
+        finally:
+            if reader is not None:
+                os.close(reader)
+
+
+def _step():
+    from soundloc.runtime.results import StepResult
+
+    return StepResult(0, 0.0, np.zeros((4, 4, 3), np.uint8), None, None, 0.0, None, True, 0.0, 0.0, 0.0, {})
+
+
+def _snapshot(root: Path) -> dict[str, tuple]:
+    """Kind and, for links, where they point, of every path (not following links)."""
+    out = {}
+    for p in root.rglob("*"):
+        st = os.lstat(p)
+        out[p.name] = (stat.S_IFMT(st.st_mode), os.readlink(p) if p.is_symlink() else None)
+    return out
+
+
+def test_writer_rule_never_modifies_an_input(tmp_path):
+    rng = random.Random(13)
+    refused = written = 0
+    for trial in range(150):
+        root = tmp_path / str(trial)
+        root.mkdir()
+        inputs, names = _world(root, rng)
+        declared = rng.sample(inputs, rng.randrange(0, len(inputs) + 1))
+        outputs = rng.sample(names, rng.randrange(1, 4))
+        before = {p: digest(p) for p in inputs}
+        kinds = _snapshot(root)
+        try:
+            check_outputs(outputs, declared)
+        except OutputError:
+            refused += 1
+            assert _collides(outputs, declared), (outputs, declared)
+        else:
+            assert not _collides(outputs, declared), (outputs, declared)
+            _write(outputs, rng)
+            written += 1
+        assert {p: digest(p) for p in declared} == {p: before[p] for p in declared}, (outputs, declared)
+        after = _snapshot(root)
+        assert {k: v for k, v in after.items() if k in kinds} == kinds  # no link or FIFO replaced
+        assert not [k for k in after if k not in kinds and k != "new.out" and k != "sub" and k != "missing"]
+    assert refused > 20 and written > 20  # both branches were exercised
