@@ -457,7 +457,7 @@ def _read_window(container: Any, path: str, start: float, fps: int, size: int, r
     def take(points: list[tuple[int, av.VideoFrame]]) -> None:
         for _, f in points:
             if n_frames is None or len(frames) < n_frames:
-                frames.append(f.to_ndarray(format="rgb24", width=size, height=size))
+                frames.append(video_rgb(f, size))
 
     for item in iter_av(path, start=start, audio=has_audio, sample_rate=rate, container=container):
         if isinstance(item, VideoChunk):
@@ -473,6 +473,17 @@ def _read_window(container: Any, path: str, start: float, fps: int, size: int, r
     else:
         take(grid.flush(count=n_frames) if n_frames is not None else grid.flush(end=end))
     return frames, audio, end
+
+
+def video_rgb(frame: av.VideoFrame, size: int | None = None) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB the way a player shows it: turned by the
+    stream's display matrix (a phone held upright records sideways pixels and a 90 degree
+    rotation), optionally resized to ``size`` x ``size`` first (rotating a square changes nothing
+    else). Mirroring in the matrix is ignored."""
+    rgb = frame.to_ndarray(format="rgb24") if size is None else \
+        frame.to_ndarray(format="rgb24", width=size, height=size)
+    turns = round(frame.rotation / 90) % 4  # counter-clockwise, as np.rot90 turns
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def frame_duration(frame: av.VideoFrame, stream: Any) -> float:
