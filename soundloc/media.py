@@ -132,7 +132,8 @@ def open_container(url: str, format: str | None = None, options: dict[str, str] 
     try:
         return av.open(url, format=format, options=options or {}, timeout=timeout)
     except av.error.FFmpegError as e:
-        raise MediaError(f"{url}: {_why_unopenable(url, format, e)}") from None
+        why = _network_failure(e, timeout) if "://" in url and format is None else _why_unopenable(url, format, e)
+        raise MediaError(f"{url}: {why}") from None
     except (OSError, ValueError) as e:  # av.open can raise plain OSError/ValueError too
         raise MediaError(f"{url}: cannot open ({_one_line(e)})") from None
 
@@ -144,6 +145,21 @@ def _why_unopenable(url: str, format: str | None, err: Exception) -> str:
     if "moov atom not found" in msg or _looks_like_mp4(url):
         return f"truncated or corrupt file ({msg})"
     return f"not a media file or corrupt ({msg})"
+
+
+def _network_failure(err: Exception, timeout: float | tuple[float, float] | None) -> str:
+    """What happened when a URL would not open, in the words a user can act on."""
+    msg = _one_line(err)
+    if isinstance(err, ConnectionRefusedError):
+        return f"connection refused: nothing is listening at that address ({msg})"
+    if isinstance(err, (av.error.HTTPClientError, av.error.HTTPServerError, av.error.HTTPError)):
+        return f"the server refused the request ({msg})"
+    if isinstance(err, (av.error.ExitError, TimeoutError)):  # ExitError: our open timeout fired
+        limit = timeout[0] if isinstance(timeout, tuple) else timeout
+        return f"no answer from the server within {limit:g} s" if limit else f"no answer from the server ({msg})"
+    if isinstance(err, OSError):
+        return f"network error ({msg})"
+    return f"not a media stream or corrupt ({msg})"
 
 
 def _looks_like_mp4(path: str) -> bool:

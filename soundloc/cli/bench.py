@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, fail
+from .app import app, check_range, fail
 
 
 def parse_compare(compare: str) -> list[str]:
@@ -41,6 +41,7 @@ def bench(
     from .. import bench as lib
     from ..fileio import write_json
 
+    check_range("--threads", threads, 1)
     console = Console(width=max(Console().width, 120))
     err = Console(stderr=True)
     try:

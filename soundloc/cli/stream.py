@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, fail
+from .app import app, check_range, fail
 
 
 @app.command("stream")
@@ -34,9 +34,18 @@ def stream(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
     """Localize sound sources live: camera + microphone (or a file/URL) -> mp4, events, preview."""
+    from ..config import FPS
+    from ..runtime.engine import BACKENDS
     from ..runtime.run import run_stream
     from ..runtime.stream import StreamOptions
 
+    if backend not in (*BACKENDS, "torch"):
+        raise fail(f"--backend must be one of {', '.join((*BACKENDS, 'torch'))}, not {backend!r}")
+    check_range("--port", port, 0, 65535)
+    check_range("--threads", threads, 1)
+    check_range("--reconnect", reconnect, 0)
+    check_range("--stall", stall, 0.1)
+    check_range("--seconds", seconds, 0.1)
     try:
         options = StreamOptions(window=window, gate_db=gate_db, gate_score=gate_score, box_threshold=box_threshold)
     except ValueError as e:
@@ -45,6 +54,11 @@ def stream(
                          backend=backend, options=options, realtime=realtime, video_only=video_only,
                          max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads)
     _report(summary.as_dict(), json_out)
+    if summary.error:  # a corrupt file must not look like a complete run
+        raise fail(f"input failed after {summary.steps} steps ({summary.steps / FPS:.1f} s processed): "
+                   f"{summary.error}", 1)
+    if summary.signal:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
+        raise typer.Exit(128 + summary.signal)
 
 
 def _report(d: dict, json_out: Optional[Path]) -> None:

@@ -328,7 +328,10 @@ class StepSource:
                     self._asm.add_video(item.pts, item.frame, now)
                 else:
                     self._asm.add_audio(item, now)
-        except (MediaError, av.error.FFmpegError, OSError) as e:
+        except MediaError as e:  # names the input already
+            reason, failed = str(e), True
+            self.stats.errors.append(reason)
+        except (av.error.FFmpegError, OSError) as e:
             reason, failed = f"{spec.name}: {' '.join(str(e).split())}", True
             self.stats.errors.append(reason)
         except Exception as e:  # a bug must still end the stream with its reason, not hang it
