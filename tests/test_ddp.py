@@ -6,6 +6,7 @@ LOCAL_RANK, MASTER_ADDR, MASTER_PORT) and the same soundloc.train functions a re
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import socket
@@ -78,6 +79,7 @@ def _grad_worker(rank: int, world: int, port: int, out: str) -> None:
     # rank 1 abort at exit now and then.
     del state
     close_distributed(info)
+    assert not any(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
 
 
 def _free_port() -> int:

@@ -27,7 +27,7 @@ def stream(
     box_threshold: float = typer.Option(0.5, help="Pseudo-box binarisation threshold on the normalised map."),
     realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime", help="Pace a file at 1x (default: files run as fast as possible)."),
     video_only: bool = typer.Option(False, help="Accept a video without audio (maps then mean little: every step is gated)."),
-    seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds: of media for a file, of wall time for a live source."),
     reconnect: int = typer.Option(0, help="Reopen a failed or stalled source up to N times."),
     stall: float = typer.Option(10.0, help="Seconds without input before a source counts as stalled."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
