@@ -54,11 +54,11 @@ def stream(
                          backend=backend, options=options, realtime=realtime, video_only=video_only,
                          max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads)
     _report(summary.as_dict(), json_out)
+    if summary.signal:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
+        raise typer.Exit(128 + summary.signal)
     if summary.error:  # a corrupt file must not look like a complete run
         raise fail(f"input failed after {summary.steps} steps ({summary.steps / FPS:.1f} s processed): "
                    f"{summary.error}", 1)
-    if summary.signal:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
-        raise typer.Exit(128 + summary.signal)
 
 
 def _report(d: dict, json_out: Optional[Path]) -> None:

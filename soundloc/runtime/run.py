@@ -185,7 +185,7 @@ def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOp
         for result in loc.flush():
             _emit(result, source, sink, summary)
         summary.dropped += source.stats.dropped
-    summary.error = source.stats.errors[0] if source.stats.errors else ""
+    summary.error = source.stats.failure or ""
     return source.live
 
 

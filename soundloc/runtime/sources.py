@@ -108,6 +108,7 @@ class SourceStats:
     max_queue_depth: int = 0
     end_reason: str | None = None
     errors: list[str] = field(default_factory=list)
+    failure: str | None = None  # the first input that failed (not ended): steps after it are missing
 
 
 class _Assembler:
@@ -355,6 +356,8 @@ class StepSource:
             self._asm.end_audio()
         if video:
             self._asm.end_video(end, wait_s=END_GRACE_S if self.live else None)
+        if failed and self.stats.failure is None and not self._stop.is_set():  # not a read cut by close()
+            self.stats.failure = reason
         if not (video or failed or self.live):
             return
         if self.stats.end_reason is None:
