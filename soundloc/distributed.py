@@ -4,6 +4,7 @@ gathering per-rank reports. NCCL on CUDA, gloo on CPU."""
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +65,25 @@ def init_distributed(info: DistInfo, device: torch.device) -> None:
     if info.enabled and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 rank=info.rank, world_size=info.world_size)
+
+
+def close_distributed(info: DistInfo, *, clean: bool = True) -> None:
+    """Leave the process group in an order that cannot abort the process.
+
+    ``clean`` (every rank got here without an error): a barrier first, so no rank tears down
+    its gloo connections while a peer is still in a collective on them; then a garbage
+    collection, so DDP wrappers the caller has dropped (their reducers hold the group and sit
+    in reference cycles) are freed now, not during interpreter shutdown, where destroying a
+    group whose threads still run ends in SIGABRT ("terminate called without an active
+    exception"). The caller must drop its own references first. After an error, peers may be
+    gone: the group is destroyed without waiting.
+    """
+    if not (info.enabled and dist.is_initialized()):
+        return
+    if clean:
+        dist.barrier()
+        gc.collect()
+    dist.destroy_process_group()
 
 
 class ShardSampler(Sampler[int]):

@@ -140,6 +140,10 @@ def load_maps_npz(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     try:
         with open(path, "rb") as f:  # our handle: np.load leaks its own when the zip is corrupt
+            head = f.read(6)
+            if not head.startswith(b"PK") and head != b"\x93NUMPY":  # np.load would guess pickle
+                raise EvalError(f"{path}: not an .npz archive of maps (np.savez writes one)")
+            f.seek(0)
             z = np.load(f, allow_pickle=False)
             if not isinstance(z, NpzFile):
                 raise EvalError(f"{path}: expected an .npz archive of maps, got a single array")

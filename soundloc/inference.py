@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import VIDEO_FOLDERS
 from .data.annotations import safe_join
 from .fileio import write_json
 from .localize import pseudo_box, top_k_moments, window_bounds
@@ -96,8 +97,9 @@ class Analyzer:
 
 
 def find_video(videos: Path, clip_id: str) -> Path | None:
-    """``<videos>/<id>.mp4`` or ``<videos>/videos/<id>.mp4`` (other suffixes too), never outside."""
-    for sub in ("", "videos/"):
+    """``<videos>/<id>.mp4``, ``<videos>/videos/<id>.mp4`` or ``<videos>/video/<id>.mp4`` (other suffixes
+    too), never outside."""
+    for sub in ("", *(f"{name}/" for name in VIDEO_FOLDERS)):
         for suffix in VIDEO_SUFFIXES:
             path = safe_join(videos, f"{sub}{clip_id}{suffix}")
             if path.is_file():
@@ -106,8 +108,8 @@ def find_video(videos: Path, clip_id: str) -> Path | None:
 
 
 def list_videos(folder: Path) -> list[tuple[str, Path]]:
-    """Every video file in ``folder`` (or its ``videos/``), sorted, as (clip id, path)."""
-    root = folder / "videos" if (folder / "videos").is_dir() else folder
+    """Every video file in ``folder`` (or its ``videos/`` or ``video/``), sorted, as (clip id, path)."""
+    root = next((folder / name for name in VIDEO_FOLDERS if (folder / name).is_dir()), folder)
     return [(p.stem, p) for p in sorted(root.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
 
 

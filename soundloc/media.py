@@ -132,7 +132,8 @@ def open_container(url: str, format: str | None = None, options: dict[str, str] 
     try:
         return av.open(url, format=format, options=options or {}, timeout=timeout)
     except av.error.FFmpegError as e:
-        raise MediaError(f"{url}: {_why_unopenable(url, format, e)}") from None
+        why = _network_failure(e, timeout) if "://" in url and format is None else _why_unopenable(url, format, e)
+        raise MediaError(f"{url}: {why}") from None
     except (OSError, ValueError) as e:  # av.open can raise plain OSError/ValueError too
         raise MediaError(f"{url}: cannot open ({_one_line(e)})") from None
 
@@ -144,6 +145,21 @@ def _why_unopenable(url: str, format: str | None, err: Exception) -> str:
     if "moov atom not found" in msg or _looks_like_mp4(url):
         return f"truncated or corrupt file ({msg})"
     return f"not a media file or corrupt ({msg})"
+
+
+def _network_failure(err: Exception, timeout: float | tuple[float, float] | None) -> str:
+    """What happened when a URL would not open, in the words a user can act on."""
+    msg = _one_line(err)
+    if isinstance(err, ConnectionRefusedError):
+        return f"connection refused: nothing is listening at that address ({msg})"
+    if isinstance(err, (av.error.HTTPClientError, av.error.HTTPServerError, av.error.HTTPError)):
+        return f"the server refused the request ({msg})"
+    if isinstance(err, (av.error.ExitError, TimeoutError)):  # ExitError: our open timeout fired
+        limit = timeout[0] if isinstance(timeout, tuple) else timeout
+        return f"no answer from the server within {limit:g} s" if limit else f"no answer from the server ({msg})"
+    if isinstance(err, OSError):
+        return f"network error ({msg})"
+    return f"not a media stream or corrupt ({msg})"
 
 
 def _looks_like_mp4(path: str) -> bool:
@@ -457,7 +473,7 @@ def _read_window(container: Any, path: str, start: float, fps: int, size: int, r
     def take(points: list[tuple[int, av.VideoFrame]]) -> None:
         for _, f in points:
             if n_frames is None or len(frames) < n_frames:
-                frames.append(f.to_ndarray(format="rgb24", width=size, height=size))
+                frames.append(video_rgb(f, size))
 
     for item in iter_av(path, start=start, audio=has_audio, sample_rate=rate, container=container):
         if isinstance(item, VideoChunk):
@@ -473,6 +489,17 @@ def _read_window(container: Any, path: str, start: float, fps: int, size: int, r
     else:
         take(grid.flush(count=n_frames) if n_frames is not None else grid.flush(end=end))
     return frames, audio, end
+
+
+def video_rgb(frame: av.VideoFrame, size: int | None = None) -> np.ndarray:
+    """A decoded frame as (H, W, 3) uint8 RGB the way a player shows it: turned by the
+    stream's display matrix (a phone held upright records sideways pixels and a 90 degree
+    rotation), optionally resized to ``size`` x ``size`` first (rotating a square changes nothing
+    else). Mirroring in the matrix is ignored."""
+    rgb = frame.to_ndarray(format="rgb24") if size is None else \
+        frame.to_ndarray(format="rgb24", width=size, height=size)
+    turns = round(frame.rotation / 90) % 4  # counter-clockwise, as np.rot90 turns
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 def frame_duration(frame: av.VideoFrame, stream: Any) -> float:

@@ -46,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .config import Config, ConfigError
-from .distributed import (DistInfo, ShardSampler, dist_from_env, gather_skips, init_distributed,
+from .distributed import (DistInfo, ShardSampler, close_distributed, dist_from_env, gather_skips, init_distributed,
                           resolve_device)
 from .config import preset as config_preset
 from .data.dataset import SkipReport, collate
@@ -489,17 +489,26 @@ def fit(config: Config, train_set: Dataset, val_set: Dataset | None, out_dir: st
     check_out_dir(out, resume, init_video)
     init_distributed(info, device)
     try:
-        seed_everything(options.seed)
-        state = build_state(config, options, info, device, init_video)
-        start_record = restore(state, out / "last.pt", config).get("metrics") if resume else None
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            remove_stale_temps(out)
-            repair_log(out, state.epoch, start_record)
-        return _loop(state, options, out, train_set, val_set, collate_fn)
-    finally:
-        if info.enabled and dist.is_initialized():
-            dist.destroy_process_group()
+        result = _fit_in_group(config, options, info, device, out, train_set, val_set, resume, init_video,
+                               collate_fn)
+    except BaseException:
+        close_distributed(info, clean=False)
+        raise
+    close_distributed(info)  # the model (and its DDP reducer) is already out of scope here
+    return result
+
+
+def _fit_in_group(config: Config, options: TrainOptions, info: DistInfo, device: torch.device, out: Path,
+                  train_set: Dataset, val_set: Dataset | None, resume: bool, init_video: str | Path | None,
+                  collate_fn: Callable) -> TrainResult:
+    seed_everything(options.seed)
+    state = build_state(config, options, info, device, init_video)
+    start_record = restore(state, out / "last.pt", config).get("metrics") if resume else None
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        repair_log(out, state.epoch, start_record)
+    return _loop(state, options, out, train_set, val_set, collate_fn)
 
 
 def _loop(state: TrainState, options: TrainOptions, out: Path, train_set: Dataset, val_set: Dataset | None,
@@ -513,6 +522,10 @@ def _loop(state: TrainState, options: TrainOptions, out: Path, train_set: Datase
     with reporter.bar:
         while state.epoch < options.epochs:
             record = run_epoch(state, train_loader, val_loader, reporter)
+            if not record["train"]["clips"]:  # never a checkpoint of a model that saw nothing
+                why = record["skip_report"] or "the training set is empty"
+                raise TrainError(f"epoch {record['epoch']}: no training clip could be loaded, nothing was "
+                                 f"trained and no checkpoint written ({' '.join(why.split())})")
             skipped += record["skipped"]["count"]
             if info.is_main:
                 save_epoch(out, state, record, options.keep_epochs)

@@ -97,7 +97,9 @@ def test_stalled_source_ends_within_the_stall_timeout_with_sinks_finalised(tmp_p
     took = time.monotonic() - t0
     assert summary.end_reason == "source stalled: no input for 1 s", summary.end_reason
     assert 20 <= summary.steps < 60 and summary.reconnects == 0
-    assert took < 10, took  # 1 s stall + at most 2 s to stop the blocked reader + model load
+    # ~3 s when idle (1 s stall + at most 2 s to stop the blocked reader + model load); the bound
+    # only has to come before the server's 60 s release, so a loaded machine cannot fail it.
+    assert took < 50, took
     assert frames_in(out) == summary.steps  # finalised: the mp4 holds every step, playable
     assert len(events.read_text().splitlines()) == summary.steps
     assert not list(tmp_path.glob("*.partial.mp4"))

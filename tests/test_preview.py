@@ -123,10 +123,10 @@ def test_mjpeg_stream_sends_each_new_frame_and_close_ends_it(server):
     np.testing.assert_allclose(jpeg_colour(read_part(response)), RED, atol=6)
     server.publish(solid(BLUE), {})
     np.testing.assert_allclose(jpeg_colour(read_part(response)), BLUE, atol=6)
-    start = time.monotonic()
     server.close()
-    assert response.read() is not None  # returns (EOF) instead of waiting for frames
-    assert time.monotonic() - start < 2.0
+    # EOF instead of waiting for frames: a read still waiting would raise the 5 s socket timeout
+    # (no wall-clock bound here: on a loaded machine that would be a flaky test).
+    assert response.read() is not None
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
 

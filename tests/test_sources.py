@@ -134,9 +134,56 @@ def test_slow_consumer_drops_oldest_on_live_source():
 
 
 def test_stream_that_ends_early():
+    """A live camera that ends after 0.5 s while its microphone's audio is still on the way:
+    every frame captured (5 steps) comes out, whichever capture thread the scheduler runs
+    first (the camera used to end the stream before the audio of its frames arrived). Both are
+    paced at 1x, as real devices deliver; audio later than ``END_GRACE_S`` would be zeros."""
+    with open_source(CAMERA + ":duration=0.5", MIC, realtime=True) as src:
+        steps = list(src)
+    assert [s.index for s in steps] == list(range(5)) and "end of stream" in src.stats.end_reason
+    with_audio = [s.audio for s in steps if s.has_audio]
+    assert all(abs(dominant_hz(a) - 440) < 40 for a in with_audio)
+
+
+def test_camera_ending_before_its_microphone_starts(monkeypatch):
+    """The race of the test above made certain: the microphone's first chunk is held back until
+    the camera has ended; the camera's frames still come out, with the microphone's audio."""
+    real = sources._Assembler.add_audio
+
+    def late_audio(self, chunk, t):
+        deadline = time.monotonic() + 5
+        while not self.video_ended and time.monotonic() < deadline:
+            time.sleep(0.01)
+        real(self, chunk, t)
+
+    monkeypatch.setattr(sources._Assembler, "add_audio", late_audio)
+    monkeypatch.setattr(sources, "END_GRACE_S", 60.0)  # the wait ends when the audio is in
     with open_source(CAMERA + ":duration=0.5", MIC, realtime=False) as src:
         steps = list(src)
-    assert 1 <= len(steps) <= 5 and "end of stream" in src.stats.end_reason
+    assert [s.index for s in steps] == list(range(5)) and all(s.has_audio for s in steps)
+
+
+def test_separate_audio_file_far_ahead_of_the_video_loses_no_step(tmp_path):
+    """``--audio`` from a second file: its thread decodes audio much faster than the video
+    thread decodes frames. It must wait (a file never skips), and the video's end, not the
+    audio's, ends the stream: every step comes out with the audio of the offline decode."""
+    path = make_mp4(tmp_path / "a.mp4", n=240, rate=fractions.Fraction(30))  # 8 s > MAX_LAG_STEPS
+    offline = load_clip(path)
+    with open_source(path, path, queue_size=2) as src:
+        steps = list(src)
+    assert [s.index for s in steps] == list(range(80)) and src.stats.skipped == 0
+    assert all(s.has_audio for s in steps)
+    for s in steps[::7]:
+        np.testing.assert_array_equal(s.audio, offline.audio[1600 * s.index:1600 * (s.index + 1)])
+
+
+def test_separate_audio_file_shorter_than_the_video_pads_with_zeros(tmp_path):
+    video = make_mp4(tmp_path / "v.mp4", n=90, rate=fractions.Fraction(30), audio=False)  # 3 s
+    audio = make_mp4(tmp_path / "a.mp4", n=30, rate=fractions.Fraction(30))  # 1 s of tone
+    with open_source(video, audio) as src:
+        steps = list(src)
+    assert [s.index for s in steps] == list(range(30))
+    assert all(s.has_audio for s in steps[:9]) and not any(s.has_audio or s.audio.any() for s in steps[11:])
 
 
 def test_unopenable_device():

@@ -152,7 +152,7 @@ def test_sigkill_mid_epoch_then_resume_completes(tmp_path: Path) -> None:
     script, out = tmp_path / "train_script.py", tmp_path / "run"
     script.write_text(textwrap.dedent(SCRIPT))
     proc = subprocess.Popen([sys.executable, str(script), str(out), "0.15", "fresh"], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600  # a hang guard only: importing torch alone took > 60 s under load
     while not ((out / "log.jsonl").is_file() and (out / "log.jsonl").read_text().strip()):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "epoch 1 never finished"

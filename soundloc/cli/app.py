@@ -39,6 +39,13 @@ def check_paths(outputs: list, inputs: list = (), dirs: list = ()) -> None:
         raise fail(str(e)) from None
 
 
+def check_range(option: str, value: float | None, low: float, high: float = float("inf")) -> None:
+    """Refuse an option outside ``[low, high]`` (NaN included) as a one-line usage error."""
+    if value is not None and not low <= value <= high:
+        bounds = f"from {low:g} to {high:g}" if high != float("inf") else f"at least {low:g}"
+        raise fail(f"{option} must be {bounds}, not {value:g}")
+
+
 def run_app(args: list[str] | None = None, prog_name: str = "soundloc") -> None:
     """Run the CLI; any exception becomes one line on stderr and exit code 1, unless --debug."""
     try:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, check_paths, fail
+from .app import app, check_paths, check_range, fail
 
 
 def parse_compare(compare: str) -> list[str]:
@@ -42,6 +42,7 @@ def bench(
     from ..fileio import write_json
 
     check_paths([json_out], [target, clip])
+    check_range("--threads", threads, 1)
     console = Console(width=max(Console().width, 120))
     err = Console(stderr=True)
     try:

@@ -93,7 +93,7 @@ def _print_result(result: "EvalResult") -> None:
         (result.n_unannotated, "maps without annotation (ignored)"),
         (result.n_empty_gt, "empty GT (scored cIoU 0)"),
         (result.n_non_finite, "maps with NaN/inf (non-finite set to the map's minimum)"),
-        (result.n_corrupt_boxes, "corrupt boxes clipped"),
+        (result.n_corrupt_boxes, "corrupt boxes (out of range: clipped; inverted: dropped)"),
         (result.n_no_annotation, "requested ids without annotation (not scored)"),
     ) if n]
     for note in notes:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .app import app, check_paths, fail
+from .app import app, check_paths, check_range, fail
 
 
 @app.command("stream")
@@ -27,17 +27,26 @@ def stream(
     box_threshold: float = typer.Option(0.5, help="Pseudo-box binarisation threshold on the normalised map."),
     realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime", help="Pace a file at 1x (default: files run as fast as possible)."),
     video_only: bool = typer.Option(False, help="Accept a video without audio (maps then mean little: every step is gated)."),
-    seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds."),
+    seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds: of media for a file, of wall time for a live source."),
     reconnect: int = typer.Option(0, help="Reopen a failed or stalled source up to N times."),
     stall: float = typer.Option(10.0, help="Seconds without input before a source counts as stalled."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
     """Localize sound sources live: camera + microphone (or a file/URL) -> mp4, events, preview."""
+    from ..config import FPS
+    from ..runtime.engine import BACKENDS
     from ..runtime.run import run_stream
     from ..runtime.stream import StreamOptions
 
     check_paths([out, events, json_out], [target, video, audio])
+    if backend not in (*BACKENDS, "torch"):
+        raise fail(f"--backend must be one of {', '.join((*BACKENDS, 'torch'))}, not {backend!r}")
+    check_range("--port", port, 0, 65535)
+    check_range("--threads", threads, 1)
+    check_range("--reconnect", reconnect, 0)
+    check_range("--stall", stall, 0.1)
+    check_range("--seconds", seconds, 0.1)
     if out is None and events is None and not preview:
         typer.echo("note: no --out, --events or --preview: the maps are shown in the status line only and "
                    "nothing of them is kept")
@@ -49,6 +58,11 @@ def stream(
                          backend=backend, options=options, realtime=realtime, video_only=video_only,
                          max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads)
     _report(summary.as_dict(), json_out)
+    if summary.signal:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
+        raise typer.Exit(128 + summary.signal)
+    if summary.error:  # a corrupt file must not look like a complete run
+        raise fail(f"input failed after {summary.steps} steps ({summary.steps / FPS:.1f} s processed): "
+                   f"{summary.error}", 1)
 
 
 def _report(d: dict, json_out: Optional[Path]) -> None:

@@ -7,7 +7,8 @@ ymax)`` in [0, 1]; the evaluation protocol (``soundloc.metrics``) rasterises the
 
 Bad coordinates: the real ``vggss.json`` holds 12 boxes with a coordinate of about -2.9e16.
 Like the reference evaluation code we clip every coordinate to [0, 1]; a coordinate that was
-outside by more than ``CORRUPT_MARGIN`` (or not finite) marks its box *corrupt* and is counted.
+outside by more than ``CORRUPT_MARGIN`` (or not finite), or an inverted box (xmin > xmax or
+ymin > ymax), marks the box *corrupt* and is counted.
 A box that is empty after clipping (xmax <= xmin or ymax <= ymin; all 12 corrupt VGG-SS boxes
 are) is dropped: it would add no pixel to the ground-truth map anyway, so dropping it changes no
 score, and downstream users never see an inverted box. An entry can thus end with no box
@@ -146,6 +147,7 @@ def _clean_box(values: Sequence[float]) -> tuple[Box | None, bool]:
     if any(math.isnan(v) for v in values):
         return None, True  # NaN cannot be clipped to anything meaningful: drop the box
     corrupt = any(not -CORRUPT_MARGIN <= v <= 1.0 + CORRUPT_MARGIN for v in values)  # also +-inf
+    corrupt = corrupt or values[0] > values[2] or values[1] > values[3]  # inverted: min after max
     x0, y0, x1, y1 = (min(max(v, 0.0), 1.0) for v in values)
     if x1 <= x0 or y1 <= y0:
         return None, corrupt

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..audio import log_mel
-from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, Config
+from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, VIDEO_FOLDERS, Config
 from ..media import MediaError, load_clip
 from ..preprocess import normalise_frames
 from .annotations import AnnotationError, safe_join
@@ -176,19 +176,30 @@ class VGGSoundDataset(ClipDataset):
                 raise DatasetError(f"{csv_file}:{line}: ytid {ytid!r} contains a path separator")
             parsed.append((clip_id, label, row_split))
         names, index = _class_index([p[1] for p in parsed], class_names, config, csv_file)
-        records = [ClipRecord(cid, _find_video(root, cid), index[label])
+        folders = [d for d in (root / name for name in VIDEO_FOLDERS) if d.is_dir()] + [root]
+        records = [ClipRecord(cid, _find_video(folders, cid), index[label])
                    for cid, label, s in parsed if split is None or s == split]
         if not records:
             raise DatasetError(f"{csv_file}: no rows in split {split!r}")
+        _require_some_found(records, csv_file, [root / name for name in VIDEO_FOLDERS] + [root])
         super().__init__(records, names, config, augment)
         self.root = root
 
 
-def _find_video(root: Path, clip_id: str) -> Path:
-    """``root/videos/<id>.mp4`` if it exists, else ``root/<id>.mp4`` (a missing file is
-    reported when loaded, not here: checking 200k files up front is slow on network disks)."""
-    nested = root / "videos" / f"{clip_id}.mp4"
-    return nested if nested.exists() or not (root / f"{clip_id}.mp4").exists() else root / f"{clip_id}.mp4"
+def _find_video(folders: Sequence[Path], clip_id: str) -> Path:
+    """The first of ``folders`` that holds ``<id>.mp4`` (a missing file is reported when
+    loaded, as a skipped clip, and named in the first folder)."""
+    paths = [folder / f"{clip_id}.mp4" for folder in folders]
+    return next((p for p in paths if p.exists()), paths[0])
+
+
+def _require_some_found(records: Sequence[ClipRecord], csv_file: Path, looked: Sequence[Path]) -> None:
+    """Refuse a collection of which not one listed clip exists (a wrong folder, an unfinished
+    download): training would otherwise run on nothing. Stops at the first clip found."""
+    if not any(r.path.exists() for r in records):
+        where = ", ".join(f"{p}/" for p in looked)
+        raise DatasetError(f"{csv_file}: none of its {len(records)} clips found (looked in {where}; "
+                           f"e.g. {records[0].path.name})")
 
 
 class PathListDataset(ClipDataset):
@@ -215,6 +226,7 @@ class PathListDataset(ClipDataset):
         records = [ClipRecord(cid, p, index[label]) for cid, p, label, s in parsed if split is None or s == split]
         if not records:
             raise DatasetError(f"{csv_file}: no rows" + (f" in split {split!r}" if split else ""))
+        _require_some_found(records, csv_file, [base])
         super().__init__(records, names, config, augment)
         self.root = base
 

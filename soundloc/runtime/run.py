@@ -31,6 +31,8 @@ class StreamSummary:
     reconnects: int = 0
     seconds: float = 0.0
     end_reason: str = ""
+    error: str = ""  # why the input failed part-way (the run then did not process all of it)
+    signal: int | None = None  # the signal that stopped the run
     outputs: list[str] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
     latency_ms: list[float] = field(default_factory=list)  # capture -> output, lookahead included
@@ -41,23 +43,34 @@ class StreamSummary:
 
         return {"backend": self.backend, "steps": self.steps, "gated": self.gated, "dropped": self.dropped,
                 "reconnects": self.reconnects, "seconds": round(self.seconds, 3), "end_reason": self.end_reason,
+                "error": self.error, "signal": self.signal,
                 "outputs": self.outputs, "model_ms_p50": pct(self.model_ms, 50), "model_ms_p99": pct(self.model_ms, 99),
                 "latency_ms_p50": pct(self.latency_ms, 50), "latency_ms_p99": pct(self.latency_ms, 99),
                 "realtime_factor": round(float(np.mean(self.model_ms)) / 100.0, 4) if self.model_ms else 0.0}
 
 
+class StopRequest(threading.Event):
+    """Set by a signal; ``signum`` says which one, for the exit code (128 + signum)."""
+
+    signum: int | None = None
+
+    def by_signal(self, signum: int, _frame: object = None) -> None:
+        self.signum = signum
+        self.set()
+
+
 @contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
+def stop_on_signals() -> Iterator[StopRequest]:
     """SIGINT/SIGTERM/SIGHUP (a closed terminal) set an event instead of raising, so the loop
     can end cleanly and the outputs are finalised."""
-    stop = threading.Event()
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
     names = ("SIGINT", "SIGTERM", "SIGHUP")  # no SIGHUP on Windows
     old = {s: signal.getsignal(s) for s in (getattr(signal, n) for n in names if hasattr(signal, n))}
     for s in old:
-        signal.signal(s, lambda *_: stop.set())
+        signal.signal(s, stop.by_signal)
     try:
         yield stop
     finally:
@@ -66,14 +79,19 @@ def stop_on_signals() -> Iterator[threading.Event]:
 
 
 def _steps(source: StepSource, stop: threading.Event, stall_s: float, deadline: float | None,
-           summary: StreamSummary) -> Iterator[StepInput]:
-    """The source's steps until it ends, stalls for ``stall_s``, a signal arrives or time is up."""
+           max_steps: int | None, summary: StreamSummary) -> Iterator[StepInput]:
+    """The source's steps until it ends, stalls for ``stall_s``, a signal arrives or time is up:
+    wall time (``deadline``) for a live source, media time (``max_steps``) for a file, so the
+    same command on the same file gives the same steps however fast the machine is."""
     last = time.monotonic()
+    count = 0
     while True:
         if stop.is_set():
             summary.end_reason = "stopped by signal"
             return
-        if deadline is not None and time.monotonic() >= deadline:
+        out_of_time = time.monotonic() >= deadline if source.live and deadline is not None else \
+            max_steps is not None and count >= max_steps
+        if out_of_time:
             summary.end_reason = "time limit reached"
             return
         try:
@@ -87,6 +105,7 @@ def _steps(source: StepSource, stop: threading.Event, stall_s: float, deadline: 
                 return
             continue
         last = time.monotonic()
+        count += 1
         yield step
 
 
@@ -114,9 +133,12 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
                status: bool = True, threads: int | None = None) -> StreamSummary:
     """Stream ``video`` (+ ``audio``) through the model at ``target`` into the chosen sinks.
 
-    ``reconnect``: how many times to reopen a source that failed or stalled (live sources);
-    each reopen starts a fresh model state, and the sinks carry on. Outputs that are inputs
-    (or each other) are refused before anything is opened.
+    ``reconnect``: how many times to reopen a source that failed or stalled (live sources),
+    or that could not be opened at all; each reopen starts a fresh model state, and the sinks
+    carry on. ``max_seconds``: wall time for a live source, media time for a file.
+    ``summary.error`` is set when the input failed part-way (a corrupt file): not all of it
+    was processed. Outputs that are inputs (or each other) are refused before anything is
+    opened.
     """
     check_outputs([out, events], [target, video, audio])
     model = StepModel.load(target, backend, threads)
@@ -130,7 +152,8 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
             attempts = 0
             while True:
                 live = _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop,
-                                 stall_s=stall_seconds, deadline=deadline)
+                                 stall_s=stall_seconds, deadline=deadline, max_seconds=max_seconds,
+                                 can_retry=attempts < reconnect)
                 ended = summary.end_reason not in ("stopped by signal", "time limit reached")
                 retry = summary.end_reason.startswith("source stalled") or "error" in summary.end_reason.lower() \
                     or (live and ended)  # a camera or stream that hung up: try again
@@ -139,6 +162,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
                 attempts += 1
                 summary.reconnects += 1
                 stop.wait(min(2.0 ** attempts, 30.0))
+            summary.signal = stop.signum
         summary.outputs = [str(p) for p in (out, events) if p is not None]
     finally:
         summary.seconds = time.monotonic() - start
@@ -148,23 +172,26 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
 
 def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOptions, realtime, video_only: bool,
               sink: MultiSink, summary: StreamSummary, stop: threading.Event, stall_s: float,
-              deadline: float | None) -> bool:
-    """One connection to the source; returns whether it was a live source."""
+              deadline: float | None, max_seconds: float | None, can_retry: bool) -> bool:
+    """One connection to the source; returns whether it was a live source. A source that
+    cannot be opened raises, unless another attempt follows (``can_retry``)."""
     try:
         source = StepSource(video, audio, realtime=realtime, video_only=video_only)
     except MediaError as e:
-        if summary.reconnects == 0:
+        if not can_retry:
             raise
-        summary.end_reason = f"reopen failed (error): {e}"
+        summary.end_reason = f"open failed (error): {e}"
         return True
     loc = Localizer(model, options)
+    max_steps = None if max_seconds is None else round(max_seconds * model.config.fps)
     with source:
-        for inp in _steps(source, stop, stall_s, deadline, summary):
+        for inp in _steps(source, stop, stall_s, deadline, max_steps, summary):
             for result in loc.push(inp):
                 _emit(result, source, sink, summary)
         for result in loc.flush():
             _emit(result, source, sink, summary)
         summary.dropped += source.stats.dropped
+    summary.error = source.stats.failure or ""
     return source.live
 
 

@@ -35,9 +35,9 @@ from urllib.parse import parse_qsl
 import av
 import numpy as np
 
-from ..config import FPS, IMAGE_SIZE, SAMPLES_PER_STEP
+from ..config import END_GRACE_S, FPS, IMAGE_SIZE, SAMPLES_PER_STEP
 from ..media import (AudioChunk, FrameGrid, MediaError, VideoChunk, frame_duration, iter_av,
-                     open_container)
+                     open_container, video_rgb)
 
 DEVICE_FORMATS = {"v4l2": "v4l2", "alsa": "alsa", "avfoundation": "avfoundation", "dshow": "dshow",
                   "lavfi": "lavfi"}
@@ -108,56 +108,88 @@ class SourceStats:
     max_queue_depth: int = 0
     end_reason: str | None = None
     errors: list[str] = field(default_factory=list)
+    failure: str | None = None  # the first input that failed (not ended): steps after it are missing
 
 
 class _Assembler:
     """Joins the 10 fps frame grid and the counted audio into ``StepInput`` s, in index order.
 
-    Called from the capture threads (under one lock); puts finished steps into ``out``.
+    Called from the capture threads (under one condition lock); puts finished steps into
+    ``out``. ``separate``: video and audio come from two threads (a file read at its own pace
+    from each), so a **file** input that runs ahead waits for the other instead of skipping
+    steps; a **live** input never waits: a modality more than ``MAX_LAG_STEPS`` ahead means the
+    other stalled, and its steps are skipped.
     """
 
     def __init__(self, out: queue.Queue, stats: SourceStats, live: bool, video_only: bool,
-                 size: int, stop: threading.Event) -> None:
+                 size: int, stop: threading.Event, separate: bool = False) -> None:
         self.out, self.stats, self.live, self.video_only = out, stats, live, video_only
-        self.size, self.stop = size, stop
+        self.size, self.stop, self.separate = size, stop, separate
         self.grid: FrameGrid[tuple[av.VideoFrame, float]] = FrameGrid(FPS)
         self.frames: dict[int, tuple[np.ndarray, np.ndarray, float]] = {}
         self.audio = np.zeros(0, np.float32)  # samples from 1600 * self.next on
         self.audio_time = 0.0
         self.next = 0  # index of the next step to emit
-        self.lock = threading.Lock()
+        self.video_ended = self.audio_ended = False
+        self.cond = threading.Condition()
 
     def add_video(self, pts: float, frame: av.VideoFrame, t: float) -> None:
-        with self.lock:
+        with self.cond:
+            self._wait_while(lambda: len(self.frames) >= MAX_LAG_STEPS and not self.audio_ended)
             self.stats.frames_captured += 1
             self._add_points(self.grid.push(pts, (frame, t)))
             self._emit()
 
     def add_audio(self, chunk: AudioChunk, t: float) -> None:
-        with self.lock:
+        with self.cond:
+            self._wait_while(lambda: len(self.audio) >= SAMPLES_PER_STEP * MAX_LAG_STEPS
+                             and not self.video_ended)
             self.stats.audio_samples += len(chunk.samples)
             have = SAMPLES_PER_STEP * self.next + len(self.audio)
             samples = chunk.samples[max(0, have - chunk.offset):]  # after skips, keep only new
             self.audio = np.concatenate([self.audio, samples])
             self.audio_time = t
-            while len(self.audio) > SAMPLES_PER_STEP * MAX_LAG_STEPS:  # video stalled
+            while self.live and not self.video_ended and len(self.audio) > SAMPLES_PER_STEP * MAX_LAG_STEPS:
+                # the video stalled (once it has ended, the audio only completes its last frames)
                 self._skip_step()
             self._emit()
 
-    def finish(self, end: float | None, pad_audio: bool) -> None:
-        """End of input: flush the grid; with ``pad_audio`` pad the last steps with zeros."""
-        with self.lock:
+    def end_audio(self) -> None:
+        """The audio input ended: frames without audio from now on get zeros."""
+        with self.cond:
+            self.audio_ended = True
+            self._emit()
+
+    def end_video(self, end: float | None, wait_s: float | None) -> None:
+        """The video input ended: flush the grid's last points, wait up to ``wait_s`` seconds
+        (None: until the audio input ends) for the audio of every frame captured so far, then
+        emit what is still missing with zero audio. A frame captured is a frame delivered."""
+        with self.cond:
+            self.video_ended = True
             self._add_points(self.grid.flush(end=end))
-            self._emit(pad=pad_audio)
+            self._emit()
+            self._wait_while(lambda: bool(self.frames) and not self.audio_ended, wait_s)
+            self._emit(pad=True)
+
+    def _wait_while(self, busy: Any, timeout: float | None = None) -> None:
+        """Block (lock released) while ``busy()``, for a file read from two threads only; ends
+        early on ``stop`` or after ``timeout`` seconds."""
+        if not (self.separate and (not self.live or timeout is not None)):
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while busy() and not self.stop.is_set():
+            left = STOP_POLL_S if deadline is None else min(STOP_POLL_S, deadline - time.monotonic())
+            if left <= 0:
+                return
+            self.cond.wait(left)
 
     def _add_points(self, points: list[tuple[int, tuple[av.VideoFrame, float]]]) -> None:
         for k, (frame, t) in points:
             if k < self.next:
                 continue
-            rgb = frame.to_ndarray(format="rgb24")
-            small = frame.to_ndarray(format="rgb24", width=self.size, height=self.size)
+            rgb, small = video_rgb(frame), video_rgb(frame, self.size)
             self.frames[k] = (rgb, small, t)
-        while len(self.frames) > MAX_LAG_STEPS:  # audio stalled
+        while self.live and len(self.frames) > MAX_LAG_STEPS:  # audio stalled
             self._skip_step()
 
     def _skip_step(self) -> None:
@@ -167,10 +199,11 @@ class _Assembler:
         self.stats.skipped += 1
 
     def _emit(self, pad: bool = False) -> None:
+        pad = pad or self.audio_ended
         while self.next in self.frames and not self.stop.is_set():
             enough = len(self.audio) >= SAMPLES_PER_STEP
             if not (enough or self.video_only or pad):
-                return
+                break
             rgb, small, t = self.frames.pop(self.next)
             audio = self.audio[:SAMPLES_PER_STEP]
             has_audio = len(audio) == SAMPLES_PER_STEP and not self.video_only
@@ -180,6 +213,7 @@ class _Assembler:
             capture = t if self.video_only else max(t, self.audio_time)
             self._put(StepInput(self.next, self.next / FPS, rgb, small, audio, capture, has_audio))
             self.next += 1
+        self.cond.notify_all()
 
     def _put(self, step: StepInput) -> None:
         if self.live:
@@ -214,7 +248,9 @@ class StepSource:
     False. ``realtime`` paces delivery at 1x media time (default: on for lavfi graphs, which
     would otherwise run as fast as the CPU allows, off for files and devices). ``live``
     overrides whether the source drops steps (default: devices, lavfi and rtsp/udp/... URLs).
-    Iteration ends when any input ends or fails; ``stats.end_reason`` says why.
+    Iteration ends when the video ends (once its frames have their audio), when a live input
+    ends, or when an input fails; ``stats.end_reason`` says why. Every frame captured before
+    the end comes out; an audio file shorter than the video leaves zeros (``has_audio`` False).
     """
 
     def __init__(self, video: str, audio: str | None = None, *, video_only: bool = False,
@@ -227,7 +263,8 @@ class StepSource:
         self._stop = threading.Event()
         self._done = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
-        self._asm = _Assembler(self._queue, self.stats, self.live, video_only, size, self._stop)
+        self._asm = _Assembler(self._queue, self.stats, self.live, video_only, size, self._stop,
+                               separate=bool(aspec) and not video_only)
         self._threads: list[threading.Thread] = []
         self._containers: list[Any] = []
         self._pending = 0
@@ -245,7 +282,8 @@ class StepSource:
         want_audio = not video_only
         own_audio = want_audio and aspec is None
         if own_audio and not vc.streams.audio:
-            raise MediaError(f"{vspec.name}: no audio stream (give an audio source, or video_only=True)")
+            raise MediaError(f"{vspec.name}: no audio stream (give an audio source with --audio, "
+                             "or use --video-only)")
         jobs = [(vspec, vc, True, own_audio)]
         if want_audio and aspec is not None:
             ac = self._open_container(aspec)
@@ -275,6 +313,7 @@ class StepSource:
         """Thread body: read one input until it ends, fails or ``close()`` is called."""
         reason = f"{spec.name}: end of stream"
         end: float | None = None  # media time at which the video ends
+        failed = False
         t0 = time.monotonic()
         try:
             for item in iter_av(spec.url, video=video, audio=audio, align=not spec.live,
@@ -290,14 +329,17 @@ class StepSource:
                     self._asm.add_video(item.pts, item.frame, now)
                 else:
                     self._asm.add_audio(item, now)
-        except (MediaError, av.error.FFmpegError, OSError) as e:
-            reason = f"{spec.name}: {' '.join(str(e).split())}"
+        except MediaError as e:  # names the input already
+            reason, failed = str(e), True
+            self.stats.errors.append(reason)
+        except (av.error.FFmpegError, OSError) as e:
+            reason, failed = f"{spec.name}: {' '.join(str(e).split())}", True
             self.stats.errors.append(reason)
         except Exception as e:  # a bug must still end the stream with its reason, not hang it
-            reason = f"{spec.name}: internal error {type(e).__name__}: {e}"
+            reason, failed = f"{spec.name}: internal error {type(e).__name__}: {e}", True
             self.stats.errors.append(reason)
         finally:
-            self._input_ended(reason, end)
+            self._input_ended(reason, end, video, audio, failed)
             self._close_container(container)
 
     def _close_container(self, container: Any) -> None:
@@ -306,12 +348,23 @@ class StepSource:
         except av.error.FFmpegError as e:
             self.stats.errors.append(f"close: {e}")
 
-    def _input_ended(self, reason: str, end: float | None) -> None:
+    def _input_ended(self, reason: str, end: float | None, video: bool, audio: bool, failed: bool) -> None:
+        """One input ended. The video's end ends the stream once the audio of its last frames
+        is in; an audio file that ends first leaves the video to run on with zero audio; a live
+        audio input or any failure ends the stream at once (frames already captured still come out)."""
+        if audio:
+            self._asm.end_audio()
+        if video:
+            self._asm.end_video(end, wait_s=END_GRACE_S if self.live else None)
+        if failed and self.stats.failure is None and not self._stop.is_set():  # not a read cut by close()
+            self.stats.failure = reason
+        if not (video or failed or self.live):
+            return
         if self.stats.end_reason is None:
             self.stats.end_reason = reason
-        if not self._stop.is_set():
-            self._asm.finish(end, pad_audio=not self.live)
-        self._stop.set()  # one input ending ends the stream: the other must not run on alone
+        self._stop.set()  # the other input must not run on alone
+        with self._asm.cond:
+            self._asm.cond.notify_all()
         self._done.set()
 
     def next_step(self, timeout: float) -> StepInput | None:

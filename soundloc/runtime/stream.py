@@ -11,6 +11,8 @@ the model does not tie to anything visible). A gated step carries no map and no 
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -56,6 +58,10 @@ class StreamOptions:
             raise ValueError(f"window_seconds must be in (0, 60], not {self.window_seconds}")
         if not 0 < self.gate_seconds <= self.window_seconds:
             raise ValueError(f"gate_seconds must be in (0, window_seconds], not {self.gate_seconds}")
+        for name in ("gate_db", "gate_score"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number (or unset), not {value}")
         if not 0 <= self.box_threshold < 1:
             raise ValueError(f"box_threshold must be in [0, 1), not {self.box_threshold}")
 
