@@ -202,17 +202,17 @@ class TensorRTBackend:
         except BaseException:
             self.close()
             raise
-        dla = record.get("dla_core")
         major, minor, _ = parse_version(self._trt.__version__)
-        where = gpu.name + (f" + DLA core {dla}" if dla is not None else "")
+        where = gpu.name + _dla_note(record)
         self.providers = [f"TensorRT {major}.{minor} on {where}"]
 
     def _load(self, path: Path, record: Mapping[str, Any], gpu: GpuInfo) -> tuple[Any, Any, Any]:
         trt = self._trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
-        if record.get("dla_core") is not None:
-            runtime.DLA_core = int(record["dla_core"])
+        core = _dla_core_built(record)
+        if core is not None:
+            runtime.DLA_core = core
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             raise BackendError(f"TensorRT {trt.__version__} could not deserialise {path} on "
@@ -301,6 +301,22 @@ class TensorRTBackend:
             cuda_call(cudart, cudart.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
         self._stream = None
         self._context = self._engine = self._runtime = None
+
+
+def _dla_core_built(record: Mapping[str, Any]) -> int | None:
+    """The DLA core an engine was built for (the runtime must name it), verified or not."""
+    core = record.get("dla_core")
+    if core is None and isinstance(record.get("placement"), Mapping):
+        core = record["placement"].get("dla_core")
+    return None if core is None else int(core)
+
+
+def _dla_note(record: Mapping[str, Any]) -> str:
+    """' + DLA core N (k of n layers)' only where the build saw layers land there."""
+    placement = record.get("placement") or {}
+    if record.get("dla_core") is None or not placement.get("layers_on_dla"):
+        return ""
+    return f" + DLA core {record['dla_core']} ({placement['layers_on_dla']} of {placement['layers']} layers)"
 
 
 def check_input_shape(name: str, shape: tuple[int, ...],
