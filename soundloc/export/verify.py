@@ -2,11 +2,11 @@
 
 Per output, the max abs error of (1) the offline graphs vs the PyTorch model and (2) the
 streaming step graph, fed frame by frame and flushed, vs the offline graphs, on every step of
-a clip. Errors are judged against the magnitude of what is compared (``TOLERANCES``: a
-fraction of the reference's max |value|), since alpha, a 512-d dot product, reaches ~1e2 on a
-full-size model where float32 rounding alone is ~1e-4. fp16 exports are compared with the fp32
-PyTorch model; besides raw errors they are judged by what a user sees: the binarised maps
-(DESIGN §2 thresholding) must agree with fp32 at cIoU >= 0.95.
+a clip. Errors are judged against the magnitude of what is compared, by the one tolerance
+policy (``soundloc.export.tolerance``: a fraction of the reference's max |value| per
+precision). fp16 exports are compared with the fp32 PyTorch model; besides raw errors they
+are judged by what a user sees: the binarised maps (DESIGN §2 thresholding) must agree with
+fp32 at the row's cIoU.
 """
 
 from __future__ import annotations
@@ -21,38 +21,7 @@ from ..model.classifier import AVClassifier, localization_maps, moment_scores
 from ..runtime.bundle import Bundle
 from ..runtime.engine import StepModel
 from ..runtime.onnx_backend import OnnxRuntimeBackend
-
-@dataclass(frozen=True)
-class Tolerance:
-    """How close an export of one precision must come to its reference.
-
-    ``rel``: allowed max abs error as a fraction of the reference's max |value| (never below
-    ``rel`` itself: values of magnitude < 1 are held to an absolute ``rel``);
-    ``min_map_ciou``: binarised maps must also agree with fp32 PyTorch at this cIoU (None: not
-    checked).
-    """
-
-    rel: float
-    min_map_ciou: float | None = None
-
-    def allowed(self, scale: float) -> float:
-        return self.rel * max(float(scale), 1.0)
-
-
-# The one tolerance policy, one row per export precision (an int8 export adds its row here).
-# fp32: float32 rounding through a deep net is ~1e-6 of the values' scale; 1e-5 leaves room.
-# fp16: 11-bit mantissa; ~1e-3 of the scale measured at 1/8 width, 1e-2 leaves room; maps matter more.
-TOLERANCES: dict[str, Tolerance] = {
-    "fp32": Tolerance(rel=1e-5),
-    "fp16": Tolerance(rel=1e-2, min_map_ciou=0.95),
-}
-
-
-def tolerance_for(precision: str) -> Tolerance:
-    """The tolerance row of ``precision``; a precision without one is an error, not a pass."""
-    if precision not in TOLERANCES:
-        raise ValueError(f"no verify tolerance for {precision!r} exports (known: {', '.join(TOLERANCES)})")
-    return TOLERANCES[precision]
+from .tolerance import tolerance_for
 
 
 @dataclass
