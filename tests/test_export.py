@@ -216,3 +216,30 @@ def test_full_size_random_exports_pass_verify(seed, tmp_path):
     assert report.scale["alpha"] > 10  # the magnitude that broke absolute tolerances
     for k, err in {**report.offline_vs_torch, **report.stream_vs_offline}.items():
         assert err <= 1e-5 * max(report.scale[k], 1.0), k  # float32 rounding, not a fudge
+
+
+def test_preset_export_has_random_weights_said_loudly(tmp_path):
+    from typer.testing import CliRunner
+
+    from soundloc.cli import app
+
+    res = CliRunner().invoke(app, ["export", "--preset", "tiny", "--seed", "3", "--out", str(tmp_path / "x"),
+                                   "--json", str(tmp_path / "x.json")])
+    assert res.exit_code == 0, res.output
+    bundle = read_bundle(tmp_path / "x")
+    assert bundle.manifest["checkpoint"] == {"random_weights": True, "preset": "tiny", "seed": 3}
+    assert bundle.config == preset("tiny")
+    assert "RANDOM WEIGHTS" in res.output
+    assert json.loads((tmp_path / "x.json").read_text())["export"]["weights"].startswith("RANDOM WEIGHTS")
+    with pytest.raises(ValueError, match="not both"):
+        export_checkpoint(tmp_path / "some.pt", tmp_path / "y", preset="tiny")
+    with pytest.raises(ValueError, match="--preset NAME"):
+        export_checkpoint(None, tmp_path / "y")
+
+
+def test_dla_engine_options_are_checked_before_any_export(tmp_path, model):
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, model)
+    with pytest.raises(ValueError, match="apply to --format engine only"):
+        export_checkpoint(ckpt, tmp_path / "y", dla_core=0)
+    assert not (tmp_path / "y").exists()
