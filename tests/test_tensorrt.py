@@ -540,3 +540,13 @@ def test_import_error_says_what_to_install(monkeypatch):
         import_tensorrt()
     with pytest.raises(ExportError, match="TensorRT is not installed"):
         trt_export._import_trt()
+
+
+def test_engine_export_without_tensorrt_fails_before_exporting(tmp_path, monkeypatch):
+    pytest.importorskip("torch", reason="export needs torch")
+    from soundloc.export.onnx import export_checkpoint
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(ExportError, match="TensorRT is not installed"):
+        export_checkpoint(None, tmp_path / "out", format="engine", preset="paper")
+    assert not (tmp_path / "out").exists()

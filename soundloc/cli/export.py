@@ -23,7 +23,7 @@ def export(
                                             "default 16, or the static batch 1 with --dla-core)."),
     workspace_gib: float = typer.Option(2.0, help="TensorRT builder workspace limit, GiB."),
     timing_cache: Optional[Path] = typer.Option(None, help="TensorRT timing cache file, reused across builds."),
-    dla_core: Optional[int] = typer.Option(None, help="Jetson: build for this DLA core (GPU fallback)."),
+    dla_core: Optional[int] = typer.Option(None, help="Jetson: build for this DLA core (static batch, GPU for what the DLA lacks)."),
     verify: bool = typer.Option(False, "--verify", help="Compare onnxruntime with PyTorch; exit 1 above tolerance."),
     clip: Optional[Path] = typer.Option(None, help="Video to verify on (default: a generated 100-step clip)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write export and verify figures here."),

@@ -231,6 +231,10 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
         raise ValueError("--dla-core and --timing-cache apply to --format engine only")
     if (ckpt is None) == (preset is None):
         raise ValueError("give a checkpoint to export, or --preset NAME for random weights (not both)")
+    if format == "engine":
+        from .tensorrt import _import_trt
+
+        _import_trt()  # no TensorRT here: say so before minutes of ONNX export, not after
     if preset is not None:
         model, record, gate = random_model(preset, seed), random_weights_record(preset, seed), None
     else:
