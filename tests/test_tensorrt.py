@@ -79,6 +79,11 @@ def test_plan_build_options():
     with pytest.raises(ExportError, match="DLA runs FP16"):
         plan_build("10.3.0", "fp32", False, dla_core=0)
     assert plan_build("10.3.0", "fp16", False, dla_core=1).dla_core == 1
+    for version in ("10.8.0", "11.0.0", "11.3.1", "11.4.0"):  # releases without Jetson DLA
+        with pytest.raises(ExportError, match="no DLA support"):
+            plan_build(version, "fp16", True, dla_core=0)
+    assert plan_build("11.4.1", "fp16", True, dla_core=0).dla_core == 0
+    assert plan_build("10.7.0", "fp16", False, dla_core=0).fp16_flag
 
 
 # -- ONNX facts and profile shapes ----------------------------------------------------------------

@@ -121,7 +121,8 @@ class FakeCuda(types.ModuleType):
             work()
 
     def cudaStreamBeginCapture(self, stream, mode):
-        self.capturing[stream] = []
+        if "cudaStreamBeginCapture" not in self.fail:
+            self.capturing[stream] = []
         return self._ret("cudaStreamBeginCapture")
 
     def cudaStreamEndCapture(self, stream):
@@ -311,6 +312,14 @@ def test_engine_that_cannot_be_captured_runs_uncaptured(fakes):
         for seed in range(3):
             np.testing.assert_array_equal(backend.run({"x": _x(2, seed)})["y"], 2 * _x(2, seed))
     assert sum(c[0] == "cudaStreamBeginCapture" for c in fakes.cuda.calls) == 1  # tried once, remembered
+    assert not any(c[0] == "cudaGraphLaunch" for c in fakes.cuda.calls)
+
+
+def test_a_stream_that_refuses_capture_runs_uncaptured(fakes):
+    fakes.cuda.fail["cudaStreamBeginCapture"] = "cudaErrorStreamCaptureUnsupported"
+    with fakes.open() as backend:
+        np.testing.assert_array_equal(backend.run({"x": _x(2)})["y"], 2 * _x(2))
+        np.testing.assert_array_equal(backend.run({"x": _x(2, 1)})["y"], 2 * _x(2, 1))
     assert not any(c[0] == "cudaGraphLaunch" for c in fakes.cuda.calls)
 
 

@@ -92,6 +92,10 @@ def plan_build(trt_version: str, precision: str, onnx_is_fp16: bool,
                           "graph, or ask for --precision fp16")
     if dla_core is not None and precision != "fp16":
         raise ExportError("DLA runs FP16/INT8 layers only: use --precision fp16 with a DLA core")
+    if dla_core is not None and not dla_supported(trt_version):
+        raise ExportError(f"TensorRT {trt_version} has no DLA support on Jetson (10.7 was the last 10.x with "
+                          "DLA; 11.0-11.4.0 have none; 11.4.1 brings it back with JetPack 7.2.2): build with "
+                          "JetPack 6's TensorRT 10.3, or without --dla-core")
     if major >= 11:
         return _plan_strong(trt_version, precision, onnx_is_fp16, dla_core, flag=False)
     if precision == "fp16" and not onnx_is_fp16:
@@ -102,6 +106,12 @@ def plan_build(trt_version: str, precision: str, onnx_is_fp16: bool,
         return BuildPlan(trt_version, precision, strongly_typed=False, strongly_typed_flag=False,
                          fp16_flag=True, dla_core=dla_core, notes=notes)
     return _plan_strong(trt_version, precision, onnx_is_fp16, dla_core, flag=True)
+
+
+def dla_supported(trt_version: str) -> bool:
+    """Whether this TensorRT builds for Orin's DLA (NVIDIA's "Working with DLA" per release)."""
+    version = parse_version(trt_version)
+    return (10, 0, 0) <= version < (10, 8, 0) or version >= (11, 4, 1)
 
 
 def _plan_strong(trt_version: str, precision: str, onnx_is_fp16: bool, dla_core: int | None,

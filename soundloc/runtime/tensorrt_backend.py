@@ -353,12 +353,14 @@ class TensorRTBackend:
         cudart, stream = self._cudart, self._stream
         self._enqueue()  # TensorRT: after a shape change, enqueue once before capturing
         mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        cuda_call(cudart, cudart.cudaStreamBeginCapture(stream, mode), "cudaStreamBeginCapture")
-        try:
-            captured = self._context.execute_async_v3(int(stream))
-        finally:
-            err, graph = cudart.cudaStreamEndCapture(stream)
-        ok = captured and err == cudart.cudaError_t.cudaSuccess and graph is not None
+        began = cudart.cudaStreamBeginCapture(stream, mode)[0] == cudart.cudaError_t.cudaSuccess
+        captured, err, graph = False, None, None
+        if began:
+            try:
+                captured = self._context.execute_async_v3(int(stream))
+            finally:
+                err, graph = cudart.cudaStreamEndCapture(stream)
+        ok = began and captured and err == cudart.cudaError_t.cudaSuccess and graph is not None
         if not ok:
             cudart.cudaGetLastError()  # clears the (non-sticky) capture error
             if graph is not None:
