@@ -102,10 +102,16 @@ def inventory() -> tuple[list[Finding], Machine]:
 
 
 def _driver() -> Finding:
-    out = _command(["nvidia-smi", f"--query-gpu={SMI_FIELDS}", "--format=csv,noheader,nounits"])
+    fields = SMI_FIELDS
+    out = _command(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
+    if not out:  # drivers before 510 lack compute_cap: ask for less before calling the driver missing
+        fields = "name,driver_version"
+        out = _command(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
     if not out:
         return Finding("NVIDIA driver", "missing", "nvidia-smi not found or failed", DRIVER_HINT)
-    rows = [dict(zip(SMI_FIELDS.split(","), (c.strip() for c in line.split(",")))) for line in out.splitlines()]
+    keys = SMI_FIELDS.split(",")
+    rows = [{k: "?" for k in keys} | dict(zip(fields.split(","), (c.strip() for c in line.split(","))))
+            for line in out.splitlines()]
     detail = "; ".join(f"{r['name']} (sm_{r['compute_cap'].replace('.', '')}), driver {r['driver_version']}, "
                        f"clocks SM {r['clocks.sm']}/{r['clocks.max.sm']} MHz, memory {r['clocks.mem']}/"
                        f"{r['clocks.max.mem']} MHz" for r in rows)

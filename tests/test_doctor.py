@@ -118,3 +118,18 @@ def test_full_size_random_export_runs_on_cpu(cpu_only, tmp_path):
     from soundloc.runtime.bundle import read_bundle
 
     assert read_bundle(tmp_path / "full-size").config.width == 1.0
+
+
+def test_driver_line_from_nvidia_smi(monkeypatch):
+    """nvidia-smi's CSV (faked: no driver here) read into the inventory line; an old driver
+    without the compute_cap field still counts as present."""
+    answers = {doctor.SMI_FIELDS: "NVIDIA H100 80GB HBM3, 550.54.15, 9.0, 1980, 1980, 2619, 2619"}
+    monkeypatch.setattr(doctor, "_command", lambda args, timeout=5.0: answers.get(args[1].split("=", 1)[1]))
+    found = doctor._driver()
+    assert found.status == "pass" and "NVIDIA H100 80GB HBM3 (sm_90), driver 550.54.15" in found.detail
+    assert "SM 1980/1980 MHz" in found.detail
+    answers = {"name,driver_version": "Tesla T4, 470.82.01"}
+    found = doctor._driver()
+    assert found.status == "pass" and "Tesla T4" in found.detail and "driver 470.82.01" in found.detail
+    answers = {}
+    assert doctor._driver().status == "missing"

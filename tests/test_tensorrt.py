@@ -522,10 +522,14 @@ def test_real_build_and_run_match_onnxruntime(tmp_path):
     want = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     with TensorRTBackend(tmp_path / "tiny.engine", {"tensorrt": engine_metadata(info)}) as backend:
         assert backend.input_names == ["x"] and backend.output_names == ["y"]
-        got = backend.run({"x": x})["y"]
+        got = backend.run({"x": x})["y"]  # first call at batch 3: enqueue, capture a CUDA graph
         got_one = backend.run({"x": x[:1]})["y"]  # smaller batch after a larger one: buffers reused
+        x2 = np.random.default_rng(2).standard_normal((3, 3, 16, 16)).astype(np.float32)
+        got_again = backend.run({"x": x2})["y"]  # batch 3 again: the captured graph replayed on new data
+    want2 = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"x": x2})[0]
     np.testing.assert_allclose(got, want, atol=1e-2, rtol=1e-2)  # TF32 may be on by default
     np.testing.assert_allclose(got_one, want[:1], atol=1e-2, rtol=1e-2)
+    np.testing.assert_allclose(got_again, want2, atol=1e-2, rtol=1e-2)
 
 
 def test_real_backend_refuses_engine_from_another_tensorrt(tmp_path):
