@@ -270,7 +270,7 @@ def _engine_checks(label: str, bundle: Bundle, inputs: list, ref: dict, machine:
     start = time.monotonic()
     try:
         bundle = build_engines(bundle, precision=precision, max_batch=1, workspace_gib=2.0,
-                               timing_cache=None, dla_core=None)
+                               timing_cache=None, dla_core=None, device=device)
     except Exception as exc:  # the build's own message says what to do
         return [Finding(f"{label}: TensorRT engine build", "fail", _one_line(exc))]
     seconds = time.monotonic() - start

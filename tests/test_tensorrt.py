@@ -319,7 +319,7 @@ def test_build_engine_control_flow_with_fake_tensorrt(tmp_path, monkeypatch, ver
     """Fake `tensorrt` (see _FakeTrt): flags, profile, timing cache and files as the plan says."""
     fake = _FakeTrt(version)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(trt_export, "_query_gpu", lambda: GpuInfo("NVIDIA Orin", "8.7"))
+    monkeypatch.setattr(trt_export, "_query_gpu", lambda device=0: GpuInfo("NVIDIA Orin", "8.7"))
     onnx_path, cache = tmp_path / "step.onnx", tmp_path / "timing.cache"
     onnx.save(_step_graph(), str(onnx_path))
     cache.write_bytes(b"old")
@@ -351,7 +351,7 @@ def _fake_build(tmp_path, monkeypatch, version="10.3.0", **kwargs):
     """A build against a fresh _FakeTrt; returns (fake, build(**overrides) -> EngineInfo)."""
     fake = _FakeTrt(version)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(trt_export, "_query_gpu", lambda: GpuInfo("NVIDIA Orin", "8.7"))
+    monkeypatch.setattr(trt_export, "_query_gpu", lambda device=0: GpuInfo("NVIDIA Orin", "8.7"))
     onnx_path = tmp_path / "step.onnx"
     onnx.save(_step_graph(), str(onnx_path))
 
@@ -559,3 +559,23 @@ def test_engine_export_without_tensorrt_fails_before_exporting(tmp_path, monkeyp
     with pytest.raises(ExportError, match="TensorRT is not installed"):
         export_checkpoint(None, tmp_path / "out", format="engine", preset="paper")
     assert not (tmp_path / "out").exists()
+
+
+def test_build_selects_the_gpu_it_builds_for(monkeypatch):
+    """A fake cudart (no CUDA here) records the device made current; under test: that the build
+    selects the device it was asked for, and refuses another device it cannot select."""
+    selected = []
+    ok = types.SimpleNamespace(name="cudaSuccess")
+    fake = types.SimpleNamespace(cudaError_t=types.SimpleNamespace(cudaSuccess=ok),
+                                 cudaSetDevice=lambda d: (selected.append(d), (ok,))[1])
+    monkeypatch.setattr(trt_export, "query_gpu", lambda device: GpuInfo(f"GPU {device}", "9.0"))
+    monkeypatch.setattr(trt_export, "import_cudart", lambda: fake)
+    assert trt_export._query_gpu(1).name == "GPU 1" and selected == [1]
+
+    def no_cuda_python():
+        raise BackendError("cuda-python is not installed")
+
+    monkeypatch.setattr(trt_export, "import_cudart", no_cuda_python)
+    assert trt_export._query_gpu(0).name == "GPU 0"  # the builder's default device anyway
+    with pytest.raises(ExportError, match="building on GPU 1 needs cuda-python"):
+        trt_export._query_gpu(1)

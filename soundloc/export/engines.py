@@ -17,7 +17,7 @@ from .tensorrt import build_engine, engine_metadata
 
 
 def build_engines(bundle: Bundle, *, precision: str, max_batch: int, workspace_gib: float,
-                  timing_cache: str | Path | None, dla_core: int | None) -> Bundle:
+                  timing_cache: str | Path | None, dla_core: int | None, device: int = 0) -> Bundle:
     cfg = bundle.config
     S, T = cfg.image_size, cfg.clip_steps
     fixed = {"step": None, "video": {"video": (3, T, S, S)}, "audio": {"mel": (1, 10 * T, cfg.n_mels)}}
@@ -30,7 +30,7 @@ def build_engines(bundle: Bundle, *, precision: str, max_batch: int, workspace_g
         console.print(f"building TensorRT engine for the {name} graph ({precision}) ...")
         info = build_engine(bundle.path(name, "onnx"), engine, precision=precision, workspace_gib=workspace_gib,
                             timing_cache=cache, batch=batch, fixed_dims=fixed[name],
-                            dla_core=dla_core)
+                            dla_core=dla_core, device=device)
         console.print(f"  {engine.name}: {info.engine_bytes / 1e6:.1f} MB in {info.build_seconds:.1f} s")
         manifest["graphs"][name]["files"]["engine"] = file_record(engine)
         manifest["graphs"][name]["tensorrt"] = engine_metadata(info)

@@ -44,7 +44,7 @@ from soundloc.export.trt_ops import check_tensorrt_compat
 from soundloc.fileio import atomic_write_bytes
 from soundloc.runtime.backend import BackendError
 from soundloc.runtime.tensorrt_backend import (
-    GpuInfo, import_tensorrt, normalize_cc, parse_version, query_gpu,
+    GpuInfo, cuda_call, import_cudart, import_tensorrt, normalize_cc, parse_version, query_gpu,
 )
 
 log = logging.getLogger(__name__)
@@ -280,8 +280,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
                  workspace_gib: float = 2.0, timing_cache: str | Path | None = None,
                  batch: tuple[int, int, int] = (1, 1, 4),
                  fixed_dims: Mapping[str, Sequence[int]] | None = None, dla_core: int | None = None,
-                 progress: ProgressCallback | None = None, check_ops: bool = True) -> EngineInfo:
-    """Build ``engine_path`` from ``onnx_path``; see the module docstring for what is set.
+                 progress: ProgressCallback | None = None, check_ops: bool = True,
+                 device: int = 0) -> EngineInfo:
+    """Build ``engine_path`` from ``onnx_path`` on CUDA device ``device``; see the module
+    docstring for what is set.
 
     ``batch``: (min, opt, max) of dim 0 of every input; ``workspace_gib``: builder scratch
     memory limit in GiB; ``progress``: called with (phase, done, total) from TensorRT's
@@ -305,7 +307,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     plan = plan_build(trt.__version__, precision, onnx_is_fp16(model), dla_core)
     for note in plan.notes:
         log.warning(note)
-    gpu = _query_gpu()
+    gpu = _query_gpu(device)
     start = time.monotonic()
     with _progress_reporter(progress) as report:
         data = _build_serialized(trt, onnx_path, plan, profile, workspace_gib, timing_cache, report)
@@ -324,11 +326,24 @@ def _import_trt() -> Any:
         raise ExportError(str(exc)) from exc
 
 
-def _query_gpu() -> GpuInfo:
+def _query_gpu(device: int = 0) -> GpuInfo:
+    """The GPU the engine is built for, made current: TensorRT's builder times tactics on the
+    calling thread's current CUDA device (device 0 unless set)."""
     try:
-        return query_gpu(0)
+        gpu = query_gpu(device)
     except BackendError as exc:
         raise ExportError(f"cannot build a TensorRT engine here: {exc}") from exc
+    try:
+        cudart = import_cudart()
+    except BackendError as exc:
+        if device == 0:
+            return gpu  # the builder's default device is the one asked for
+        raise ExportError(f"building on GPU {device} needs cuda-python to select it: {exc}") from exc
+    try:
+        cuda_call(cudart, cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
+    except BackendError as exc:
+        raise ExportError(f"cannot build a TensorRT engine on GPU {device}: {exc}") from exc
+    return gpu
 
 
 def _build_serialized(trt: Any, onnx_path: Path, plan: BuildPlan, profile: Profile,
