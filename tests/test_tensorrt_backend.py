@@ -333,3 +333,26 @@ def test_failed_load_frees_what_it_made(fakes, tmp_path):
     fakes.cuda.fail["cudaStreamCreate"] = "cudaErrorMemoryAllocation"
     with pytest.raises(BackendError, match="cudaStreamCreate failed: cudaErrorMemoryAllocation"):
         fakes.open()
+
+
+def test_each_graph_opens_with_its_own_engine_record(monkeypatch, tmp_path):
+    """open_backend hands the TensorRT backend the record of the graph it opens (a DLA step engine
+    and a GPU video engine differ); the backend is replaced by a recorder (no TensorRT here)."""
+    from soundloc.runtime.bundle import Bundle
+    from soundloc.runtime.engine import open_backend
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, path, metadata, *, device=0):
+            seen[path.name] = (metadata["tensorrt"], device)
+
+    monkeypatch.setattr(tb, "TensorRTBackend", Recorder)
+    step = {"tensorrt_version": "10.3.0", "dla_core": 0}
+    video = {"tensorrt_version": "10.3.0", "dla_core": None}
+    manifest = {"tensorrt": step, "graphs": {"step": {"files": {"engine": {"file": "step.engine"}}, "tensorrt": step},
+                                            "video": {"files": {"engine": {"file": "video.engine"}}, "tensorrt": video}}}
+    bundle = Bundle(tmp_path, manifest)
+    open_backend(bundle, "video", "tensorrt", device=2)
+    open_backend(bundle, "step", "tensorrt")
+    assert seen == {"video.engine": (video, 2), "step.engine": (step, 0)}

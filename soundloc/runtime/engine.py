@@ -43,7 +43,8 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
         try:
             from .tensorrt_backend import TensorRTBackend
 
-            return TensorRTBackend(bundle.path(graph, "engine"), bundle.manifest, device=device)
+            record = bundle.graph(graph).get("tensorrt") or bundle.manifest.get("tensorrt", {})
+            return TensorRTBackend(bundle.path(graph, "engine"), {"tensorrt": record}, device=device)
         except BackendError as e:
             if backend == "tensorrt":
                 raise
