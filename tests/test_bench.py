@@ -181,3 +181,18 @@ def test_cli_bench_tiny_export(tiny_export, tmp_path):
     assert d["references"]["window_recompute"]["step"]["n"] >= 1
     assert d["model_cost"]["macs_per_step"] > 0
     assert {t["backend"] for t in d["targets"]} == {"onnxruntime-cpu"}
+
+
+def test_random_weights_are_said_first_in_every_bench_report():
+    from dataclasses import replace
+
+    from soundloc.runtime.bundle import random_weights_note
+
+    note = random_weights_note({"checkpoint": {"random_weights": True, "preset": "paper", "seed": 0}})
+    assert note.startswith("RANDOM WEIGHTS") and "'paper'" in note
+    assert random_weights_note({"checkpoint": {"file": "best.pt", "sha256": "ab"}}) is None
+    ok = BackendResult("onnxruntime-cpu", True, "ort", step=Stats.from_seconds([0.02]))
+    report = replace(_report([ok]), weights=note)
+    assert bench.notes_lines(report)[0] == note
+    assert bench.report_dict(report)["weights"] == note
+    assert bench.report_dict(_report([ok]))["weights"] == "from a checkpoint"

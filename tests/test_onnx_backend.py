@@ -68,3 +68,46 @@ def test_unloadable_graph_is_one_line(tmp_path):
     with pytest.raises(BackendError) as e:
         OnnxRuntimeBackend(bad)
     assert "\n" not in str(e.value) and "bad.onnx" in str(e.value)
+
+
+def test_io_binding_feeds_the_state_back_without_a_host_copy(tiny, monkeypatch):
+    """The I/O-binding path a GPU provider takes, run for real on the CPU provider (the device
+    is the only difference): N streaming steps with the state fed back as bound OrtValues equal
+    N steps through plain session.run with numpy state."""
+    from soundloc.runtime.bundle import read_bundle
+    from soundloc.runtime.engine import StepModel, open_backend
+    from soundloc.runtime.onnx_backend import DeviceTensor
+
+    monkeypatch.setattr(onnx_backend, "cuda_device_count", lambda: 0)
+    bundle = read_bundle(tiny.export)
+    plain = StepModel.from_export(bundle, backend="onnxruntime-cpu")
+    assert not plain.backend._bind  # CPU provider: plain session.run by default
+    bound = StepModel.from_export(bundle, backend="onnxruntime-cpu")
+    keep = tuple(s["output"] for s in bundle.state_specs)
+    bound.backend = OnnxRuntimeBackend(bundle.path("step"), "cpu", keep_on_device=keep, io_binding=True)
+    rng = np.random.default_rng(0)
+    s_plain, s_bound = plain.new_state(2), bound.new_state(2)
+    size = bundle.config.image_size
+    for _ in range(8):
+        frames = rng.standard_normal((2, 3, size, size)).astype(np.float32)
+        mels = rng.standard_normal((2, 10, 80)).astype(np.float32)
+        valid = np.ones(2, np.float32)
+        o_plain, s_plain = plain.step(frames, mels, valid, s_plain)
+        o_bound, s_bound = bound.step(frames, mels, valid, s_bound)
+        assert all(isinstance(s, DeviceTensor) for s in s_bound)  # never turned into numpy
+        np.testing.assert_allclose(o_bound.alpha, o_plain.alpha, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(o_bound.valid, o_plain.valid)
+    for a, b in zip(s_bound, s_plain):
+        assert a.shape == b.shape and a.device == "cpu"
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-6, atol=1e-6)
+    assert open_backend(bundle, "step", "onnxruntime-cpu")._keep == frozenset(keep)  # state named for the GPU
+
+
+def test_gpu_provider_options_name_the_device_and_the_engine_cache(tmp_path):
+    """Options only (no GPU here): the device index reaches both GPU providers, and the
+    TensorRT EP caches its engines and timings beside the graph."""
+    trt = onnx_backend._provider_options("TensorrtExecutionProvider", tmp_path / "step.onnx", device=1)
+    assert trt["device_id"] == "1" and trt["trt_engine_cache_enable"] == "True"
+    assert trt["trt_engine_cache_path"] == str(tmp_path / "ort_trt_cache") and (tmp_path / "ort_trt_cache").is_dir()
+    assert onnx_backend._provider_options("CUDAExecutionProvider", tmp_path / "step.onnx", device=2) == {"device_id": "2"}
+    assert onnx_backend._provider_options("CPUExecutionProvider", tmp_path / "step.onnx", device=2) == {}

@@ -43,6 +43,7 @@ def report_dict(report: BenchReport) -> dict[str, Any]:
         "soundloc_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "target": report.target,
+        "weights": report.weights or "from a checkpoint",
         "config": report.config,
         "plan": {**asdict(report.plan), "threads": report.threads},
         "system": report.system,
@@ -92,8 +93,9 @@ def report_table(report: BenchReport):
 
 def notes_lines(report: BenchReport) -> list[str]:
     """What each table row ran on, why a backend is missing, and the derived figures."""
-    lines = [f"model step stage measured on {report.stages_backend}; decode: {report.clip['width']}x"
-             f"{report.clip['height']} H.264+AAC through StepSource ({report.clip['path']})"]
+    lines = [report.weights] if report.weights else []
+    lines.append(f"model step stage measured on {report.stages_backend}; decode: {report.clip['width']}x"
+                 f"{report.clip['height']} H.264+AAC through StepSource ({report.clip['path']})")
     for r in report.backends:
         if not r.available:
             lines.append(f"{r.backend}: unavailable: {r.reason}")

@@ -21,6 +21,7 @@ from .stages import (
     time_step,
 )
 from .stats import Plan, Stats
+from ..runtime.bundle import random_weights_note, read_bundle
 from .system import Tegrastats, system_info
 
 FPS_STEPS = 10  # model steps per second: the real-time rate every throughput is measured against
@@ -81,6 +82,7 @@ class BenchReport:
     recompute_reason: str | None
     checks: tuple[Check, ...]
     tegrastats: tuple[str, ...] = ()
+    weights: str | None = None  # the random-weights warning of a `soundloc export --preset` export
 
 
 def _one_line(e: BaseException) -> str:
@@ -172,6 +174,9 @@ def run_bench(target: str | Path, *, backends: Sequence[str] = ("auto",), stream
 def _collect(target: Path, backends: list[str], streams: int, plan: Plan, threads: int | None, clip: Path | None,
              references: bool, scratch: Path, progress: Callable[[str], None]) -> dict[str, Any]:
     tgt = resolve_target(target)
+    weights = random_weights_note(read_bundle(tgt.export).manifest) if tgt.export is not None else None
+    if weights:
+        progress(weights)
     system = system_info()
     clip_path = Path(clip) if clip else make_clip(scratch / "clip.mp4")
     progress(f"decode: {clip_path.name} through StepSource")
@@ -202,4 +207,4 @@ def _collect(target: Path, backends: list[str], streams: int, plan: Plan, thread
                 plan=plan, threads=threads, system=system, cost=cost,
                 clip={"path": str(clip) if clip else "generated", "height": first[0], "width": first[1]},
                 stages_backend=stages_backend, stages=stages, backends=tuple(results),
-                recompute=recompute, recompute_reason=why, checks=checks_for(results, recompute))
+                recompute=recompute, recompute_reason=why, checks=checks_for(results, recompute), weights=weights)

@@ -16,6 +16,7 @@ from . import evaluate  # noqa: F401
 from . import applications  # noqa: F401  (moments, annotate)
 from . import synth  # noqa: F401
 from . import devices  # noqa: F401
+from . import doctor  # noqa: F401
 from . import info  # noqa: F401
 
 

@@ -207,24 +207,59 @@ def _embed_metadata(graph: onnx.ModelProto, manifest: dict[str, Any], name: str,
     onnx.save(graph, str(path))
 
 
-def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, format: str = "onnx", precision: str = "fp32",
-                      opset: int = OPSET, max_batch: int = 16, workspace_gib: float = 2.0,
-                      timing_cache: str | Path | None = None, dla_core: int | None = None,
+def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: str = "onnx",
+                      precision: str = "fp32", opset: int = OPSET, max_batch: int | None = None,
+                      workspace_gib: float = 2.0, timing_cache: str | Path | None = None,
+                      dla_core: int | None = None, preset: str | None = None, seed: int = 0,
                       progress: Callable[[str], None] | None = None) -> Bundle:
-    """`soundloc export`: ONNX graphs, and for ``format='engine'`` TensorRT engines beside them."""
+    """`soundloc export`: ONNX graphs, and for ``format='engine'`` TensorRT engines beside them.
+
+    ``preset`` instead of ``ckpt``: a model of that architecture with random weights (seed
+    ``seed``, BatchNorm statistics randomised too), to benchmark before anything is trained;
+    the manifest says so (``checkpoint.random_weights``) and every report repeats it.
+    ``max_batch``: the engine profile's max, default 16; with ``dla_core`` the static batch
+    (default 1), as the DLA runs static shapes only.
+    """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    max_batch = (1 if dla_core is not None else 16) if max_batch is None else max_batch
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, not {max_batch}")
     if format == "onnx" and (dla_core is not None or timing_cache is not None):
         raise ValueError("--dla-core and --timing-cache apply to --format engine only")
-    model, data = load_checkpoint(ckpt)
-    record = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}
+    if (ckpt is None) == (preset is None):
+        raise ValueError("give a checkpoint to export, or --preset NAME for random weights (not both)")
+    if format == "engine":
+        from .tensorrt import _import_trt
+
+        _import_trt()  # no TensorRT here: say so before minutes of ONNX export, not after
+    if preset is not None:
+        model, record, gate = random_model(preset, seed), random_weights_record(preset, seed), None
+    else:
+        model, data = load_checkpoint(ckpt)
+        record, gate = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}, data.get("gate")
     bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
-                          gate=data.get("gate"), progress=progress)
+                          gate=gate, progress=progress)
     if format == "engine":
         from .engines import build_engines
 
         bundle = build_engines(bundle, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
                                timing_cache=timing_cache, dla_core=dla_core)
     return bundle
+
+
+def random_model(preset_name: str, seed: int = 0) -> AVClassifier:
+    """The ``preset_name`` architecture with random weights and randomised BatchNorm statistics
+    (fresh BatchNorm is an identity that would make the activations unlike a trained model's)."""
+    from ..config import preset
+    from .verify import randomise_batchnorm
+
+    torch.manual_seed(seed)
+    model = AVClassifier(preset(preset_name)).eval()
+    randomise_batchnorm(model, seed)
+    return model
+
+
+def random_weights_record(preset_name: str, seed: int) -> dict[str, Any]:
+    """The manifest's ``checkpoint`` entry of a random-weights export."""
+    return {"random_weights": True, "preset": preset_name, "seed": seed}

@@ -12,15 +12,23 @@ TensorRT cannot be installed:
   says which graph to export.
 
 The same strongly typed path (precision exported into the ONNX) works on both majors. The
-build also sets a workspace limit, reuses a timing cache file (loaded if present, written back
-atomically), builds one optimisation profile over the batch dim of every input, optionally puts
-layers on a DLA core with GPU fallback, reports progress (``IProgressMonitor``) and writes the
-engine atomically. ``engine_metadata`` is the record the runtime checks before loading.
+build also sets a workspace limit, reuses a timing cache file (loaded if present and usable,
+else a fresh one with a warning; written back atomically), builds one optimisation profile over
+the batch dim of every input, reports progress (``IProgressMonitor``; an exception raised by
+the callback cancels the build and is raised as the cause) and writes the engine atomically.
+``engine_metadata`` is the record the runtime checks before loading.
+
+DLA (Jetson): the DLA runs only static shapes (min = opt = max) and no 3-D convolutions, so a
+DLA build demands a static batch, pins every 3-D convolution (all of MC3's video layers) and
+every layer ``IBuilderConfig.can_run_on_DLA`` refuses to the GPU, and afterwards asks the
+engine inspector (``ProfilingVerbosity.DETAILED``) where the layers really landed. The manifest
+records that count; an engine with no layer on the DLA is recorded as a GPU engine.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -36,7 +44,7 @@ from soundloc.export.trt_ops import check_tensorrt_compat
 from soundloc.fileio import atomic_write_bytes
 from soundloc.runtime.backend import BackendError
 from soundloc.runtime.tensorrt_backend import (
-    GpuInfo, import_tensorrt, normalize_cc, parse_version, query_gpu,
+    GpuInfo, cuda_call, import_cudart, import_tensorrt, normalize_cc, parse_version, query_gpu,
 )
 
 log = logging.getLogger(__name__)
@@ -84,6 +92,10 @@ def plan_build(trt_version: str, precision: str, onnx_is_fp16: bool,
                           "graph, or ask for --precision fp16")
     if dla_core is not None and precision != "fp16":
         raise ExportError("DLA runs FP16/INT8 layers only: use --precision fp16 with a DLA core")
+    if dla_core is not None and not dla_supported(trt_version):
+        raise ExportError(f"TensorRT {trt_version} has no DLA support on Jetson (10.7 was the last 10.x with "
+                          "DLA; 11.0-11.4.0 have none; 11.4.1 brings it back with JetPack 7.2.2): build with "
+                          "JetPack 6's TensorRT 10.3, or without --dla-core")
     if major >= 11:
         return _plan_strong(trt_version, precision, onnx_is_fp16, dla_core, flag=False)
     if precision == "fp16" and not onnx_is_fp16:
@@ -94,6 +106,12 @@ def plan_build(trt_version: str, precision: str, onnx_is_fp16: bool,
         return BuildPlan(trt_version, precision, strongly_typed=False, strongly_typed_flag=False,
                          fp16_flag=True, dla_core=dla_core, notes=notes)
     return _plan_strong(trt_version, precision, onnx_is_fp16, dla_core, flag=True)
+
+
+def dla_supported(trt_version: str) -> bool:
+    """Whether this TensorRT builds for Orin's DLA (NVIDIA's "Working with DLA" per release)."""
+    version = parse_version(trt_version)
+    return (10, 0, 0) <= version < (10, 8, 0) or version >= (11, 4, 1)
 
 
 def _plan_strong(trt_version: str, precision: str, onnx_is_fp16: bool, dla_core: int | None,
@@ -192,15 +210,22 @@ class EngineInfo:
     dla_core: int | None = None
     engine_sha256: str = ""
     engine_bytes: int = 0
+    placement: dict[str, Any] | None = None  # DLA builds: where the engine inspector saw the layers
 
 
 def engine_metadata(info: EngineInfo) -> dict[str, Any]:
-    """JSON-ready record for ``soundloc.json`` (key "tensorrt"), checked by the runtime."""
+    """JSON-ready record for ``soundloc.json`` (key "tensorrt"), checked by the runtime.
+
+    ``dla_core`` is set only when the engine inspector saw layers on that DLA core; a DLA
+    build whose layers all fell back to the GPU is recorded as a GPU engine (``placement``
+    keeps what was asked and what happened).
+    """
     return {
         "tensorrt_version": info.tensorrt_version,
         "gpu_name": info.gpu_name,
         "compute_capability": info.compute_capability,
-        "dla_core": info.dla_core,
+        "dla_core": info.dla_core if dla_layers(info.placement) else None,
+        "placement": info.placement,
         "precision": info.precision,
         "strongly_typed": info.strongly_typed,
         "profile": {n: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])}
@@ -220,7 +245,33 @@ def engine_info_from_metadata(record: Mapping[str, Any]) -> EngineInfo:
         compute_capability=normalize_cc(record["compute_capability"]), precision=record["precision"],
         strongly_typed=bool(record["strongly_typed"]), build_seconds=float(record["build_seconds"]),
         profile=profile, dla_core=record.get("dla_core"), engine_sha256=record.get("engine_sha256", ""),
-        engine_bytes=int(record.get("engine_bytes", 0)))
+        engine_bytes=int(record.get("engine_bytes", 0)), placement=record.get("placement"))
+
+
+def dla_layers(placement: Mapping[str, Any] | None) -> int:
+    """Layers the engine inspector saw on the DLA (0 without a DLA build or a verified count)."""
+    if not placement or placement.get("layers_on_dla") is None:
+        return 0
+    return int(placement["layers_on_dla"])
+
+
+def layer_placement(engine_information: str, dla_core: int) -> dict[str, Any]:
+    """Where an engine's layers run, from ``IEngineInspector.get_engine_information(JSON)``.
+
+    With ``ProfilingVerbosity.DETAILED`` every layer is an object with a ``LayerType``; DLA
+    subgraphs are layers whose type names the DLA (TensorRT logs them as ``[DlaLayer]``). With
+    less verbosity the layers are bare names: the count is then unknown (None), never guessed.
+    """
+    try:
+        layers = json.loads(engine_information).get("Layers", [])
+    except (json.JSONDecodeError, AttributeError):
+        layers = []
+    typed = [layer for layer in layers if isinstance(layer, dict) and isinstance(layer.get("LayerType"), str)]
+    if not layers or len(typed) != len(layers):
+        return {"dla_core": dla_core, "layers": len(layers), "layers_on_dla": None, "checked_by": "unverified"}
+    on_dla = sum("dla" in layer["LayerType"].lower() for layer in typed)
+    return {"dla_core": dla_core, "layers": len(layers), "layers_on_dla": on_dla,
+            "checked_by": "engine inspector"}
 
 
 
@@ -229,8 +280,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
                  workspace_gib: float = 2.0, timing_cache: str | Path | None = None,
                  batch: tuple[int, int, int] = (1, 1, 4),
                  fixed_dims: Mapping[str, Sequence[int]] | None = None, dla_core: int | None = None,
-                 progress: ProgressCallback | None = None, check_ops: bool = True) -> EngineInfo:
-    """Build ``engine_path`` from ``onnx_path``; see the module docstring for what is set.
+                 progress: ProgressCallback | None = None, check_ops: bool = True,
+                 device: int = 0) -> EngineInfo:
+    """Build ``engine_path`` from ``onnx_path`` on CUDA device ``device``; see the module
+    docstring for what is set.
 
     ``batch``: (min, opt, max) of dim 0 of every input; ``workspace_gib``: builder scratch
     memory limit in GiB; ``progress``: called with (phase, done, total) from TensorRT's
@@ -240,6 +293,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     """
     if not workspace_gib > 0:
         raise ValueError(f"workspace_gib must be > 0, not {workspace_gib!r}")
+    if dla_core is not None and not batch[0] == batch[1] == batch[2]:
+        raise ExportError(f"the DLA runs static shapes only: a DLA build needs min = opt = max batch, not "
+                          f"{tuple(batch)} (e.g. batch=({batch[2]}, {batch[2]}, {batch[2]}), `--max-batch N`)")
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     model = onnx.load(str(onnx_path), load_external_data=False)
     problems = check_tensorrt_compat(model) if check_ops else []
@@ -251,15 +307,16 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     plan = plan_build(trt.__version__, precision, onnx_is_fp16(model), dla_core)
     for note in plan.notes:
         log.warning(note)
-    gpu = _query_gpu()
+    gpu = _query_gpu(device)
     start = time.monotonic()
     with _progress_reporter(progress) as report:
         data = _build_serialized(trt, onnx_path, plan, profile, workspace_gib, timing_cache, report)
     seconds = time.monotonic() - start
+    placement = _inspect_placement(trt, data, dla_core) if dla_core is not None else None
     atomic_write_bytes(engine_path, data)
     log.info("built %s in %.1f s (%d bytes)", engine_path, seconds, len(data))
     return EngineInfo(trt.__version__, gpu.name, gpu.compute_capability, precision, plan.strongly_typed,
-                      seconds, profile, dla_core, hashlib.sha256(data).hexdigest(), len(data))
+                      seconds, profile, dla_core, hashlib.sha256(data).hexdigest(), len(data), placement)
 
 
 def _import_trt() -> Any:
@@ -269,11 +326,24 @@ def _import_trt() -> Any:
         raise ExportError(str(exc)) from exc
 
 
-def _query_gpu() -> GpuInfo:
+def _query_gpu(device: int = 0) -> GpuInfo:
+    """The GPU the engine is built for, made current: TensorRT's builder times tactics on the
+    calling thread's current CUDA device (device 0 unless set)."""
     try:
-        return query_gpu(0)
+        gpu = query_gpu(device)
     except BackendError as exc:
         raise ExportError(f"cannot build a TensorRT engine here: {exc}") from exc
+    try:
+        cudart = import_cudart()
+    except BackendError as exc:
+        if device == 0:
+            return gpu  # the builder's default device is the one asked for
+        raise ExportError(f"building on GPU {device} needs cuda-python to select it: {exc}") from exc
+    try:
+        cuda_call(cudart, cudart.cudaSetDevice(device), f"cudaSetDevice({device})")
+    except BackendError as exc:
+        raise ExportError(f"cannot build a TensorRT engine on GPU {device}: {exc}") from exc
+    return gpu
 
 
 def _build_serialized(trt: Any, onnx_path: Path, plan: BuildPlan, profile: Profile,
@@ -288,12 +358,16 @@ def _build_serialized(trt: Any, onnx_path: Path, plan: BuildPlan, profile: Profi
         config.set_flag(trt.BuilderFlag.FP16)
     _set_profile(builder, config, profile)
     if plan.dla_core is not None:
-        _set_dla(trt, builder, config, plan.dla_core)
+        _set_dla(trt, builder, config, network, plan.dla_core)
     cache = _load_timing_cache(config, timing_cache)
     monitor = _progress_monitor(trt, report) if report is not None else None
     if monitor is not None:
         config.progress_monitor = monitor  # must outlive the build: kept in this frame
     serialized = builder.build_serialized_network(network, config)
+    if monitor is not None and monitor.error is not None:
+        exc = monitor.error
+        raise ExportError(f"the progress callback raised {type(exc).__name__}: {exc} (the TensorRT build "
+                          "was cancelled)") from exc
     if serialized is None:
         raise ExportError(f"TensorRT {trt.__version__} could not build {onnx_path} (see its log above)")
     if timing_cache is not None:
@@ -321,25 +395,65 @@ def _set_profile(builder: Any, config: Any, profile: Profile) -> None:
         raise ExportError(f"TensorRT refused the optimisation profile {profile}")
 
 
-def _set_dla(trt: Any, builder: Any, config: Any, dla_core: int) -> None:
+def _set_dla(trt: Any, builder: Any, config: Any, network: Any, dla_core: int) -> int:
+    """DLA by default, GPU for what the DLA cannot run; returns the layers pinned to the GPU."""
     cores = int(getattr(builder, "num_DLA_cores", 0))
     if dla_core >= cores:
         raise ExportError(f"DLA core {dla_core} asked, but TensorRT {trt.__version__} sees {cores} DLA "
                           "core(s) here (Jetson AGX Orin has 2; JetPack 6's TensorRT 10.3 supports them)")
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = dla_core
-    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)  # MC3's 3-D layers cannot run on DLA
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # so the inspector sees layer types
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if _is_3d_conv(trt, layer) or not config.can_run_on_DLA(layer):
+            config.set_device_type(layer, trt.DeviceType.GPU)
+            pinned += 1
+    log.warning("DLA core %d: %d of %d layers run on the GPU (3-D convolutions and layers the DLA "
+                "lacks)", dla_core, pinned, network.num_layers)
+    return pinned
+
+
+def _is_3d_conv(trt: Any, layer: Any) -> bool:
+    """A convolution over 3 spatial dims (5-D input): the DLA has none."""
+    if layer.type not in (trt.LayerType.CONVOLUTION, trt.LayerType.DECONVOLUTION):
+        return False
+    return layer.num_inputs > 0 and len(layer.get_input(0).shape) == 5
+
+
+def _inspect_placement(trt: Any, data: bytes, dla_core: int) -> dict[str, Any]:
+    """Deserialise the fresh engine and ask its inspector where the layers landed."""
+    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    runtime.DLA_core = dla_core
+    engine = runtime.deserialize_cuda_engine(data)
+    if engine is None:
+        raise ExportError(f"TensorRT {trt.__version__} built a DLA engine it cannot deserialise here")
+    inspector = engine.create_engine_inspector()
+    placement = layer_placement(inspector.get_engine_information(trt.LayerInformationFormat.JSON), dla_core)
+    if dla_layers(placement) == 0:
+        log.warning("no layer of this engine runs on DLA core %d (%s): it is recorded as a GPU engine",
+                    dla_core, placement["checked_by"])
+    return placement
 
 
 def _load_timing_cache(config: Any, path: str | Path | None) -> Any:
-    """The timing cache from ``path`` if it exists and matches this TensorRT/GPU, else a new one."""
+    """The timing cache from ``path`` if it exists and this TensorRT/GPU can use it, else a new one.
+
+    ``create_timing_cache`` returns None for a blob it cannot read (corrupt, truncated, another
+    format) and ``set_timing_cache`` returns False for one from another TensorRT or GPU: both
+    fall back to a fresh cache with a warning; the file is overwritten only after a good build.
+    """
     data = Path(path).read_bytes() if path is not None and Path(path).is_file() else b""
-    cache = config.create_timing_cache(data)
-    if config.set_timing_cache(cache, False):
-        return cache
-    log.warning("timing cache %s is from another TensorRT or GPU; starting a new one", path)
+    if data:
+        cache = config.create_timing_cache(data)
+        if cache is not None and config.set_timing_cache(cache, False):
+            return cache
+        why = "unreadable (corrupt or not a timing cache)" if cache is None else "from another TensorRT or GPU"
+        log.warning("timing cache %s is %s; starting a new one", path, why)
     cache = config.create_timing_cache(b"")
-    if not config.set_timing_cache(cache, False):
+    if cache is None or not config.set_timing_cache(cache, False):
         raise ExportError("TensorRT refused a new, empty timing cache")
     return cache
 
@@ -352,25 +466,36 @@ def _progress_monitor(trt: Any, report: ProgressCallback) -> Any:
         return None
 
     class _Monitor(base):  # type: ignore[misc, valid-type]
+        """Forwards to ``report``; the first exception it raises is kept in ``error`` (TensorRT
+        cannot carry it across its threads) and cancels the build at the next step."""
+
         def __init__(self) -> None:
             base.__init__(self)
             self._lock = threading.Lock()
             self._totals: dict[str, int] = {}
+            self.error: BaseException | None = None
+
+        def _report(self, phase: str, done: int, total: int) -> None:
+            if self.error is None:
+                try:
+                    report(phase, done, total)
+                except Exception as exc:  # any error of the caller's callback: surfaced after the build
+                    self.error = exc
 
         def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             with self._lock:
                 self._totals[phase_name] = num_steps
-                report(phase_name, 0, num_steps)
+                self._report(phase_name, 0, num_steps)
 
         def step_complete(self, phase_name: str, step: int) -> bool:
             with self._lock:
-                report(phase_name, step + 1, self._totals.get(phase_name, step + 1))
-            return True  # False would cancel the build
+                self._report(phase_name, step + 1, self._totals.get(phase_name, step + 1))
+                return self.error is None  # False cancels the build
 
         def phase_finish(self, phase_name: str) -> None:
             with self._lock:
                 total = self._totals.pop(phase_name, 1)
-                report(phase_name, total, total)
+                self._report(phase_name, total, total)
 
     return _Monitor()
 

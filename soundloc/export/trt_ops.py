@@ -6,7 +6,10 @@ against the parser's published operator table (``tensorrt_onnx_ops.json``: onnx/
 10.3) and against the restrictions of that table a program can check. A graph that TensorRT
 would refuse then fails in CI, not on the Jetson.
 
-What is checked, per node (subgraphs of If/Loop/Scan and model-local functions included):
+First the whole model goes through ``onnx.checker.check_model(full_check=True)`` (every graph
+and subgraph, with strict shape inference): a graph that is not valid ONNX (e.g. ReduceMean
+given its axes as an input under opset 17) is refused by onnxruntime and TensorRT alike.
+Then, per node (subgraphs of If/Loop/Scan and model-local functions included):
   - the default-domain opset is inside the table's range (9-20);
   - the operator is in the table and marked supported (other domains need a plugin);
   - the node's data type is one the table lists for it, where onnx shape inference knows it;
@@ -75,11 +78,21 @@ def check_tensorrt_compat(model: onnx.ModelProto) -> list[str]:
 
     Types are read after ``onnx.shape_inference`` (on a copy; the model is not changed).
     """
-    problems = _check_opset(model)
+    problems = _check_onnx(model) + _check_opset(model)
     inferred = _infer(model)
     functions = {(f.domain, f.name): f for f in inferred.functions}
     _check_graph(inferred.graph, _Scope(), functions, problems, path="")
     return list(dict.fromkeys(problems))  # de-duplicated, order kept
+
+
+def _check_onnx(model: onnx.ModelProto) -> list[str]:
+    """The ONNX checker's verdict (full check: every graph, strict shape inference), one line."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        return [f"not valid ONNX (onnx.checker): {first}"]
+    return []
 
 
 def _check_opset(model: onnx.ModelProto) -> list[str]:

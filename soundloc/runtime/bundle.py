@@ -60,6 +60,15 @@ class Bundle:
         return self.graph("step")["state"]
 
 
+def random_weights_note(manifest: dict[str, Any]) -> str | None:
+    """The loud line every report prints for an export of random weights (`--preset`), else None."""
+    record = manifest.get("checkpoint") or {}
+    if not record.get("random_weights"):
+        return None
+    return (f"RANDOM WEIGHTS: this export is the '{record.get('preset')}' architecture with random weights "
+            f"(seed {record.get('seed')}), for timing only; its maps and scores mean nothing")
+
+
 def read_bundle(root: str | Path, verify_files: bool = True) -> Bundle:
     """Read and check ``root/soundloc.json``; with ``verify_files``, every listed file must
     exist with its recorded size and sha256 (an altered or truncated graph is refused)."""

@@ -31,16 +31,20 @@ class StepOutput:
     valid: np.ndarray  # (B,) bool: the described step is a real one (not start-up or flush padding)
 
 
-def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", threads: int | None = None) -> Backend:
+def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", threads: int | None = None,
+                 device: int = 0) -> Backend:
     """Load one graph of an export on the requested backend; ``auto`` takes a TensorRT engine
-    when the export has one and TensorRT loads, else onnxruntime with the best usable provider."""
+    when the export has one and TensorRT loads, else onnxruntime with the best usable provider.
+    ``device``: the CUDA device of every GPU backend. On an onnxruntime GPU provider the step
+    graph's state stays on that device between calls (I/O binding)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend in ("auto", "tensorrt") and "engine" in bundle.graph(graph)["files"]:
         try:
             from .tensorrt_backend import TensorRTBackend
 
-            return TensorRTBackend(bundle.path(graph, "engine"), bundle.manifest)
+            record = bundle.graph(graph).get("tensorrt") or bundle.manifest.get("tensorrt", {})
+            return TensorRTBackend(bundle.path(graph, "engine"), {"tensorrt": record}, device=device)
         except BackendError as e:
             if backend == "tensorrt":
                 raise
@@ -51,7 +55,9 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
     from .onnx_backend import OnnxRuntimeBackend
 
     providers = {"onnxruntime-cpu": "cpu", "onnxruntime-cuda": "cuda", "onnxruntime-tensorrt": "tensorrt"}
-    return OnnxRuntimeBackend(bundle.path(graph, "onnx"), providers.get(backend, "auto"), threads=threads)
+    keep = tuple(spec["output"] for spec in bundle.state_specs) if graph == "step" else ()
+    return OnnxRuntimeBackend(bundle.path(graph, "onnx"), providers.get(backend, "auto"), threads=threads,
+                              device=device, keep_on_device=keep)
 
 
 class StepModel:

@@ -5,6 +5,12 @@ onnxruntime-gpu wheel on a machine without a GPU lists CUDA and then prints an "
 banner when asked for it. So ``resolve_providers`` asks for a GPU provider only when a CUDA
 driver with a device is really present, and the backend reports ``session.get_providers()``
 (what is actually in use) rather than what was requested.
+
+On a GPU provider the backend runs through I/O binding: inputs are copied to the device once
+per call, outputs are allocated there by onnxruntime, and outputs named in ``keep_on_device``
+(the step graph's state) come back as ``DeviceTensor``s that the next call binds directly, so
+the state never leaves the GPU between steps. The TensorRT EP keeps its engines in a cache
+beside the graph (``ort_trt_cache/``), built once per shape and reused across runs.
 """
 
 from __future__ import annotations
@@ -88,12 +94,41 @@ def resolve_providers(requested: str = "auto") -> list[str]:
     return gpus + ["CPUExecutionProvider"]
 
 
+class DeviceTensor:
+    """An output left where onnxruntime put it (an ``OrtValue``, on the GPU with a GPU provider).
+
+    Passed back as an input it is bound as it is, with no copy; anything else that needs the
+    values gets them through ``np.asarray`` (one device-to-host copy).
+    """
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape())
+
+    @property
+    def device(self) -> str:
+        return self.value.device_name()
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self.value.numpy()
+        return arr if dtype is None else arr.astype(dtype, copy=False)
+
+
 class OnnxRuntimeBackend:
-    """One ONNX graph in an onnxruntime session (the Backend protocol)."""
+    """One ONNX graph in an onnxruntime session (the Backend protocol).
+
+    ``io_binding``: None binds through I/O binding exactly when a GPU provider is in use;
+    True/False force it (True on the CPU provider binds CPU memory: same path, no GPU).
+    ``device``: the CUDA device of the GPU providers.
+    """
 
     name = "onnxruntime"
 
-    def __init__(self, path: str | Path, providers: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, providers: str = "auto", threads: int | None = None, *,
+                 device: int = 0, keep_on_device: tuple[str, ...] = (), io_binding: bool | None = None) -> None:
         ort = _import_ort()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -101,7 +136,7 @@ class OnnxRuntimeBackend:
             opts.intra_op_num_threads = threads
         opts.log_severity_level = 3  # errors only: no provider banners for CPU users
         chain = resolve_providers(providers)
-        provider_options = [_provider_options(p, Path(path)) for p in chain]
+        provider_options = [_provider_options(p, Path(path), device) for p in chain]
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=chain,
                                                 provider_options=provider_options)
@@ -110,10 +145,29 @@ class OnnxRuntimeBackend:
         self.providers = self.session.get_providers()
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        on_gpu = any(p in GPU_PROVIDERS for p in self.providers)
+        self._bind = on_gpu if io_binding is None else io_binding
+        self._device = ("cuda" if on_gpu else "cpu", device if on_gpu else 0)
+        self._keep = frozenset(keep_on_device)
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session.run(None, inputs)
-        return dict(zip(self.output_names, outs))
+    def run(self, inputs: dict) -> dict:
+        """Inputs by name (numpy arrays or ``DeviceTensor``s) -> outputs by name: numpy arrays,
+        and ``DeviceTensor``s for the outputs kept on the device."""
+        if not self._bind:
+            feed = {k: np.asarray(v) for k, v in inputs.items()}
+            return dict(zip(self.output_names, self.session.run(None, feed)))
+        binding = self.session.io_binding()
+        for name, value in inputs.items():
+            if isinstance(value, DeviceTensor):
+                binding.bind_ortvalue_input(name, value.value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self.output_names:
+            binding.bind_output(name, *self._device)
+        self.session.run_with_iobinding(binding)
+        outs = binding.get_outputs()
+        return {name: DeviceTensor(v) if name in self._keep else v.numpy()
+                for name, v in zip(self.output_names, outs)}
 
     def close(self) -> None:
         self.session = None
@@ -125,10 +179,14 @@ class OnnxRuntimeBackend:
         self.close()
 
 
-def _provider_options(provider: str, path: Path) -> dict[str, str]:
+def _provider_options(provider: str, path: Path, device: int = 0) -> dict[str, str]:
+    """Options of one provider: the device for both GPU providers; for the TensorRT EP, its
+    engine and timing caches in ``ort_trt_cache/`` beside the graph (built once, reused)."""
     if provider == "TensorrtExecutionProvider":
         cache = path.parent / "ort_trt_cache"
         os.makedirs(cache, exist_ok=True)
-        return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
-                "trt_timing_cache_enable": "True"}
+        return {"device_id": str(device), "trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)}
+    if provider == "CUDAExecutionProvider":
+        return {"device_id": str(device)}
     return {}

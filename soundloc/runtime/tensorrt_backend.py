@@ -19,6 +19,9 @@ Imports of ``tensorrt`` and ``cuda.bindings`` are lazy: importing this module ne
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import logging
 import re
 import shutil
 import subprocess
@@ -26,11 +29,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from soundloc.runtime.backend import BackendError
+
+log = logging.getLogger(__name__)
 
 REBUILD_HINT = "rebuild it with `soundloc export CKPT --format engine`"
 TRT_INSTALL_HINT = (
@@ -177,42 +182,67 @@ def _query_gpu_smi(device: int) -> GpuInfo:
 
 
 # -- the backend ----------------------------------------------------------------------------------
+@dataclass
+class _Buffer:
+    """One I/O tensor's memory: a device buffer and a pinned (page-locked) host buffer."""
+
+    device: int
+    host: int
+    nbytes: int
+
+
 class TensorRTBackend:
     """A deserialised engine with one execution context, one stream and growable buffers.
 
     ``run`` takes float32 arrays whose first dim is the batch (any size inside the engine's
-    optimisation profile) and returns float32 arrays. Device buffers are reallocated only
-    when a call needs more bytes than the last one. Use as a context manager or call close().
+    optimisation profile) and returns float32 arrays. Everything lives on CUDA device
+    ``device``: it is made current (``cudaSetDevice``, a per-thread setting) before the runtime,
+    stream and buffers are created and at every call, so a call from another thread still lands
+    there. Host staging buffers are pinned (``cudaMallocHost``): copies from pageable memory are
+    synchronous, pinned ones overlap. Buffers grow, never shrink.
+
+    CUDA graphs (``cuda_graphs``): per set of input shapes, the step's kernels are captured once
+    (TensorRT's rule: enqueue once after a shape change, then capture ``execute_async_v3``) and
+    replayed with one ``cudaGraphLaunch``; at batch 1 a launch-bound step saves the per-kernel
+    launch cost. Engines TensorRT cannot capture (data-dependent shapes, loops) run uncaptured.
+    Use as a context manager or call close().
     """
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, metadata: Mapping[str, Any], *, device: int = 0) -> None:
-        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device ptr, capacity bytes)
-        self._stream = self._engine = self._context = self._runtime = None
+    def __init__(self, engine_path: str | Path, metadata: Mapping[str, Any], *, device: int = 0,
+                 cuda_graphs: bool = True) -> None:
+        self._device, self._use_graphs = int(device), cuda_graphs
+        self._buffers: dict[str, _Buffer] = {}
+        self._graphs: dict[tuple, Any] = {}  # input shapes -> cudaGraphExec_t, None: not capturable
+        self._stream = self._engine = self._context = self._runtime = self._cudart = None
         self._trt = import_tensorrt()
         self._cudart = import_cudart()
         gpu = query_gpu(device)
         check_engine_compat(metadata, self._trt.__version__, gpu.name, gpu.compute_capability)
         record = _engine_record(metadata)
         try:
+            self._select_device()
             self._engine, self._context, self._runtime = self._load(Path(engine_path), record, gpu)
             self._stream = cuda_call(self._cudart, self._cudart.cudaStreamCreate(), "cudaStreamCreate")
             self._read_io()
         except BaseException:
-            self.close()
+            with contextlib.suppress(BackendError):  # the load error is the one to show
+                self.close()
             raise
-        dla = record.get("dla_core")
         major, minor, _ = parse_version(self._trt.__version__)
-        where = gpu.name + (f" + DLA core {dla}" if dla is not None else "")
-        self.providers = [f"TensorRT {major}.{minor} on {where}"]
+        self.providers = [f"TensorRT {major}.{minor} on {gpu.name} (cuda:{self._device})" + _dla_note(record)]
+
+    def _select_device(self) -> None:
+        cuda_call(self._cudart, self._cudart.cudaSetDevice(self._device), f"cudaSetDevice({self._device})")
 
     def _load(self, path: Path, record: Mapping[str, Any], gpu: GpuInfo) -> tuple[Any, Any, Any]:
         trt = self._trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         runtime = trt.Runtime(self._logger)
-        if record.get("dla_core") is not None:
-            runtime.DLA_core = int(record["dla_core"])
+        core = _dla_core_built(record)
+        if core is not None:
+            runtime.DLA_core = core
         engine = runtime.deserialize_cuda_engine(path.read_bytes())
         if engine is None:
             raise BackendError(f"TensorRT {trt.__version__} could not deserialise {path} on "
@@ -242,19 +272,22 @@ class TensorRTBackend:
         """One synchronous call: inputs by name (B, ...) float32 -> outputs by name float32."""
         if self._context is None:
             raise BackendError("TensorRTBackend is closed")
+        self._select_device()
         hosts = self._set_inputs(inputs)
-        outputs = {n: np.empty(tuple(self._context.get_tensor_shape(n)), self._dtypes[n])
-                   for n in self.output_names}
-        for name, arr in {**hosts, **outputs}.items():
-            ptr = self._ensure_buffer(name, arr.nbytes)
-            if not self._context.set_tensor_address(name, ptr):
+        shapes = {**{n: a.shape for n, a in hosts.items()},
+                  **{n: tuple(self._context.get_tensor_shape(n)) for n in self.output_names}}
+        if any([self._ensure_buffer(n, _nbytes(shape, self._dtypes[n])) for n, shape in shapes.items()]):
+            self._drop_graphs()  # a graph replays the old addresses
+        for name in shapes:
+            if not self._context.set_tensor_address(name, self._buffers[name].device):
                 raise BackendError(f"TensorRT refused the address of tensor '{name}'")
-        self._copy(hosts, to_device=True)
-        if not self._context.execute_async_v3(int(self._stream)):
-            raise BackendError("TensorRT execute_async_v3 failed (see its log above)")
-        self._copy(outputs, to_device=False)
+        for name, arr in hosts.items():
+            np.copyto(self._host_view(name, arr.shape), arr)
+        self._copy(self.input_names, to_device=True)
+        self._execute(tuple(shapes[n] for n in self.input_names))
+        self._copy(self.output_names, to_device=False)
         cuda_call(self._cudart, self._cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        return {n: a.astype(np.float32, copy=False) for n, a in outputs.items()}
+        return {n: self._host_view(n, shapes[n]).astype(np.float32, copy=True) for n in self.output_names}
 
     def _set_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if set(inputs) != set(self.input_names):
@@ -268,39 +301,138 @@ class TensorRTBackend:
             hosts[name] = arr
         return hosts
 
-    def _ensure_buffer(self, name: str, nbytes: int) -> int:
-        """Device pointer for ``name`` with room for ``nbytes``; grows, never shrinks."""
-        ptr, capacity = self._buffers.get(name, (0, 0))
-        if nbytes > capacity:
-            if ptr:
-                cuda_call(self._cudart, self._cudart.cudaFree(ptr), "cudaFree")
-                del self._buffers[name]
-            ptr = int(cuda_call(self._cudart, self._cudart.cudaMalloc(max(nbytes, 1)), "cudaMalloc"))
-            self._buffers[name] = (ptr, max(nbytes, 1))
-        return ptr
+    def _ensure_buffer(self, name: str, nbytes: int) -> bool:
+        """Room for ``nbytes`` in ``name``'s device and pinned host buffers; True if reallocated."""
+        old = self._buffers.get(name)
+        if old is not None and nbytes <= old.nbytes:
+            return False
+        cudart, size = self._cudart, max(nbytes, 1)
+        if old is not None:
+            del self._buffers[name]
+            cuda_call(cudart, cudart.cudaFree(old.device), f"cudaFree of '{name}'")
+            cuda_call(cudart, cudart.cudaFreeHost(old.host), f"cudaFreeHost of '{name}'")
+        device = int(cuda_call(cudart, cudart.cudaMalloc(size), f"cudaMalloc of '{name}'"))
+        self._buffers[name] = _Buffer(device, 0, size)  # recorded at once: close() frees it on any error
+        self._buffers[name].host = int(cuda_call(cudart, cudart.cudaMallocHost(size), f"cudaMallocHost of '{name}'"))
+        return True
 
-    def _copy(self, arrays: dict[str, np.ndarray], *, to_device: bool) -> None:
+    def _host_view(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The pinned host buffer of ``name`` as an array of ``shape`` (no copy)."""
+        buf, dtype = self._buffers[name], self._dtypes[name]
+        raw = (ctypes.c_uint8 * buf.nbytes).from_address(buf.host)
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.frombuffer(raw, dtype=dtype, count=count).reshape(shape)
+
+    def _copy(self, names: list[str], *, to_device: bool) -> None:
         cudart = self._cudart
         kind = (cudart.cudaMemcpyKind.cudaMemcpyHostToDevice if to_device
                 else cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
-        for name, arr in arrays.items():
-            dev, host = self._buffers[name][0], arr.ctypes.data
-            src, dst = (host, dev) if to_device else (dev, host)
-            cuda_call(cudart, cudart.cudaMemcpyAsync(dst, src, arr.nbytes, kind, self._stream),
+        for name in names:
+            shape = tuple(self._context.get_tensor_shape(name))
+            buf, nbytes = self._buffers[name], _nbytes(shape, self._dtypes[name])
+            src, dst = (buf.host, buf.device) if to_device else (buf.device, buf.host)
+            cuda_call(cudart, cudart.cudaMemcpyAsync(dst, src, nbytes, kind, self._stream),
                       f"cudaMemcpyAsync of '{name}'")
 
+    def _execute(self, shapes: tuple) -> None:
+        """The engine on the stream: a captured CUDA graph for these shapes, else an enqueue."""
+        graph = self._graphs.get(shapes) if shapes in self._graphs else (
+            self._capture(shapes) if self._use_graphs else None)
+        if graph is None:
+            self._enqueue()
+        else:
+            cuda_call(self._cudart, self._cudart.cudaGraphLaunch(graph, self._stream), "cudaGraphLaunch")
+
+    def _enqueue(self) -> None:
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise BackendError("TensorRT execute_async_v3 failed (see its log above)")
+
+    def _capture(self, shapes: tuple) -> Any:
+        """Capture the step for ``shapes`` into an instantiated graph, or None where TensorRT's
+        kernels cannot be captured (remembered: not retried for these shapes)."""
+        cudart, stream = self._cudart, self._stream
+        self._enqueue()  # TensorRT: after a shape change, enqueue once before capturing
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        began = cudart.cudaStreamBeginCapture(stream, mode)[0] == cudart.cudaError_t.cudaSuccess
+        captured, err, graph = False, None, None
+        if began:
+            try:
+                captured = self._context.execute_async_v3(int(stream))
+            finally:
+                err, graph = cudart.cudaStreamEndCapture(stream)
+        ok = began and captured and err == cudart.cudaError_t.cudaSuccess and graph is not None
+        if not ok:
+            cudart.cudaGetLastError()  # clears the (non-sticky) capture error
+            if graph is not None:
+                cudart.cudaGraphDestroy(graph)
+            log.info("TensorRT step for shapes %s cannot be captured as a CUDA graph; enqueued instead", shapes)
+            self._graphs[shapes] = None
+            return None
+        try:
+            self._graphs[shapes] = cuda_call(cudart, cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        finally:
+            cuda_call(cudart, cudart.cudaGraphDestroy(graph), "cudaGraphDestroy")
+        return self._graphs[shapes]
+
+    def _drop_graphs(self) -> None:
+        graphs, self._graphs = self._graphs, {}
+        for graph in graphs.values():
+            if graph is not None:
+                cuda_call(self._cudart, self._cudart.cudaGraphExecDestroy(graph), "cudaGraphExecDestroy")
+
     def close(self) -> None:
-        """Free device buffers and the stream, then drop the TensorRT objects. Idempotent."""
+        """Free every graph, buffer and the stream, drop the TensorRT objects, *then* raise one
+        BackendError naming each CUDA call that failed (a sticky CUDA error fails them all, but
+        nothing is skipped). Idempotent."""
+        errors: list[str] = []
         cudart = self._cudart
-        if self._stream is not None:
-            cuda_call(cudart, cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        for name, (ptr, _) in list(self._buffers.items()):
-            cuda_call(cudart, cudart.cudaFree(ptr), f"cudaFree of '{name}'")
-            del self._buffers[name]
-        if self._stream is not None:
-            cuda_call(cudart, cudart.cudaStreamDestroy(self._stream), "cudaStreamDestroy")
-        self._stream = None
-        self._context = self._engine = self._runtime = None
+
+        def attempt(what: str, call: Callable[[], tuple]) -> None:
+            try:
+                cuda_call(cudart, call(), what)
+            except BackendError as exc:
+                errors.append(str(exc))
+
+        if cudart is not None and (self._stream is not None or self._buffers or self._graphs):
+            attempt(f"cudaSetDevice({self._device})", lambda: cudart.cudaSetDevice(self._device))
+            if self._stream is not None:
+                attempt("cudaStreamSynchronize", lambda: cudart.cudaStreamSynchronize(self._stream))
+            graphs, self._graphs = self._graphs, {}
+            for graph in (g for g in graphs.values() if g is not None):
+                attempt("cudaGraphExecDestroy", lambda g=graph: cudart.cudaGraphExecDestroy(g))
+            buffers, self._buffers = self._buffers, {}
+            for name, buf in buffers.items():
+                attempt(f"cudaFree of '{name}'", lambda b=buf: cudart.cudaFree(b.device))
+                if buf.host:
+                    attempt(f"cudaFreeHost of '{name}'", lambda b=buf: cudart.cudaFreeHost(b.host))
+            if self._stream is not None:
+                stream, self._stream = self._stream, None
+                attempt("cudaStreamDestroy", lambda: cudart.cudaStreamDestroy(stream))
+        self._context = None  # TensorRT's order: context, then engine, then runtime
+        self._engine = None
+        self._runtime = None
+        if errors:
+            raise BackendError(f"closing the TensorRT backend (everything freed): {'; '.join(errors)}")
+
+
+def _nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _dla_core_built(record: Mapping[str, Any]) -> int | None:
+    """The DLA core an engine was built for (the runtime must name it), verified or not."""
+    core = record.get("dla_core")
+    if core is None and isinstance(record.get("placement"), Mapping):
+        core = record["placement"].get("dla_core")
+    return None if core is None else int(core)
+
+
+def _dla_note(record: Mapping[str, Any]) -> str:
+    """' + DLA core N (k of n layers)' only where the build saw layers land there."""
+    placement = record.get("placement") or {}
+    if record.get("dla_core") is None or not placement.get("layers_on_dla"):
+        return ""
+    return f" + DLA core {record['dla_core']} ({placement['layers_on_dla']} of {placement['layers']} layers)"
 
 
 def check_input_shape(name: str, shape: tuple[int, ...],

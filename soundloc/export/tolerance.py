@@ -1,0 +1,47 @@
+"""How close two runs of one model must agree, per precision: the one tolerance policy.
+
+``soundloc export --verify`` (onnxruntime vs PyTorch, streaming vs offline) and ``soundloc
+doctor`` (GPU backends vs onnxruntime on the CPU) both judge errors here. An error is compared
+with the magnitude of what is compared: alpha, a 512-d dot product, reaches ~1e2 on a full-size
+model, where float32 rounding alone is ~1e-4. numpy-free and torch-free: doctor imports it on
+GPU boxes without PyTorch. A new precision (e.g. int8) adds one row to ``TOLERANCES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close a run of one precision must come to its reference.
+
+    ``rel``: allowed max abs error as a fraction of the reference's max |value| (never below
+    ``rel`` itself: values of magnitude < 1 are held to an absolute ``rel``);
+    ``min_map_ciou``: binarised maps must also agree with fp32 at this cIoU (None: unchecked).
+    """
+
+    rel: float
+    min_map_ciou: float | None = None
+
+    def allowed(self, scale: float) -> float:
+        """The max abs error allowed where the reference's max |value| is ``scale``."""
+        return self.rel * max(float(scale), 1.0)
+
+
+# One row per way of computing. fp32: IEEE float32 everywhere (onnxruntime CPU vs PyTorch CPU):
+# rounding through a deep net is ~1e-6 of the scale, 1e-5 leaves room. tf32: what TensorRT's and
+# cuDNN's "fp32" do on Ampere and newer (10-bit mantissa in convolutions). fp16: measured ~1e-3 of
+# the scale at 1/8 width; the binarised maps are what a user sees, so they are checked too.
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(rel=1e-5),
+    "tf32": Tolerance(rel=1e-2),
+    "fp16": Tolerance(rel=1e-2, min_map_ciou=0.95),
+}
+
+
+def tolerance_for(precision: str) -> Tolerance:
+    """The row of ``precision``; a precision without one is an error, never a silent pass."""
+    if precision not in TOLERANCES:
+        raise ValueError(f"no tolerance for {precision!r} (known: {', '.join(TOLERANCES)})")
+    return TOLERANCES[precision]
