@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bench.system import _command, system_info
+from .bench.system import command_output, system_info
 from .runtime.backend import BackendError
 from .runtime.bundle import Bundle, random_weights_note, read_bundle
 from .runtime.onnx_backend import cuda_device_count, resolve_providers
@@ -103,10 +103,10 @@ def inventory() -> tuple[list[Finding], Machine]:
 
 def _driver() -> Finding:
     fields = SMI_FIELDS
-    out = _command(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
+    out = command_output(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
     if not out:  # drivers before 510 lack compute_cap: ask for less before calling the driver missing
         fields = "name,driver_version"
-        out = _command(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
+        out = command_output(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"])
     if not out:
         return Finding("NVIDIA driver", "missing", "nvidia-smi not found or failed", DRIVER_HINT)
     keys = SMI_FIELDS.split(",")
@@ -159,7 +159,7 @@ def _jetson(info: dict[str, Any]) -> list[Finding]:
     jetson = info.get("jetson")
     if not jetson:
         return [Finding("JetPack", "info", "not a Jetson (no /etc/nv_tegra_release)")]
-    jetpack = _command(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"]) or "nvidia-jetpack not installed"
+    jetpack = command_output(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"]) or "nvidia-jetpack not installed"
     clocks = jetson.get("jetson_clocks") or "unknown (`sudo jetson_clocks --show`)"
     return [Finding("JetPack", "info", f"{jetson['release']}; JetPack {jetpack}; nvpmodel {jetson.get('nvpmodel')}"),
             Finding("Jetson clocks", "info", clocks.splitlines()[0] if clocks else "",

@@ -17,7 +17,7 @@ import numpy as np
 # -- the machine -----------------------------------------------------------------------------------
 
 
-def _command(args: list[str], timeout: float = 5.0) -> str | None:
+def command_output(args: list[str], timeout: float = 5.0) -> str | None:
     """stdout of a command, or None when it is absent or fails (never raises)."""
     if shutil.which(args[0]) is None:
         return None
@@ -54,7 +54,7 @@ def system_info() -> dict[str, Any]:
         import onnxruntime as ort
 
         ort_info = {"version": ort.__version__, "providers_built": ort.get_available_providers()}
-    gpu = _command(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
+    gpu = command_output(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"])
     jetson = Path("/etc/nv_tegra_release")
     return {
         "platform": platform.platform(), "python": platform.python_version(),
@@ -65,8 +65,8 @@ def system_info() -> dict[str, Any]:
         "gpu": gpu.splitlines() if gpu else None,
         "tensorrt": _version("tensorrt") or _version("tensorrt-cu12") or _version("tensorrt-cu13"),
         "jetson": {"release": jetson.read_text().splitlines()[0] if jetson.is_file() else None,
-                   "nvpmodel": _command(["nvpmodel", "-q"]),
-                   "jetson_clocks": _command(["jetson_clocks", "--show"])} if jetson.is_file() else None,
+                   "nvpmodel": command_output(["nvpmodel", "-q"]),
+                   "jetson_clocks": command_output(["jetson_clocks", "--show"])} if jetson.is_file() else None,
     }
 
 
