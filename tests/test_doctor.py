@@ -23,7 +23,7 @@ def cpu_only(monkeypatch):
     def absent(*a, **k):
         raise BackendError("not installed")
 
-    monkeypatch.setattr(doctor, "_command", lambda args, timeout=5.0: None)
+    monkeypatch.setattr(doctor, "command_output", lambda args, timeout=5.0: None)
     monkeypatch.setattr(doctor, "cuda_device_count", lambda: 0)
     monkeypatch.setattr(doctor, "import_tensorrt", absent)
     monkeypatch.setattr(doctor, "import_cudart", absent)
@@ -124,7 +124,7 @@ def test_driver_line_from_nvidia_smi(monkeypatch):
     """nvidia-smi's CSV (faked: no driver here) read into the inventory line; an old driver
     without the compute_cap field still counts as present."""
     answers = {doctor.SMI_FIELDS: "NVIDIA H100 80GB HBM3, 550.54.15, 9.0, 1980, 1980, 2619, 2619"}
-    monkeypatch.setattr(doctor, "_command", lambda args, timeout=5.0: answers.get(args[1].split("=", 1)[1]))
+    monkeypatch.setattr(doctor, "command_output", lambda args, timeout=5.0: answers.get(args[1].split("=", 1)[1]))
     found = doctor._driver()
     assert found.status == "pass" and "NVIDIA H100 80GB HBM3 (sm_90), driver 550.54.15" in found.detail
     assert "SM 1980/1980 MHz" in found.detail
