@@ -106,11 +106,7 @@ class Staged:
             parent.mkdir(parents=True, exist_ok=True)
         elif not parent.is_dir():
             raise FileNotFoundError(errno.ENOENT, f"directory {parent} does not exist", str(self.path))
-        fd, name = tempfile.mkstemp(prefix=f".{self.target.name}." if prefix is None else prefix,
-                                    suffix=suffix, dir=parent)
-        os.fchmod(fd, self._mode)  # mkstemp makes 0600; outputs are ordinary files
-        os.close(fd)
-        self.temp = Path(name)
+        self.temp = _temp_file(parent, f".{self.target.name}." if prefix is None else prefix, suffix, self._mode)
 
     def commit(self) -> Path:
         """Make ``temp`` the file at ``path`` (durably); a no-op for a node written directly."""
@@ -124,6 +120,13 @@ class Staged:
         """Forget the new content: the temporary file goes, the old ``path`` stays as it was."""
         if not self.direct:
             self.temp.unlink(missing_ok=True)
+
+
+def _temp_file(folder: Path, prefix: str, suffix: str, mode: int) -> Path:
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    os.fchmod(fd, mode)  # mkstemp makes 0600; outputs are ordinary files
+    os.close(fd)
+    return Path(name)
 
 
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:

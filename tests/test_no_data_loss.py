@@ -295,7 +295,7 @@ def test_annotate_ctrl_c_keeps_finished_clips_and_resumes(tiny, tmp_path):
     folder.mkdir()
     for name in ("a_000000", "b_000000", "d_000000"):
         write_video(folder / f"{name}.mp4", 2.0)
-    long = write_video(folder / "c_000000.mp4", 30.0)
+    long = write_video(folder / "c_000000.mp4", 60.0)
     out = tmp_path / "boxes.json"
     proc = subprocess.Popen([sys.executable, "-m", "soundloc", "annotate", str(tiny.ckpt), str(folder),
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
