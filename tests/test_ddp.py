@@ -79,7 +79,7 @@ def _grad_worker(rank: int, world: int, port: int, out: str) -> None:
     # rank 1 abort at exit now and then.
     del state
     close_distributed(info)
-    assert not any(isinstance(o, torch.nn.parallel.DistributedDataParallel) for o in gc.get_objects())
+    assert not any(type(o) is torch.nn.parallel.DistributedDataParallel for o in gc.get_objects())
 
 
 def _free_port() -> int:
