@@ -174,13 +174,15 @@ def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOp
               sink: MultiSink, summary: StreamSummary, stop: threading.Event, stall_s: float,
               deadline: float | None, max_seconds: float | None, can_retry: bool) -> bool:
     """One connection to the source; returns whether it was a live source. A source that
-    cannot be opened raises, unless another attempt follows (``can_retry``)."""
+    cannot be opened raises if nothing was streamed yet and no attempt follows (``can_retry``);
+    after some steps, the failure becomes ``summary.error``."""
     try:
         source = StepSource(video, audio, realtime=realtime, video_only=video_only)
     except MediaError as e:
-        if not can_retry:
+        if not can_retry and summary.steps == 0:
             raise
         summary.end_reason = f"open failed (error): {e}"
+        summary.error = "" if can_retry else str(e)
         return True
     loc = Localizer(model, options)
     max_steps = None if max_seconds is None else round(max_seconds * model.config.fps)
