@@ -289,8 +289,10 @@ def _opened(pid: int, path: Path) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc to see which clip is open")
-def test_annotate_ctrl_c_keeps_finished_clips_and_resumes(tiny, tmp_path):
-    """Ctrl-C while the third clip (a long one) is being read, after two finished."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_annotate_interrupted_keeps_finished_clips_and_resumes(tiny, tmp_path, signum):
+    """Ctrl-C, a kill or a closed terminal while the third clip (a long one) is being read,
+    after two finished."""
     folder = tmp_path / "clips"
     folder.mkdir()
     for name in ("a_000000", "b_000000", "d_000000"):
@@ -302,9 +304,9 @@ def test_annotate_ctrl_c_keeps_finished_clips_and_resumes(tiny, tmp_path):
     deadline = time.monotonic() + 120
     while not _opened(proc.pid, long.resolve()) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     kept = [e["file"] for e in json.loads(out.read_text())]
     assert kept in (["a_000000", "b_000000"], ["a_000000", "b_000000", "c_000000"])  # all it finished
     r = soundloc("annotate", tiny.ckpt, folder, "--out", out)

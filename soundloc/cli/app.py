@@ -4,7 +4,9 @@ errors become one-line messages (tracebacks only with --debug)."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import typer
 
@@ -46,8 +48,25 @@ def check_range(option: str, value: float | None, low: float, high: float = floa
         raise fail(f"{option} must be {bounds}, not {value:g}")
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_cleanly_on_termination() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) end a command the way Ctrl-C does: as an exception,
+    so every ``finally`` runs and long jobs keep what they finished (annotate's json, a staged
+    file's cleanup), exit code 128 + signal. ``soundloc stream`` installs its own handlers on top
+    of these for the length of a stream."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for name in ("SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _exit_on_signal)
+
+
 def run_app(args: list[str] | None = None, prog_name: str = "soundloc") -> None:
     """Run the CLI; any exception becomes one line on stderr and exit code 1, unless --debug."""
+    exit_cleanly_on_termination()
     try:
         app(args=args, prog_name=prog_name)
     except KeyboardInterrupt:
