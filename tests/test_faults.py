@@ -140,8 +140,8 @@ def _stream_in_thread(tiny, path: Path, out: Path) -> tuple[threading.Thread, di
 
     def run() -> None:
         try:
-            box["summary"] = run_stream(tiny.export, str(path), out=out, realtime=True, stall_seconds=3.0,
-                                        status=False)
+            box["summary"] = run_stream(tiny.export, str(path), out=out, events=out.with_name("ev.jsonl"),
+                                        realtime=True, stall_seconds=3.0, status=False)
         except Exception as e:  # noqa: BLE001 - reported by the test
             box["error"] = e
 
@@ -150,10 +150,13 @@ def _stream_in_thread(tiny, path: Path, out: Path) -> tuple[threading.Thread, di
     return t, box
 
 
-def _wait_for_partial(folder: Path, timeout: float = 30) -> None:
+def _wait_for_steps(folder: Path, n: int, timeout: float = 600) -> None:
+    """Until ``n`` steps are out (event lines in ev.jsonl, or in a temporary file beside it):
+    the source is open then. Waiting for the partial mp4 raced: the sinks open before the
+    source, and on a loaded machine the file was changed before it was ever opened."""
     deadline = time.monotonic() + timeout
-    while not list(folder.glob("*.partial.mp4")):
-        assert time.monotonic() < deadline, "the stream never started writing"
+    while not any(p.read_bytes().count(b"\n") >= n for p in folder.glob("*ev*")):
+        assert time.monotonic() < deadline, "the stream never produced a step"
         time.sleep(0.05)
 
 
@@ -162,11 +165,10 @@ def test_file_truncated_while_streaming_ends_cleanly(tmp_path, tiny):
     data = path.read_bytes()
     out = tmp_path / "out.mp4"
     t, box = _stream_in_thread(tiny, path, out)
-    _wait_for_partial(tmp_path)
-    time.sleep(1.0)
+    _wait_for_steps(tmp_path, 5)
     with open(path, "r+b") as f:  # another process cuts the file under the reader
         f.truncate(len(data) // 5)
-    t.join(timeout=60)
+    t.join(timeout=600)  # a hang guard
     assert not t.is_alive() and "error" not in box, box
     summary = box["summary"]
     assert 5 <= summary.steps < 100, summary.as_dict()
@@ -178,9 +180,9 @@ def test_file_deleted_while_streaming_plays_to_its_end(tmp_path, tiny):
     path = write_media(tmp_path / "clip.mp4", n=30, audio_rate=16000)
     out = tmp_path / "out.mp4"
     t, box = _stream_in_thread(tiny, path, out)
-    _wait_for_partial(tmp_path)
+    _wait_for_steps(tmp_path, 1)
     path.unlink()
-    t.join(timeout=60)
+    t.join(timeout=600)  # a hang guard
     assert "error" not in box, box
     assert box["summary"].steps == 30 and frames_in(out) == 30
 
