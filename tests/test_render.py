@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -129,17 +128,3 @@ def test_render_step_draws_each_step_once():
     b = render_step(step(1))
     assert b is not a
     np.testing.assert_array_equal(a, b)  # same content, drawn again for the new step
-
-
-def test_overlay_is_fast_enough_for_10_fps_at_720p():
-    rng = np.random.default_rng(3)
-    frame = rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)
-    heatmap = rng.random((7, 7)).astype(np.float32)
-    times = []
-    for _ in range(20):
-        start = time.thread_time()
-        overlay(frame, heatmap, (0.2, 0.2, 0.6, 0.7), label="dog 0.93")
-        times.append(time.thread_time() - start)
-    # ~6-10 ms CPU here on an idle core; 40 ms leaves room for a loaded CI machine and still
-    # catches a regression to per-pixel Python or a float64 full-frame pipeline.
-    assert min(times) < 0.040
