@@ -212,8 +212,19 @@ def _embed_metadata(graph: onnx.ModelProto, manifest: dict[str, Any], name: str,
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, format: str = "onnx", precision: str = "fp32",
                       opset: int = OPSET, max_batch: int = 16, workspace_gib: float = 2.0,
                       timing_cache: str | Path | None = None, dla_core: int | None = None,
+                      calib: str | Path | None = None, verify_clip: str | Path | bool = False,
                       progress: Callable[[str], None] | None = None) -> Bundle:
-    """`soundloc export`: ONNX graphs, and for ``format='engine'`` TensorRT engines beside them."""
+    """`soundloc export`: ONNX graphs, and for ``format='engine'`` TensorRT engines beside them.
+
+    ``precision='int8'`` quantizes the fp32 graphs on the clips of the folder ``calib``
+    (``soundloc.export.quantize``); ``verify_clip`` (a video, or True for the first calibration
+    clip) then compares the int8 export with the fp32 one and records it in the manifest.
+    """
+    if precision == "int8":
+        if calib is None:
+            raise ValueError("--precision int8 needs --calib: a folder of videos to calibrate on")
+    elif calib is not None:
+        raise ValueError("--calib applies to --precision int8 only")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
     if max_batch < 1:
@@ -222,8 +233,14 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, *, format: str = "o
         raise ValueError("--dla-core and --timing-cache apply to --format engine only")
     model, data = load_checkpoint(ckpt)
     record = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}
-    bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
-                          gate=data.get("gate"), progress=progress)
+    if precision == "int8":
+        from .quantize import export_int8
+
+        bundle = export_int8(model, out_dir, calib, opset=opset, checkpoint=record, gate=data.get("gate"),
+                             verify_clip=verify_clip, progress=progress or (lambda s: None))
+    else:
+        bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
+                              gate=data.get("gate"), progress=progress)
     if format == "engine":
         from .engines import build_engines
 
