@@ -5,6 +5,7 @@
 
 - ``--clip``: the streaming maps of both exports over every step of a real clip: peak cell
   identical (fraction of steps), binarised-map cIoU (median, min), max relative error;
+- ``--interleaved N``: fp32 and int8 steps timed alternately, N each (robust to a shared CPU);
 - ``--bench``: one ``soundloc bench`` run with both exports (onnxruntime CPU, same threads):
   step p50 at batch 1 and batched, the int8/fp32 ratio, streams per device;
 - ``--sensitivity``: each Conv of the fp32 step graph quantized *alone* (the calibration's ranges,
@@ -62,6 +63,27 @@ def run_bench(fp32, int8, streams: int, threads: int, duration: float) -> dict:
             "gmac_per_step": d["model_cost"].get("gmac_per_step")}
 
 
+def interleaved(fp32, int8, threads: int, n: int) -> dict:
+    """fp32 and int8 steps timed alternately (ABAB...), so load from other processes on a shared
+    machine falls on both alike; the ratio of the medians is the figure to trust there."""
+    models = {"fp32": StepModel.from_export(fp32, "onnxruntime-cpu", threads), "int8": StepModel.from_export(int8, "onnxruntime-cpu", threads)}
+    rng = np.random.default_rng(0)
+    size, mels = fp32.config.image_size, fp32.config.n_mels
+    frame = rng.standard_normal((1, 3, size, size), dtype=np.float32)
+    mel = rng.standard_normal((1, 10, mels), dtype=np.float32)
+    states = {k: m.new_state(1) for k, m in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for i in range(n + 5):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            _, states[k] = m.step(frame, mel, np.ones(1, np.float32), states[k])
+            if i >= 5:  # warm-up
+                times[k].append(1000 * (time.perf_counter() - t0))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"threads": threads, "steps": n, "p50_ms": med, "min_ms": {k: float(np.min(v)) for k, v in times.items()},
+            "p50_ratio": med["int8"] / med["fp32"], "load_avg": list(os.getloadavg())}
+
+
 def _stream_step(path: Path, bundle, video, mel) -> np.ndarray:
     """Streamed alphas of the step graph ``path`` (any graph with ``bundle``'s step interface)."""
     from soundloc.runtime.onnx_backend import OnnxRuntimeBackend
@@ -88,8 +110,8 @@ def sensitivity(fp32, calib, clip: Path, steps: int) -> list[dict]:
         scratch = Path(tmp)
         quantize_graph(fp32.path("step"), scratch, _feeds(fp32, "step", calib))  # the ranges, once
         prepared = scratch / "step.prep.onnx"
-        graph = onnx.load(str(prepared))
-        inits = {i.name: i.dims for i in graph.initializer}
+        graph = onnx.load(str(prepared)).graph
+        inits = {i.name: list(i.dims) for i in graph.initializer}
         for node in [n for n in graph.node if n.op_type == "Conv"]:
             one = scratch / "one.onnx"
             quantize_static(str(prepared), str(one), None, quant_format=QuantFormat.QDQ, per_channel=True,
@@ -147,6 +169,7 @@ def main() -> None:
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--interleaved", type=int, default=0, help="N fp32/int8 step pairs timed alternately")
     ap.add_argument("--sensitivity", action="store_true")
     ap.add_argument("--calib", type=Path, help="calibration folder for --sensitivity")
     ap.add_argument("--sensitivity-steps", type=int, default=30)
@@ -156,18 +179,22 @@ def main() -> None:
     args = ap.parse_args()
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's per-call advice
     out: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if args.fp32 and args.int8:
-        fp32, int8 = read_bundle(args.fp32), read_bundle(args.int8)
+    fp32 = read_bundle(args.fp32) if args.fp32 else None
+    if fp32 is not None and args.int8:
+        int8 = read_bundle(args.int8)
         out["int8_manifest"] = {k: int8.manifest.get(k) for k in ("precision", "quantization", "verify")}
         if args.clip:
             out["agreement"] = agreement(fp32, int8, args.clip)
             print("agreement", out["agreement"], flush=True)
+        if args.interleaved:
+            out["interleaved"] = interleaved(fp32, int8, args.threads, args.interleaved)
+            print("interleaved", out["interleaved"], flush=True)
         if args.bench:
             out["bench"] = run_bench(fp32, int8, args.streams, args.threads, args.duration)
             print("bench", json.dumps(out["bench"], indent=1), flush=True)
-        if args.sensitivity:
-            calib = load_calibration(args.calib, fp32.config)
-            out["sensitivity"] = sensitivity(fp32, calib, args.clip, args.sensitivity_steps)
+    if fp32 is not None and args.sensitivity:
+        calib = load_calibration(args.calib, fp32.config)
+        out["sensitivity"] = sensitivity(fp32, calib, args.clip, args.sensitivity_steps)
     if args.demo_data:
         out["demo"] = demo_accuracy(args.demo_data, args.demo_clips)
         print("demo", json.dumps(out["demo"], indent=1, default=str), flush=True)

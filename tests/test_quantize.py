@@ -196,3 +196,25 @@ def test_bench_runs_fp32_and_int8_side_by_side(exported, tmp_path):
     (ratio,) = d["precision_ratios"]
     assert ratio["precision"] == "int8" and ratio["versus"] == "fp32" and ratio["p50_ratio"] > 0
     assert {t["backend"] for t in d["targets"]} == {"onnxruntime-cpu fp32", "onnxruntime-cpu int8"}
+
+
+def test_engine_build_uses_the_tensorrt_flavour(exported, tmp_path, monkeypatch):
+    """--format engine --precision int8 builds from <graph>.trt.onnx. TensorRT cannot be installed
+    here, so build_engine is replaced by a recorder (its own logic is tested in test_tensorrt)."""
+    from soundloc.export import engines
+    from soundloc.export.tensorrt import EngineInfo
+
+    root = tmp_path / "int8"
+    shutil.copytree(exported[0].root, root)
+    seen = []
+
+    def fake_build(source, engine, *, precision, **kw):
+        seen.append((source.name, precision))
+        engine.write_bytes(b"engine")
+        return EngineInfo("10.3.0", "fake GPU", "8.7", precision, True, 0.1, {}, None, "0" * 64, 6)
+
+    monkeypatch.setattr(engines, "build_engine", fake_build)
+    bundle = engines.build_engines(read_bundle(root), precision="int8", max_batch=4, workspace_gib=1.0,
+                                   timing_cache=None, dla_core=None)
+    assert seen == [("step.trt.onnx", "int8"), ("video.trt.onnx", "int8"), ("audio.trt.onnx", "int8")]
+    assert bundle.manifest["tensorrt"]["precision"] == "int8" and bundle.path("step", "engine").is_file()
