@@ -112,6 +112,7 @@ def test_manifest_records_precision_calibration_and_verify(exported):
     assert cal["count"] == 3 and len(cal["clips"]) == 3 and cal["steps"] == 3 * 20
     assert cal["skipped"] and cal["skipped"][0]["file"] == "zz_broken.mp4"
     assert "node_einsum" in m["quantization"]["float_nodes"]["step"]
+    assert set(m["quantization"]["seconds"]) == {"step", "video", "audio"}
     assert m["verify"]["clip"] == held_out.name and m["verify"]["steps"] == 20
     assert figures["verify"] == m["verify"] and figures["export"]["precision"] == "int8"
     assert {"onnx", "onnx_trt"} == set(m["graphs"]["step"]["files"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,10 +184,13 @@ def quantize_export(fp32: Bundle, out_dir: str | Path, calib: CalibrationSet, *,
         stage.mkdir()
         manifest = json.loads(json.dumps(fp32.manifest))  # a deep copy
         manifest.update(precision="int8", quantization={"calibration": calib.record(),
-                                                        "flavours": _flavour_notes(), "float_nodes": {}})
+                                                        "flavours": _flavour_notes(), "float_nodes": {},
+                                                        "seconds": {}})
         for name in fp32.manifest["graphs"]:
             progress(f"quantizing the {name} graph (calibrating on {len(calib.clips)} clips)")
+            t0 = time.perf_counter()
             files, keep = quantize_graph(fp32.path(name), scratch, _feeds(fp32, name, calib), exclude)
+            manifest["quantization"]["seconds"][name] = round(time.perf_counter() - t0, 2)
             manifest["quantization"]["float_nodes"][name] = keep
             manifest["graphs"][name]["files"] = _stage(files, stage, name, manifest)
         write_manifest(stage, manifest)
