@@ -44,6 +44,8 @@ PLANS = {
     ("11.4.0", "fp32", True): ExportError,
     ("11.4.0", "fp16", False): ExportError,
     ("11.4.0", "fp16", True): (True, False, False),
+    ("10.3.0", "int8", False): (True, True, False),  # a QDQ graph: explicit quantization, typed
+    ("11.4.0", "int8", False): (True, False, False),
 }
 
 
@@ -73,7 +75,7 @@ def test_plan_build_messages_say_what_to_do():
 
 def test_plan_build_options():
     with pytest.raises(ValueError, match="precision"):
-        plan_build("10.3.0", "int8", False)
+        plan_build("10.3.0", "int4", False)
     with pytest.raises(ValueError, match="dla_core"):
         plan_build("10.3.0", "fp16", False, dla_core=-1)
     with pytest.raises(ExportError, match="DLA runs FP16"):

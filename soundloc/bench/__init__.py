@@ -46,6 +46,7 @@ from .references import (
 )
 from .report import (
                      notes_lines,
+                     precision_ratios,
                      report_dict,
                      report_table,
                      summary_lines,
@@ -107,6 +108,7 @@ __all__ = [
                      "notes_lines",
                      "onnx_macs",
                      "percentile",
+                     "precision_ratios",
                      "report_dict",
                      "report_table",
                      "resolve_target",

@@ -23,6 +23,7 @@ class Target:
     export: Path | None
     checkpoint: Path | None
     config: Config
+    precision: str = "fp32"  # of the export's graphs (fp32, fp16, int8)
 
 
 def resolve_target(target: Path) -> Target:
@@ -33,7 +34,8 @@ def resolve_target(target: Path) -> Target:
     if target.is_dir():
         from ..runtime.bundle import read_bundle
 
-        return Target(target, None, read_bundle(target).config)
+        bundle = read_bundle(target)
+        return Target(target, None, bundle.config, bundle.precision)
     if target.is_file():
         from ..model.checkpoint import read_checkpoint
 

@@ -28,10 +28,12 @@ def _throughput(stats: Stats) -> dict[str, float]:
 
 def _backend_dict(report: BenchReport, r: BackendResult) -> dict[str, Any]:
     if not r.available:
-        return {"backend": r.backend, "available": False, "reason": r.reason}
+        return {"backend": r.backend, "available": False, "reason": r.reason,
+                **({"precision": r.precision} if r.precision else {})}
     util = utilisation(report, r)
     streams = None if r.streams is None else {**r.streams, "call": r.streams["call"].as_dict()}
-    return {"backend": r.backend, "available": True, "name": r.name, "step": r.step.as_dict(),
+    return {"backend": r.backend, **({"precision": r.precision} if r.precision else {}),
+            "available": True, "name": r.name, "step": r.step.as_dict(),
             "throughput": _throughput(r.step), "streams": streams,
             "floor_per_frame": r.floor.as_dict() if r.floor else None, "matmul_peak": r.peak,
             "flop_utilisation": None if util is None else round(util, 4), "errors": r.errors}
@@ -52,6 +54,7 @@ def report_dict(report: BenchReport) -> dict[str, Any]:
         "stages_backend": report.stages_backend,
         "stages": {k: v.as_dict() for k, v in report.stages.items()},
         "backends": [_backend_dict(report, r) for r in report.backends],
+        "precision_ratios": precision_ratios(report),
         "references": {"window_recompute": {
             "what": "PyTorch eager, offline model on the last 30 frames at every step",
             "step": report.recompute.as_dict() if report.recompute else None,
@@ -80,15 +83,34 @@ def report_table(report: BenchReport):
         table.add_row(*_row(stage if stage != "pipeline" else "all but decode", s, rate=stage == "pipeline"))
     for r in report.backends:
         if not r.available:
-            table.add_row(r.backend, "unavailable", *[""] * 7)
+            table.add_row(r.label, "unavailable", *[""] * 7)
             continue
-        table.add_row(*_row(f"{r.backend} step", r.step, rate=True), end_section=False)
+        table.add_row(*_row(f"{r.label} step", r.step, rate=True), end_section=False)
         if r.streams:
-            table.add_row(*_row(f"{r.backend} {r.streams['batch']} streams", r.streams["call"], rate=True))
+            table.add_row(*_row(f"{r.label} {r.streams['batch']} streams", r.streams["call"], rate=True))
         if r.floor:
-            table.add_row(*_row(f"{r.backend} offline/frame", r.floor, rate=True))
+            table.add_row(*_row(f"{r.label} offline/frame", r.floor, rate=True))
     table.add_row(*_row("window recompute (torch)", report.recompute, rate=True))
     return table
+
+
+def precision_ratios(report: BenchReport) -> list[dict[str, Any]]:
+    """Side-by-side exports: each one's step p50 (batch 1 and batched) over the first export's on
+    the same backend, measured in the same run (so a shared machine's load hits both alike)."""
+    first: dict[str, BackendResult] = {}
+    out = []
+    for r in report.backends:
+        if not (r.available and r.precision):
+            continue
+        base = first.setdefault(r.backend, r)
+        if base is r:
+            continue
+        ratio = {"backend": r.backend, "precision": r.precision, "versus": base.precision,
+                 "p50_ratio": round(r.step.median / base.step.median, 3)}
+        if r.streams and base.streams:
+            ratio["batched_p50_ratio"] = round(r.streams["call"].median / base.streams["call"].median, 3)
+        out.append(ratio)
+    return out
 
 
 def notes_lines(report: BenchReport) -> list[str]:
@@ -98,16 +120,18 @@ def notes_lines(report: BenchReport) -> list[str]:
                  f"{report.clip['height']} H.264+AAC through StepSource ({report.clip['path']})")
     for r in report.backends:
         if not r.available:
-            lines.append(f"{r.backend}: unavailable: {r.reason}")
+            lines.append(f"{r.label}: unavailable: {r.reason}")
             continue
         tp, util = _throughput(r.step), utilisation(report, r)
-        text = f"{r.backend} = {r.name}: {tp['realtime_streams']:.1f} real-time 10 fps streams at batch 1"
+        text = f"{r.label} = {r.name}: {tp['realtime_streams']:.1f} real-time 10 fps streams at batch 1"
         if r.streams:
             text += f", {r.streams['streams_per_device']:.1f} at batch {r.streams['batch']}"
         if util is not None:
             text += f"; {100 * util:.1f}% of {r.peak['gflops']:.0f} GFLOP/s ({r.peak['probe']})"
         lines.append(text)
-        lines += [f"{r.backend}: {key} not measured: {why}" for key, why in r.errors.items()]
+        lines += [f"{r.label}: {key} not measured: {why}" for key, why in r.errors.items()]
+    lines += [f"{x['backend']}: {x['precision']} step p50 = {x['p50_ratio']:.2f}x the {x['versus']} step p50 (same run)"
+              for x in precision_ratios(report)]
     if report.recompute is None:
         lines.append(f"window recompute reference not measured: {report.recompute_reason}")
     return lines

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,12 @@ class BackendResult:
     floor: Stats | None = None  # offline graphs, ms per frame
     peak: dict[str, Any] | None = None
     errors: dict[str, str] = field(default_factory=dict)
+    precision: str | None = None  # set when several exports (e.g. fp32 and int8) run side by side
+
+    @property
+    def label(self) -> str:
+        """The backend, and the export's precision when several exports ran."""
+        return f"{self.backend} {self.precision}" if self.precision else self.backend
 
 
 @dataclass(frozen=True)
@@ -115,7 +121,7 @@ def bench_backend(tgt: Target, backend: str, *, streams: int, plan: Plan, thread
     except Exception as e:  # any load failure is a row of the table, not a crash
         return BackendResult(backend, False, reason=_one_line(e)), None
     name = model.name
-    progress(f"{backend}: model step, batch 1 ({name})")
+    progress(f"{backend} ({tgt.precision}): model step, batch 1 ({name})")
     step = time_step(model, 1, plan).stats()
     errors: dict[str, str] = {}
     batched = floor = peak = None
@@ -146,18 +152,20 @@ def checks_for(results: Sequence[BackendResult], recompute: Stats | None) -> tup
         if r.step is None:
             continue
         p50 = r.step.median
-        out.append(Check("p50 step latency", r.backend, p50, TARGET_STEP_MS, "<=", "ms"))
-        out.append(Check("speed-up vs window recompute", r.backend,
+        out.append(Check("p50 step latency", r.label, p50, TARGET_STEP_MS, "<=", "ms"))
+        out.append(Check("speed-up vs window recompute", r.label,
                          recompute.median / p50 if recompute else None, TARGET_SPEEDUP, ">=", "x"))
-        out.append(Check("step / offline per-frame floor", r.backend,
+        out.append(Check("step / offline per-frame floor", r.label,
                          p50 / r.floor.median if r.floor else None, TARGET_FLOOR_RATIO, "<=", "x"))
     return tuple(out)
 
 
-def run_bench(target: str | Path, *, backends: Sequence[str] = ("auto",), streams: int = 1, plan: Plan = Plan(),
+def run_bench(target: str | Path | Sequence[str | Path], *, backends: Sequence[str] = ("auto",), streams: int = 1, plan: Plan = Plan(),
               threads: int | None = None, clip: Path | None = None, references: bool = True,
               progress: Callable[[str], None] = lambda s: None) -> BenchReport:
-    """Every figure of ``soundloc bench`` for ``target`` (export directory or checkpoint)."""
+    """Every figure of ``soundloc bench`` for ``target`` (export directory or checkpoint), or for
+    several exports of one model (e.g. fp32 and int8) side by side: every backend runs on each,
+    the first gives the stages and the references."""
     if streams < 1:
         raise ValueError(f"streams must be >= 1, not {streams}")
     if threads is not None and threads < 1:
@@ -166,14 +174,16 @@ def run_bench(target: str | Path, *, backends: Sequence[str] = ("auto",), stream
         if b not in BACKEND_CHOICES:
             raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, not {b!r}")
     with tempfile.TemporaryDirectory(prefix="soundloc-bench-") as tmp, Tegrastats() as tegra:
-        parts = _collect(Path(target), list(backends), streams, plan, threads, clip, references, Path(tmp), progress)
+        targets = [Path(t) for t in target] if isinstance(target, (list, tuple)) else [Path(target)]
+        parts = _collect(targets, list(backends), streams, plan, threads, clip, references, Path(tmp), progress)
     parts["system"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return BenchReport(**parts, tegrastats=tuple(tegra.lines))
 
 
-def _collect(target: Path, backends: list[str], streams: int, plan: Plan, threads: int | None, clip: Path | None,
-             references: bool, scratch: Path, progress: Callable[[str], None]) -> dict[str, Any]:
-    tgt = resolve_target(target)
+def _collect(targets: list[Path], backends: list[str], streams: int, plan: Plan, threads: int | None,
+             clip: Path | None, references: bool, scratch: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+    tgts = [resolve_target(t) for t in targets]
+    tgt = tgts[0]
     weights = random_weights_note(read_bundle(tgt.export).manifest) if tgt.export is not None else None
     if weights:
         progress(weights)
@@ -182,9 +192,10 @@ def _collect(target: Path, backends: list[str], streams: int, plan: Plan, thread
     progress(f"decode: {clip_path.name} through StepSource")
     decode, inputs = time_decode(clip_path, plan)
     stages, stages_backend, results = {"decode": decode.stats("decode")}, None, []
-    for b in backends:
-        res, model = bench_backend(tgt, b, streams=streams, plan=plan, threads=threads, scratch=scratch,
+    for one, b in [(t, b) for t in tgts for b in backends]:
+        res, model = bench_backend(one, b, streams=streams, plan=plan, threads=threads, scratch=scratch,
                                    references=references, progress=progress)
+        res = replace(res, precision=one.precision) if len(tgts) > 1 else res
         if model is not None and stages_backend is None:
             progress(f"pipeline stages on {res.name}")
             pipe = time_pipeline(model, inputs, plan)
@@ -203,7 +214,7 @@ def _collect(target: Path, backends: list[str], streams: int, plan: Plan, thread
             why = _one_line(e)
     cost = _measure({}, "cost", lambda: model_macs(tgt)) or {"macs_per_step": None, "source": None}
     first = inputs[0].frame.shape if inputs else (0, 0)
-    return dict(target=str(target), config=tgt.config.to_dict() | {"class_names": len(tgt.config.class_names)},
+    return dict(target=", ".join(str(t) for t in targets), config=tgt.config.to_dict() | {"class_names": len(tgt.config.class_names)},
                 plan=plan, threads=threads, system=system, cost=cost,
                 clip={"path": str(clip) if clip else "generated", "height": first[0], "width": first[1]},
                 stages_backend=stages_backend, stages=stages, backends=tuple(results),

@@ -23,7 +23,7 @@ def parse_compare(compare: str) -> list[str]:
 
 @app.command("bench")
 def bench(
-    target: Path = typer.Argument(..., help="Export directory, or a .pt checkpoint (torch backend only)."),
+    target: list[Path] = typer.Argument(..., help="Export directory (several: e.g. fp32 and int8 exports side by side), or a .pt checkpoint (torch backend only)."),
     backend: str = typer.Option("auto", help="auto, torch, onnxruntime-cpu/-cuda/-tensorrt, tensorrt."),
     compare: Optional[str] = typer.Option(None, help="Backends to run one after another, e.g. torch,onnxruntime-cpu (or 'all')."),
     streams: int = typer.Option(1, help="Also time N streams batched through one step call."),

@@ -15,7 +15,8 @@ def export(
     ckpt: Optional[Path] = typer.Argument(None, help="soundloc checkpoint (.pt) to export (or --preset)."),
     out: Path = typer.Option(..., "--out", "-o", help="Export directory to write."),
     format: str = typer.Option("onnx", "--format", "-f", help="onnx, or engine (ONNX + TensorRT engines)."),
-    precision: str = typer.Option("fp32", help="fp32, or fp16 (fp16 weights and compute, fp32 I/O)."),
+    precision: str = typer.Option("fp32", help="fp32, fp16 (fp16 weights and compute, fp32 I/O), or int8 (needs --calib)."),
+    calib: Optional[Path] = typer.Option(None, help="int8: folder of videos (or a dataset dir) to calibrate on."),
     preset: Optional[str] = typer.Option(None, help="No checkpoint: this architecture (paper, small, tiny) with "
                                          "RANDOM weights, to benchmark before training."),
     seed: int = typer.Option(0, help="Seed of the random weights (--preset)."),
@@ -24,8 +25,8 @@ def export(
     workspace_gib: float = typer.Option(2.0, help="TensorRT builder workspace limit, GiB."),
     timing_cache: Optional[Path] = typer.Option(None, help="TensorRT timing cache file, reused across builds."),
     dla_core: Optional[int] = typer.Option(None, help="Jetson: build for this DLA core (static batch, GPU for what the DLA lacks)."),
-    verify: bool = typer.Option(False, "--verify", help="Compare onnxruntime with PyTorch; exit 1 above tolerance."),
-    clip: Optional[Path] = typer.Option(None, help="Video to verify on (default: a generated 100-step clip)."),
+    verify: bool = typer.Option(False, "--verify", help="Compare onnxruntime with PyTorch (int8: with the fp32 export); exit 1 above tolerance."),
+    clip: Optional[Path] = typer.Option(None, help="Video to verify on (default: a generated 100-step clip; int8: the first calibration clip)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write export and verify figures here."),
 ) -> None:
     """Export the step graph (exact streaming) and the offline video/audio graphs."""
@@ -41,7 +42,8 @@ def export(
     try:
         bundle = export_checkpoint(ckpt, out, format=format, precision=precision, max_batch=max_batch,
                                    workspace_gib=workspace_gib, timing_cache=timing_cache, dla_core=dla_core,
-                                   preset=preset, seed=seed, progress=console.print)
+                                   preset=preset, seed=seed, calib=calib,
+                                   verify_clip=(clip or True) if verify else False, progress=console.print)
     except ValueError as e:
         raise fail(str(e))
     from ..runtime.bundle import random_weights_note
@@ -55,7 +57,9 @@ def export(
     figures = {"export": {"dir": str(out), "precision": precision, "format": format,
                           "seconds": bundle.manifest["export_seconds"],
                           "bytes": {r["file"]: r["bytes"] for r in files}, "weights": note or "checkpoint"}}
-    if verify:
+    if verify and precision == "int8":
+        figures["verify"] = _print_int8(bundle.manifest["verify"], console)
+    elif verify:
         figures["verify"] = _verify(bundle, ckpt, preset, seed, clip, console)
     if json_out:
         from ..fileio import write_json
@@ -89,3 +93,18 @@ def _verify(bundle, ckpt: Optional[Path], preset: Optional[str], seed: int, clip
     for f in report.failures:
         console.print(f"[red]FAIL[/red] {f}")
     return report.as_dict()
+
+
+def _print_int8(report: dict, console) -> dict:
+    """The int8 export's comparison with the fp32 export (recorded in its soundloc.json)."""
+    console.print(f"verify (int8 vs the fp32 export, {report['clip']}, {report['steps']} steps):")
+    for key in ("stream", "offline", "stream_vs_offline_int8"):
+        f = report[key]
+        console.print(f"  {key:>22}: peak cell same on {f['peak_agreement']:.1%} of steps, binarised-map cIoU "
+                      f"median {f['ciou_median']:.3f} (min {f['ciou_min']:.3f})")
+    m = report["moments"]
+    console.print(f"  alpha max error {report['alpha_max_rel_error']:.2%} of max |alpha|; S_av {m['score_max_rel_error']:.2%}; "
+                  f"top-1 moment {'same' if m['top1_same'] else 'differs'}")
+    for f in report["failures"]:
+        console.print(f"[red]FAIL[/red] {f}")
+    return report

@@ -28,7 +28,8 @@ def build_engines(bundle: Bundle, *, precision: str, max_batch: int, workspace_g
     for name in ("step", "video", "audio"):
         engine = bundle.root / f"{name}.engine"
         console.print(f"building TensorRT engine for the {name} graph ({precision}) ...")
-        info = build_engine(bundle.path(name, "onnx"), engine, precision=precision, workspace_gib=workspace_gib,
+        source = bundle.path(name, "onnx_trt" if precision == "int8" else "onnx")  # int8: the TensorRT flavour
+        info = build_engine(source, engine, precision=precision, workspace_gib=workspace_gib,
                             timing_cache=cache, batch=batch, fixed_dims=fixed[name],
                             dla_core=dla_core, device=device)
         console.print(f"  {engine.name}: {info.engine_bytes / 1e6:.1f} MB in {info.build_seconds:.1f} s")

@@ -211,6 +211,7 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
                       precision: str = "fp32", opset: int = OPSET, max_batch: int | None = None,
                       workspace_gib: float = 2.0, timing_cache: str | Path | None = None,
                       dla_core: int | None = None, preset: str | None = None, seed: int = 0,
+                      calib: str | Path | None = None, verify_clip: str | Path | bool = False,
                       progress: Callable[[str], None] | None = None) -> Bundle:
     """`soundloc export`: ONNX graphs, and for ``format='engine'`` TensorRT engines beside them.
 
@@ -219,7 +220,15 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
     the manifest says so (``checkpoint.random_weights``) and every report repeats it.
     ``max_batch``: the engine profile's max, default 16; with ``dla_core`` the static batch
     (default 1), as the DLA runs static shapes only.
+    ``precision='int8'`` quantizes the fp32 graphs on the clips of the folder ``calib``
+    (``soundloc.export.quantize``); ``verify_clip`` (a video, or True for the first calibration
+    clip) then compares the int8 export with the fp32 one and records it in the manifest.
     """
+    if precision == "int8":
+        if calib is None:
+            raise ValueError("--precision int8 needs --calib: a folder of videos to calibrate on")
+    elif calib is not None:
+        raise ValueError("--calib applies to --precision int8 only")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
     max_batch = (1 if dla_core is not None else 16) if max_batch is None else max_batch
@@ -238,8 +247,14 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
     else:
         model, data = load_checkpoint(ckpt)
         record, gate = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}, data.get("gate")
-    bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
-                          gate=gate, progress=progress)
+    if precision == "int8":
+        from .quantize import export_int8
+
+        bundle = export_int8(model, out_dir, calib, opset=opset, checkpoint=record, gate=gate,
+                             verify_clip=verify_clip, progress=progress or (lambda s: None))
+    else:
+        bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
+                              gate=gate, progress=progress)
     if format == "engine":
         from .engines import build_engines
 

@@ -49,7 +49,7 @@ from soundloc.runtime.tensorrt_backend import (
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")  # int8: from a QDQ graph (explicit quantization)
 ProgressCallback = Callable[[str, int, int], None]  # (phase name, steps done, steps in phase)
 Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]  # name -> min/opt/max
 
@@ -90,8 +90,8 @@ def plan_build(trt_version: str, precision: str, onnx_is_fp16: bool,
     if precision == "fp32" and onnx_is_fp16:
         raise ExportError("asked for an fp32 engine from an fp16 ONNX graph: build from the fp32 "
                           "graph, or ask for --precision fp16")
-    if dla_core is not None and precision != "fp16":
-        raise ExportError("DLA runs FP16/INT8 layers only: use --precision fp16 with a DLA core")
+    if dla_core is not None and precision == "fp32":
+        raise ExportError("DLA runs FP16/INT8 layers only: use --precision fp16 or int8 with a DLA core")
     if dla_core is not None and not dla_supported(trt_version):
         raise ExportError(f"TensorRT {trt_version} has no DLA support on Jetson (10.7 was the last 10.x with "
                           "DLA; 11.0-11.4.0 have none; 11.4.1 brings it back with JetPack 7.2.2): build with "

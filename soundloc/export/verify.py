@@ -11,6 +11,7 @@ fp32 at the row's cIoU.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,17 +77,23 @@ def offline_onnx(bundle: Bundle, video: np.ndarray, mel: np.ndarray) -> dict[str
     return out
 
 
+def stream_inputs(video: np.ndarray, mel: np.ndarray, lookahead: int) -> Iterator[tuple[np.ndarray, ...]]:
+    """A clip's step inputs as a live stream gives them: each frame with its 10 mel frames and
+    valid=1, then ``lookahead`` zero frames with valid=0 that flush the end."""
+    for n in range(video.shape[2] + lookahead):
+        if n < video.shape[2]:
+            yield video[:, :, n], mel[:, 0, 10 * n:10 * n + 10], np.ones(1, np.float32)
+        else:
+            yield np.zeros_like(video[:, :, 0]), np.zeros_like(mel[:, 0, :10]), np.zeros(1, np.float32)
+
+
 def stream_onnx(bundle: Bundle, video: np.ndarray, mel: np.ndarray) -> dict[str, np.ndarray]:
     """Feed the clip to the step graph one frame at a time, then flush; collect valid steps."""
     model = StepModel.from_export(bundle, backend="onnxruntime-cpu")
-    T = video.shape[2]
     state = model.new_state(1)
     alphas, scores = [], []
-    for n in range(T + model.lookahead):
-        real = n < T
-        frame = video[:, :, n] if real else np.zeros_like(video[:, :, 0])
-        m = mel[:, 0, 10 * n:10 * n + 10] if real else np.zeros_like(mel[:, 0, :10])
-        out, state = model.step(frame, m, np.array([float(real)]), state)
+    for frame, m, valid in stream_inputs(video, mel, model.lookahead):
+        out, state = model.step(frame, m, valid, state)
         if out.valid[0]:
             alphas.append(out.alpha[0])
             scores.append(out.score[0])
@@ -102,8 +109,7 @@ def _max_err(a: np.ndarray, b: np.ndarray) -> float:
 
 def map_agreement(maps: np.ndarray, reference: np.ndarray) -> float:
     """Min over steps of the cIoU between binarised maps (reference taken as ground truth)."""
-    cious = [metrics.ciou(metrics.prediction(m)[1], metrics.prediction(r)[1]) for m, r in zip(maps, reference)]
-    return float(min(cious))
+    return map_figures(maps, reference)["ciou_min"]
 
 
 def verify(bundle: Bundle, model: AVClassifier, clip: tuple[np.ndarray, np.ndarray] | None = None,
@@ -141,3 +147,40 @@ def verify(bundle: Bundle, model: AVClassifier, clip: tuple[np.ndarray, np.ndarr
 def _over(what: str, err: float, report: VerifyReport, key: str) -> str:
     return (f"{what}: {err:.2e} > {report.allowed[key]:.2e} ({report.allowed[key] / max(report.scale[key], 1.0):.0e} "
             f"of the values' scale {report.scale[key]:.2e})")
+
+
+def map_figures(maps: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """How maps (T, h, w) agree with reference maps step by step: the fraction of steps whose
+    peak cell is the same, and the median and min cIoU of the binarised maps."""
+    peaks = [np.argmax(m) == np.argmax(r) for m, r in zip(maps, reference)]
+    cious = [metrics.ciou(metrics.prediction(m)[1], metrics.prediction(r)[1]) for m, r in zip(maps, reference)]
+    return {"peak_agreement": float(np.mean(peaks)), "ciou_median": float(np.median(cious)),
+            "ciou_min": float(np.min(cious))}
+
+
+def compare_int8(bundle: Bundle, reference: Bundle, video: np.ndarray, mel: np.ndarray) -> dict:
+    """An int8 export against the fp32 export it came from, on one clip: maps and moments of
+    the streaming step (what a user sees), of the offline graphs, and streaming vs offline int8.
+    ``failures`` names each ``config.INT8_MIN_*`` target the streaming maps miss."""
+    from ..config import INT8_MIN_CIOU_MEDIAN, INT8_MIN_PEAK_AGREEMENT
+    from ..localize import top_k_moments
+
+    s8, s32 = stream_onnx(bundle, video, mel), stream_onnx(reference, video, mel)
+    o8, o32 = offline_onnx(bundle, video, mel), offline_onnx(reference, video, mel)
+    k = min(3, video.shape[2])
+    top8, top32 = top_k_moments(s8["score"][0], k), top_k_moments(s32["score"][0], k)
+    out = {"steps": int(video.shape[2]),
+           "stream": map_figures(s8["alpha"][0], s32["alpha"][0]),
+           "offline": map_figures(o8["alpha"][0], o32["alpha"][0]),
+           "stream_vs_offline_int8": map_figures(s8["alpha"][0], o8["alpha"][0]),
+           "alpha_max_rel_error": _max_err(s8["alpha"], s32["alpha"]) / float(np.abs(s32["alpha"]).max()),
+           "moments": {"score_max_rel_error": _max_err(s8["score"], s32["score"]) / float(np.abs(s32["score"]).max()),
+                       "top1_same": top8[0] == top32[0], f"top{k}_overlap": len(set(top8) & set(top32)) / k}}
+    failures = []
+    if not out["stream"]["peak_agreement"] >= INT8_MIN_PEAK_AGREEMENT:
+        failures.append(f"int8 map peak equals fp32's on {out['stream']['peak_agreement']:.1%} of steps "
+                        f"< {INT8_MIN_PEAK_AGREEMENT:.0%}")
+    if not out["stream"]["ciou_median"] >= INT8_MIN_CIOU_MEDIAN:
+        failures.append(f"int8 binarised maps agree with fp32 at median cIoU {out['stream']['ciou_median']:.3f} "
+                        f"< {INT8_MIN_CIOU_MEDIAN}")
+    return {**out, "ok": not failures, "failures": failures}

@@ -107,9 +107,9 @@ class StepModel:
         """Zero state for ``batch`` streams: equals the offline model's zero padding."""
         return [np.zeros((batch, *s["shape"]), np.float32) for s in self._states]
 
-    def step(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
-             state: list[np.ndarray]) -> tuple[StepOutput, list[np.ndarray]]:
-        """frames (B, 3, H, W) normalised, mels (B, 10, 80), valid (B,) -> outputs, new state."""
+    def feed(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+             state: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """The step graph's named inputs for ``step``'s arguments (also what calibration feeds)."""
         b = frames.shape[0]
         feed = {
             "frame": np.ascontiguousarray(frames, np.float32).reshape(b, 3, 1, *frames.shape[-2:]),
@@ -118,7 +118,13 @@ class StepModel:
         }
         for spec, value in zip(self._states, state):
             feed[spec["input"]] = value
-        out = self.backend.run(feed)
+        return feed
+
+    def step(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+             state: list[np.ndarray]) -> tuple[StepOutput, list[np.ndarray]]:
+        """frames (B, 3, H, W) normalised, mels (B, 10, 80), valid (B,) -> outputs, new state."""
+        b = frames.shape[0]
+        out = self.backend.run(self.feed(frames, mels, valid, state))
         new_state = [out[spec["output"]] for spec in self._states]
         result = StepOutput(alpha=out["alpha"], score=out["score"].reshape(b), zv=out["zv"], za=out["za"],
                             valid=out["valid_out"].reshape(b) > 0.5)
