@@ -41,7 +41,7 @@ def bench(
     from .. import bench as lib
     from ..fileio import write_json
 
-    check_paths([json_out], [target, clip])
+    check_paths([json_out], [*target, clip])
     check_range("--threads", threads, 1)
     console = Console(width=max(Console().width, 120))
     err = Console(stderr=True)
