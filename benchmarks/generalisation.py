@@ -79,6 +79,23 @@ def evaluate_run(ckpt: Path, data: Path, gt, tracks: dict, intervals: dict) -> d
     return out
 
 
+def markdown(result: dict) -> str:
+    """The result as a Markdown table (one row per run and map kind; * = the kind it exports)."""
+    c = result["center"]
+    lines = ["| run | head | map | pointing (map / shuffled / centre) | sounding > silent (map / shuffled / centre) "
+             "| AUC (map / shuffled / centre) | mean cIoU | AP50 | map change | top-1 moment active |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in result["runs"].items():
+        for kind, m in r["maps"].items():
+            a, b = m["map"], m["shuffled"]
+            lines.append(f"| {name} | {r['config']['head']} | {kind}{' *' if m['deployed'] else ''} "
+                         f"| {a['pointing']:.2f} / {b['pointing']:.2f} / {c['pointing']:.2f} "
+                         f"| {a['sounding_beats_silent']:.2f} / {b['sounding_beats_silent']:.2f} / {c['sounding_beats_silent']:.2f} "
+                         f"| {a['auc']:.3f} / {b['auc']:.3f} / {c['auc']:.3f} | {a['mean_ciou']:.3f} | {a['ap50']:.2f} "
+                         f"| {m['audio_dependence']['map_change']:.3f} | {r['top1_moment_in_active_interval']:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="a `soundloc synth` folder (e.g. --profile shift)")
@@ -107,6 +124,7 @@ def main() -> None:
     c = result["center"]
     print(f"{'center':>12}          pointing {c['pointing']:.2f}  sounding>silent {c['sounding_beats_silent']:.2f}  AUC {c['auc']:.3f}")
     result["seconds"] = round(time.time() - t0, 1)
+    print(markdown(result))
     if args.json:
         write_json(result, args.json)
 
