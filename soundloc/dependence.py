@@ -16,6 +16,11 @@ The statistic, per clip, then the median over clips (robust to a few silent or o
 - ``peak_moved``: the share of clips whose peak cell moves, and ``peak_distance``, the median
   distance it moves in map widths: the pointing game and the pseudo box read the peak.
 
+Where in the clip: the 3 s window centred on the clip's top-1 informative moment (highest
+S_av, ``check_steps``), not the middle frame VGG-SS annotates: the middle may be silent (a gap,
+or padding of a clip shorter than ``config.clip_seconds``), and a silent step's map cannot
+depend on a sound that is not there. The other clip's audio is taken at the same steps.
+
 ``flagged`` when the median ``map_change`` is below ``config.MIN_AUDIO_DEPENDENCE``. numpy only.
 """
 
@@ -52,6 +57,11 @@ class AudioDependence:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "flagged": self.flagged}
+
+
+def check_steps(scores: np.ndarray) -> list[int]:
+    """The step each clip is checked at: its top-1 informative moment, from S_av scores (B, T)."""
+    return [int(t) for t in np.argmax(np.atleast_2d(scores), axis=1)]
 
 
 def other_clips(labels: Sequence | None, n: int) -> list[int]:

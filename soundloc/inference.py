@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .data.annotations import safe_join
-from .dependence import AudioDependence, audio_dependence, other_clips
+from .dependence import AudioDependence, audio_dependence, check_steps, other_clips
 from .fileio import write_json
 from .localize import pseudo_box, step_maps, top_k_moments, window_bounds
 from .media import MediaError
@@ -120,11 +120,13 @@ def centred_map(alpha: np.ndarray, t: int, steps: int) -> np.ndarray:
 
 
 def clip_dependence(feats: list[ClipFeatures], steps: int, labels: Mapping[str, str] | None = None) -> AudioDependence:
-    """The audio-dependence check (``soundloc.dependence``) on clips' middle-frame maps, each
-    against its map with another clip's audio (of another class where ``labels`` say so)."""
+    """The audio-dependence check (``soundloc.dependence``) on clips' maps at their top-1
+    moment, each against its map with another clip's audio (of another class where ``labels``
+    say so)."""
     other = other_clips([labels.get(f.clip_id, "") for f in feats] if labels else None, len(feats))
-    own = [centred_map(f.alpha(), f.steps // 2, steps) for f in feats]
-    swapped = [centred_map(f.alpha(feats[j].za), f.steps // 2, steps) for f, j in zip(feats, other)]
+    at = [check_steps(f.scores())[0] for f in feats]
+    own = [centred_map(f.alpha(), t, steps) for f, t in zip(feats, at)]
+    swapped = [centred_map(f.alpha(feats[j].za), t, steps) for f, j, t in zip(feats, other, at)]
     return audio_dependence(own, swapped)
 
 

@@ -61,12 +61,12 @@ from .config import Config, ConfigError
 from .config import RECIPES
 from .config import preset as config_preset
 from .data.dataset import SkipReport, collate
-from .dependence import audio_dependence, other_clips
+from .dependence import audio_dependence, check_steps, other_clips
 from .distributed import (DistInfo, ShardSampler, dist_from_env, gather_list, gather_skips, init_distributed,
                           resolve_device)
 from .localize import window_bounds
 from .model.checkpoint import CheckpointError, load_checkpoint, load_video_weights, read_checkpoint, save_checkpoint
-from .model.classifier import MODALITIES, AVClassifier, Features, localization_maps, training_loss
+from .model.classifier import MODALITIES, AVClassifier, Features, localization_maps, moment_scores, training_loss
 
 MONITOR = "av"  # the head whose validation accuracy drives the plateau schedule and best.pt
 SCHEDULES = ("plateau", "cosine")
@@ -307,17 +307,21 @@ def train_epoch(state: TrainState, loader: DataLoader, on_batch: Callable[[int, 
 
 
 def map_pairs(feats: Features, labels: torch.Tensor, kind: str, window_steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(own-audio map, other-audio map) per clip of a batch, at the middle step with the
-    centred window, the other audio chosen by ``dependence.other_clips`` within the batch."""
+    """(own-audio map, other-audio map) per clip of a batch with the centred window at the
+    clip's top-1 informative moment (``dependence.check_step``), the other audio chosen by
+    ``dependence.other_clips`` within the batch."""
     if len(labels) < 2:
         return []
     other = other_clips(labels.tolist(), len(labels))
-    T = feats.V.shape[2]
-    lo, hi = window_bounds(T // 2, window_steps, T, "centered")
     V, za = feats.V.float(), feats.za.float()
-    own = localization_maps(V, za, kind)[:, lo:hi].mean(1)
-    swapped = localization_maps(V, za[other], kind)[:, lo:hi].mean(1)
-    return list(zip(own.cpu().numpy(), swapped.cpu().numpy()))
+    own = localization_maps(V, za, kind).cpu().numpy()
+    swapped = localization_maps(V, za[other], kind).cpu().numpy()
+    steps = check_steps(moment_scores(feats.zv.float(), za).cpu().numpy())
+    pairs = []
+    for b, t in enumerate(steps):
+        lo, hi = window_bounds(t, window_steps, own.shape[1], "centered")
+        pairs.append((own[b, lo:hi].mean(0), swapped[b, lo:hi].mean(0)))
+    return pairs
 
 
 @torch.no_grad()

@@ -61,3 +61,10 @@ def test_empty_and_mismatched_inputs():
     assert dep.clips == 0 and not dep.flagged
     with pytest.raises(ValueError, match="2 own-audio maps but 1"):
         audio_dependence([blob(1, 1)] * 2, [blob(1, 1)])
+
+
+def test_check_step_is_the_top_moment_not_a_silent_middle():
+    from soundloc.dependence import check_steps
+
+    scores = np.array([[0.0, 5.0, 1.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0, 4.0]])  # middles (step 2) not loudest
+    assert check_steps(scores) == [1, 4] and check_steps(scores[0]) == [1]
