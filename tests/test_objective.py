@@ -127,6 +127,11 @@ def test_model_trained_with_the_objective_exports_and_verifies(tmp_path):
     model.eval()
     bundle = export_model(model, tmp_path / "export", precision="fp32")
     assert bundle.config.map_kind == "cosine"
+    import onnx
+
+    from soundloc.export.trt_ops import check_tensorrt_compat
+
+    assert check_tensorrt_compat(onnx.load(bundle.path("step"))) == []  # the normalisation too
     report = verify(bundle, model, steps=40)
     assert report.ok, report.failures
     assert report.offline_vs_torch["alpha"] <= 1e-4 and report.stream_vs_offline["alpha"] <= 1e-4
