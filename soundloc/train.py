@@ -248,7 +248,8 @@ class Totals:
         dist.all_reduce(t)
         v = t.tolist()
         m = len(keys)
-        return Totals(v[0], v[1], Counter(dict(zip(keys, v[2:2 + m]))), Counter(dict(zip(keys, v[2 + m:]))))
+        parts = Counter({k: x for k, x in zip(keys, v[2:2 + m]) if k in self.parts})  # no contrastive: no part
+        return Totals(v[0], v[1], parts, Counter(dict(zip(keys, v[2 + m:]))))
 
     def summary(self, heads: Iterable[str]) -> dict[str, Any]:
         n = max(self.n, 1.0)
