@@ -64,7 +64,8 @@ def contrastive_loss(V: torch.Tensor, za: torch.Tensor, labels: torch.Tensor, te
     ``pair_similarity / temperature``. Other clips of the same class are masked out of the
     negatives: with few classes, in-batch negatives often share the positive's class, and
     pushing them apart fights the classification losses (a plain in-batch version made maps
-    worse in the issue's runs). A clip with no negative contributes zero.
+    worse in the issue's runs). A clip with no negative contributes zero. Under DDP the
+    negatives are the other clips of the same process's batch.
     """
     logits = pair_similarity(V, za) / temperature
     same = labels[:, None] == labels[None, :]
