@@ -6,9 +6,9 @@
   rate divided by 10 when the validation accuracy of the audio-visual head has not improved for 3
   epochs (``ReduceLROnPlateau(mode="max")``; without a validation split, the training accuracy);
   ``best.pt`` is the epoch with the best such accuracy.
-- ``default``: the same SGD, the ``tied-fc`` head, cosine maps and the class-aware contrastive
-  term added to Eq. 3 (``model.classifier.training_loss``), and a cosine learning-rate decay over
-  the run's epochs. Why: validation accuracy saturates at 1.0 within 2-3 epochs on small data,
+- ``default``: the same SGD and loss (Eq. 3), the ``tied-fc`` head, cosine maps, and a cosine
+  learning-rate decay over the run's epochs (the class-aware contrastive term of
+  ``model.classifier.training_loss`` is one override away: ``contrastive_weight=1``). Why: validation accuracy saturates at 1.0 within 2-3 epochs on small data,
   after which the plateau rule divides the rate every 3 epochs while the maps still improve; a
   fixed schedule does not depend on a metric that has stopped moving. ``best.pt`` is the epoch
   with the lowest validation loss. The ablation behind it is in benchmarks/RESULTS.md (issue 10).
