@@ -4,9 +4,9 @@
     python benchmarks/train_demo.py --data data/synth500 --run runs/demo        # export only
 
 Synthesises the benchmark if --data is empty (500 clips of 10 s, seed 1, 10 classes), trains
-the `small` config with the `tied-fc` head (the variant that makes the map follow the audio on
-this data; see benchmarks/RESULTS.md) on 3 s crops, and exports the streaming step graph of
-the last epoch (fp32, ONNX) into the package's assets.
+the `small` config with a training recipe (default: `soundloc train`'s default, the one whose
+maps follow the sound; see benchmarks/RESULTS.md, issue 10) on 3 s crops, and exports the
+streaming step graph of the last epoch (fp32, ONNX) into the package's assets.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--run", type=Path, required=True)
     ap.add_argument("--train", action="store_true", help="train first (else use RUN/last.pt)")
-    ap.add_argument("--head", default="tied-fc")
+    ap.add_argument("--recipe", default="default", help="default or paper (soundloc.config.RECIPES)")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--out", type=Path, default=ASSETS)
     args = ap.parse_args()
@@ -37,7 +37,7 @@ def main() -> None:
     if args.train:
         from soundloc.train import train
 
-        train(args.data, args.run, preset="small", overrides={"head": args.head}, epochs=args.epochs,
+        train(args.data, args.run, preset="small", recipe=args.recipe, epochs=args.epochs,
               batch_size=16, workers=1, crop_seconds=3.0, flip=True)
     ckpt = args.run / "last.pt"  # the full schedule (val accuracy saturates early, so best.pt is an early epoch)
     model, data = load_checkpoint(ckpt)

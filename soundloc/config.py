@@ -28,6 +28,25 @@ VIDEO_STD = (0.22803, 0.22145, 0.216989)
 # D -> C classifier applied to z^V, z^A and their mean, which puts both modalities' channels in
 # one class-evidence space, so that alpha = V . z^A compares like with like.
 HEADS = ("individual-fc", "shared-fc", "av-only", "tied-fc")
+# How alpha_t is formed from V_t and z^A_t: the paper's dot product, or the cosine (V L2-normalised
+# over channels at each location, z^A_t normalised), which removes the visual saliency carried by
+# |V| so that only the direction, shared with the audio, decides where the map is high.
+MAP_KINDS = ("dot", "cosine")
+NORM_EPS = 1e-12  # floor of a norm before dividing (torch.nn.functional.normalize's default)
+
+# The audio-dependence check (soundloc.dependence): maps whose own-audio and other-audio versions
+# correlate above 1 - this (median over clips) do not follow the audio.
+MIN_AUDIO_DEPENDENCE = 0.1
+
+# Training recipes: Config fields and TrainOptions that `soundloc train --recipe NAME` starts from
+# (explicit --set and options still win). "paper" is §4.2 exactly: individual FCs, summed CE,
+# dot-product maps, plateau LR on validation accuracy. "default" is what the ablation in
+# benchmarks/RESULTS.md (issue 10) found makes the maps follow the sound.
+RECIPES: dict[str, tuple[dict, dict]] = {
+    "paper": ({"head": "individual-fc", "map_kind": "dot", "contrastive_weight": 0.0}, {"schedule": "plateau"}),
+    # the class-aware contrastive term (contrastive_weight=1) did not beat cosine maps alone over two seeds
+    "default": ({"head": "tied-fc", "map_kind": "cosine", "contrastive_weight": 0.0}, {"schedule": "cosine"}),
+}
 FORMAT_VERSION = 1  # of checkpoints and export directories
 
 
@@ -41,6 +60,10 @@ class Config:
 
     ``width`` scales every channel count of both backbones (1.0 = the paper's MC3-18, 512-d
     embeddings); ``layers`` gives the number of residual blocks per stage for both backbones.
+    ``map_kind``: ``dot`` (the paper's alpha = V . z^A) or ``cosine`` (both normalised over
+    channels); the export computes the same map. ``contrastive_weight`` > 0 adds
+    ``soundloc.model.classifier.contrastive_loss`` to the classification losses (training only).
+    The defaults are the paper's, so checkpoints written before these fields load unchanged.
     ``causal`` pads the temporal convolutions on the past only: no lookahead when streaming,
     but a different model that must be trained as such.
     """
@@ -49,6 +72,9 @@ class Config:
     width: float = 1.0
     layers: tuple[int, int, int, int] = (2, 2, 2, 2)
     head: str = "individual-fc"
+    map_kind: str = "dot"
+    contrastive_weight: float = 0.0  # weight of the class-aware multiple-instance contrastive term
+    contrastive_temperature: float = 0.07
     causal: bool = False
     clip_seconds: float = 10.0
     window_seconds: float = 3.0
@@ -63,6 +89,11 @@ class Config:
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
+        if self.map_kind not in MAP_KINDS:
+            raise ConfigError(f"map_kind must be one of {', '.join(MAP_KINDS)}, not {self.map_kind!r}")
+        if self.contrastive_weight < 0 or self.contrastive_temperature <= 0:
+            raise ConfigError(f"need contrastive_weight >= 0 and contrastive_temperature > 0 "
+                              f"(got {self.contrastive_weight}, {self.contrastive_temperature})")
         if self.width <= 0 or len(self.layers) != 4 or min(self.layers) < 1:
             raise ConfigError(f"bad backbone shape: width={self.width}, layers={self.layers}")
         if (self.fps, self.sample_rate, self.hop_length, self.n_mels) != (FPS, SAMPLE_RATE, HOP_LENGTH, N_MELS):

@@ -100,10 +100,15 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
+def gather_list(items: list, info: DistInfo) -> list:
+    """All ranks' lists of picklable items, concatenated in rank order, on every rank."""
+    if not info.enabled:
+        return items
+    out: list[list] = [[] for _ in range(info.world_size)]
+    dist.all_gather_object(out, items)
+    return [s for part in out for s in part]
+
+
 def gather_skips(skipped: list, info: DistInfo) -> list[tuple[str, str]]:
     """All ranks' skipped (id, reason) pairs, on every rank."""
-    if not info.enabled:
-        return skipped
-    out: list[list] = [[] for _ in range(info.world_size)]
-    dist.all_gather_object(out, skipped)
-    return [tuple(s) for part in out for s in part]  # type: ignore[misc]
+    return [tuple(s) for s in gather_list(skipped, info)]  # type: ignore[misc]

@@ -10,7 +10,7 @@ box at the best moment, the map with another clip's audio -- is answered from th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +19,9 @@ import torch
 
 from .config import VIDEO_FOLDERS
 from .data.annotations import safe_join
+from .dependence import AudioDependence, audio_dependence, check_steps, other_clips
 from .fileio import write_json
-from .localize import pseudo_box, top_k_moments, window_bounds
+from .localize import pseudo_box, step_maps, top_k_moments, window_bounds
 from .media import MediaError
 from .model.checkpoint import load_checkpoint
 from .preprocess import file_inputs
@@ -36,6 +37,7 @@ class ClipFeatures:
     V: np.ndarray
     zv: np.ndarray
     za: np.ndarray
+    map_kind: str = "dot"
 
     @property
     def steps(self) -> int:
@@ -45,7 +47,7 @@ class ClipFeatures:
         """(T, h, w) per-step maps; ``za`` from another clip gives the shuffled-audio baseline."""
         za = self.za if za is None else za
         T = min(self.steps, len(za))
-        return np.einsum("dthw,td->thw", self.V[:, :T], za[:T])
+        return step_maps(self.V[:, :T], za[:T], self.map_kind)
 
     def scores(self) -> np.ndarray:
         return np.einsum("td,td->t", self.zv, self.za)
@@ -73,7 +75,7 @@ class Analyzer:
         with torch.inference_mode():
             f = self.model.features(torch.from_numpy(video).to(self.device), torch.from_numpy(mel).to(self.device))
         return ClipFeatures(clip_id or path.stem, f.V[0].float().cpu().numpy(), f.zv[0].float().cpu().numpy(),
-                            f.za[0].float().cpu().numpy())
+                            f.za[0].float().cpu().numpy(), self.config.map_kind)
 
     def classify(self, feats: ClipFeatures) -> str:
         """The audio-visual head's top class name (or index) for a clip."""
@@ -119,9 +121,22 @@ def centred_map(alpha: np.ndarray, t: int, steps: int) -> np.ndarray:
     return alpha[lo:hi].mean(axis=0)
 
 
+def clip_dependence(feats: list[ClipFeatures], steps: int, labels: Mapping[str, str] | None = None) -> AudioDependence:
+    """The audio-dependence check (``soundloc.dependence``) on clips' maps at their top-1
+    moment, each against its map with another clip's audio (of another class where ``labels``
+    say so)."""
+    other = other_clips([labels.get(f.clip_id, "") for f in feats] if labels else None, len(feats))
+    at = [check_steps(f.scores())[0] for f in feats]
+    own = [centred_map(f.alpha(), t, steps) for f, t in zip(feats, at)]
+    swapped = [centred_map(f.alpha(feats[j].za), t, steps) for f, j, t in zip(feats, other, at)]
+    return audio_dependence(own, swapped)
+
+
 def maps_from_checkpoint(ckpt: Path, videos: Path, ids: Iterable[str], baseline: str | None = None,
-                         progress: bool = True) -> tuple[dict[str, np.ndarray], Skipped]:
-    """Each clip's map at its middle frame (VGG-SS's annotated frame) with the 3 s centred window.
+                         progress: bool = True, labels: Mapping[str, str] | None = None
+                         ) -> tuple[dict[str, np.ndarray], Skipped, AudioDependence]:
+    """Each clip's map at its middle frame (VGG-SS's annotated frame) with the 3 s centred
+    window, and the audio-dependence check on the same clips (``labels``: class per id).
 
     ``baseline="shuffled"``: each clip's visual features with the *next* clip's audio, which
     tells whether the audio drives the map at all.
@@ -137,7 +152,7 @@ def maps_from_checkpoint(ckpt: Path, videos: Path, ids: Iterable[str], baseline:
     for k, f in enumerate(feats):
         za = feats[(k + 1) % len(feats)].za if baseline == "shuffled" and len(feats) > 1 else None
         maps[f.clip_id] = centred_map(f.alpha(za), f.steps // 2, steps)
-    return maps, skipped
+    return maps, skipped, clip_dependence(feats, steps, labels)
 
 
 def moments(ckpt: Path, folder: Path, k: int = 1, progress: bool = True) -> tuple[dict[str, list[int]], Skipped]:

@@ -1,9 +1,20 @@
-"""Training: the paper's recipe (§4.2) on one CPU, one GPU or many GPUs through ``torchrun``.
+"""Training on one CPU, one GPU or many GPUs through ``torchrun``, with one of two recipes
+(``config.RECIPES``, ``train(recipe=...)``):
 
-Recipe: SGD (lr 1e-2, momentum 0.9, weight decay 1e-4), the equally weighted sum of the heads'
-cross-entropies (Eq. 3), and the learning rate divided by 10 when the validation accuracy of the
-audio-visual head has not improved for 3 epochs (``ReduceLROnPlateau(mode="max")``). Without a
-validation split the plateau watches the training accuracy of the same head (said in the log).
+- ``paper`` (§4.2 exactly): SGD (lr 1e-2, momentum 0.9, weight decay 1e-4), individual FCs, the
+  equally weighted sum of the heads' cross-entropies (Eq. 3), dot-product maps, and the learning
+  rate divided by 10 when the validation accuracy of the audio-visual head has not improved for 3
+  epochs (``ReduceLROnPlateau(mode="max")``; without a validation split, the training accuracy);
+  ``best.pt`` is the epoch with the best such accuracy.
+- ``default``: the same SGD and loss (Eq. 3), the ``tied-fc`` head, cosine maps, and a cosine
+  learning-rate decay over the run's epochs (the class-aware contrastive term of
+  ``model.classifier.training_loss`` is one override away: ``contrastive_weight=1``). Why: validation accuracy saturates at 1.0 within 2-3 epochs on small data,
+  after which the plateau rule divides the rate every 3 epochs while the maps still improve; a
+  fixed schedule does not depend on a metric that has stopped moving. ``best.pt`` is the epoch
+  with the lowest validation loss. The ablation behind it is in benchmarks/RESULTS.md (issue 10).
+
+Every validation also runs the label-free audio-dependence check (``soundloc.dependence``) on
+the validation maps, logs it and warns when the maps do not follow the audio.
 
 Files in ``out_dir`` (only rank 0 writes):
 
@@ -46,15 +57,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .config import Config, ConfigError
-from .distributed import (DistInfo, ShardSampler, close_distributed, dist_from_env, gather_skips, init_distributed,
-                          resolve_device)
+from .config import RECIPES
 from .config import preset as config_preset
 from .data.dataset import SkipReport, collate
+from .dependence import audio_dependence, check_steps, other_clips
+from .distributed import (DistInfo, ShardSampler, close_distributed, dist_from_env, gather_list, gather_skips,
+                          init_distributed, resolve_device)
 from .fileio import atomic_write_bytes
+from .localize import window_bounds
 from .model.checkpoint import CheckpointError, load_checkpoint, load_video_weights, read_checkpoint, save_checkpoint
-from .model.classifier import MODALITIES, AVClassifier, classification_loss
+from .model.classifier import MODALITIES, AVClassifier, Features, localization_maps, moment_scores, training_loss
 
-MONITOR = "av"  # the head whose validation accuracy drives the LR schedule and best.pt
+MONITOR = "av"  # the head whose validation accuracy drives the plateau schedule and best.pt
+SCHEDULES = ("plateau", "cosine")
+LOSS_PARTS = (*MODALITIES, "contrastive")
 LOG_REASONS = 50  # skipped (id, reason) pairs kept per epoch in log.jsonl; the count is exact
 
 
@@ -85,8 +101,11 @@ class TrainOptions:
     progress: bool = True
     crop_seconds: float | None = None  # train on random windows of this length (whole clips validate)
     flip: bool = False  # random horizontal flips while training
+    schedule: str = "plateau"  # the paper's; the default recipe picks "cosine" (module docstring)
 
     def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise TrainError(f"schedule must be one of {', '.join(SCHEDULES)}, not {self.schedule!r}")
         if self.amp not in ("auto", "on", "off"):
             raise TrainError(f"amp must be auto, on or off, not {self.amp!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.workers < 0:
@@ -123,13 +142,14 @@ class TrainState:
     module: AVClassifier
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
     scaler: torch.amp.GradScaler
     device: torch.device
     amp: bool
     dist: DistInfo
+    schedule: str = "plateau"
     epoch: int = 0  # completed epochs
-    best_accuracy: float = -1.0
+    best_accuracy: float = -math.inf  # of the monitored value: accuracy, or minus the loss
     best_epoch: int = 0
 
 
@@ -144,7 +164,7 @@ def seed_everything(seed: int) -> None:
 
 def build_state(config: Config, options: TrainOptions, info: DistInfo, device: torch.device,
                 init_video: str | Path | None = None) -> TrainState:
-    """Model (optionally Kinetics-initialised video net), SGD, plateau schedule, grad scaler, DDP."""
+    """Model (optionally Kinetics-initialised video net), SGD, LR schedule, grad scaler, DDP."""
     amp = options.amp == "on" or (options.amp == "auto" and device.type == "cuda")
     if amp and device.type != "cuda":
         raise TrainError("mixed precision (--amp on) needs a CUDA device; use --amp auto or off on CPU")
@@ -162,10 +182,14 @@ def build_state(config: Config, options: TrainOptions, info: DistInfo, device: t
         model = nn.parallel.DistributedDataParallel(module, device_ids=ids)
     optimizer = torch.optim.SGD(module.parameters(), lr=options.lr, momentum=options.momentum,
                                 weight_decay=options.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=options.factor,
-                                                           patience=options.patience)
+    scheduler: Any
+    if options.schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=options.factor,
+                                                               patience=options.patience)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    return TrainState(module, model, optimizer, scheduler, scaler, device, amp, info)
+    return TrainState(module, model, optimizer, scheduler, scaler, device, amp, info, options.schedule)
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -218,31 +242,32 @@ class Totals:
     def reduce(self, info: DistInfo, device: torch.device) -> "Totals":
         if not info.enabled:
             return self
-        keys = list(MODALITIES)
+        keys = list(LOSS_PARTS)
         t = torch.tensor([self.n, self.loss, *(self.parts[k] for k in keys), *(self.correct[k] for k in keys)],
                          dtype=torch.float64, device=device)
         dist.all_reduce(t)
         v = t.tolist()
         m = len(keys)
-        return Totals(v[0], v[1], Counter(dict(zip(keys, v[2:2 + m]))), Counter(dict(zip(keys, v[2 + m:]))))
+        parts = Counter({k: x for k, x in zip(keys, v[2:2 + m]) if k in self.parts})  # no contrastive: no part
+        return Totals(v[0], v[1], parts, Counter(dict(zip(keys, v[2 + m:]))))
 
     def summary(self, heads: Iterable[str]) -> dict[str, Any]:
         n = max(self.n, 1.0)
         return {"clips": int(self.n), "loss": self.loss / n,
-                "loss_parts": {k: self.parts[k] / n for k in heads},
+                "loss_parts": {k: self.parts[k] / n for k in (*heads, "contrastive") if k in self.parts},
                 "accuracy": {k: self.correct[k] / n for k in heads}}
 
 
 def forward_backward(state: TrainState, batch: dict[str, Any]) -> tuple[float, dict[str, float], dict[str, int]]:
-    """Loss (Eq. 3) and its gradients for one batch, gradients all-reduced by DDP; no optimiser
+    """Loss (``training_loss``) and its gradients for one batch, all-reduced by DDP; no optimiser
     step (``optimizer_step``), so a test can compare gradients. Returns loss, parts, correct."""
     device = state.device
     video = batch["video"].to(device, non_blocking=True)
     mel = batch["mel"].to(device, non_blocking=True)
     labels = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
     with torch.autocast(device.type, dtype=torch.float16, enabled=state.amp):
-        logits = state.model(video, mel)
-        loss, parts = classification_loss(logits, labels)
+        logits, feats = state.model(video, mel, with_features=True)
+        loss, parts = training_loss(state.module.config, logits, feats, labels)
     state.scaler.scale(loss).backward()
     correct = {k: int((v.argmax(1) == labels).sum()) for k, v in logits.items()}
     return float(loss.detach()), parts, correct
@@ -282,12 +307,32 @@ def train_epoch(state: TrainState, loader: DataLoader, on_batch: Callable[[int, 
     return totals, skipped
 
 
+def map_pairs(feats: Features, labels: torch.Tensor, kind: str, window_steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(own-audio map, other-audio map) per clip of a batch with the centred window at the
+    clip's top-1 informative moment (``dependence.check_step``), the other audio chosen by
+    ``dependence.other_clips`` within the batch."""
+    if len(labels) < 2:
+        return []
+    other = other_clips(labels.tolist(), len(labels))
+    V, za = feats.V.float(), feats.za.float()
+    own = localization_maps(V, za, kind).cpu().numpy()
+    swapped = localization_maps(V, za[other], kind).cpu().numpy()
+    steps = check_steps(moment_scores(feats.zv.float(), za).cpu().numpy())
+    pairs = []
+    for b, t in enumerate(steps):
+        lo, hi = window_bounds(t, window_steps, own.shape[1], "centered")
+        pairs.append((own[b, lo:hi].mean(0), swapped[b, lo:hi].mean(0)))
+    return pairs
+
+
 @torch.no_grad()
-def evaluate(state: TrainState, loader: DataLoader) -> tuple[Totals, list]:
-    """Per-head loss and accuracy on this rank's shard, with the bare module: DDP's forward
-    would sync buffers, and ranks may hold different numbers of validation batches."""
+def evaluate(state: TrainState, loader: DataLoader) -> tuple[Totals, list, list]:
+    """Per-head loss and accuracy on this rank's shard, with the bare module (DDP's forward
+    would sync buffers, and ranks may hold different numbers of validation batches), and the
+    (own-audio, other-audio) map pairs of the audio-dependence check."""
     state.module.eval()
-    totals, skipped = Totals(), []
+    config = state.module.config
+    totals, skipped, pairs = Totals(), [], []
     for batch in loader:
         skipped += batch_skips(batch)
         n = len(batch["label"]) if batch.get("label") is not None else 0
@@ -295,10 +340,12 @@ def evaluate(state: TrainState, loader: DataLoader) -> tuple[Totals, list]:
             continue
         labels = torch.as_tensor(batch["label"]).to(state.device)
         with torch.autocast(state.device.type, dtype=torch.float16, enabled=state.amp):
-            logits = state.module(batch["video"].to(state.device), batch["mel"].to(state.device))
-            loss, parts = classification_loss(logits, labels)
+            logits, feats = state.module(batch["video"].to(state.device), batch["mel"].to(state.device),
+                                         with_features=True)
+            loss, parts = training_loss(config, logits, feats, labels)
         totals.add(n, float(loss), parts, {k: int((v.argmax(1) == labels).sum()) for k, v in logits.items()})
-    return totals, skipped
+        pairs += map_pairs(feats, labels, config.map_kind, config.window_steps)
+    return totals, skipped, pairs
 
 
 # -- checkpoints, resume, log ---------------------------------------------------------------
@@ -330,7 +377,7 @@ def save_epoch(out: Path, state: TrainState, record: dict[str, Any], keep_epochs
     two is repaired on resume from the checkpoint's own copy of the record."""
     extra = {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
              "scaler": state.scaler.state_dict(), "epoch": state.epoch, "best_accuracy": state.best_accuracy,
-             "best_epoch": state.best_epoch, "rng": rng_state(), "metrics": record}
+             "best_epoch": state.best_epoch, "rng": rng_state(), "metrics": record, "schedule": state.schedule}
     save_checkpoint(out / "last.pt", state.module, **extra)
     if record["best"]:
         save_checkpoint(out / "best.pt", state.module, **extra)
@@ -357,6 +404,10 @@ def restore(state: TrainState, path: Path, config: Config) -> dict[str, Any]:
     missing = [k for k in ("optimizer", "scheduler", "epoch", "rng") if k not in data]
     if missing:
         raise TrainError(f"{path} holds weights only (no {', '.join(missing)}): not a training checkpoint to resume")
+    saved_schedule = data.get("schedule", "plateau")  # checkpoints before issue 10: the paper's
+    if saved_schedule != state.schedule:
+        raise TrainError(f"{path} was trained with the {saved_schedule} schedule, not {state.schedule}; "
+                         f"resume with --schedule {saved_schedule}")
     state.module.load_state_dict(data["model"])
     state.optimizer.load_state_dict(data["optimizer"])
     state.scheduler.load_state_dict(data["scheduler"])
@@ -433,16 +484,21 @@ class Reporter:
         acc = record["val"]["accuracy"] if record["val"] else record["train"]["accuracy"]
         heads = "  ".join(f"{k} {v:.3f}" for k, v in acc.items())
         which = "val" if record["val"] else "train"
+        dep = record.get("audio_dependence")
+        follows = f"  map change with other audio {dep['map_change']:.3f}" if dep and dep["clips"] else ""
         self.console.print(f"epoch {record['epoch']}/{self.epochs}  loss {record['train']['loss']:.4f}  "
-                           f"{which} acc  {heads}  lr {record['lr']:.0e}  {record['clips_per_second']:.1f} clips/s"
+                           f"{which} acc  {heads}{follows}  lr {record['lr']:.0e}  {record['clips_per_second']:.1f} clips/s"
                            + ("  [best]" if record["best"] else ""), soft_wrap=True)
+        if record.get("audio_dependence_warning"):
+            self.console.print(record["audio_dependence_warning"], markup=False, highlight=False)
         if record["skip_report"]:
             self.console.print(record["skip_report"], markup=False, highlight=False)
 
 
 def run_epoch(state: TrainState, train_loader: DataLoader, val_loader: DataLoader | None,
               reporter: Reporter) -> dict[str, Any]:
-    """Train one epoch, validate, step the plateau schedule; returns the log record (all ranks)."""
+    """Train one epoch, validate (with the audio-dependence check), step the schedule; returns
+    the log record (all ranks)."""
     epoch = state.epoch + 1
     train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
     lr = state.optimizer.param_groups[0]["lr"]
@@ -450,23 +506,32 @@ def run_epoch(state: TrainState, train_loader: DataLoader, val_loader: DataLoade
     started = time.perf_counter()
     totals, skipped = train_epoch(state, train_loader, reporter.on_batch)
     seconds = time.perf_counter() - started
-    val = None
+    val, dependence = None, None
     if val_loader is not None:
-        val, val_skipped = evaluate(state, val_loader)
+        val, val_skipped, pairs = evaluate(state, val_loader)
         skipped += val_skipped
         val = val.reduce(state.dist, state.device)
+        pairs = gather_list(pairs, state.dist)
+        dependence = audio_dependence([a for a, _ in pairs], [b for _, b in pairs])
     totals = totals.reduce(state.dist, state.device)
     report = SkipReport(keep=LOG_REASONS)
     report.add(gather_skips(skipped, state.dist))
     heads = head_names(state.module.config)
-    monitor = (val or totals).summary(heads)["accuracy"][MONITOR]
-    state.scheduler.step(monitor)
+    summary = (val or totals).summary(heads)
+    if state.schedule == "plateau":
+        monitor, monitor_name = summary["accuracy"][MONITOR], f"accuracy_{MONITOR}"
+        state.scheduler.step(monitor)
+    else:
+        monitor, monitor_name = -summary["loss"], "minus_loss"
+        state.scheduler.step()
     state.epoch = epoch
     best = monitor > state.best_accuracy
     if best:
         state.best_accuracy, state.best_epoch = monitor, epoch
     return {"epoch": epoch, "lr": lr, "train": totals.summary(heads), "val": val.summary(heads) if val else None,
-            "monitor": f"{'val' if val else 'train'}_accuracy_{MONITOR}", "monitor_value": monitor, "best": best,
+            "monitor": f"{'val' if val else 'train'}_{monitor_name}", "monitor_value": monitor, "best": best,
+            "audio_dependence": dependence.to_dict() if dependence else None,
+            "audio_dependence_warning": dependence.warning() if dependence else "",
             "skipped": report.to_dict(), "skip_report": report.summary() if report else "", "seconds": seconds,
             "clips_per_second": totals.n / max(seconds, 1e-9), "world_size": state.dist.world_size}
 
@@ -622,25 +687,42 @@ def load_datasets(data: Path, config: Config, *, csv_path: str | Path | None, cl
     return config, train_set, val_set
 
 
-def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = None,
+def recipe_settings(name: str, out: Path, preset: str | None, resume: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Config fields and TrainOptions a recipe starts from. Resuming without a preset
+    keeps the checkpoint's own config and schedule: the recipe does not apply."""
+    if name not in RECIPES:
+        raise TrainError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
+    if resume and preset is None and (out / "last.pt").is_file():
+        try:
+            return {}, {"schedule": read_checkpoint(out / "last.pt").get("schedule", "plateau")}
+        except CheckpointError as e:
+            raise TrainError(str(e)) from None
+    config_fields, option_fields = RECIPES[name]
+    return dict(config_fields), dict(option_fields)
+
+
+def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = None, recipe: str = "default",
           overrides: dict[str, Any] | None = None, csv_path: str | Path | None = None,
           classes: str | Path | None = None, val_split: str | None = "test", resume: bool = False,
           init_video: str | Path | None = None, **options: Any) -> TrainResult:
     """Train on a VGGSound-format folder (``vggsound.csv`` + ``videos/``) or a
     ``path,label,split`` CSV. ``preset``: ``paper``/``small``/``tiny`` (default ``small``; on
-    resume, the checkpoint's); ``overrides``: Config fields; ``classes``: a stat.csv-style
-    class list; ``val_split``: the split validated on each epoch (None: none); ``options``:
-    TrainOptions fields (epochs, batch_size, lr, workers, amp, seed, device, ...).
+    resume, the checkpoint's); ``recipe``: ``default`` or ``paper`` (``config.RECIPES``: head,
+    map, loss and schedule; the module docstring says why); ``overrides``: Config fields, over
+    the recipe's; ``classes``: a stat.csv-style class list; ``val_split``: the split validated
+    on each epoch (None: none); ``options``: TrainOptions fields (epochs, batch_size, lr,
+    workers, amp, seed, device, schedule, ...), over the recipe's.
     """
     from .data.dataset import DatasetError
 
+    out = Path(out_dir)
+    recipe_config, recipe_options = recipe_settings(recipe, out, preset, resume)
     try:
-        opts = TrainOptions(**options)
+        opts = TrainOptions(**{**recipe_options, **options})
     except TypeError as e:
         raise TrainError(f"unknown training option: {e}") from None
-    out = Path(out_dir)
     try:
-        config = base_config(out, preset, overrides or {}, resume)
+        config = base_config(out, preset, {**recipe_config, **(overrides or {})}, resume)
         names = read_class_names(classes) if classes is not None else None
         augment = None
         if opts.crop_seconds or opts.flip:

@@ -172,14 +172,18 @@ def test_cli_eval_checkpoint_seam(cli_inputs, tmp_path, monkeypatch):
 
     inference = pytest.importorskip("soundloc.inference", reason="torch (the train extra) not installed")
 
-    def fake(ckpt, videos, ids, baseline=None):
+    from soundloc.dependence import audio_dependence
+
+    def fake(ckpt, videos, ids, baseline=None, labels=None):
         calls.append((ckpt, videos, ids))
-        return {i: np.ones((7, 7)) for i in ids}, inference.Skipped()
+        own = [np.eye(7) for _ in ids]
+        return {i: np.ones((7, 7)) for i in ids}, inference.Skipped(), audio_dependence(own, own)
 
     monkeypatch.setattr(inference, "maps_from_checkpoint", fake)
     res = _invoke(["eval", str(tmp_path / "m.pt"), "--videos", str(tmp_path), "--annotations", str(ann)])
     assert res.exit_code == 0, res.output
     assert calls == [(tmp_path / "m.pt", tmp_path, ("a_000001", "b_000002"))]
+    assert "median map change 0.000" in res.output and "barely depend on the audio" in res.output
     res = _invoke(["eval", str(tmp_path / "m.pt"), "--annotations", str(ann)])
     assert res.exit_code == 2 and "--videos" in res.output
 

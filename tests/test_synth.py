@@ -166,3 +166,40 @@ def test_cli(tmp_path: Path) -> None:
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 2
     bad = CliRunner().invoke(app, ["synth", str(tmp_path), "--classes", "1"])
     assert bad.exit_code == 2 and "num_classes" in bad.output
+
+
+def test_shift_profile_changes_rates_channels_sizes_and_counts(tmp_path: Path) -> None:
+    """The `shift` profile: 24/25/30 fps sources, 44.1/48 kHz stereo, smaller objects, up to
+    four per clip; tracks stay on the 10 fps grid and the loader still reads every file."""
+    from soundloc.media import load_clip
+
+    prof = synth.PROFILES["shift"]
+    make_synthetic_dataset(tmp_path, num_clips=6, seed=7, seconds=1.0, num_classes=6, val_fraction=0.5,
+                           workers=1, size=64, profile="shift")
+    tracks = json.loads((tmp_path / "tracks.json").read_text())
+    assert json.loads((tmp_path / "synth.json").read_text())["profile"]["name"] == "shift"
+    rates, layouts, counts = set(), set(), []
+    for clip_id, track in tracks.items():
+        path = tmp_path / "videos" / f"{clip_id}.mp4"
+        with av.open(str(path)) as c:
+            v, a = c.streams.video[0], c.streams.audio[0]
+            n_frames = sum(1 for _ in c.decode(video=0))
+            assert a.sample_rate == track["source_sample_rate"] and a.channels == 2
+            rates.add(int(v.average_rate))
+            layouts.add(a.layout.name)
+        assert n_frames == track["source_fps"] and track["source_fps"] in prof.fps
+        assert track["source_sample_rate"] in prof.sample_rates
+        counts.append(len(track["objects"]))
+        for obj in track["objects"]:
+            assert len(obj["boxes"]) == 10
+            x0, y0, x1, y1 = obj["boxes"][0]
+            assert (x1 - x0) * (y1 - y0) <= prof.area_range[1] * 1.34 + 1e-3  # area x the widest aspect
+        clip = load_clip(path, seconds=1.0)  # 10 fps, 16 kHz mono whatever the source
+        assert clip.frames.shape[0] == 10 and len(clip.audio) == 16000 and clip.audio.ndim == 1
+    assert rates == {t["source_fps"] for t in tracks.values()} == {24, 25, 30} and layouts == {"stereo"}
+    assert max(counts) > 3 >= min(counts) >= 2  # up to four objects (seed 7 draws two fours)
+
+
+def test_unknown_profile_raises(tmp_path: Path) -> None:
+    with pytest.raises(SynthError, match="unknown profile 'nope'"):
+        make_synthetic_dataset(tmp_path, num_clips=2, seconds=1.0, profile="nope")

@@ -42,7 +42,7 @@ def time_window_recompute(config: Config, plan: Plan, threads: int | None = None
     def body(laps: Laps) -> None:
         with torch.inference_mode():
             f = model.features(video, mel)
-            localization_maps(f.V, f.za).mean(dim=1).numpy()
+            localization_maps(f.V, f.za, config.map_kind).mean(dim=1).numpy()
 
     return run_timed(body, plan, clock)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -12,6 +13,8 @@ from .app import app, check_paths, fail
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..data.annotations import Annotations
+    from ..dependence import AudioDependence
     from ..evaluate import EvalResult
 
 
@@ -40,14 +43,17 @@ def eval_command(
             raise evaluate.EvalError("give exactly one source of maps: a checkpoint (optionally --baseline shuffled), "
                                      "--maps FILE or --baseline center")
         gt = read_annotations(annotations, read_id_list(ids) if ids else None)
+        dependence = None
         if maps is not None:
             source, clip_maps = str(maps), evaluate.load_maps_npz(maps)
         elif baseline is not None and not model_baseline:
             source, clip_maps = f"baseline:{baseline}", evaluate.baseline_maps(baseline, gt)
         else:
             source = f"{ckpt}" + (" (shuffled audio)" if model_baseline else "")
-            clip_maps = _checkpoint_maps(ckpt, videos, gt.ids, baseline)
+            clip_maps, dependence = _checkpoint_maps(ckpt, videos, gt, baseline)
         result = evaluate.score_maps(clip_maps, gt, protocol, source=source)
+        if dependence is not None:
+            result = dataclasses.replace(result, extra={**result.extra, "audio_dependence": dependence.to_dict()})
         if json_out is not None:
             evaluate.write_json(result, json_out)
         if curve is not None:
@@ -58,11 +64,17 @@ def eval_command(
     except OSError as e:
         raise fail(f"{e.filename or ''}: {e.strerror or e}") from None
     _print_result(result)
+    if dependence is not None:
+        typer.echo(f"audio dependence over {dependence.clips} clips: median map change {dependence.map_change:.3f} "
+                   f"with another clip's audio, peak moved in {dependence.peak_moved:.0%} of clips")
+        if dependence.flagged:
+            typer.echo(dependence.warning())
 
 
-def _checkpoint_maps(ckpt: Path, videos: Optional[Path], ids: tuple[str, ...],
-                     baseline: Optional[str]) -> dict[str, "np.ndarray"]:
-    """Maps from a checkpoint at each clip's middle frame (3 s centred window); needs torch."""
+def _checkpoint_maps(ckpt: Path, videos: Optional[Path], gt: "Annotations",
+                     baseline: Optional[str]) -> tuple[dict[str, "np.ndarray"], "AudioDependence"]:
+    """Maps from a checkpoint at each clip's middle frame (3 s centred window) and the
+    audio-dependence check on them; needs torch."""
     from .. import evaluate
 
     if videos is None:
@@ -71,10 +83,11 @@ def _checkpoint_maps(ckpt: Path, videos: Optional[Path], ids: tuple[str, ...],
         from ..inference import maps_from_checkpoint
     except ImportError as e:
         raise evaluate.EvalError(f"evaluating a checkpoint needs torch: pip install 'soundloc[train]' ({e})") from None
-    maps, skipped = maps_from_checkpoint(ckpt, videos, ids, baseline=baseline)
+    labels = {a.id: a.label for a in gt if a.label}
+    maps, skipped, dependence = maps_from_checkpoint(ckpt, videos, gt.ids, baseline=baseline, labels=labels or None)
     for clip_id, reason in skipped.items[:10]:
         typer.echo(f"skipped {clip_id}: {reason}", err=True)
-    return maps
+    return maps, dependence
 
 
 def _print_result(result: "EvalResult") -> None:

@@ -28,6 +28,7 @@ def synth(
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of clips in the 'test' split."),
     size: int = typer.Option(160, "--size", help="Frame width and height in pixels."),
     workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
+    profile: str = typer.Option("default", "--profile", help="default, or shift (smaller objects, clutter, motion, 24/25/30 fps, 44.1/48 kHz stereo)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary (counts, seconds, clips/min) here."),
     force: bool = typer.Option(False, "--force", help="Write into a folder that is not empty (files of the same names are replaced)."),
 ) -> None:
@@ -43,7 +44,7 @@ def synth(
             summary = make_synthetic_dataset(
                 out_dir, num_clips=clips, seed=seed, seconds=seconds, num_classes=classes,
                 val_fraction=val_fraction, workers=workers or None, size=size,
-                progress=lambda done, total: bar.update(task, completed=done), force=force,
+                progress=lambda done, total: bar.update(task, completed=done), force=force, profile=profile,
             )
         except SynthError as e:
             raise fail(str(e)) from None

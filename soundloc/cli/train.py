@@ -22,13 +22,15 @@ def train_command(
     data_dir: Path = typer.Argument(..., help="VGGSound-format folder (vggsound.csv + videos/) or a path,label,split CSV."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Folder for last.pt, best.pt and log.jsonl."),
     preset: Optional[str] = typer.Option(None, "--preset", help="paper, small or tiny (default small; on --resume the checkpoint's)."),
+    recipe: str = typer.Option("default", "--recipe", help="default (tied-fc head, cosine maps, cosine LR) or paper (the paper's heads, loss and plateau LR exactly)."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="LR schedule: cosine or plateau (default: the recipe's)."),
     overrides: List[str] = typer.Option([], "--set", help="Config override KEY=VALUE, e.g. clip_seconds=5 (repeatable)."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Annotation CSV (default DATA_DIR/vggsound.csv)."),
     classes: Optional[Path] = typer.Option(None, "--classes", help="Class list in index order, e.g. VGGSound's stat.csv (default: sorted labels)."),
     val_split: str = typer.Option("test", "--val-split", help="Split validated after each epoch; 'none' for no validation."),
     epochs: int = typer.Option(30, "--epochs", help="Total epochs (on --resume: the new total)."),
     batch_size: int = typer.Option(8, "--batch-size", help="Clips per step per process."),
-    lr: float = typer.Option(1e-2, "--lr", help="SGD learning rate (divided by 10 after 3 epochs without gain)."),
+    lr: float = typer.Option(1e-2, "--lr", help="SGD learning rate (initial; see --schedule)."),
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
     init_video: Optional[Path] = typer.Option(None, "--init-video", help="torchvision mc3_18 .pth to initialise the video net."),
@@ -48,11 +50,12 @@ def train_command(
 
     check_paths([json_out], [data_dir, csv_path, classes, init_video], dirs=[out])
     try:
-        result = train(data_dir, out, preset=preset, overrides=parse_overrides(overrides), csv_path=csv_path,
+        extra = {"schedule": schedule} if schedule is not None else {}
+        result = train(data_dir, out, preset=preset, recipe=recipe, overrides=parse_overrides(overrides), csv_path=csv_path,
                        classes=classes, val_split=None if val_split.lower() == "none" else val_split,
                        resume=resume, init_video=init_video, epochs=epochs, batch_size=batch_size, lr=lr,
                        workers=workers, amp=amp, device=device, seed=seed, keep_epochs=keep_epochs,
-                       crop_seconds=crop_seconds, flip=flip)
+                       crop_seconds=crop_seconds, flip=flip, **extra)
     except (TrainError, DistributedError, ConfigError, CheckpointError) as e:
         raise fail(str(e)) from None
     except OSError as e:  # full disk, unwritable --out: the previous checkpoint is intact

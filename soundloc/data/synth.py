@@ -27,6 +27,13 @@ Outputs under ``out_dir``:
 
 Everything is a function of ``seed`` and the clip index, so results do not depend on the
 number of worker processes.
+
+Profiles (``PROFILES``, ``soundloc synth --profile``) change what a real distribution shift
+changes while keeping the class table: ``default`` is the benchmark above; ``shift`` has smaller
+objects (4-30 % of the frame), two to four per clip, faster motion, a cluttered background of
+static coloured blobs, source video at 24, 25 or 30 fps and 44.1 or 48 kHz stereo audio panned
+toward one side. Train on one profile and evaluate on another to see whether the maps follow
+the sound or what the model was tuned on.
 """
 
 from __future__ import annotations
@@ -65,6 +72,28 @@ AREA_RANGE = (0.10, 0.45)  # fraction of the frame covered by an object's box
 MAX_SPEED = 0.04  # frame widths per second: objects drift by at most 0.4 frame in 10 s
 BACKGROUND_NOISE = 0.004  # RMS of the background hiss, also heard in silent gaps
 SOURCE_LEVEL = 0.25  # peak-ish amplitude of the sounding object's signal
+
+
+@dataclass(frozen=True)
+class SynthProfile:
+    """What kind of clips to render (see the module docstring). ``fps`` and ``sample_rates``:
+    per-clip choices of the source rates (empty ``fps``: the ``fps`` argument)."""
+
+    name: str
+    area_range: tuple[float, float] = AREA_RANGE
+    objects: tuple[int, int] = (2, 3)
+    max_speed: float = MAX_SPEED
+    clutter: int = 0  # static coloured blobs in the background
+    fps: tuple[int, ...] = ()
+    sample_rates: tuple[int, ...] = (SAMPLE_RATE,)
+    stereo: bool = False
+
+
+PROFILES = {
+    "default": SynthProfile("default"),
+    "shift": SynthProfile("shift", area_range=(0.04, 0.30), objects=(2, 4), max_speed=0.15, clutter=8,
+                          fps=(24, 25, 30), sample_rates=(44_100, 48_000), stereo=True),
+}
 
 
 class SynthError(ValueError):
@@ -115,6 +144,7 @@ class _ClipJob:
     fps: int
     num_classes: int
     videos_dir: str
+    profile: str = "default"
 
 
 def synth_classes(num_classes: int) -> tuple[SynthClass, ...]:
@@ -145,16 +175,17 @@ def synth_classes(num_classes: int) -> tuple[SynthClass, ...]:
 # -- geometry -------------------------------------------------------------------------------
 
 
-def _place_objects(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+def _place_objects(rng: np.random.Generator, n: int, area_range: tuple[float, float] = AREA_RANGE
+                   ) -> tuple[np.ndarray, np.ndarray]:
     """Sizes (m, 2) and start centres (m, 2) in frame units of m <= n objects whose boxes
     overlap little; object 0 is the source.
 
-    Every area is drawn once, log-uniform in ``AREA_RANGE`` (aspect ratio 0.75-1.33), and only
+    Every area is drawn once, log-uniform in ``area_range`` (aspect ratio 0.75-1.33), and only
     positions are re-drawn until no box is more than 25 % covered: re-drawing or shrinking
     sizes would bias them small and make "the biggest object sounds" a shortcut. A layout too
     crowded to place drops its last distractor instead (down to two objects).
     """
-    area = np.exp(rng.uniform(np.log(AREA_RANGE[0]), np.log(AREA_RANGE[1]), n))
+    area = np.exp(rng.uniform(np.log(area_range[0]), np.log(area_range[1]), n))
     aspect = np.exp(rng.uniform(np.log(0.75), np.log(1.33), n))
     wh = np.stack([np.sqrt(area * aspect), np.sqrt(area / aspect)], axis=1)
     while True:
@@ -237,6 +268,19 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     field = rows[:, i0] * (1 - f[None, :, :]) + rows[:, i0 + 1] * f[None, :, :]
     base = rng.uniform(0.35, 0.55, 3).astype(np.float32)
     return np.clip(base + 0.12 * field, 0, 1)
+
+
+def _add_clutter(rng: np.random.Generator, background: np.ndarray, count: int) -> np.ndarray:
+    """Static soft blobs of random colours (salient, silent, of no class) on a background."""
+    size = background.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    out = background.copy()
+    for _ in range(count):
+        cx, cy = rng.uniform(0, 1, 2)
+        r = rng.uniform(0.04, 0.12)
+        weight = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[..., None]
+        out = out * (1 - weight) + rng.uniform(0, 1, 3).astype(np.float32) * weight
+    return out.astype(np.float32)
 
 
 def render_frames(boxes: np.ndarray, classes: Sequence[SynthClass], tints: np.ndarray,
@@ -323,8 +367,8 @@ def render_audio(cls: SynthClass, intervals: list[list[float]], seconds: float,
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: int | Fraction, audio: np.ndarray, sample_rate: int) -> None:
-    """Write H.264 + AAC mono to ``path`` atomically (``fileio.Staged``). frames (T, H, W, 3)
-    uint8 RGB with even H, W; audio (N,) float32."""
+    """Write H.264 + AAC to ``path`` atomically (``fileio.Staged``). frames (T, H, W, 3) uint8 RGB
+    with even H, W; audio (N,) float32 mono or (2, N) stereo."""
     import av  # PyAV is a core dependency; imported here to keep ``import soundloc`` light
 
     staged = Staged(path, prefix=".tmp-", suffix=".mp4")
@@ -337,15 +381,20 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int | Fraction, audio: np.nda
                                                                "x264-params": "threads=1:mbtree=0"})
             vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
             vs.codec_context.thread_count = 1
-            aus = out.add_stream("aac", rate=sample_rate, layout="mono")
+            stereo = audio.ndim == 2
+            aus = out.add_stream("aac", rate=sample_rate, layout="stereo" if stereo else "mono")
             for k, frame in enumerate(frames):
                 vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
                 vf.pts, vf.time_base = k, Fraction(1) / fps
                 out.mux(vs.encode(vf))
             out.mux(vs.encode())
             chunk = sample_rate // 10
-            for i in range(0, len(audio), chunk):
-                af = av.AudioFrame.from_ndarray(audio[None, i: i + chunk], format="flt", layout="mono")
+            for i in range(0, audio.shape[-1], chunk):
+                if stereo:
+                    af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, i: i + chunk]), format="fltp",
+                                                    layout="stereo")
+                else:
+                    af = av.AudioFrame.from_ndarray(audio[None, i: i + chunk], format="flt", layout="mono")
                 af.sample_rate, af.pts = sample_rate, i
                 out.mux(aus.encode(af))
             out.mux(aus.encode())
@@ -358,27 +407,36 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int | Fraction, audio: np.nda
 def _make_clip(job: _ClipJob) -> dict:
     """Plan, render and write one clip; returns its ground truth (boxes rounded to 1e-4)."""
     rng = np.random.default_rng([job.seed, job.index, 1])
+    prof = PROFILES[job.profile]
+    extra = np.random.default_rng([job.seed, job.index, 2])  # profile choices; the default stream is untouched
+    fps = int(extra.choice(prof.fps)) if prof.fps else job.fps
+    rate = int(extra.choice(prof.sample_rates))
     classes = synth_classes(job.num_classes)
-    n_obj = int(rng.integers(2, min(3, job.num_classes) + 1))
+    n_obj = int(rng.integers(prof.objects[0], min(prof.objects[1], job.num_classes) + 1))
     others = rng.permutation([c for c in range(job.num_classes) if c != job.label])[: n_obj - 1]
     obj_classes = [job.label, *map(int, others)]
-    wh, centre = _place_objects(rng, n_obj)
+    wh, centre = _place_objects(rng, n_obj, prof.area_range)
     n_obj, obj_classes = len(wh), obj_classes[: len(wh)]
     angle = rng.uniform(0, 2 * np.pi, n_obj)
-    velocity = rng.uniform(0.005, MAX_SPEED, n_obj)[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
+    velocity = rng.uniform(0.005, prof.max_speed, n_obj)[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
     n_steps = round(job.seconds * FPS)
     track = np.round(object_boxes(wh, centre, velocity, np.arange(n_steps) / FPS), 4)
-    render_times = np.arange(round(job.seconds * job.fps)) / job.fps
+    render_times = np.arange(round(job.seconds * fps)) / fps
     boxes = object_boxes(wh, centre, velocity, render_times)
     tints = rng.uniform(0.85, 1.1, (n_obj, 3)).astype(np.float32)
-    frames = render_frames(boxes, [classes[c] for c in obj_classes], tints,
-                           _background(rng, job.size), rng.permutation(n_obj), rng)
+    background = _add_clutter(extra, _background(rng, job.size), prof.clutter)
+    frames = render_frames(boxes, [classes[c] for c in obj_classes], tints, background, rng.permutation(n_obj), rng)
     intervals = _silent_gaps(rng, job.seconds)
-    audio = render_audio(classes[job.label], intervals, job.seconds, rng)
+    audio = render_audio(classes[job.label], intervals, job.seconds, rng, rate)
+    if prof.stereo:  # panned toward one side, each channel with its own hiss
+        gains = np.array([[0.4], [1.0]])[:: 1 if extra.random() < 0.5 else -1]
+        audio = np.clip(gains * audio + BACKGROUND_NOISE * extra.standard_normal((2, len(audio))), -1, 1)
+        audio = audio.astype(np.float32)
     clip_id = f"{job.ytid}_{job.start:06d}"
-    write_mp4(Path(job.videos_dir) / f"{clip_id}.mp4", frames, job.fps, audio, SAMPLE_RATE)
+    write_mp4(Path(job.videos_dir) / f"{clip_id}.mp4", frames, fps, audio, rate)
     return {
         "id": clip_id, "index": job.index, "label": job.label, "intervals": intervals,
+        "source_fps": fps, "source_sample_rate": rate,
         "objects": [{"class": classes[c].name, "boxes": track[k].tolist()} for k, c in enumerate(obj_classes)],
     }
 
@@ -388,7 +446,8 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _plan_jobs(out_dir: Path, num_clips: int, seed: int, seconds: float, num_classes: int,
-               val_fraction: float, size: int, fps: int) -> tuple[list[_ClipJob], list[str]]:
+               val_fraction: float, size: int, fps: int, profile: str = "default"
+               ) -> tuple[list[_ClipJob], list[str]]:
     """Labels (balanced over classes), ids, start times and splits of all clips."""
     rng = np.random.default_rng([seed, 0])
     labels = rng.permutation(np.arange(num_clips) % num_classes)
@@ -398,12 +457,14 @@ def _plan_jobs(out_dir: Path, num_clips: int, seed: int, seconds: float, num_cla
     test = set(rng.permutation(num_clips)[:num_test].tolist())
     starts = rng.integers(0, 300, num_clips)
     jobs = [_ClipJob(i, seed, f"syn{seed % 1000:03d}{i:05d}", int(starts[i]), int(labels[i]), seconds,
-                     size, fps, num_classes, str(out_dir / "videos")) for i in range(num_clips)]
+                     size, fps, num_classes, str(out_dir / "videos"), profile) for i in range(num_clips)]
     return jobs, ["test" if i in test else "train" for i in range(num_clips)]
 
 
 def _check_args(num_clips: int, seconds: float, num_classes: int, val_fraction: float, size: int,
-                fps: int) -> None:
+                fps: int, profile: str = "default") -> None:
+    if profile not in PROFILES:
+        raise SynthError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
     if num_clips < 1:
         raise SynthError(f"num_clips must be at least 1, not {num_clips}")
     if not 1.0 <= seconds <= 600.0:
@@ -431,11 +492,12 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, num_clips: int = 400, see
                            seconds: float = 10.0, num_classes: int = 10, val_fraction: float = 0.2,
                            workers: int | None = None, size: int = 160, fps: int = FPS,
                            progress: Callable[[int, int], None] | None = None,
-                           force: bool = False) -> SynthSummary:
+                           force: bool = False, profile: str = "default") -> SynthSummary:
     """Render ``num_clips`` clips into ``out_dir`` (layout in the module docstring).
 
     ``size``: frame width = height in pixels; ``fps``: video rate (a multiple of 10, so the
-    10 fps tracks are exact frames); ``workers``: processes (default: all cores);
+    10 fps tracks are exact frames; a profile with its own rates overrides it); ``profile``: a
+    name in ``PROFILES``; ``workers``: processes (default: all cores);
     ``progress(done, total)`` is called after each clip. A non-empty ``out_dir`` (a real
     dataset's ``vggsound.csv`` and ``videos/``) is refused unless ``force``, which replaces
     files of the same names and leaves the others; the annotation files are written last, so a crash leaves no half dataset that
@@ -443,12 +505,12 @@ def make_synthetic_dataset(out_dir: str | os.PathLike, num_clips: int = 400, see
     the caller has torch loaded), so a calling script needs the usual
     ``if __name__ == "__main__":`` guard.
     """
-    _check_args(num_clips, seconds, num_classes, val_fraction, size, fps)
+    _check_args(num_clips, seconds, num_classes, val_fraction, size, fps, profile)
     started = time.perf_counter()
     out = Path(out_dir)
     _check_target(out, force)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    jobs, splits = _plan_jobs(out, num_clips, seed, seconds, num_classes, val_fraction, size, fps)
+    jobs, splits = _plan_jobs(out, num_clips, seed, seconds, num_classes, val_fraction, size, fps, profile)
     workers = max(1, min(workers or os.cpu_count() or 1, num_clips))
     results: list[dict] = []
     if workers == 1:
@@ -480,7 +542,8 @@ def _write_annotations(out: Path, jobs: list[_ClipJob], splits: list[str], resul
         writer.writerow([job.ytid, job.start, name, split])
         if split == "test":
             boxes.append({"file": r["id"], "class": name, "bbox": [r["objects"][0]["boxes"][mid]]})
-        tracks[r["id"]] = {"fps": FPS, "label": name, "sounding": 0, "objects": r["objects"]}
+        tracks[r["id"]] = {"fps": FPS, "label": name, "sounding": 0, "objects": r["objects"],
+                           "source_fps": r["source_fps"], "source_sample_rate": r["source_sample_rate"]}
         intervals[r["id"]] = r["intervals"]
     counts = np.bincount([j.label for j in jobs], minlength=num_classes)
     stat = io.StringIO()
@@ -488,6 +551,7 @@ def _write_annotations(out: Path, jobs: list[_ClipJob], splits: list[str], resul
     paths = {k: out / f for k, f in [("csv", "vggsound.csv"), ("boxes", "vggss.json"), ("tracks", "tracks.json"),
                                      ("intervals", "intervals.json"), ("classes", "classes.csv")]}
     settings = {"seed": seed, "num_clips": len(jobs), "seconds": seconds, "size": size, "fps": fps,
+                "profile": asdict(PROFILES[jobs[0].profile]) if jobs else None,
                 "sample_rate": SAMPLE_RATE, "middle_frame": mid, "classes": [asdict(c) for c in classes]}
     _write_text(out / "synth.json", json.dumps(settings, indent=1))
     _write_text(paths["tracks"], json.dumps(tracks))

@@ -19,6 +19,7 @@ import torch
 
 from .. import metrics
 from ..model.classifier import AVClassifier, localization_maps, moment_scores
+from ..localize import step_maps
 from ..runtime.bundle import Bundle
 from ..runtime.engine import StepModel
 from ..runtime.onnx_backend import OnnxRuntimeBackend
@@ -72,7 +73,7 @@ def offline_onnx(bundle: Bundle, video: np.ndarray, mel: np.ndarray) -> dict[str
     with OnnxRuntimeBackend(bundle.path("video"), "cpu") as v, OnnxRuntimeBackend(bundle.path("audio"), "cpu") as a:
         out = v.run({"video": video})
         out.update(a.run({"mel": mel}))
-    out["alpha"] = np.einsum("bdthw,btd->bthw", out["V"], out["za"])
+    out["alpha"] = step_maps(out["V"], out["za"], bundle.config.map_kind)
     out["score"] = np.einsum("btd,btd->bt", out["zv"], out["za"])
     return out
 
@@ -120,7 +121,7 @@ def verify(bundle: Bundle, model: AVClassifier, clip: tuple[np.ndarray, np.ndarr
     report = VerifyReport(precision=bundle.precision, steps=video.shape[2])
     with torch.no_grad():
         f = model.float().eval().features(torch.from_numpy(video), torch.from_numpy(mel))
-        ref = {"V": f.V, "zv": f.zv, "za": f.za, "alpha": localization_maps(f.V, f.za),
+        ref = {"V": f.V, "zv": f.zv, "za": f.za, "alpha": localization_maps(f.V, f.za, model.config.map_kind),
                "score": moment_scores(f.zv, f.za)}
         ref = {k: v.numpy() for k, v in ref.items()}
     off = offline_onnx(bundle, video, mel)

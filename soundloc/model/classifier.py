@@ -7,7 +7,12 @@ Heads (Table 2 variants, chosen by ``config.head``):
 - ``av-only`` ("single multi-modal"): FC_av and CE_av alone;
 - ``tied-fc`` (ours, not the paper's): one FC (D -> C) scores z^V, z^A and (z^V + z^A) / 2, so
   channel k means the same class evidence in both modalities; same summed loss.
-Localization needs only the backbones: alpha_t = V_t . z^A_t and S_av[t] = z^V_t . z^A_t.
+Localization needs only the backbones: alpha_t = V_t . z^A_t (``map_kind="cosine"``: both
+normalised over channels first) and S_av[t] = z^V_t . z^A_t.
+
+``contrastive_loss`` (config ``contrastive_weight`` > 0, not in the paper) is EZ-VSL's
+multiple-instance contrastive term on the very map the model is deployed with, with negatives
+chosen by class: see its docstring.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config
+from ..config import NORM_EPS, Config
 from .audio import AudioNet
 from .video import VideoNet
 
@@ -34,9 +39,40 @@ class Features:
     za: torch.Tensor
 
 
-def localization_maps(V: torch.Tensor, za: torch.Tensor) -> torch.Tensor:
-    """alpha_t = V_t . z^A_t: (B, D, T, h, w), (B, T, D) -> (B, T, h, w)."""
+def localization_maps(V: torch.Tensor, za: torch.Tensor, kind: str = "dot") -> torch.Tensor:
+    """alpha_t = V_t . z^A_t: (B, D, T, h, w), (B, T, D) -> (B, T, h, w); ``kind="cosine"``
+    normalises V over channels at each location and z^A_t first (``soundloc.localize.step_maps``
+    is the numpy twin)."""
+    if kind == "cosine":
+        V, za = F.normalize(V, dim=1, eps=NORM_EPS), F.normalize(za, dim=-1, eps=NORM_EPS)
     return torch.einsum("bdthw,btd->bthw", V, za)
+
+
+def pair_similarity(V: torch.Tensor, za: torch.Tensor) -> torch.Tensor:
+    """S[i, j]: the peak over locations of the time-averaged cosine map of clip j's video with
+    clip i's audio, (B, D, T, h, w), (B, T, D) -> (B, B); the diagonal is each clip's own map."""
+    Vn, an = F.normalize(V, dim=1, eps=NORM_EPS), F.normalize(za, dim=-1, eps=NORM_EPS)
+    maps = torch.einsum("jdthw,itd->ijhw", Vn, an) / V.shape[2]
+    return maps.flatten(2).amax(dim=2)
+
+
+def contrastive_loss(V: torch.Tensor, za: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Multiple-instance contrastive loss (EZ-VSL) with class-aware negatives.
+
+    A clip's audio should match *some* location of its own video (the peak of its map) better
+    than any location of another clip's video, and vice versa: symmetric cross-entropy over
+    ``pair_similarity / temperature``. Other clips of the same class are masked out of the
+    negatives: with few classes, in-batch negatives often share the positive's class, and
+    pushing them apart fights the classification losses (a plain in-batch version made maps
+    worse in the issue's runs). A clip with no negative contributes zero. Under DDP the
+    negatives are the other clips of the same process's batch.
+    """
+    logits = pair_similarity(V, za) / temperature
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    logits = logits.masked_fill(same & ~eye, float("-inf"))
+    target = torch.arange(len(labels), device=labels.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
 def moment_scores(zv: torch.Tensor, za: torch.Tensor) -> torch.Tensor:
@@ -81,9 +117,12 @@ class AVClassifier(nn.Module):
             fcs = {"av": self.fc_av}
         return {name: fc(inputs[name]) for name, fc in fcs.items()}
 
-    def forward(self, video: torch.Tensor, mel: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, video: torch.Tensor, mel: torch.Tensor, with_features: bool = False):
+        """Per-head logits; ``with_features``: (logits, Features), for the contrastive term
+        and the audio-dependence check (a keyword, so it passes through DDP)."""
         f = self.features(video, mel)
-        return self.heads(f.zv, f.za)
+        logits = self.heads(f.zv, f.za)
+        return (logits, f) if with_features else logits
 
 
 def classification_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -91,6 +130,18 @@ def classification_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor) -
     parts = {name: F.cross_entropy(out, labels) for name, out in logits.items()}
     total = torch.stack(list(parts.values())).sum()
     return total, {name: float(v.detach()) for name, v in parts.items()}
+
+
+def training_loss(config: Config, logits: dict[str, torch.Tensor], features: Features | None,
+                  labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 3, plus ``contrastive_weight`` x ``contrastive_loss`` when the config asks for it
+    (its unweighted value is reported as the part ``contrastive``)."""
+    total, parts = classification_loss(logits, labels)
+    if config.contrastive_weight > 0 and features is not None and len(labels) > 1:
+        c = contrastive_loss(features.V.float(), features.za.float(), labels, config.contrastive_temperature)
+        total = total + config.contrastive_weight * c
+        parts["contrastive"] = float(c.detach())
+    return total, parts
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from .classifier import AVClassifier
+from .classifier import AVClassifier, localization_maps
 from .temporal import delayed, frame_conv, frame_norm
 
 INPUT_NAMES = ["frame", "mel", "valid"]
@@ -151,7 +151,7 @@ class StreamingModel(nn.Module):
         # V: (B, D, h, w), one frame
         zv = V.mean(dim=(2, 3))
         za = A[:, :, 0].mean(dim=2)
-        alpha = torch.einsum("bdhw,bd->bhw", V, za)
+        alpha = localization_maps(V[:, :, None], za[:, None], self.model.config.map_kind)[:, 0]
         score = (zv * za).sum(dim=1)
         return walk, (alpha, score, zv, za, full[:, dv:dv + 1]), dv
 
