@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import types
@@ -50,3 +52,19 @@ def tiny(tmp_path_factory) -> types.SimpleNamespace:
     save_checkpoint(root / "tiny.pt", model)
     bundle = export_model(model, root / "export", graphs=("step",))
     return types.SimpleNamespace(ckpt=root / "tiny.pt", export=bundle.root, bundle=bundle)
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """A test server's request handler that keeps the test output clean."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def serve_http(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """An HTTP server on 127.0.0.1 (a free port) serving in a daemon thread, and its base URL;
+    the caller shuts it down (``shutdown()`` then ``server_close()``)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"

@@ -17,9 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import av
@@ -30,6 +28,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not insta
 
 from soundloc.config import preset  # noqa: E402
 from soundloc.media import load_clip  # noqa: E402
+from conftest import QuietHandler, serve_http  # noqa: E402
 from test_bad_inputs import assert_one_line_error, run_cli, write_media  # noqa: E402
 
 
@@ -220,7 +219,7 @@ class Server:
         self.requests = 0
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 server.requests += 1
                 if self.path == "/missing.ts" or server.requests == 1:
@@ -232,13 +231,7 @@ class Server:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.httpd, self.base = serve_http(Handler)
 
     def close(self) -> None:
         self.httpd.shutdown()

@@ -27,6 +27,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
 
 from soundloc.runtime.run import run_stream  # noqa: E402
+from conftest import QuietHandler, serve_http  # noqa: E402
 from test_bad_inputs import assert_one_line_error, run_cli, write_media  # noqa: E402
 
 TS_PACKET = 188
@@ -49,7 +50,7 @@ class LiveServer:
         self.release = threading.Event()
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 server.connections += 1
                 self.send_response(200)
@@ -60,13 +61,8 @@ class LiveServer:
                 if server.mode == "stall":
                     server.release.wait(60)
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/live.ts"
+        self.httpd, base = serve_http(Handler)
+        self.url = base + "/live.ts"
 
     def close(self) -> None:
         self.release.set()
