@@ -1,4 +1,4 @@
-"""Reproduce the demo model shipped in soundloc/assets/demo/.
+"""Train and export the demo model into soundloc/assets/demo/.
 
     python benchmarks/train_demo.py --data data/synth500 --run runs/demo --train
     python benchmarks/train_demo.py --data data/synth500 --run runs/demo        # export only
@@ -6,7 +6,8 @@
 Synthesises the benchmark if --data is empty (500 clips of 10 s, seed 1, 10 classes), trains
 the `small` config with a training recipe (default: `soundloc train`'s default, the one whose
 maps follow the sound; see benchmarks/RESULTS.md, issue 10) on 3 s crops, and exports the
-streaming step graph of the last epoch (fp32, ONNX) into the package's assets.
+streaming step graph of the last epoch (fp32, ONNX) into the package's assets. The asset shipped
+today predates the default recipe: `tied-fc` with dot-product maps and the plateau schedule.
 """
 
 from __future__ import annotations
