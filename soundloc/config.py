@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,15 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     "default": ({"head": "tied-fc", "map_kind": "cosine", "contrastive_weight": 0.0}, {"schedule": "cosine"}),
 }
 FORMAT_VERSION = 1  # of checkpoints and export directories
+
+# Signals that end a run cleanly (outputs finalised, finished work kept): Ctrl-C, a kill, a
+# closed terminal. SIGHUP does not exist on Windows.
+STOP_SIGNAL_NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def stop_signals() -> list[signal.Signals]:
+    """The stop signals this OS has."""
+    return [getattr(signal, n) for n in STOP_SIGNAL_NAMES if hasattr(signal, n)]
 
 
 class ConfigError(ValueError):

@@ -59,9 +59,11 @@ def exit_cleanly_on_termination() -> None:
     of these for the length of a stream."""
     if threading.current_thread() is not threading.main_thread():
         return
-    for name in ("SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _exit_on_signal)
+    from ..config import stop_signals
+
+    for s in stop_signals():
+        if s != signal.SIGINT:  # Ctrl-C already raises KeyboardInterrupt
+            signal.signal(s, _exit_on_signal)
 
 
 def run_app(args: list[str] | None = None, prog_name: str = "soundloc") -> None:

@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..config import stop_signals
 from ..fileio import check_outputs
 from ..media import MediaError
 from .engine import StepModel
@@ -67,8 +68,7 @@ def stop_on_signals() -> Iterator[StopRequest]:
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    names = ("SIGINT", "SIGTERM", "SIGHUP")  # no SIGHUP on Windows
-    old = {s: signal.getsignal(s) for s in (getattr(signal, n) for n in names if hasattr(signal, n))}
+    old = {s: signal.getsignal(s) for s in stop_signals()}
     for s in old:
         signal.signal(s, stop.by_signal)
     try:

@@ -34,6 +34,7 @@ from typing import Protocol, TextIO, runtime_checkable
 import av
 import numpy as np
 
+from ..config import stop_signals
 from ..fileio import Staged
 from .render import Labeler, render_step
 from .results import StepResult
@@ -430,11 +431,11 @@ def _failure_message(path: Path, exc: BaseException, kept: str) -> str:
 
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT, SIGTERM and SIGHUP in this thread (delivered on exit) where the OS allows it."""
+    """Hold the stop signals in this thread (delivered on exit) where the OS allows it."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    held = set(stop_signals())
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
         yield
