@@ -14,6 +14,9 @@ centred window, for dot-product and cosine maps (the checkpoint's own kind is wh
 
     python benchmarks/generalisation.py --data runs/shift100 --run paper=runs/paper/last.pt \
         --run default=runs/default/last.pt --json benchmarks/results/generalisation.json
+    python benchmarks/generalisation.py --combine a.json b.json --json all.json
+
+``benchmarks/generalisation_runs.sh`` makes the data, trains every row and calls this.
 """
 
 from __future__ import annotations
@@ -96,13 +99,30 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def combine(paths: list[Path], out: Path | None) -> None:
+    """One table from several runs' JSONs (scored on the same data, e.g. in parallel)."""
+    parts = [json.loads(p.read_text()) for p in paths if p != out]
+    result = {**parts[0], "runs": {name: r for part in parts for name, r in part["runs"].items()},
+              "seconds": sum(p["seconds"] for p in parts)}
+    if len({p["data"] for p in parts}) != 1:
+        raise SystemExit(f"results scored on different data: {sorted({p['data'] for p in parts})}")
+    print(markdown(result))
+    if out:
+        write_json(result, out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, required=True, help="a `soundloc synth` folder (e.g. --profile shift)")
+    ap.add_argument("--data", type=Path, help="a `soundloc synth` folder (e.g. --profile shift)")
+    ap.add_argument("--combine", type=Path, nargs="+", help="merge these result JSONs (same --data) into one table")
     ap.add_argument("--run", action="append", default=[], help="NAME=CHECKPOINT (repeatable)")
     ap.add_argument("--clips", type=int, default=0, help="only the first N test clips (0: all)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.combine:
+        return combine(args.combine, args.json)
+    if args.data is None:
+        ap.error("--data is required (or --combine)")
     t0 = time.time()
     gt = read_vggss(args.data / "vggss.json")
     if args.clips:

@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--train", action="store_true", help="train first (else use RUN/last.pt)")
     ap.add_argument("--recipe", default="default", help="default or paper (soundloc.config.RECIPES)")
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--device", default="auto", help="training device: auto, cpu, cuda")
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     ap.add_argument("--out", type=Path, default=ASSETS)
     args = ap.parse_args()
     if not (args.data / "vggsound.csv").is_file():
@@ -39,7 +41,7 @@ def main() -> None:
         from soundloc.train import train
 
         train(args.data, args.run, preset="small", recipe=args.recipe, epochs=args.epochs,
-              batch_size=16, workers=1, crop_seconds=3.0, flip=True)
+              batch_size=16, workers=args.workers, crop_seconds=3.0, flip=True, cache=True, device=args.device)
     ckpt = args.run / "last.pt"  # the full schedule (val accuracy saturates early, so best.pt is an early epoch)
     model, data = load_checkpoint(ckpt)
     bundle = export_model(model, args.out, graphs=("step",), gate=data.get("gate"),

@@ -101,6 +101,8 @@ class TrainOptions:
     progress: bool = True
     crop_seconds: float | None = None  # train on random windows of this length (whole clips validate)
     flip: bool = False  # random horizontal flips while training
+    zoom: float = 1.0  # < 1: shrink training frames by a random factor in [zoom, 1] (data.dataset.Augment)
+    cache: bool = False  # keep decoded clips in memory after the first epoch (ClipDataset.keep_decoded)
     schedule: str = "plateau"  # the paper's; the default recipe picks "cosine" (module docstring)
 
     def __post_init__(self) -> None:
@@ -725,12 +727,16 @@ def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = Non
         config = base_config(out, preset, {**recipe_config, **(overrides or {})}, resume)
         names = read_class_names(classes) if classes is not None else None
         augment = None
-        if opts.crop_seconds or opts.flip:
+        if opts.crop_seconds or opts.flip or opts.zoom < 1:
             from .data.dataset import Augment
 
-            augment = Augment(flip=opts.flip, crop_seconds=opts.crop_seconds)
+            augment = Augment(flip=opts.flip, crop_seconds=opts.crop_seconds, zoom=opts.zoom)
         config, train_set, val_set = load_datasets(Path(data_dir), config, csv_path=csv_path, classes=names,
                                                    val_split=val_split, augment=augment)
+        if opts.cache:
+            for dataset in (train_set, val_set):
+                if dataset is not None:
+                    dataset.keep_decoded()  # type: ignore[attr-defined]
     except (ConfigError, DatasetError, CheckpointError) as e:
         raise TrainError(str(e)) from None
     return fit(config, train_set, val_set, out, opts, resume=resume, init_video=init_video, collate_fn=collate)

@@ -22,6 +22,7 @@ from soundloc.data.dataset import (
     SkipReport,
     VGGSoundDataset,
     collate,
+    zoom_out,
 )
 from soundloc.data.synth import make_synthetic_dataset, write_mp4
 from soundloc.preprocess import normalise_frames
@@ -135,6 +136,44 @@ def test_augment_flip_mirrors(messy: Path) -> None:
         torch.manual_seed(seed)
         outs.append(flip[0]["video"])
     assert any(torch.equal(o, a) for o in outs) and any(torch.equal(o, a.flip(-1)) for o in outs)
+
+
+def test_zoom_out_shrinks_the_scene_onto_its_mean_colour() -> None:
+    frames = np.zeros((2, 40, 40, 3), np.uint8)
+    frames[:, 10:30, 10:30] = 200  # a 20x20 bright square in the middle
+    out = zoom_out(frames, 0.5, top=0.0, left=1.0)  # half size, top right
+    bright = out[0, :, :, 0] > 100
+    ys, xs = np.nonzero(bright)
+    assert out.shape == frames.shape and out.dtype == np.uint8
+    assert 80 <= bright.sum() <= 120  # 10x10 = a quarter of the area
+    assert ys.min() >= 4 and ys.max() <= 16 and xs.min() >= 24 and xs.max() <= 36  # the square's place, scaled
+    assert out[0, 35, 5, 0] == round(200 * 400 / 1600)  # outside the shrunk frame: the mean colour
+    assert np.array_equal(zoom_out(frames, 1.0, 0.5, 0.5), frames)
+
+
+def test_augment_zoom_keeps_shapes_and_rejects_bad_values(messy: Path) -> None:
+    full = VGGSoundDataset(messy, split=None, config=CONFIG)
+    zoom = VGGSoundDataset(messy, split=None, config=CONFIG, augment=Augment(zoom=0.5))
+    torch.manual_seed(0)
+    a, b = full[0], zoom[0]
+    assert b["video"].shape == a["video"].shape and torch.equal(a["mel"], b["mel"])
+    assert not torch.equal(a["video"], b["video"])
+    for bad in (0.0, 1.5):
+        with pytest.raises(DatasetError, match="zoom"):
+            Augment(zoom=bad)
+
+
+def test_kept_decoded_clips_give_the_same_items_without_decoding_again(messy: Path, tmp_path: Path) -> None:
+    ds = VGGSoundDataset(messy, split=None, config=CONFIG)
+    ds.keep_decoded()
+    good = [i for i in range(len(ds)) if not isinstance(ds[i], Skipped)]
+    first = {i: ds[i] for i in good}
+    for i in good:  # the files are gone: what comes back must be the kept decode
+        ds.records[i] = type(ds.records[i])(ds.records[i].clip_id, tmp_path / "moved.mp4", ds.records[i].label)
+    for i in good:
+        again = ds[i]
+        assert torch.equal(again["video"], first[i]["video"]) and torch.equal(again["mel"], first[i]["mel"])
+    assert all(isinstance(ds[i], Skipped) for i in range(len(ds)) if i not in good)  # skips are not kept
 
 
 def test_files_directly_in_root_and_splits(tmp_path: Path) -> None:

@@ -40,6 +40,8 @@ def train_command(
     keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep epoch_XXX.pt for every epoch."),
     crop_seconds: Optional[float] = typer.Option(None, "--crop-seconds", help="Train on random windows of this length (cheaper steps; validation uses whole clips)."),
     flip: bool = typer.Option(False, "--flip", help="Random horizontal flips while training."),
+    zoom: float = typer.Option(1.0, "--zoom", help="Below 1: shrink training frames by a random factor in [ZOOM, 1] (smaller, further sources)."),
+    cache: bool = typer.Option(False, "--cache", help="Keep decoded clips in memory after the first epoch (small collections; ~1.5 MB per 10 s clip per worker)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
     """Train the audio-visual classifier whose maps localize sound sources."""
@@ -55,7 +57,7 @@ def train_command(
                        classes=classes, val_split=None if val_split.lower() == "none" else val_split,
                        resume=resume, init_video=init_video, epochs=epochs, batch_size=batch_size, lr=lr,
                        workers=workers, amp=amp, device=device, seed=seed, keep_epochs=keep_epochs,
-                       crop_seconds=crop_seconds, flip=flip, **extra)
+                       crop_seconds=crop_seconds, flip=flip, zoom=zoom, cache=cache, **extra)
     except (TrainError, DistributedError, ConfigError, CheckpointError) as e:
         raise fail(str(e)) from None
     except OSError as e:  # full disk, unwritable --out: the previous checkpoint is intact
