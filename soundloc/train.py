@@ -132,6 +132,7 @@ class TrainResult:
     world_size: int
     last_checkpoint: str
     best_checkpoint: str
+    monitor: str = ""  # what best_accuracy holds: e.g. val_accuracy_av (plateau) or val_minus_loss (cosine)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -604,7 +605,8 @@ def _loop(state: TrainState, options: TrainOptions, out: Path, train_set: Datase
                        best_accuracy=state.best_accuracy, accuracy=acc,
                        train_loss=record["train"]["loss"] if record else float("nan"), skipped=skipped,
                        seconds=time.perf_counter() - started, world_size=info.world_size,
-                       last_checkpoint=str(out / "last.pt"), best_checkpoint=str(out / "best.pt"))
+                       last_checkpoint=str(out / "last.pt"), best_checkpoint=str(out / "best.pt"),
+                       monitor=record.get("monitor", "") if record else "")
 
 
 def read_last_record(out: Path) -> dict[str, Any] | None:

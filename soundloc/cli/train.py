@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
@@ -66,12 +66,19 @@ def train_command(
         return
     acc = "  ".join(f"{k} {v:.3f}" for k, v in result.accuracy.items())
     typer.echo(f"trained {result.epochs} epochs (from {result.resumed_from}) in {result.seconds:.0f} s: "
-               f"accuracy {acc}; best av {result.best_accuracy:.3f} at epoch {result.best_epoch}; "
+               f"accuracy {acc}; {_best(result)} at epoch {result.best_epoch}; "
                f"{result.skipped} clips skipped -> {result.last_checkpoint}")
     if json_out is not None:
         from ..fileio import write_json
 
         write_json(result.to_dict(), json_out)
+
+
+def _best(result: Any) -> str:
+    """The best epoch's monitored value in words (the schedule decides what is monitored)."""
+    if result.monitor.endswith("minus_loss"):
+        return f"best {result.monitor.split('_')[0]} loss {-result.best_accuracy:.3f}"
+    return f"best av {result.best_accuracy:.3f}"
 
 
 def _is_main() -> bool:
