@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from soundloc.config import MAP_KINDS, RECIPES
 from soundloc.export.onnx import export_model
 from soundloc.fileio import sha256_file
 from soundloc.model.checkpoint import load_checkpoint
@@ -31,6 +32,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--device", default="auto", help="training device: auto, cpu, cuda")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    ap.add_argument("--map-kind", choices=MAP_KINDS, help="map the export computes (default: the recipe's); "
+                    "without the contrastive term, training does not depend on it, so a run of another "
+                    "map kind exports as this one")
     ap.add_argument("--out", type=Path, default=ASSETS)
     args = ap.parse_args()
     if not (args.data / "vggsound.csv").is_file():
@@ -44,6 +48,12 @@ def main() -> None:
               batch_size=16, workers=args.workers, crop_seconds=3.0, flip=True, cache=True, device=args.device)
     ckpt = args.run / "last.pt"  # the full schedule (val accuracy saturates early, so best.pt is an early epoch)
     model, data = load_checkpoint(ckpt)
+    kind = args.map_kind or RECIPES[args.recipe][0]["map_kind"]
+    if kind != model.config.map_kind:
+        if model.config.contrastive_weight > 0:
+            raise SystemExit(f"{ckpt} was trained with the contrastive term on {model.config.map_kind} maps; "
+                             f"it cannot be exported as {kind}")
+        model.config = model.config.replace(map_kind=kind)
     bundle = export_model(model, args.out, graphs=("step",), gate=data.get("gate"),
                           checkpoint={"file": "demo (benchmarks/train_demo.py)", "sha256": sha256_file(ckpt),
                                       "epoch": str(data.get("epoch"))})

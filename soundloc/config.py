@@ -29,10 +29,14 @@ VIDEO_STD = (0.22803, 0.22145, 0.216989)
 # D -> C classifier applied to z^V, z^A and their mean, which puts both modalities' channels in
 # one class-evidence space, so that alpha = V . z^A compares like with like.
 HEADS = ("individual-fc", "shared-fc", "av-only", "tied-fc")
-# How alpha_t is formed from V_t and z^A_t: the paper's dot product, or the cosine (V L2-normalised
+# How alpha_t is formed from V_t and z^A_t: the paper's dot product; the cosine (V L2-normalised
 # over channels at each location, z^A_t normalised), which removes the visual saliency carried by
-# |V| so that only the direction, shared with the audio, decides where the map is high.
-MAP_KINDS = ("dot", "cosine")
+# |V| so that only the direction, shared with the audio, decides where the map is high; or
+# "salient", the cosine times |V|^SALIENCE_POWER: the direction still decides which object sounds,
+# and a softened |V| puts the peak on that object rather than on the background beside it (a
+# cosine map is as high next to a small object as on it). The dot product is the power 1.
+MAP_KINDS = ("dot", "cosine", "salient")
+SALIENCE_POWER = 0.25  # chosen on the training profile's validation clips (benchmarks/RESULTS.md, issue 10)
 NORM_EPS = 1e-12  # floor of a norm before dividing (torch.nn.functional.normalize's default)
 
 # The audio-dependence check (soundloc.dependence): maps whose own-audio and other-audio versions
@@ -46,7 +50,7 @@ MIN_AUDIO_DEPENDENCE = 0.1
 RECIPES: dict[str, tuple[dict, dict]] = {
     "paper": ({"head": "individual-fc", "map_kind": "dot", "contrastive_weight": 0.0}, {"schedule": "plateau"}),
     # the class-aware contrastive term (contrastive_weight=1) did not beat cosine maps alone over two seeds
-    "default": ({"head": "tied-fc", "map_kind": "cosine", "contrastive_weight": 0.0}, {"schedule": "cosine"}),
+    "default": ({"head": "tied-fc", "map_kind": "salient", "contrastive_weight": 0.0}, {"schedule": "cosine"}),
 }
 FORMAT_VERSION = 1  # of checkpoints and export directories
 

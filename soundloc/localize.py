@@ -12,16 +12,18 @@ from collections import deque
 import numpy as np
 from scipy import ndimage
 
-from .config import NORM_EPS
+from .config import NORM_EPS, SALIENCE_POWER
 
 Box = tuple[float, float, float, float]  # normalised xmin, ymin, xmax, ymax
 
 
 def step_maps(V: np.ndarray, za: np.ndarray, kind: str = "dot") -> np.ndarray:
     """Per-step maps from features: V (..., D, T, h, w), z^A (..., T, D) -> (..., T, h, w); the
-    numpy twin of ``soundloc.model.classifier.localization_maps`` (``kind``: dot or cosine)."""
-    if kind == "cosine":
-        V = V / np.maximum(np.linalg.norm(V, axis=-4, keepdims=True), NORM_EPS)
+    numpy twin of ``soundloc.model.classifier.localization_maps`` (``kind``: dot, cosine or
+    salient)."""
+    if kind in ("cosine", "salient"):
+        norm = np.maximum(np.linalg.norm(V, axis=-4, keepdims=True), NORM_EPS)
+        V = V / (norm if kind == "cosine" else norm ** (1 - SALIENCE_POWER))
         za = za / np.maximum(np.linalg.norm(za, axis=-1, keepdims=True), NORM_EPS)
     return np.einsum("...dthw,...td->...thw", V, za)
 

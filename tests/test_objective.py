@@ -19,7 +19,7 @@ torch = pytest.importorskip("torch", reason="torch (the train extra) not install
 
 import torch.nn.functional as F  # noqa: E402
 
-from soundloc.config import RECIPES, preset  # noqa: E402
+from soundloc.config import RECIPES, SALIENCE_POWER, preset  # noqa: E402
 from soundloc.localize import step_maps  # noqa: E402
 from soundloc.model.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
 from soundloc.model.classifier import (AVClassifier, classification_loss, contrastive_loss,  # noqa: E402
@@ -91,6 +91,19 @@ def test_cosine_maps_torch_and_numpy_agree_and_ignore_feature_norms():
     np.testing.assert_allclose(localization_maps(scaled, 3 * za, "cosine").numpy(), cos.numpy(), atol=1e-5)
 
 
+def test_salient_maps_are_the_cosine_times_a_power_of_the_feature_norm():
+    g = torch.Generator().manual_seed(0)
+    V, za = torch.randn(2, 8, 3, 4, 4, generator=g), torch.randn(2, 3, 8, generator=g)
+    sal = localization_maps(V, za, "salient")
+    by_hand = localization_maps(V, za, "cosine") * V.norm(dim=1) ** SALIENCE_POWER
+    np.testing.assert_allclose(sal.numpy(), by_hand.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(step_maps(V.numpy(), za.numpy(), "salient"), sal.numpy(), rtol=1e-4, atol=1e-5)
+    s = torch.rand(2, 1, 3, 4, 4, generator=g) * 10  # louder audio changes nothing, |V| counts softly
+    np.testing.assert_allclose(localization_maps(V * s, 3 * za, "salient").numpy(),
+                               (sal * s[:, 0] ** SALIENCE_POWER).numpy(), rtol=1e-4, atol=1e-5)
+    assert 0 < SALIENCE_POWER < 1
+
+
 def test_contrastive_gradients_reach_both_backbones():
     cfg = preset("tiny", num_classes=3, clip_seconds=0.4, image_size=32, head="tied-fc", map_kind="cosine",
                  contrastive_weight=1.0)
@@ -126,7 +139,7 @@ def test_model_trained_with_the_objective_exports_and_verifies(tmp_path):
         opt.step()
     model.eval()
     bundle = export_model(model, tmp_path / "export", precision="fp32")
-    assert bundle.config.map_kind == "cosine"
+    assert bundle.config.map_kind == RECIPES["default"][0]["map_kind"] == "salient"
     import onnx
 
     from soundloc.export.trt_ops import check_tensorrt_compat
@@ -137,7 +150,7 @@ def test_model_trained_with_the_objective_exports_and_verifies(tmp_path):
     assert report.offline_vs_torch["alpha"] <= 1e-4 and report.stream_vs_offline["alpha"] <= 1e-4
     video, mel = random_clip(cfg, 12, seed=2)
     off = offline_onnx(bundle, video, mel)
-    assert np.abs(off["alpha"]).max() <= 1.0 + 1e-5  # a cosine map
+    np.testing.assert_allclose(off["alpha"], step_maps(off["V"], off["za"], "salient"), rtol=1e-4, atol=1e-5)
     assert not np.allclose(off["alpha"], np.einsum("bdthw,btd->bthw", off["V"], off["za"]), atol=1e-3)
 
 
@@ -161,7 +174,7 @@ def test_train_defaults_use_the_default_recipe_and_paper_recipe_is_the_paper(tmp
     assert r.exit_code == 0, r.output
     model, data_d = load_checkpoint(tmp_path / "default" / "last.pt")
     cfg = model.config
-    assert (cfg.head, cfg.map_kind, cfg.contrastive_weight) == ("tied-fc", "cosine", RECIPES["default"][0]["contrastive_weight"])
+    assert (cfg.head, cfg.map_kind, cfg.contrastive_weight) == ("tied-fc", "salient", RECIPES["default"][0]["contrastive_weight"])
     assert data_d["schedule"] == "cosine" and "T_max" in data_d["scheduler"]
     (line,) = [json.loads(x) for x in (tmp_path / "default" / "log.jsonl").read_text().splitlines()]
     assert line["monitor"] == "val_minus_loss"

@@ -8,7 +8,8 @@ Heads (Table 2 variants, chosen by ``config.head``):
 - ``tied-fc`` (ours, not the paper's): one FC (D -> C) scores z^V, z^A and (z^V + z^A) / 2, so
   channel k means the same class evidence in both modalities; same summed loss.
 Localization needs only the backbones: alpha_t = V_t . z^A_t (``map_kind="cosine"``: both
-normalised over channels first) and S_av[t] = z^V_t . z^A_t.
+normalised over channels first; ``"salient"``: the cosine times |V_t|^SALIENCE_POWER) and
+S_av[t] = z^V_t . z^A_t.
 
 ``contrastive_loss`` (config ``contrastive_weight`` > 0, not in the paper) is EZ-VSL's
 multiple-instance contrastive term on the very map the model is deployed with, with negatives
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import NORM_EPS, Config
+from ..config import NORM_EPS, SALIENCE_POWER, Config
 from .audio import AudioNet
 from .video import VideoNet
 
@@ -41,10 +42,12 @@ class Features:
 
 def localization_maps(V: torch.Tensor, za: torch.Tensor, kind: str = "dot") -> torch.Tensor:
     """alpha_t = V_t . z^A_t: (B, D, T, h, w), (B, T, D) -> (B, T, h, w); ``kind="cosine"``
-    normalises V over channels at each location and z^A_t first (``soundloc.localize.step_maps``
-    is the numpy twin)."""
-    if kind == "cosine":
-        V, za = F.normalize(V, dim=1, eps=NORM_EPS), F.normalize(za, dim=-1, eps=NORM_EPS)
+    normalises V over channels at each location and z^A_t first, ``"salient"`` keeps |V| to the
+    power ``SALIENCE_POWER`` (``soundloc.localize.step_maps`` is the numpy twin)."""
+    if kind in ("cosine", "salient"):
+        norm = V.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+        V = V / (norm if kind == "cosine" else norm ** (1 - SALIENCE_POWER))
+        za = F.normalize(za, dim=-1, eps=NORM_EPS)
     return torch.einsum("bdthw,btd->bthw", V, za)
 
 
