@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..audio import StreamingLogMel
-from ..config import MELS_PER_STEP, WINDOW_MODES, seconds_to_steps
+from ..config import MELS_PER_STEP, SAMPLES_PER_STEP, WINDOW_MODES, seconds_to_steps
 from ..localize import Localized, StepLocalizer
 from ..preprocess import normalise_frame
 from .engine import StepModel
@@ -139,7 +139,7 @@ class Localizer:
         self.mel.push(inp.audio)
         mel = self.mel.pop_step()
         if mel is None:
-            raise ValueError(f"step {inp.index}: {len(inp.audio)} audio samples, expected 1600")
+            raise ValueError(f"step {inp.index}: {len(inp.audio)} audio samples, expected {SAMPLES_PER_STEP}")
         return inp, normalise_frame(inp.small)[None], mel[None]
 
     def model_step(self, inp: StepInput, frame: np.ndarray, mel: np.ndarray) -> list[Finished]:
