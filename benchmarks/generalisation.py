@@ -29,12 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from soundloc import evaluate, metrics
-from soundloc.config import MAP_KINDS
+from soundloc.config import EVAL_SIZE, MAP_KINDS
 from soundloc.data.annotations import read_annotations, read_vggss
 from soundloc.dependence import other_clips
 from soundloc.fileio import write_json
-from soundloc.inference import Analyzer, Skipped, centred_map, clip_dependence, find_video
-from soundloc.localize import top_k_moments
+from soundloc.inference import Analyzer, Skipped, clip_dependence, find_video
+from soundloc.localize import top_k_moments, upsample, window_map
 from synthetic_benchmark import active
 
 
@@ -42,7 +42,7 @@ def sounding_beats_silent(maps: dict[str, np.ndarray], tracks: dict, frame: dict
     """Share of (clip, silent object) pairs where the map's mean over the sounding box is higher."""
     wins, pairs = 0, 0
     for clip_id, m in maps.items():
-        p = metrics.upsample(np.asarray(m, np.float64))
+        p = upsample(m, EVAL_SIZE, EVAL_SIZE, dtype=np.float64)
         track = tracks[clip_id]
         boxes = [o["boxes"][frame[clip_id]] for o in track["objects"]]
         means = [p[metrics.union_gt_map([b]) > 0].mean() for b in boxes]
@@ -72,8 +72,8 @@ def evaluate_run(ckpt: Path, data: Path, gt, tracks: dict, intervals: dict) -> d
     for kind in MAP_KINDS:
         for f in feats:
             f.map_kind = kind
-        own = {f.clip_id: centred_map(f.alpha(), frame[f.clip_id], steps) for f in feats}
-        shuffled = {f.clip_id: centred_map(f.alpha(feats[j].za), frame[f.clip_id], steps) for f, j in zip(feats, other)}
+        own = {f.clip_id: window_map(f.alpha(), frame[f.clip_id], steps) for f in feats}
+        shuffled = {f.clip_id: window_map(f.alpha(feats[j].za), frame[f.clip_id], steps) for f, j in zip(feats, other)}
         out["maps"][kind] = {"deployed": kind == an.config.map_kind, "map": score(own, gt, tracks, frame),
                              "shuffled": score(shuffled, gt, tracks, frame),
                              "audio_dependence": clip_dependence(feats, steps, labels).to_dict()}

@@ -132,7 +132,8 @@ def demo_accuracy(data: Path, max_clips: int | None) -> dict:
 
     from soundloc import evaluate
     from soundloc.data.annotations import read_vggss
-    from soundloc.inference import centred_map, find_video
+    from soundloc.inference import find_video
+    from soundloc.localize import window_map
 
     fp32 = read_bundle(DEMO)
     rows = list(csv.reader((data / "vggsound.csv").open()))
@@ -154,7 +155,7 @@ def demo_accuracy(data: Path, max_clips: int | None) -> dict:
             video, mel = file_inputs(find_video(data, clip_id), fp32.config)
             for name, b in (("fp32", fp32), ("int8", int8)):
                 alpha = _stream_step(b.path("step"), b, video, mel)
-                maps[name][clip_id] = centred_map(alpha, len(alpha) // 2, steps)
+                maps[name][clip_id] = window_map(alpha, len(alpha) // 2, steps)
         gt = gt.subset(ids)
         out = {name: evaluate.score_maps(m, gt, "lvs", source=name).summary for name, m in maps.items()}
     return {"clips": len(ids), "calibration": calib.record(), **out}

@@ -23,8 +23,9 @@ from pathlib import Path
 
 from soundloc import evaluate
 from soundloc.data.annotations import read_vggss
-from soundloc.inference import Analyzer, Skipped, centred_map, find_video
-from soundloc.localize import pseudo_box, top_k_moments
+from soundloc.config import EVAL_SIZE
+from soundloc.inference import Analyzer, Skipped, find_video
+from soundloc.localize import pseudo_box, top_k_moments, window_map
 
 
 GATE_SECONDS = 0.5  # StreamOptions' default span of the audio-level gate
@@ -44,8 +45,8 @@ def active(intervals: list[list[float]], t: float) -> bool:
 
 def localization(an: Analyzer, feats: list, gt) -> dict:
     steps = an.config.window_steps
-    maps = {f.clip_id: centred_map(f.alpha(), f.steps // 2, steps) for f in feats}
-    shuffled = {f.clip_id: centred_map(f.alpha(feats[(k + 1) % len(feats)].za), f.steps // 2, steps)
+    maps = {f.clip_id: window_map(f.alpha(), f.steps // 2, steps) for f in feats}
+    shuffled = {f.clip_id: window_map(f.alpha(feats[(k + 1) % len(feats)].za), f.steps // 2, steps)
                 for k, f in enumerate(feats)}
     out = {}
     for name, m in (("paper_map", maps), ("center_prior", evaluate.center_maps(gt.ids)), ("shuffled_audio", shuffled)):
@@ -64,7 +65,7 @@ def moments_and_boxes(feats: list, tracks: dict, intervals: dict, steps: int) ->
         if len(ivs) != 1 or ivs[0] != [0.0, T / 10]:
             gap_clips += 1
             gap_top1, gap_mid = gap_top1 + a1, gap_mid + am
-        box = pseudo_box(centred_map(f.alpha(), t1, steps), 224, 224)
+        box = pseudo_box(window_map(f.alpha(), t1, steps), EVAL_SIZE, EVAL_SIZE)
         track = tracks[f.clip_id]
         truth = track["objects"][track["sounding"]]["boxes"][min(t1, len(track["objects"][0]["boxes"]) - 1)]
         if box is not None:

@@ -20,6 +20,7 @@ FPS = 10  # video frames (= model steps) per second
 MELS_PER_STEP = SAMPLE_RATE // HOP_LENGTH // FPS  # 10 mel frames per video frame
 SAMPLES_PER_STEP = MELS_PER_STEP * HOP_LENGTH  # 1600 samples per video frame
 IMAGE_SIZE = 112
+EVAL_SIZE = 224  # maps are upsampled to EVAL_SIZE x EVAL_SIZE to be binarised and boxed (VGG-SS's frame)
 VIDEO_FOLDERS = ("videos", "video")  # where VGGSound downloads keep the clips (then the root itself)
 END_GRACE_S = 2.0  # a live video that ended waits this long for the audio of its last frames
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's video-model normalisation
@@ -53,6 +54,22 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     "default": ({"head": "tied-fc", "map_kind": "salient", "contrastive_weight": 0.0}, {"schedule": "cosine"}),
 }
 FORMAT_VERSION = 1  # of checkpoints and export directories
+
+# How per-step maps are averaged over the 3 s window: centred (the paper's Eq. 4, for files) or
+# trailing (the last steps up to now, what a live view can show).
+WINDOW_MODES = ("trailing", "centered")
+SILENCE_DB = -120.0  # audio level reported for digital silence (dBFS)
+
+# Where the model runs: "auto" picks a TensorRT engine when the export has one, else onnxruntime
+# with the best provider; "torch" runs a .pt checkpoint (the only backend that imports torch).
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch")
+
+
+def check_backend(name: str, what: str = "backend") -> str:
+    """``name`` if it is one of ``BACKENDS``, else a ValueError that lists them."""
+    if name not in BACKENDS:
+        raise ValueError(f"{what} must be one of {', '.join(BACKENDS)}, not {name!r}")
+    return name
 
 # Signals that end a run cleanly (outputs finalised, finished work kept): Ctrl-C, a kill, a
 # closed terminal. SIGHUP does not exist on Windows.
@@ -190,7 +207,13 @@ def preset(name: str, **overrides: Any) -> Config:
 
 
 def seconds_to_steps(seconds: float) -> int:
+    """The nearest whole number of model steps (video frames) in ``seconds``."""
     return int(round(seconds * FPS))
+
+
+def is_whole_steps(seconds: float) -> bool:
+    """Whether ``seconds`` is a whole number of model steps (a multiple of 0.1 s)."""
+    return abs(seconds * FPS - seconds_to_steps(seconds)) <= 1e-6
 
 
 def steps_to_seconds(steps: int | float) -> float:

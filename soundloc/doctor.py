@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .bench.system import command_output, system_info
+from .config import MELS_PER_STEP
 from .runtime.backend import BackendError
 from .runtime.bundle import Bundle, random_weights_note, read_bundle
 from .runtime.onnx_backend import cuda_device_count, resolve_providers
@@ -194,7 +195,7 @@ def step_inputs(bundle: Bundle, steps: int, seed: int = 0) -> list[tuple[np.ndar
     """``steps`` reproducible (frames, mels, valid) for one stream."""
     rng, size = np.random.default_rng(seed), bundle.config.image_size
     return [(rng.standard_normal((1, 3, size, size)).astype(np.float32),
-             (rng.standard_normal((1, 10, bundle.config.n_mels)) * 3 - 6).astype(np.float32),
+             (rng.standard_normal((1, MELS_PER_STEP, bundle.config.n_mels)) * 3 - 6).astype(np.float32),
              np.ones(1, np.float32)) for _ in range(steps)]
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from numpy.lib.npyio import NpzFile
 
 from . import fileio, metrics
+from .config import EVAL_SIZE
 from .data.annotations import Annotation, Annotations
 
 BASELINES = ("center", "shuffled")  # shuffled needs a checkpoint (soundloc.inference)
@@ -159,7 +160,7 @@ def load_maps_npz(path: str | Path) -> dict[str, np.ndarray]:
     return maps
 
 
-def center_maps(ids: list[str] | tuple[str, ...], size: int = metrics.SIZE) -> dict[str, np.ndarray]:
+def center_maps(ids: list[str] | tuple[str, ...], size: int = EVAL_SIZE) -> dict[str, np.ndarray]:
     """The centred-Gaussian baseline: the same prior for every clip, at the evaluation size."""
     prior = metrics.center_prior(size, size)
     return {i: prior for i in ids}

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import VIDEO_FOLDERS
+from .config import EVAL_SIZE, VIDEO_FOLDERS
 from .data.annotations import safe_join
 from .dependence import AudioDependence, audio_dependence, check_steps, other_clips
 from .fileio import write_json
-from .localize import pseudo_box, step_maps, top_k_moments, window_bounds
+from .localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_map
 from .media import MediaError
 from .model.checkpoint import load_checkpoint
 from .preprocess import file_inputs
@@ -50,7 +50,7 @@ class ClipFeatures:
         return step_maps(self.V[:, :T], za[:T], self.map_kind)
 
     def scores(self) -> np.ndarray:
-        return np.einsum("td,td->t", self.zv, self.za)
+        return moment_scores(self.zv, self.za)
 
 
 @dataclass
@@ -115,20 +115,14 @@ def list_videos(folder: Path) -> list[tuple[str, Path]]:
     return [(p.stem, p) for p in sorted(root.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
 
 
-def centred_map(alpha: np.ndarray, t: int, steps: int) -> np.ndarray:
-    """The paper's Eq. 4 at step ``t``: the mean of alpha over [t - d/2, t + d/2]."""
-    lo, hi = window_bounds(t, steps, len(alpha), "centered")
-    return alpha[lo:hi].mean(axis=0)
-
-
 def clip_dependence(feats: list[ClipFeatures], steps: int, labels: Mapping[str, str] | None = None) -> AudioDependence:
     """The audio-dependence check (``soundloc.dependence``) on clips' maps at their top-1
     moment, each against its map with another clip's audio (of another class where ``labels``
     say so)."""
     other = other_clips([labels.get(f.clip_id, "") for f in feats] if labels else None, len(feats))
     at = [check_steps(f.scores())[0] for f in feats]
-    own = [centred_map(f.alpha(), t, steps) for f, t in zip(feats, at)]
-    swapped = [centred_map(f.alpha(feats[j].za), t, steps) for f, j, t in zip(feats, other, at)]
+    own = [window_map(f.alpha(), t, steps) for f, t in zip(feats, at)]
+    swapped = [window_map(f.alpha(feats[j].za), t, steps) for f, j, t in zip(feats, other, at)]
     return audio_dependence(own, swapped)
 
 
@@ -151,7 +145,7 @@ def maps_from_checkpoint(ckpt: Path, videos: Path, ids: Iterable[str], baseline:
     maps = {}
     for k, f in enumerate(feats):
         za = feats[(k + 1) % len(feats)].za if baseline == "shuffled" and len(feats) > 1 else None
-        maps[f.clip_id] = centred_map(f.alpha(za), f.steps // 2, steps)
+        maps[f.clip_id] = window_map(f.alpha(za), f.steps // 2, steps)
     return maps, skipped, clip_dependence(feats, steps, labels)
 
 
@@ -189,8 +183,8 @@ def annotate(ckpt: Path, folder: Path, out_json: Path, threshold: float = 0.5, r
 def _pseudo_entry(an: Analyzer, f, threshold: float) -> dict:
     """One clip's VGG-SS entry: its top-1 moment's centred 3 s map -> box (none if empty)."""
     t = top_k_moments(f.scores(), 1)[0]
-    m = centred_map(f.alpha(), t, an.config.window_steps)
-    box = pseudo_box(m, 224, 224, threshold)
+    m = window_map(f.alpha(), t, an.config.window_steps)
+    box = pseudo_box(m, EVAL_SIZE, EVAL_SIZE, threshold)
     return {"file": f.clip_id, "class": an.classify(f), "frame": t,
             "score": round(float(f.scores()[t]), 4), "bbox": [] if box is None else [list(box)]}
 

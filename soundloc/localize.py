@@ -1,18 +1,24 @@
-"""From per-step maps to what users see: 3 s window averages, informative moments, pseudo boxes.
+"""The per-step localization core: maps and scores from features, the 3 s window, the gate,
+informative moments, pseudo boxes.
 
-numpy only: the runtime, the evaluation and the annotation tools share it. The per-step maps
-themselves (alpha_t = V_t . z^A_t) come from the model or an exported graph.
+numpy only. Every path drives this one core: the live runtime (``soundloc.runtime.stream``,
+through ``StepLocalizer``), the benchmark's localization stage (the runtime's own
+``Localizer``), export verification and the offline analysis of whole clips
+(``soundloc.inference``: ``window_map``, ``moment_scores``, ``pseudo_box``). The per-step
+features themselves come from the model or an exported graph.
 """
 
 from __future__ import annotations
 
 import functools
 from collections import deque
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from .config import NORM_EPS, SALIENCE_POWER
+from .config import EVAL_SIZE, NORM_EPS, SALIENCE_POWER, SILENCE_DB, WINDOW_MODES
 
 Box = tuple[float, float, float, float]  # normalised xmin, ymin, xmax, ymax
 
@@ -28,6 +34,12 @@ def step_maps(V: np.ndarray, za: np.ndarray, kind: str = "dot") -> np.ndarray:
     return np.einsum("...dthw,...td->...thw", V, za)
 
 
+def moment_scores(zv: np.ndarray, za: np.ndarray) -> np.ndarray:
+    """S_av per step: z^V (..., T, D), z^A (..., T, D) -> (..., T); the numpy twin of
+    ``soundloc.model.classifier.moment_scores``."""
+    return np.einsum("...td,...td->...t", zv, za)
+
+
 def window_bounds(t: int, steps: int, num_steps: int, mode: str = "centered") -> tuple[int, int]:
     """The [start, stop) steps averaged for step ``t``, clipped to the clip.
 
@@ -40,8 +52,15 @@ def window_bounds(t: int, steps: int, num_steps: int, mode: str = "centered") ->
     elif mode == "trailing":
         start, stop = t - steps + 1, t + 1
     else:
-        raise ValueError(f"window mode must be 'centered' or 'trailing', not {mode!r}")
+        raise ValueError(f"window mode must be one of {', '.join(WINDOW_MODES)}, not {mode!r}")
     return max(start, 0), min(stop, num_steps)
+
+
+def window_map(maps: np.ndarray, t: int, steps: int, mode: str = "centered") -> np.ndarray:
+    """The window average at one step ``t`` of (T, h, w) per-step maps (``centered``: the
+    paper's Eq. 4, the mean over [t - d/2, t + d/2])."""
+    lo, hi = window_bounds(t, steps, len(maps), mode)
+    return maps[lo:hi].mean(axis=0)
 
 
 def window_average(maps: np.ndarray, steps: int, mode: str = "centered") -> np.ndarray:
@@ -55,17 +74,104 @@ def window_average(maps: np.ndarray, steps: int, mode: str = "centered") -> np.n
     return out.astype(np.float32)
 
 
-class TrailingWindow:
-    """Running trailing average for a live stream: push a step's map, read the window mean."""
+@dataclass
+class Windowed:
+    """One step leaving the window: what was pushed with it, the mean map and S_av over its
+    window, and the mean audio power of its last ``gate_steps`` steps."""
 
-    def __init__(self, steps: int) -> None:
-        if steps < 1:
-            raise ValueError(f"window must cover at least one step, not {steps}")
-        self._maps: deque[np.ndarray] = deque(maxlen=steps)
+    item: Any
+    alpha: np.ndarray
+    score: float
+    power: float
 
-    def push(self, alpha: np.ndarray) -> np.ndarray:
-        self._maps.append(np.asarray(alpha, dtype=np.float32))
-        return np.mean(self._maps, axis=0)
+
+class StepWindow:
+    """The window of a stream, one step at a time: push each step's map (with its score and
+    audio power); each step comes out once its window is complete (``future`` steps later
+    when centred, at once when trailing) with the averages ``window_average`` gives offline."""
+
+    def __init__(self, steps: int, mode: str = "trailing", gate_steps: int = 1) -> None:
+        if steps < 1 or gate_steps < 1:
+            raise ValueError(f"window and gate must cover at least one step, not {steps} and {gate_steps}")
+        window_bounds(0, steps, 1, mode)  # checks the mode
+        self.steps, self.mode, self.gate_steps = steps, mode, gate_steps
+        self.future = steps // 2 if mode == "centered" else 0
+        past = steps // 2 if mode == "centered" else steps - 1
+        self.buf: deque[tuple[Any, np.ndarray, float, float]] = deque(maxlen=max(past, gate_steps - 1) + self.future + 1)
+        self.count = 0
+        self.emitted = 0
+
+    def push(self, item: Any, alpha: np.ndarray, score: float = 0.0, power: float = 0.0) -> list[Windowed]:
+        self.buf.append((item, np.asarray(alpha), float(score), float(power)))
+        self.count += 1
+        ready = []
+        while self.emitted + self.future < self.count:
+            ready.append(self._average(self.emitted))
+        return ready
+
+    def flush(self) -> list[Windowed]:
+        """End of stream: the steps still waiting for their future, averaged over what exists."""
+        return [self._average(self.emitted) for _ in range(self.count - self.emitted)]
+
+    def _average(self, k: int) -> Windowed:
+        first = self.count - len(self.buf)
+        lo, hi = window_bounds(k, self.steps, self.count, self.mode)
+        steps = [self.buf[i - first] for i in range(lo, hi)]
+        recent = [self.buf[i - first][3] for i in range(max(k - self.gate_steps + 1, first), k + 1)]
+        self.emitted += 1
+        return Windowed(self.buf[k - first][0], np.mean([s[1] for s in steps], axis=0),
+                        float(np.mean([s[2] for s in steps])), float(np.mean(recent)))
+
+
+def level_db(power: float) -> float:
+    """dBFS of a mean square audio power (``SILENCE_DB`` for digital silence)."""
+    return SILENCE_DB if power <= 1e-12 else max(SILENCE_DB, 10.0 * float(np.log10(power)))
+
+
+def is_gated(level: float, score: float, gate_db: float | None, gate_score: float | None) -> bool:
+    """Nothing audible comes from the scene: the audio level is below ``gate_db`` (silence) or
+    the window's mean S_av is below ``gate_score`` (sound the model ties to nothing visible)."""
+    return (gate_db is not None and level < gate_db) or (gate_score is not None and score < gate_score)
+
+
+@dataclass(frozen=True)
+class Localized:
+    """One step as users see it: ``heatmap`` (the window's map min-max normalised) and ``box``
+    are None when the step is gated (or the map is flat)."""
+
+    item: Any
+    heatmap: np.ndarray | None
+    box: Box | None
+    score: float
+    level_db: float
+    gated: bool
+
+
+class StepLocalizer:
+    """The per-step stage of every stream: window, gate, box. Push each finished model step's
+    map, score and audio power; localized steps come out in order (``flush`` at the end)."""
+
+    def __init__(self, steps: int, mode: str = "trailing", gate_steps: int = 1, gate_db: float | None = None,
+                 gate_score: float | None = None, box_threshold: float = 0.5) -> None:
+        self.window = StepWindow(steps, mode, gate_steps)
+        self.gate_db, self.gate_score, self.box_threshold = gate_db, gate_score, box_threshold
+
+    @property
+    def future(self) -> int:
+        """Steps a step waits for the rest of its window (half the window when centred)."""
+        return self.window.future
+
+    def push(self, item: Any, alpha: np.ndarray, score: float, power: float = 0.0) -> list[Localized]:
+        return [self._localize(w) for w in self.window.push(item, alpha, score, power)]
+
+    def flush(self) -> list[Localized]:
+        return [self._localize(w) for w in self.window.flush()]
+
+    def _localize(self, w: Windowed) -> Localized:
+        db = level_db(w.power)
+        heat = None if is_gated(db, w.score, self.gate_db, self.gate_score) else normalise(w.alpha)
+        box = None if heat is None else pseudo_box(w.alpha, EVAL_SIZE, EVAL_SIZE, self.box_threshold)
+        return Localized(w.item, heat, box, w.score, db, heat is None)
 
 
 def top_k_moments(scores: np.ndarray, k: int = 1) -> list[int]:
@@ -76,36 +182,49 @@ def top_k_moments(scores: np.ndarray, k: int = 1) -> list[int]:
     return [int(i) for i in order[: max(k, 0)]]
 
 
-def normalise(m: np.ndarray) -> np.ndarray | None:
-    """Min-max normalise to [0, 1]; None for a flat or non-finite map (nothing to localise)."""
+def normalise(m: np.ndarray, flat: float | None = None, dtype: type = np.float32) -> np.ndarray | None:
+    """Min-max normalise to [0, 1] (computed in float64, returned as ``dtype``).
+
+    A flat map has no peak: with ``flat=None`` it gives None (nothing to localise: the
+    runtime shows no map), with a number every value becomes it (the evaluation protocol
+    scores a constant map as all ones). A non-finite map gives None.
+    """
     m = np.asarray(m, dtype=np.float64)
     if m.size == 0 or not np.all(np.isfinite(m)):
         return None
     lo, hi = m.min(), m.max()
     if hi - lo <= 1e-12 * max(1.0, abs(hi)):
-        return None
-    return ((m - lo) / (hi - lo)).astype(np.float32)
+        return None if flat is None else np.full(m.shape, flat, dtype)
+    return ((m - lo) / (hi - lo)).astype(dtype)
 
 
-@functools.lru_cache(maxsize=32)
-def lerp_indices(n_out: int, n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each of ``n_out`` output pixel centres: the two input cells around it and the weight
-    of the second (OpenCV's INTER_LINEAR / align_corners=False, edges clamped). Cached: every
-    frame of a stream has the same size."""
-    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1)
+@functools.lru_cache(maxsize=64)
+def lerp_indices(n_out: int, n_in: int, align_corners: bool = False,
+                 dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``n_out`` output pixels: the two input cells around it and the weight of the
+    second, edges clamped. Pixel centres (``align_corners=False``: OpenCV's INTER_LINEAR,
+    torch's default) or corner pixels aligned (torch's ``align_corners=True``). Cached and
+    read-only: every frame of a stream, every map of a benchmark has the same size."""
+    if align_corners:
+        x = np.arange(n_out) * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
+    else:
+        x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1)
     lo = np.floor(x).astype(np.intp)
     hi = np.minimum(lo + 1, n_in - 1)
-    frac = (x - lo).astype(np.float32)
+    frac = (x - lo).astype(dtype)
     for a in (lo, hi, frac):
         a.setflags(write=False)
     return lo, hi, frac
 
 
-def upsample(m: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize with pixel-centre alignment (OpenCV's INTER_LINEAR, align_corners=False)."""
-    m = np.asarray(m, dtype=np.float32)
-    y0, y1, fy = lerp_indices(height, m.shape[0])
-    x0, x1, fx = lerp_indices(width, m.shape[1])
+def upsample(m: np.ndarray, height: int, width: int, align_corners: bool = False,
+             dtype: type = np.float32) -> np.ndarray:
+    """Bilinear resize of a (h, w) map to (height, width), computed in ``dtype``: separable
+    lerps (no BLAS call), pixel centres by default (see ``lerp_indices``). The boxes use
+    float32; the evaluation protocol float64, where it equals torch's ``interpolate``."""
+    m = np.asarray(m, dtype=dtype)
+    y0, y1, fy = lerp_indices(height, m.shape[0], align_corners, dtype)
+    x0, x1, fx = lerp_indices(width, m.shape[1], align_corners, dtype)
     rows = m[y0] * (1 - fy)[:, None] + m[y1] * fy[:, None]
     return rows[:, x0] * (1 - fx)[None, :] + rows[:, x1] * fx[None, :]
 

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from .config import EVAL_SIZE
 from .data.annotations import Box
 from .fileio import atomic_write_bytes
+from .localize import normalise, upsample
 
-SIZE = 224  # evaluation resolution of every map
 PROTOCOLS = ("lvs", "ezvsl")
 DEFAULT_PROTOCOL = "lvs"
 THRESHOLDS = tuple(0.05 * i for i in range(21))  # success-curve thresholds, as the reference code builds them
@@ -66,37 +66,6 @@ def check_protocol(protocol: str) -> str:
 
 
 # -- prediction --------------------------------------------------------------------------------
-@lru_cache(maxsize=64)
-def _bilinear_matrix(n_in: int, n_out: int, align_corners: bool) -> np.ndarray:
-    """(n_out, n_in) interpolation weights along one axis, as torch/OpenCV compute them (cached,
-    read-only: every map of a benchmark has the same size)."""
-    dst = np.arange(n_out, dtype=np.float64)
-    if align_corners:
-        src = dst * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros(n_out)
-    else:
-        src = np.maximum((dst + 0.5) * (n_in / n_out) - 0.5, 0.0)  # pixel centres, clamped at 0
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    frac = src - i0
-    w = np.zeros((n_out, n_in))
-    np.add.at(w, (np.arange(n_out), i0), 1.0 - frac)
-    np.add.at(w, (np.arange(n_out), i1), frac)
-    w.flags.writeable = False
-    return w
-
-
-def upsample(m: np.ndarray, size: int = SIZE, align_corners: bool = False) -> np.ndarray:
-    """Bilinear resize of a (h, w) map to (size, size), float64.
-
-    ``align_corners=False`` equals OpenCV ``INTER_LINEAR`` and torch's default (pixel centres);
-    ``True`` equals torch's ``align_corners=True``. Separable: ``Wy @ m @ Wx.T``.
-    """
-    h, w = m.shape
-    if (h, w) == (size, size):  # both conventions are the identity at equal size
-        return m.astype(np.float64, copy=True)
-    return _bilinear_matrix(h, size, align_corners) @ m.astype(np.float64) @ _bilinear_matrix(w, size, align_corners).T
-
-
 def as_map(m: np.ndarray) -> np.ndarray:
     """A map as a finite-or-not float64 (h, w) array; leading singleton axes are dropped."""
     a = np.asarray(m)
@@ -120,14 +89,6 @@ def sanitize(m: np.ndarray) -> tuple[np.ndarray | None, bool]:
     return np.where(finite, m, m[finite].min()), True
 
 
-def normalize(p: np.ndarray) -> np.ndarray:
-    """Min-max normalise to [0, 1]; a constant map becomes all ones (see the module doc)."""
-    lo, hi = p.min(), p.max()
-    if hi - lo == 0:
-        return np.ones_like(p)
-    return (p - lo) / (hi - lo)
-
-
 def binarize(p: np.ndarray, protocol: str = DEFAULT_PROTOCOL) -> np.ndarray:
     """Median-threshold a normalised (224, 224) map into the 0/1 prediction of ``protocol``."""
     k = p.size // 2
@@ -139,18 +100,19 @@ def binarize(p: np.ndarray, protocol: str = DEFAULT_PROTOCOL) -> np.ndarray:
 
 def prediction(m: np.ndarray, protocol: str = DEFAULT_PROTOCOL) -> tuple[np.ndarray, np.ndarray]:
     """(upsampled normalised map, binary prediction), both (224, 224), of a finite (h, w) map."""
-    p = normalize(upsample(m, SIZE, align_corners=check_protocol(protocol) == "ezvsl"))
+    p = normalise(upsample(m, EVAL_SIZE, EVAL_SIZE, align_corners=check_protocol(protocol) == "ezvsl", dtype=np.float64),
+                  flat=1.0, dtype=np.float64)
     return p, binarize(p, protocol)
 
 
 # -- ground truth ------------------------------------------------------------------------------
 def _box_pixels(box: Box) -> tuple[int, int, int, int]:
-    return tuple(int(SIZE * min(max(v, 0.0), 1.0)) for v in box)  # type: ignore[return-value]
+    return tuple(int(EVAL_SIZE * min(max(v, 0.0), 1.0)) for v in box)  # type: ignore[return-value]
 
 
 def union_gt_map(boxes: Sequence[Box]) -> np.ndarray:
     """VGG-SS GT: (224, 224) binary union of normalised boxes, pixels ``int(224 * v)``."""
-    g = np.zeros((SIZE, SIZE))
+    g = np.zeros((EVAL_SIZE, EVAL_SIZE))
     for box in boxes:
         x0, y0, x1, y1 = _box_pixels(box)
         g[y0:y1, x0:x1] = 1.0
@@ -163,7 +125,7 @@ def consensus_gt_map(boxes: Sequence[Box]) -> np.ndarray:
     Boxes are normalised (pixel / 256), so ``int(224 * v)`` equals the reference
     ``int(224 * pixel / 256)`` exactly (division by a power of two is exact).
     """
-    g = np.zeros((SIZE, SIZE))
+    g = np.zeros((EVAL_SIZE, EVAL_SIZE))
     for box in boxes:
         x0, y0, x1, y1 = _box_pixels(box)
         g[y0:y1, x0:x1] += 1.0

@@ -183,6 +183,56 @@ def test_cli_bench_tiny_export(tiny_export, tmp_path):
     assert {t["backend"] for t in d["targets"]} == {"onnxruntime-cpu"}
 
 
+def _steps(n: int, loud: int) -> list:
+    """``n`` step inputs of a moving pattern: a 440 Hz tone for the first ``loud``, then silence."""
+    from soundloc.config import IMAGE_SIZE, SAMPLES_PER_STEP, SAMPLE_RATE
+    from soundloc.runtime.sources import StepInput
+
+    rng = np.random.default_rng(0)
+    t = np.arange(SAMPLES_PER_STEP) / SAMPLE_RATE
+    out = []
+    for i in range(n):
+        small = rng.integers(0, 256, (IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+        audio = (0.5 * np.sin(2 * np.pi * 440 * t) if i < loud else np.zeros_like(t)).astype(np.float32)
+        out.append(StepInput(i, i / 10, small[::2, ::2].copy(), small, audio, 0.0))
+    return out
+
+
+def test_bench_localization_stage_runs_the_runtimes_own_code(tiny_export, monkeypatch):
+    """``time_pipeline``'s "localization+box" stage is the runtime's ``Localizer.localize`` (window,
+    gate, box): the same function object runs inside that lap (a fake clock moves only when it is
+    called), and what it gives equals what ``soundloc stream``'s ``Localizer.push`` gives."""
+    from soundloc.runtime.engine import StepModel
+    from soundloc.runtime.stream import Localizer, StreamOptions
+
+    inputs = _steps(40, loud=20)
+    clock, seen, real = FakeClock(), [], Localizer.localize
+
+    def spy(self, finished):
+        clock.advance(1.0)
+        out = real(self, finished)
+        seen.extend(out)
+        return out
+
+    monkeypatch.setattr(Localizer, "localize", spy)
+    model = StepModel.from_export(tiny_export, backend="onnxruntime-cpu")
+    timing = bench.time_pipeline(model, inputs, Plan(warmup_s=0, duration_s=0, min_iters=len(inputs)), clock)
+    assert timing.stages["localization+box"] == (1.0,) * len(inputs)
+    assert all(v == (0.0,) * len(inputs) for k, v in timing.stages.items() if k != "localization+box")
+
+    monkeypatch.setattr(Localizer, "localize", real)
+    loc = Localizer(StepModel.from_export(tiny_export, backend="onnxruntime-cpu"), StreamOptions())
+    want = [r for inp in inputs for r in loc.push(inp)]
+    assert [r.index for r in seen] == [r.index for r in want] == list(range(len(inputs) - model.lookahead))
+    assert [r.gated for r in seen] == [r.gated for r in want]
+    assert not seen[0].gated and seen[-1].gated  # the gate runs: the tone, then silence
+    for got, ref in zip(seen, want):
+        assert got.box == ref.box and got.score == pytest.approx(ref.score, rel=1e-5)
+        assert (got.heatmap is None) == (ref.heatmap is None)
+        if ref.heatmap is not None:
+            np.testing.assert_allclose(got.heatmap, ref.heatmap, atol=1e-5)
+
+
 def test_random_weights_are_said_first_in_every_bench_report():
     from dataclasses import replace
 

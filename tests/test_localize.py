@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from soundloc.localize import (TrailingWindow, normalise, pseudo_box, top_k_moments, upsample, window_average,
+from soundloc.localize import (StepWindow, normalise, pseudo_box, top_k_moments, upsample, window_average,
                                window_bounds)
 
 
@@ -25,8 +25,8 @@ def test_window_average_on_hand_made_sequence():
 def test_trailing_window_matches_offline():
     rng = np.random.default_rng(0)
     maps = rng.standard_normal((40, 7, 7)).astype(np.float32)
-    w = TrailingWindow(30)
-    live = np.stack([w.push(m) for m in maps])
+    w = StepWindow(30, "trailing")
+    live = np.stack([out.alpha for m in maps for out in w.push(None, m)])
     np.testing.assert_allclose(live, window_average(maps, 30, "trailing"), atol=1e-5)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from soundloc import metrics
+from soundloc.localize import upsample
 from soundloc.metrics import MetricError
 
 N = 224 * 224
@@ -19,15 +20,15 @@ def test_upsample_matches_torch_interpolate(shape, align_corners):
     m = np.random.default_rng(sum(shape)).normal(size=shape)
     ref = torch.nn.functional.interpolate(torch.from_numpy(m)[None, None], size=(224, 224), mode="bilinear",
                                           align_corners=align_corners)[0, 0].numpy()
-    np.testing.assert_allclose(metrics.upsample(m, 224, align_corners), ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(upsample(m, 224, 224, align_corners, np.float64), ref, rtol=0, atol=1e-12)
 
 
 def test_upsample_by_hand_2_to_4():
     m = np.array([[0.0, 4.0]])
     # pixel centres (OpenCV / align_corners=False): src x = (d + .5) / 2 - .5 = -.25(->0), .25, .75, 1.25(->1)
-    np.testing.assert_allclose(metrics._bilinear_matrix(2, 4, False) @ m[0], [0.0, 1.0, 3.0, 4.0])
+    np.testing.assert_allclose(upsample(m, 1, 4, False, np.float64)[0], [0.0, 1.0, 3.0, 4.0])
     # align_corners=True: src x = d / 3 -> 0, 4/3, 8/3, 4
-    np.testing.assert_allclose(metrics._bilinear_matrix(2, 4, True) @ m[0], [0.0, 4 / 3, 8 / 3, 4.0])
+    np.testing.assert_allclose(upsample(m, 1, 4, True, np.float64)[0], [0.0, 4 / 3, 8 / 3, 4.0])
 
 
 # -- cIoU, GT maps -----------------------------------------------------------------------------

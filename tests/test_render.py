@@ -13,7 +13,7 @@ from soundloc.runtime.render import (
     indicator_region,
     overlay,
     render_step,
-    upsample,
+    heat_levels,
 )
 from soundloc.runtime.results import StepResult
 
@@ -48,10 +48,10 @@ def test_turbo_lut_runs_cold_blue_to_hot_red():
     assert TURBO[128, 1] > 200  # green in the middle
 
 
-def test_upsample_matches_pillow_pixel_centre_bilinear():
+def test_heat_levels_match_pillow_pixel_centre_bilinear():
     rng = np.random.default_rng(1)
     heatmap = rng.random((7, 7)).astype(np.float32)
-    ours = upsample(heatmap, 320, 240).astype(int)
+    ours = heat_levels(heatmap, 240, 320).astype(int)
     reference = Image.fromarray(heatmap * 255, "F").resize((320, 240), Image.Resampling.BILINEAR)
     assert np.abs(ours - np.asarray(reference)).max() <= 1
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from ..config import Config
 from .backends import (
-                     BACKEND_CHOICES,
                      COMPARE_ALL,
                      Target,
                      load_model,
@@ -54,7 +53,6 @@ from .report import (
                      utilisation,
 )
 from .runner import (
-                     FPS_STEPS,
                      TARGET_FLOOR_RATIO,
                      TARGET_SPEEDUP,
                      TARGET_STEP_MS,
@@ -78,10 +76,8 @@ from .stats import Clock, Laps, Plan, Stats, Timing, percentile, run_timed
 from .system import Tegrastats, system_info
 
 __all__ = [
-                     "BACKEND_CHOICES",
                      "COMPARE_ALL",
                      "FLOOR_FRAMES",
-                     "FPS_STEPS",
                      "MATMUL_N",
                      "STAGES",
                      "TARGET_FLOOR_RATIO",

@@ -7,9 +7,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config
+from ..config import Config, check_backend
 
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt")
 COMPARE_ALL = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch")  # first that loads: stages
 
 
@@ -60,9 +59,7 @@ def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = N
     """A ``StepModel`` on ``backend``; raises with the reason it cannot load here."""
     from ..runtime.engine import StepModel
 
-    if backend not in BACKEND_CHOICES:
-        raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, not {backend!r}")
-    if backend == "torch" or (backend == "auto" and tgt.export is None):
+    if check_backend(backend) == "torch" or (backend == "auto" and tgt.export is None):
         if importlib.util.find_spec("torch") is None:
             raise RuntimeError("PyTorch is not installed (`pip install 'soundloc[train]'`)")
         ckpt = tgt.checkpoint or _scratch_checkpoint(tgt.config, scratch)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Config
+from ..config import MELS_PER_STEP, Config
 from .backends import Target
 from .stages import FLOOR_FRAMES
 from .stats import Clock, Laps, Plan, Timing, run_timed
@@ -37,7 +37,7 @@ def time_window_recompute(config: Config, plan: Plan, threads: int | None = None
     model = AVClassifier(config).eval()
     t, size = config.window_steps, config.image_size
     video = torch.randn(1, 3, t, size, size)
-    mel = torch.randn(1, 1, 10 * t, config.n_mels)
+    mel = torch.randn(1, 1, MELS_PER_STEP * t, config.n_mels)
 
     def body(laps: Laps) -> None:
         with torch.inference_mode():
@@ -54,7 +54,7 @@ def time_floor(tgt: Target, backend: str, plan: Plan, threads: int | None = None
     size, n_mels = tgt.config.image_size, tgt.config.n_mels
     rng = np.random.default_rng(0)
     video = rng.standard_normal((1, 3, frames, size, size), dtype=np.float32)
-    mel = rng.standard_normal((1, 1, 10 * frames, n_mels), dtype=np.float32)
+    mel = rng.standard_normal((1, 1, MELS_PER_STEP * frames, n_mels), dtype=np.float32)
     run = _torch_offline(tgt, threads) if backend == "torch" else _export_offline(tgt, backend, threads)
 
     def body(laps: Laps) -> None:

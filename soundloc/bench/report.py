@@ -7,7 +7,8 @@ from dataclasses import asdict
 from typing import Any
 
 from .. import __version__
-from .runner import FPS_STEPS, BackendResult, BenchReport
+from ..config import FPS
+from .runner import BackendResult, BenchReport
 from .stats import Stats
 
 # -- reporting ----------------------------------------------------------------------------------
@@ -23,7 +24,7 @@ def utilisation(report: BenchReport, r: BackendResult) -> float | None:
 
 def _throughput(stats: Stats) -> dict[str, float]:
     steps = 1000 / stats.mean
-    return {"steps_per_s": round(steps, 2), "realtime_streams": round(steps / FPS_STEPS, 2)}
+    return {"steps_per_s": round(steps, 2), "realtime_streams": round(steps / FPS, 2)}
 
 
 def _backend_dict(report: BenchReport, r: BackendResult) -> dict[str, Any]:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .backends import BACKEND_CHOICES, Target, load_model, resolve_target, runtime_of
+from ..config import FPS, check_backend
+from .backends import Target, load_model, resolve_target, runtime_of
 from .references import matmul_peak, model_macs, time_floor, time_window_recompute
 from .stages import (
     FLOOR_FRAMES,
@@ -24,7 +25,6 @@ from .stats import Plan, Stats
 from ..runtime.bundle import random_weights_note, read_bundle
 from .system import Tegrastats, system_info
 
-FPS_STEPS = 10  # model steps per second: the real-time rate every throughput is measured against
 TARGET_STEP_MS = 35.0  # issue 6, 2-core CPU, full size, batch 1, onnxruntime CPU
 TARGET_SPEEDUP = 20.0  # vs the window-recompute reference
 TARGET_FLOOR_RATIO = 1.15  # vs the offline per-frame floor
@@ -99,7 +99,7 @@ def _one_line(e: BaseException) -> str:
 def _streams(model, batch: int, plan: Plan) -> dict[str, Any]:
     """``batch`` streams through one step call: latency per call and 10 fps streams it sustains."""
     stats = time_step(model, batch, plan).stats()
-    return {"batch": batch, "call": stats, "streams_per_device": round(batch * 1000 / stats.mean / FPS_STEPS, 2)}
+    return {"batch": batch, "call": stats, "streams_per_device": round(batch * 1000 / stats.mean / FPS, 2)}
 
 
 def _peak_for(model, threads: int | None) -> dict[str, Any]:
@@ -171,8 +171,7 @@ def run_bench(target: str | Path | Sequence[str | Path], *, backends: Sequence[s
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, not {threads}")
     for b in backends:
-        if b not in BACKEND_CHOICES:
-            raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, not {b!r}")
+        check_backend(b)
     with tempfile.TemporaryDirectory(prefix="soundloc-bench-") as tmp, Tegrastats() as tegra:
         targets = [Path(t) for t in target] if isinstance(target, (list, tuple)) else [Path(target)]
         parts = _collect(targets, list(backends), streams, plan, threads, clip, references, Path(tmp), progress)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import MELS_PER_STEP
 from ..fileio import Staged
 from .stats import Clock, Laps, Plan, Timing, run_timed
 
@@ -116,31 +117,27 @@ def time_decode(clip: Path, plan: Plan, clock: Clock = time.perf_counter) -> tup
 
 def time_pipeline(model, inputs: list, plan: Plan, clock: Clock = time.perf_counter) -> Timing:
     """Preprocess + mel, model step, localization + box and render of one stream, step after
-    step on decoded inputs (cycled), each stage lapped: what ``Localizer`` + a sink do."""
-    from ..audio import StreamingLogMel
-    from ..localize import TrailingWindow, normalise, pseudo_box
-    from ..preprocess import normalise_frame
-    from ..runtime.render import overlay
+    step on decoded inputs (cycled), each stage lapped. The stages are the runtime's own:
+    ``Localizer.push`` split into its ``prepare``, ``model_step`` and ``localize`` (window,
+    gate and box, with ``soundloc stream``'s default options), then ``render_step`` as a sink
+    draws each result."""
+    from ..runtime.render import render_step
+    from ..runtime.stream import Localizer, StreamOptions
 
-    mel, window = StreamingLogMel(), TrailingWindow(model.config.window_steps)
-    state = [model.new_state(1)]
-    valid = np.ones(1, np.float32)
+    loc = Localizer(model, StreamOptions())
     k = [0]
 
     def body(laps: Laps) -> None:
         inp = inputs[k[0] % len(inputs)]
         k[0] += 1
-        frame = normalise_frame(inp.small)[None]
-        mel.push(inp.audio)
-        step_mel = mel.pop_step()[None]
+        prepared = loc.prepare(inp)
         laps("preprocess+mel")
-        out, state[0] = model.step(frame, step_mel, valid, state[0])
+        finished = loc.model_step(*prepared)
         laps("model step")
-        avg = window.push(out.alpha[0])
-        heat = normalise(avg)
-        box = None if heat is None else pseudo_box(avg, 224, 224, 0.5)
+        results = loc.localize(finished)
         laps("localization+box")
-        overlay(inp.frame, heat, box)
+        for r in results:
+            render_step(r)
         laps("render")
 
     return run_timed(body, plan, clock)
@@ -152,7 +149,7 @@ def time_step(model, batch: int, plan: Plan, clock: Clock = time.perf_counter) -
     size = model.config.image_size
     rng = np.random.default_rng(0)
     frames = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
-    mels = rng.standard_normal((batch, 10, model.config.n_mels), dtype=np.float32)
+    mels = rng.standard_normal((batch, MELS_PER_STEP, model.config.n_mels), dtype=np.float32)
     valid = np.ones(batch, np.float32)
     state = [model.new_state(batch)]
 

@@ -7,24 +7,25 @@ from typing import Optional
 
 import typer
 
+from ..config import BACKENDS
 from .app import app, check_paths, check_range, fail
 
 
 def parse_compare(compare: str) -> list[str]:
     """``a,b,c`` (or ``all``) -> backend names, checked."""
-    from ..bench import BACKEND_CHOICES, COMPARE_ALL
+    from ..bench import COMPARE_ALL
 
     names = list(COMPARE_ALL) if compare.strip() == "all" else [c.strip() for c in compare.split(",") if c.strip()]
-    bad = [n for n in names if n not in BACKEND_CHOICES]
+    bad = [n for n in names if n not in BACKENDS]
     if bad or not names:
-        raise ValueError(f"--compare takes backends from {', '.join(BACKEND_CHOICES)} (or 'all'), not {compare!r}")
+        raise ValueError(f"--compare takes backends from {', '.join(BACKENDS)} (or 'all'), not {compare!r}")
     return names
 
 
 @app.command("bench")
 def bench(
     target: list[Path] = typer.Argument(..., help="Export directory (several: e.g. fp32 and int8 exports side by side), or a .pt checkpoint (torch backend only)."),
-    backend: str = typer.Option("auto", help="auto, torch, onnxruntime-cpu/-cuda/-tensorrt, tensorrt."),
+    backend: str = typer.Option("auto", help=f"One of {', '.join(BACKENDS)}."),
     compare: Optional[str] = typer.Option(None, help="Backends to run one after another, e.g. torch,onnxruntime-cpu (or 'all')."),
     streams: int = typer.Option(1, help="Also time N streams batched through one step call."),
     warmup: float = typer.Option(2.0, help="Warm-up seconds before each measurement."),

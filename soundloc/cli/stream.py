@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..config import BACKENDS
 from .app import app, check_paths, check_range, fail
 
 
@@ -20,7 +21,7 @@ def stream(
     preview: bool = typer.Option(False, "--preview", help="Serve a live preview page."),
     host: str = typer.Option("127.0.0.1", help="Preview bind address (anything but loopback is visible on your network)."),
     port: int = typer.Option(8080, help="Preview port (0: any free port)."),
-    backend: str = typer.Option("auto", help="auto, tensorrt, onnxruntime, onnxruntime-cpu/-cuda/-tensorrt, torch."),
+    backend: str = typer.Option("auto", help=f"One of {', '.join(BACKENDS)} (torch: a .pt checkpoint)."),
     window: str = typer.Option("trailing", help="trailing (live) or centered (paper's Eq. 4; 1.5 s more delay)."),
     gate_db: float = typer.Option(-50.0, help="Hide the map when the window's audio level is below this dBFS."),
     gate_score: Optional[float] = typer.Option(None, help="Hide the map when mean S_av is below this (default: the export's calibrated value)."),
@@ -35,13 +36,12 @@ def stream(
 ) -> None:
     """Localize sound sources live: camera + microphone (or a file/URL) -> mp4, events, preview."""
     from ..config import FPS
-    from ..runtime.engine import BACKENDS
     from ..runtime.run import run_stream
     from ..runtime.stream import StreamOptions
 
     check_paths([out, events, json_out], [target, video, audio])
-    if backend not in (*BACKENDS, "torch"):
-        raise fail(f"--backend must be one of {', '.join((*BACKENDS, 'torch'))}, not {backend!r}")
+    if backend not in BACKENDS:
+        raise fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     check_range("--port", port, 0, 65535)
     check_range("--threads", threads, 1)
     check_range("--reconnect", reconnect, 0)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..audio import log_mel
-from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, VIDEO_FOLDERS, Config
+from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, VIDEO_FOLDERS, Config, is_whole_steps, seconds_to_steps
 from ..media import MediaError, load_clip
 from ..preprocess import normalise_frames
 from .annotations import AnnotationError, safe_join
@@ -145,8 +145,8 @@ class ClipDataset(torch.utils.data.Dataset):
     def _check_crop(self, seconds: float | None) -> int | None:
         if seconds is None:
             return None
-        steps = round(seconds * FPS)
-        if abs(seconds * FPS - steps) > 1e-6 or not 1 <= steps <= self.config.clip_steps:
+        steps = seconds_to_steps(seconds)
+        if not is_whole_steps(seconds) or not 1 <= steps <= self.config.clip_steps:
             raise DatasetError(f"crop_seconds must be a multiple of 0.1 s in (0, {self.config.clip_seconds}], not {seconds}")
         return steps
 

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import FPS, SAMPLE_RATE
+from ..config import FPS, SAMPLE_RATE, is_whole_steps, seconds_to_steps, steps_to_seconds
 from ..fileio import Staged, atomic_write_bytes, check_outputs
 
 SHAPES = ("disc", "square", "triangle", "diamond", "ring", "cross", "octagon", "hourglass")
@@ -316,7 +316,7 @@ def render_frames(boxes: np.ndarray, classes: Sequence[SynthClass], tints: np.nd
 def _silent_gaps(rng: np.random.Generator, seconds: float) -> list[list[float]]:
     """Active intervals [[start_s, end_s], ...] on the 0.1 s frame grid: all of the clip, or
     (half of the clips) the clip minus one or two gaps of 10-30 % of its length."""
-    steps = round(seconds * FPS)
+    steps = seconds_to_steps(seconds)
     active = np.ones(steps, bool)
     if rng.random() < 0.5:
         for _ in range(int(rng.integers(1, 3))):
@@ -326,7 +326,7 @@ def _silent_gaps(rng: np.random.Generator, seconds: float) -> list[list[float]]:
     if not active.any():
         active[: steps // 2] = True
     edges = np.flatnonzero(np.diff(np.concatenate([[0], active.astype(int), [0]])))
-    return [[round(s / FPS, 3), round(e / FPS, 3)] for s, e in zip(edges[::2], edges[1::2])]
+    return [[round(steps_to_seconds(s), 3), round(steps_to_seconds(e), 3)] for s, e in zip(edges[::2], edges[1::2])]
 
 
 def _band_noise(rng: np.random.Generator, n: int, band: tuple[float, float], rate: int) -> np.ndarray:
@@ -419,8 +419,8 @@ def _make_clip(job: _ClipJob) -> dict:
     n_obj, obj_classes = len(wh), obj_classes[: len(wh)]
     angle = rng.uniform(0, 2 * np.pi, n_obj)
     velocity = rng.uniform(0.005, prof.max_speed, n_obj)[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
-    n_steps = round(job.seconds * FPS)
-    track = np.round(object_boxes(wh, centre, velocity, np.arange(n_steps) / FPS), 4)
+    n_steps = seconds_to_steps(job.seconds)
+    track = np.round(object_boxes(wh, centre, velocity, steps_to_seconds(np.arange(n_steps))), 4)
     render_times = np.arange(round(job.seconds * fps)) / fps
     boxes = object_boxes(wh, centre, velocity, render_times)
     tints = rng.uniform(0.85, 1.1, (n_obj, 3)).astype(np.float32)
@@ -469,7 +469,7 @@ def _check_args(num_clips: int, seconds: float, num_classes: int, val_fraction: 
         raise SynthError(f"num_clips must be at least 1, not {num_clips}")
     if not 1.0 <= seconds <= 600.0:
         raise SynthError(f"seconds must be between 1 and 600, not {seconds}")
-    if abs(seconds * FPS - round(seconds * FPS)) > 1e-6:
+    if not is_whole_steps(seconds):
         raise SynthError(f"seconds must be a multiple of 0.1 (one 10 fps frame), not {seconds}")
     if not 0.0 <= val_fraction < 1.0:
         raise SynthError(f"val_fraction must be in [0, 1), not {val_fraction}")
@@ -534,7 +534,7 @@ def _write_annotations(out: Path, jobs: list[_ClipJob], splits: list[str], resul
                        seed: int, seconds: float, size: int, fps: int, num_classes: int,
                        elapsed: float) -> SynthSummary:
     classes = synth_classes(num_classes)
-    mid = round(seconds * FPS) // 2
+    mid = seconds_to_steps(seconds) // 2
     rows, boxes, tracks, intervals = io.StringIO(), [], {}, {}
     writer = csv.writer(rows, lineterminator="\n")
     for job, split, r in zip(jobs, splits, results):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from ..config import MELS_PER_STEP
 from ..runtime.bundle import Bundle, file_record, read_bundle, write_manifest
 from .tensorrt import build_engine, engine_metadata
 
@@ -20,7 +21,7 @@ def build_engines(bundle: Bundle, *, precision: str, max_batch: int, workspace_g
                   timing_cache: str | Path | None, dla_core: int | None, device: int = 0) -> Bundle:
     cfg = bundle.config
     S, T = cfg.image_size, cfg.clip_steps
-    fixed = {"step": None, "video": {"video": (3, T, S, S)}, "audio": {"mel": (1, 10 * T, cfg.n_mels)}}
+    fixed = {"step": None, "video": {"video": (3, T, S, S)}, "audio": {"mel": (1, MELS_PER_STEP * T, cfg.n_mels)}}
     cache = timing_cache or bundle.root / "timing.cache"
     manifest = dict(bundle.manifest)
     console = Console(stderr=True)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..config import FORMAT_VERSION
+from ..config import FORMAT_VERSION, MELS_PER_STEP
 from ..fileio import Staged, sha256_file
 from ..model.checkpoint import load_checkpoint
 from ..model.classifier import AVClassifier
@@ -97,14 +97,14 @@ def graph_specs(model: AVClassifier) -> list[GraphSpec]:
     sm = StreamingModel(model)
     state_in = [f"state_in.{n}" for n in sm.state_names]
     state_out = [f"state_out.{n}" for n in sm.state_names]
-    step_args = (torch.zeros(2, 3, 1, S, S), torch.zeros(2, 1, 10, cfg.n_mels), torch.ones(2, 1), *sm.initial_state(2))
+    step_args = (torch.zeros(2, 3, 1, S, S), torch.zeros(2, 1, MELS_PER_STEP, cfg.n_mels), torch.ones(2, 1), *sm.initial_state(2))
     return [
         GraphSpec("step", sm, step_args, INPUT_NAMES + state_in, OUTPUT_NAMES + state_out,
                   [{0: batch} for _ in step_args]),
         GraphSpec("video", _VideoGraph(model), (torch.zeros(2, 3, T, S, S),), ["video"], ["V", "zv"],
                   [{0: batch, 2: steps}]),
-        GraphSpec("audio", _AudioGraph(model), (torch.zeros(2, 1, 10 * T, cfg.n_mels),), ["mel"], ["za"],
-                  [{0: batch, 2: 10 * steps}]),
+        GraphSpec("audio", _AudioGraph(model), (torch.zeros(2, 1, MELS_PER_STEP * T, cfg.n_mels),), ["mel"], ["za"],
+                  [{0: batch, 2: MELS_PER_STEP * steps}]),
     ]
 
 

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import metrics
+from .. import localize, metrics
+from ..config import MELS_PER_STEP
 from ..model.classifier import AVClassifier, localization_maps, moment_scores
-from ..localize import step_maps
 from ..runtime.bundle import Bundle
 from ..runtime.engine import StepModel
 from ..runtime.onnx_backend import OnnxRuntimeBackend
+from ..runtime.stream import StepDriver
 from .tolerance import tolerance_for
 
 
@@ -65,7 +66,7 @@ def random_clip(config, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     rng = np.random.default_rng(seed)
     S = config.image_size
     video = rng.standard_normal((1, 3, steps, S, S)).astype(np.float32)
-    mel = (rng.standard_normal((1, 1, 10 * steps, config.n_mels)) * 3 - 6).astype(np.float32)
+    mel = (rng.standard_normal((1, 1, MELS_PER_STEP * steps, config.n_mels)) * 3 - 6).astype(np.float32)
     return video, mel
 
 
@@ -73,33 +74,33 @@ def offline_onnx(bundle: Bundle, video: np.ndarray, mel: np.ndarray) -> dict[str
     with OnnxRuntimeBackend(bundle.path("video"), "cpu") as v, OnnxRuntimeBackend(bundle.path("audio"), "cpu") as a:
         out = v.run({"video": video})
         out.update(a.run({"mel": mel}))
-    out["alpha"] = step_maps(out["V"], out["za"], bundle.config.map_kind)
-    out["score"] = np.einsum("btd,btd->bt", out["zv"], out["za"])
+    out["alpha"] = localize.step_maps(out["V"], out["za"], bundle.config.map_kind)
+    out["score"] = localize.moment_scores(out["zv"], out["za"])
     return out
 
 
 def stream_inputs(video: np.ndarray, mel: np.ndarray, lookahead: int) -> Iterator[tuple[np.ndarray, ...]]:
     """A clip's step inputs as a live stream gives them: each frame with its 10 mel frames and
-    valid=1, then ``lookahead`` zero frames with valid=0 that flush the end."""
+    valid=1, then ``lookahead`` zero frames with valid=0 that flush the end (calibration feeds
+    these to the step graph; ``StepDriver`` does the same for a running model)."""
+    k = MELS_PER_STEP
     for n in range(video.shape[2] + lookahead):
         if n < video.shape[2]:
-            yield video[:, :, n], mel[:, 0, 10 * n:10 * n + 10], np.ones(1, np.float32)
+            yield video[:, :, n], mel[:, 0, k * n:k * n + k], np.ones(1, np.float32)
         else:
-            yield np.zeros_like(video[:, :, 0]), np.zeros_like(mel[:, 0, :10]), np.zeros(1, np.float32)
+            yield np.zeros_like(video[:, :, 0]), np.zeros_like(mel[:, 0, :k]), np.zeros(1, np.float32)
 
 
 def stream_onnx(bundle: Bundle, video: np.ndarray, mel: np.ndarray) -> dict[str, np.ndarray]:
-    """Feed the clip to the step graph one frame at a time, then flush; collect valid steps."""
+    """Feed the clip to the step graph one frame at a time through the runtime's ``StepDriver``,
+    then flush; collect the finished steps."""
     model = StepModel.from_export(bundle, backend="onnxruntime-cpu")
-    state = model.new_state(1)
-    alphas, scores = [], []
-    for frame, m, valid in stream_inputs(video, mel, model.lookahead):
-        out, state = model.step(frame, m, valid, state)
-        if out.valid[0]:
-            alphas.append(out.alpha[0])
-            scores.append(out.score[0])
+    driver, k = StepDriver(model), MELS_PER_STEP
+    done = [f for n in range(video.shape[2]) for f in driver.push(video[:, :, n], mel[:, 0, k * n:k * n + k], n)]
+    done += driver.flush()
     model.close()
-    return {"alpha": np.stack(alphas)[None], "score": np.stack(scores)[None]}
+    return {"alpha": np.stack([f.alpha for f in done])[None],
+            "score": np.array([f.score for f in done], np.float32)[None]}
 
 
 def _max_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -164,12 +165,11 @@ def compare_int8(bundle: Bundle, reference: Bundle, video: np.ndarray, mel: np.n
     the streaming step (what a user sees), of the offline graphs, and streaming vs offline int8.
     ``failures`` names each ``config.INT8_MIN_*`` target the streaming maps miss."""
     from ..config import INT8_MIN_CIOU_MEDIAN, INT8_MIN_PEAK_AGREEMENT
-    from ..localize import top_k_moments
 
     s8, s32 = stream_onnx(bundle, video, mel), stream_onnx(reference, video, mel)
     o8, o32 = offline_onnx(bundle, video, mel), offline_onnx(reference, video, mel)
     k = min(3, video.shape[2])
-    top8, top32 = top_k_moments(s8["score"][0], k), top_k_moments(s32["score"][0], k)
+    top8, top32 = localize.top_k_moments(s8["score"][0], k), localize.top_k_moments(s32["score"][0], k)
     out = {"steps": int(video.shape[2]),
            "stream": map_figures(s8["alpha"][0], s32["alpha"][0]),
            "offline": map_figures(o8["alpha"][0], o32["alpha"][0]),

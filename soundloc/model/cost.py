@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import MELS_PER_STEP, Config
 
 
 def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
@@ -40,7 +40,7 @@ def macs_per_step(model: nn.Module, config: Config, steps: int = 16) -> dict[str
     """
     size = config.image_size
     video = torch.zeros(1, 3, steps, size, size)
-    mel = torch.zeros(1, 1, 10 * steps, config.n_mels)
+    mel = torch.zeros(1, 1, MELS_PER_STEP * steps, config.n_mels)
     return {
         "video": count_macs(model.video, video) / steps,
         "audio": count_macs(model.audio, mel) / steps,

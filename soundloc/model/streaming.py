@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config import MELS_PER_STEP, ConfigError
 from .classifier import AVClassifier, localization_maps
 from .temporal import delayed, frame_conv, frame_norm
 
@@ -119,7 +119,7 @@ class StreamingModel(nn.Module):
     def _discover(self) -> tuple[list[str], list[tuple[int, ...]]]:
         cfg = self.model.config
         frame = torch.zeros(1, 3, 1, cfg.image_size, cfg.image_size)
-        mel = torch.zeros(1, 1, 10, cfg.n_mels)
+        mel = torch.zeros(1, 1, MELS_PER_STEP, cfg.n_mels)
         with torch.no_grad():
             walk, outs, delay = self._walk(frame, mel, torch.zeros(1, 1), None)
         if delay != self.lookahead:

@@ -13,11 +13,11 @@ import numpy as np
 
 import logging
 
+from ..config import MELS_PER_STEP, check_backend
 from .backend import Backend, BackendError
 from .bundle import Bundle, read_bundle
 
 log = logging.getLogger(__name__)
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt")
 
 
 @dataclass
@@ -37,8 +37,8 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
     when the export has one and TensorRT loads, else onnxruntime with the best usable provider.
     ``device``: the CUDA device of every GPU backend. On an onnxruntime GPU provider the step
     graph's state stays on that device between calls (I/O binding)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if check_backend(backend) == "torch":
+        raise ValueError("an export directory does not run on the torch backend (that needs a checkpoint)")
     if backend in ("auto", "tensorrt") and "engine" in bundle.graph(graph)["files"]:
         try:
             from .tensorrt_backend import TensorRTBackend
@@ -113,7 +113,7 @@ class StepModel:
         b = frames.shape[0]
         feed = {
             "frame": np.ascontiguousarray(frames, np.float32).reshape(b, 3, 1, *frames.shape[-2:]),
-            "mel": np.ascontiguousarray(mels, np.float32).reshape(b, 1, 10, -1),
+            "mel": np.ascontiguousarray(mels, np.float32).reshape(b, 1, MELS_PER_STEP, -1),
             "valid": np.asarray(valid, np.float32).reshape(b, 1),
         }
         for spec, value in zip(self._states, state):

@@ -133,11 +133,10 @@ def render_step(result: StepResult, *, alpha: float = 0.45, labeler: Labeler | N
     return _LAST.get(result, alpha, label)
 
 
-def upsample(heatmap: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Bilinear, pixel-centre upsampling of a [0, 1] map to a (height, width) uint8 map.
-
-    Separable lerps with edges clamped, as in OpenCV's resize: the small (h, width)
-    horizontal pass, then one full-size vertical lerp done in place. No BLAS call, so
+def heat_levels(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
+    """A [0, 1] map as (height, width) uint8 levels 0-255 for drawing: ``localize.upsample``'s
+    pixel-centre lerps (``lerp_indices``), on levels and in place: the small (h, width)
+    horizontal pass, then one full-size vertical lerp. No BLAS call, so
     no thread pool wakes up next to the model's (BLAS matmuls here took 1-15 ms on a
     busy 2-core machine, this takes ~0.6 ms at 720p).
     """
@@ -175,7 +174,7 @@ def _blend_heatmap(frame: np.ndarray, heatmap: np.ndarray, alpha: float) -> np.n
     and paste it through its own alpha: one lookup and one blend, both in C."""
     height, width = frame.shape[:2]
     image = Image.fromarray(frame, "RGB")
-    levels = Image.fromarray(upsample(heatmap, width, height), "L")
+    levels = Image.fromarray(heat_levels(heatmap, height, width), "L")
     levels.putpalette(_rgba_palette(round(alpha * 1000)), "RGBA")
     colored = levels.convert("RGBA")
     image.paste(colored, (0, 0), colored)

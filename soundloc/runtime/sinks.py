@@ -34,12 +34,11 @@ from typing import Protocol, TextIO, runtime_checkable
 import av
 import numpy as np
 
-from ..config import stop_signals
+from ..config import SAMPLE_RATE, stop_signals
 from ..fileio import Staged
 from .render import Labeler, render_step
 from .results import StepResult
 
-SAMPLE_RATE = 16000  # Hz: the audio every StepResult carries
 AAC_PRIMING = 1024  # samples the AAC encoder emits before the signal (its initial padding)
 KEPT = "any previous file of that name is unchanged"
 MP4_OPTIONS = {

@@ -12,23 +12,21 @@ the model does not tie to anything visible). A gated step carries no map and no 
 from __future__ import annotations
 
 import math
-
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..audio import StreamingLogMel
-from ..localize import normalise, pseudo_box
+from ..config import MELS_PER_STEP, SAMPLES_PER_STEP, WINDOW_MODES, seconds_to_steps
+from ..localize import Localized, StepLocalizer
 from ..preprocess import normalise_frame
 from .engine import StepModel
 from .results import StepResult
 from .sources import StepInput
-
-WINDOWS = ("trailing", "centered")
-SILENCE_DB = -120.0  # level reported for digital silence
 
 
 @dataclass(frozen=True)
@@ -52,8 +50,8 @@ class StreamOptions:
     box_threshold: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.window not in WINDOWS:
-            raise ValueError(f"window must be one of {', '.join(WINDOWS)}, not {self.window!r}")
+        if self.window not in WINDOW_MODES:
+            raise ValueError(f"window must be one of {', '.join(WINDOW_MODES)}, not {self.window!r}")
         if not 0 < self.window_seconds <= 60:
             raise ValueError(f"window_seconds must be in (0, 60], not {self.window_seconds}")
         if not 0 < self.gate_seconds <= self.window_seconds:
@@ -67,113 +65,109 @@ class StreamOptions:
 
 
 @dataclass
-class _Step:
-    inp: StepInput
+class Finished:
+    """One step the model has finished: what was pushed with it, its map and S_av."""
+
+    item: Any
     alpha: np.ndarray
     score: float
-    power: float  # mean square of the step's audio
     model_ms: float
 
 
-class _Window:
-    """Recent steps; emits each step with its window averages once its window is complete:
-    the mean map and S_av over the window, and the mean audio power of the last ``gate_steps``."""
+class StepDriver:
+    """One stream's state in a (shared) ``StepModel`` and its lookahead: push each step's
+    inputs with an item; the item comes back with the step's outputs once the model has
+    finished it (``lookahead`` calls later); ``flush`` pushes blank padding through to finish
+    the last ones."""
 
-    def __init__(self, steps: int, mode: str, gate_steps: int = 5) -> None:
-        self.future = steps // 2 if mode == "centered" else 0
-        self.past = steps // 2 if mode == "centered" else steps - 1
-        self.gate_steps = gate_steps
-        self.buf: deque[_Step] = deque(maxlen=max(self.past, gate_steps - 1) + self.future + 1)
-        self.count = 0
-        self.emitted = 0
-
-    def push(self, step: _Step) -> list[tuple[_Step, np.ndarray, float, float]]:
-        self.buf.append(step)
-        self.count += 1
-        ready = []
-        while self.emitted + self.future < self.count:
-            ready.append(self._average(self.emitted))
-        return ready
-
-    def flush(self) -> list[tuple[_Step, np.ndarray, float, float]]:
-        return [self._average(self.emitted) for _ in range(self.count - self.emitted)]
-
-    def _average(self, k: int) -> tuple[_Step, np.ndarray, float, float]:
-        first = self.count - len(self.buf)
-        lo, hi = max(k - self.past, first), min(k + self.future + 1, self.count)
-        steps = [self.buf[i - first] for i in range(lo, hi)]
-        recent = [self.buf[i - first].power for i in range(max(k - self.gate_steps + 1, first), k + 1)]
-        self.emitted += 1
-        return (self.buf[k - first], np.mean([s.alpha for s in steps], axis=0),
-                float(np.mean([s.score for s in steps])), float(np.mean(recent)))
-
-
-def level_db(power: float) -> float:
-    return SILENCE_DB if power <= 1e-12 else max(SILENCE_DB, 10.0 * float(np.log10(power)))
-
-
-class Localizer:
-    """Per-stream state around a shared ``StepModel``: feed ``StepInput``s, get ``StepResult``s."""
-
-    def __init__(self, model: StepModel, options: StreamOptions = StreamOptions()) -> None:
-        self.model, self.options = model, options
-        cfg = model.config
-        steps = max(1, int(round(options.window_seconds * cfg.fps)))
-        self.window = _Window(steps, options.window, max(1, int(round(options.gate_seconds * cfg.fps))))
-        self.lookahead_s = (model.lookahead + self.window.future) / cfg.fps
-        gate = options.gate_score if options.gate_score is not None else model.bundle_gate_score
-        self.gate_score = gate
+    def __init__(self, model: StepModel) -> None:
+        self.model = model
         self.state = model.new_state(1)
-        self.mel = StreamingLogMel()
-        self.pending: deque[StepInput] = deque()
+        self.pending: deque[Any] = deque()
         self.latencies: deque[float] = deque(maxlen=100)
-        self.gated = 0
-        self.steps_out = 0
 
-    def push(self, inp: StepInput) -> list[StepResult]:
-        """One captured step in; the steps that became final out (none during the lookahead)."""
-        self.mel.push(inp.audio)
-        mel = self.mel.pop_step()
-        if mel is None:
-            raise ValueError(f"step {inp.index}: {len(inp.audio)} audio samples, expected 1600")
-        self.pending.append(inp)
-        return self._run(normalise_frame(inp.small)[None], mel[None], 1.0)
+    def push(self, frame: np.ndarray, mel: np.ndarray, item: Any) -> list[Finished]:
+        """frame (1, 3, H, W) normalised, mel (1, 10, 80)."""
+        self.pending.append(item)
+        return self._run(frame, mel, 1.0)
 
-    def flush(self) -> list[StepResult]:
-        """End of stream: push the lookahead's padding frames through, then empty the window."""
+    def flush(self) -> list[Finished]:
         cfg = self.model.config
         blank = np.zeros((1, 3, cfg.image_size, cfg.image_size), np.float32)
         out = []
         while self.pending:
-            out += self._run(blank, np.zeros((1, 10, cfg.n_mels), np.float32), 0.0)
-        return out + [self._result(*r) for r in self.window.flush()]
+            out += self._run(blank, np.zeros((1, MELS_PER_STEP, cfg.n_mels), np.float32), 0.0)
+        return out
 
-    def _run(self, frame: np.ndarray, mel: np.ndarray, valid: float) -> list[StepResult]:
+    def _run(self, frame: np.ndarray, mel: np.ndarray, valid: float) -> list[Finished]:
         t0 = time.perf_counter()
         out, self.state = self.model.step(frame, mel, np.array([valid], np.float32), self.state)
         ms = (time.perf_counter() - t0) * 1000
         self.latencies.append(ms)
         if not out.valid[0]:
             return []
-        inp = self.pending.popleft()
-        power = float(np.mean(np.square(inp.audio))) if inp.has_audio else 0.0
-        step = _Step(inp, out.alpha[0], float(out.score[0]), power, ms)
-        return [self._result(*r) for r in self.window.push(step)]
+        return [Finished(self.pending.popleft(), out.alpha[0], float(out.score[0]), ms)]
 
-    def _result(self, step: _Step, alpha: np.ndarray, score: float, power: float) -> StepResult:
-        db = level_db(power)
-        gated = (self.options.gate_db is not None and db < self.options.gate_db) or \
-                (self.gate_score is not None and score < self.gate_score)
-        heat = None if gated else normalise(alpha)
-        box = None if heat is None else pseudo_box(alpha, 224, 224, self.options.box_threshold)
-        self.gated += heat is None
+
+class Localizer:
+    """Per-stream state around a shared ``StepModel``: feed ``StepInput``s, get ``StepResult``s.
+
+    ``push`` is three stages, each a method (the benchmark times them one by one): ``prepare``
+    (frame normalisation and the incremental log-mel), ``model_step`` (the step graph, through
+    the lookahead) and ``localize`` (window, gate, box: ``soundloc.localize.StepLocalizer``).
+    """
+
+    def __init__(self, model: StepModel, options: StreamOptions = StreamOptions()) -> None:
+        self.model, self.options = model, options
+        gate = options.gate_score if options.gate_score is not None else model.bundle_gate_score
+        self.gate_score = gate
+        self.core = StepLocalizer(max(1, seconds_to_steps(options.window_seconds)), options.window,
+                                  max(1, seconds_to_steps(options.gate_seconds)), options.gate_db, gate,
+                                  options.box_threshold)
+        self.lookahead_s = (model.lookahead + self.core.future) / model.config.fps
+        self.driver = StepDriver(model)
+        self.mel = StreamingLogMel()
+        self.gated = 0
+        self.steps_out = 0
+
+    def push(self, inp: StepInput) -> list[StepResult]:
+        """One captured step in; the steps that became final out (none during the lookahead)."""
+        return self.localize(self.model_step(*self.prepare(inp)))
+
+    def prepare(self, inp: StepInput) -> tuple[StepInput, np.ndarray, np.ndarray]:
+        """The step's model inputs: (inp, normalised frame (1, 3, H, W), log-mel (1, 10, 80))."""
+        self.mel.push(inp.audio)
+        mel = self.mel.pop_step()
+        if mel is None:
+            raise ValueError(f"step {inp.index}: {len(inp.audio)} audio samples, expected {SAMPLES_PER_STEP}")
+        return inp, normalise_frame(inp.small)[None], mel[None]
+
+    def model_step(self, inp: StepInput, frame: np.ndarray, mel: np.ndarray) -> list[Finished]:
+        return self.driver.push(frame, mel, inp)
+
+    def localize(self, finished: list[Finished]) -> list[StepResult]:
+        """Finished model steps through the window, the gate and the box."""
+        out = []
+        for f in finished:
+            power = float(np.mean(np.square(f.item.audio))) if f.item.has_audio else 0.0
+            out += [self._result(loc) for loc in self.core.push(f, f.alpha, f.score, power)]
+        return out
+
+    def flush(self) -> list[StepResult]:
+        """End of stream: push the lookahead's padding frames through, then empty the window."""
+        return self.localize(self.driver.flush()) + [self._result(loc) for loc in self.core.flush()]
+
+    def _result(self, loc: Localized) -> StepResult:
+        step: Finished = loc.item
+        inp: StepInput = step.item
+        self.gated += loc.gated
         self.steps_out += 1
-        lat = sorted(self.latencies)
-        stats = {"level_db": round(db, 1), "model_ms": round(step.model_ms, 2),
+        lat = sorted(self.driver.latencies)
+        stats = {"level_db": round(loc.level_db, 1), "model_ms": round(step.model_ms, 2),
                  "step_ms_p50": round(lat[len(lat) // 2], 2) if lat else 0.0}
-        return StepResult(index=step.inp.index, pts=step.inp.pts, frame=step.inp.frame, audio=step.inp.audio,
-                          heatmap=heat, score=score, box=box, gated=heat is None,
-                          capture_time=step.inp.capture_time, output_time=time.monotonic(),
+        return StepResult(index=inp.index, pts=inp.pts, frame=inp.frame, audio=inp.audio,
+                          heatmap=loc.heatmap, score=loc.score, box=loc.box, gated=loc.gated,
+                          capture_time=inp.capture_time, output_time=time.monotonic(),
                           lookahead_s=self.lookahead_s, stats=stats)
 
 
