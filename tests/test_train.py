@@ -218,7 +218,8 @@ def test_cli_trains_on_synthetic_videos_resumes_and_reports_errors_in_one_line(t
 
 def test_init_video_loads_a_torchvision_style_state_dict(tmp_path: Path) -> None:
     from soundloc.model.classifier import AVClassifier
-    from soundloc.train import DistInfo, build_state
+    from soundloc.distributed import DistInfo
+    from soundloc.train import build_state
 
     donor = AVClassifier(CONFIG).video.state_dict()  # torchvision mc3_18 key names (stem.0, layer1...)
     torch.save({k: v + 1.0 if v.is_floating_point() else v for k, v in donor.items()}, tmp_path / "mc3.pth")
