@@ -23,6 +23,7 @@ MELS_PER_STEP = SAMPLE_RATE // HOP_LENGTH // FPS  # 10 mel frames per video fram
 SAMPLES_PER_STEP = MELS_PER_STEP * HOP_LENGTH  # 1600 samples per video frame
 IMAGE_SIZE = 112
 VIDEO_FOLDERS = ("videos", "video")  # where VGGSound downloads keep the clips (then the root itself)
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")  # what counts as a video file in a folder
 END_GRACE_S = 2.0  # a live video that ended waits this long for the audio of its last frames
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's video-model normalisation
 VIDEO_STD = (0.22803, 0.22145, 0.216989)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator, Sequence
 
+from ..config import VIDEO_FOLDERS, VIDEO_SUFFIXES
+
 Box = tuple[float, float, float, float]  # normalised (xmin, ymin, xmax, ymax)
 
 CORRUPT_MARGIN = 0.05  # a coordinate further than this outside [0, 1] is corrupt, not rounding
@@ -136,9 +138,33 @@ def safe_join(root: str | Path, name: str, follow_links: bool = False) -> Path:
     return path
 
 
+# -- the VGGSound folder layout ------------------------------------------------------------------
 def clip_id(ytid: str, start_seconds: float) -> str:
     """VGGSound's clip naming: ``<ytid>_<start:06d>``."""
     return f"{ytid}_{int(start_seconds):06d}"
+
+
+def find_video(root: str | Path, clip: str, follow_links: bool = False) -> Path | None:
+    """The video of clip id ``clip``: ``<root>/videos/<id>.mp4``, ``<root>/video/<id>.mp4`` or
+    ``<root>/<id>.mp4`` (the first found; other video suffixes too), never outside ``root``
+    (``safe_join``; ``follow_links`` as there); None when there is none."""
+    for sub in (*(f"{name}/" for name in VIDEO_FOLDERS), ""):
+        for suffix in VIDEO_SUFFIXES:
+            path = safe_join(root, f"{sub}{clip}{suffix}", follow_links)
+            if path.is_file():
+                return path
+    return None
+
+
+def video_folder(root: str | Path) -> Path:
+    """Where a collection keeps its videos: ``<root>/videos``, ``<root>/video`` or ``root``."""
+    root = Path(root)
+    return next((root / name for name in VIDEO_FOLDERS if (root / name).is_dir()), root)
+
+
+def list_videos(root: str | Path) -> list[tuple[str, Path]]:
+    """Every video file in ``video_folder(root)``, sorted, as (clip id, path)."""
+    return [(p.stem, p) for p in sorted(video_folder(root).iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
 
 
 # -- boxes -------------------------------------------------------------------------------------
@@ -317,8 +343,9 @@ class ClassStat:
     category: str
 
 
-def _csv_rows(path: Path, ncols: int | tuple[int, ...]) -> Iterator[tuple[int, list[str]]]:
-    """(line number, row) of a CSV, skipping blank lines; wrong column counts raise."""
+def _csv_rows(path: Path, ncols: int | tuple[int, ...] | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) of a CSV, skipping blank lines; wrong column counts raise (any count
+    when ``ncols`` is None)."""
     allowed = (ncols,) if isinstance(ncols, int) else ncols
     try:
         with open(path, encoding="utf-8", newline="") as f:
@@ -327,7 +354,7 @@ def _csv_rows(path: Path, ncols: int | tuple[int, ...]) -> Iterator[tuple[int, l
                 for row in reader:
                     if not row or all(not c.strip() for c in row):
                         continue
-                    if len(row) not in allowed:
+                    if allowed is not None and len(row) not in allowed:
                         raise AnnotationError(f"{path}: line {reader.line_num}: expected {' or '.join(map(str, allowed))}"
                                               f" columns, got {len(row)} (corrupt or truncated?)")
                     yield reader.line_num, row
@@ -350,6 +377,8 @@ def read_vggsound_csv(path: str | Path) -> list[VGGSoundRow]:
             raise AnnotationError(f"{path}: line {line}: start_seconds {start!r} is not a number") from None
         if not ytid or seconds < 0:
             raise AnnotationError(f"{path}: line {line}: empty ytid or negative start")
+        if "/" in ytid or "\\" in ytid:  # it names a file: <ytid>_<start>.mp4
+            raise AnnotationError(f"{path}: line {line}: ytid {ytid!r} contains a path separator")
         rows.append(VGGSoundRow(ytid.strip(), seconds, label.strip(), split.strip()))
     return rows
 
@@ -380,8 +409,14 @@ def read_class_stats(path: str | Path) -> list[ClassStat]:
 
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """Class names of ``stat.csv`` in file order (the real file is sorted alphabetically)."""
-    return tuple(s.label for s in read_class_stats(path))
+    """Class names in index order: the first column of VGGSound's ``stat.csv`` (sorted
+    alphabetically), the synthetic ``classes.csv``, or a file of one name per line. An empty
+    list or a name given twice is refused."""
+    path = Path(path)
+    names = [row[0].strip() for _, row in _csv_rows(path) if row[0].strip()]
+    if not names or len(set(names)) != len(names):
+        raise AnnotationError(f"{path}: the class list is empty or names a class twice")
+    return tuple(names)
 
 
 def read_id_list(path: str | Path) -> list[str]:

@@ -33,7 +33,7 @@ from ..audio import log_mel
 from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, VIDEO_FOLDERS, Config
 from ..media import MediaError, load_clip
 from ..preprocess import normalise_frames
-from .annotations import AnnotationError, safe_join
+from .annotations import AnnotationError, find_video, read_vggsound_csv, safe_join, video_folder
 
 
 class DatasetError(ValueError):
@@ -161,36 +161,26 @@ class VGGSoundDataset(ClipDataset):
         if not root.is_dir():
             raise DatasetError(f"{root}: dataset folder not found")
         csv_file = Path(csv_path) if csv_path is not None else root / "vggsound.csv"
-        parsed = []
-        for line, row in _read_rows(csv_file):
-            if len(row) != 4:
-                raise DatasetError(f"{csv_file}:{line}: expected 4 columns ytid,start_seconds,label,split, got {len(row)}")
-            ytid, start, label, row_split = (c.strip() for c in row)
-            try:
-                start_s = int(float(start))
-            except ValueError:
-                raise DatasetError(f"{csv_file}:{line}: start_seconds {start!r} is not a number") from None
-            clip_id = f"{ytid}_{start_s:06d}"
-            safe_relative(root, f"{clip_id}.mp4", f"{csv_file}:{line}")
-            if "/" in ytid or "\\" in ytid:
-                raise DatasetError(f"{csv_file}:{line}: ytid {ytid!r} contains a path separator")
-            parsed.append((clip_id, label, row_split))
-        names, index = _class_index([p[1] for p in parsed], class_names, config, csv_file)
-        folders = [d for d in (root / name for name in VIDEO_FOLDERS) if d.is_dir()] + [root]
-        records = [ClipRecord(cid, _find_video(folders, cid), index[label])
-                   for cid, label, s in parsed if split is None or s == split]
+        if not csv_file.is_file():
+            raise DatasetError(f"{csv_file}: annotation CSV not found")
+        try:
+            rows = read_vggsound_csv(csv_file)
+        except AnnotationError as e:
+            raise DatasetError(str(e)) from None
+        if not rows:
+            raise DatasetError(f"{csv_file}: no rows")
+        names, index = _class_index([r.label for r in rows], class_names, config, csv_file)
+        fallback = video_folder(root)  # where a missing clip is reported (as skipped, when loaded)
+        try:
+            records = [ClipRecord(r.id, find_video(root, r.id, follow_links=True) or fallback / f"{r.id}.mp4",
+                                  index[r.label]) for r in rows if split is None or r.split == split]
+        except AnnotationError as e:
+            raise DatasetError(f"{csv_file}: {e}") from None
         if not records:
             raise DatasetError(f"{csv_file}: no rows in split {split!r}")
         _require_some_found(records, csv_file, [root / name for name in VIDEO_FOLDERS] + [root])
         super().__init__(records, names, config, augment)
         self.root = root
-
-
-def _find_video(folders: Sequence[Path], clip_id: str) -> Path:
-    """The first of ``folders`` that holds ``<id>.mp4`` (a missing file is reported when
-    loaded, as a skipped clip, and named in the first folder)."""
-    paths = [folder / f"{clip_id}.mp4" for folder in folders]
-    return next((p for p in paths if p.exists()), paths[0])
 
 
 def _require_some_found(records: Sequence[ClipRecord], csv_file: Path, looked: Sequence[Path]) -> None:

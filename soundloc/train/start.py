@@ -3,7 +3,6 @@ resumed checkpoint's), the class list and the datasets, then ``fit``."""
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,23 +11,11 @@ from torch.utils.data import Dataset
 
 from ..config import RECIPES, Config, ConfigError
 from ..config import preset as config_preset
+from ..data.annotations import AnnotationError, read_class_names
 from ..data.dataset import collate
 from ..model.checkpoint import CheckpointError, read_checkpoint
 from .loop import fit
 from .types import TrainError, TrainOptions, TrainResult
-
-
-def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """Class names in index order from the first column of a ``stat.csv``-style file
-    (VGGSound's ``stat.csv``, the synthetic ``classes.csv``, or one name per line)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainError(f"{path}: class list not found")
-    with open(path, newline="", encoding="utf-8") as f:
-        names = [row[0].strip() for row in csv.reader(f) if row and row[0].strip()]
-    if len(set(names)) != len(names) or not names:
-        raise TrainError(f"{path}: the class list is empty or names a class twice")
-    return tuple(names)
 
 
 def base_config(out: Path, preset_name: str | None, overrides: dict[str, Any], resume: bool) -> Config:
@@ -110,6 +97,6 @@ def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = Non
             augment = Augment(flip=opts.flip, crop_seconds=opts.crop_seconds)
         config, train_set, val_set = load_datasets(Path(data_dir), config, csv_path=csv_path, classes=names,
                                                    val_split=val_split, augment=augment)
-    except (ConfigError, DatasetError, CheckpointError) as e:
+    except (ConfigError, AnnotationError, DatasetError, CheckpointError) as e:
         raise TrainError(str(e)) from None
     return fit(config, train_set, val_set, out, opts, resume=resume, init_video=init_video, collate_fn=collate)
