@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from soundloc.audio import log_mel
+from soundloc.mel import log_mel
 from soundloc.config import VIDEO_MEAN, preset
-from soundloc.data.dataset import (
+from soundloc.train.datasets import (
     Augment,
     DatasetError,
     PathListDataset,
-    Skipped,
+    SkippedClip,
     SkipReport,
     VGGSoundDataset,
     collate,
@@ -101,7 +101,7 @@ def test_broken_files_are_skipped_with_reasons_through_workers(messy: Path) -> N
 
 def test_item_shapes_and_values(messy: Path) -> None:
     ds = VGGSoundDataset(messy, split=None, config=CONFIG)
-    item = next(ds[i] for i in range(len(ds)) if not isinstance(ds[i], Skipped))
+    item = next(ds[i] for i in range(len(ds)) if not isinstance(ds[i], SkippedClip))
     assert item["video"].dtype == torch.float32 and item["video"].shape == (3, T, 112, 112)
     assert item["mel"].shape == (1, 10 * T, 80) and torch.isfinite(item["mel"]).all()
     assert item["mel"].max() > -5  # the sounding object is audible, not the -13.8 floor
@@ -169,7 +169,7 @@ def test_path_list_dataset(tmp_path: Path) -> None:
     (tmp_path / "list.csv").write_text('path,label\nsub/one.mp4,"violin, fiddle"\nsub/two.mp4,drum\n')
     ds = PathListDataset(tmp_path / "list.csv", config=CONFIG, class_names=["drum", "violin, fiddle", "x"])
     assert len(ds) == 2 and ds[0]["label"] == 1 and ds[0]["id"] == "one"
-    assert isinstance(ds[1], Skipped) and "no such file" in ds[1].reason
+    assert isinstance(ds[1], SkippedClip) and "no such file" in ds[1].reason
     with pytest.raises(DatasetError, match="not among"):
         PathListDataset(tmp_path / "list.csv", config=CONFIG, class_names=["drum"])
 
@@ -183,7 +183,7 @@ def test_bad_csv_rows_are_reported(tmp_path: Path, text: str, match: str) -> Non
 
 
 def test_collate_of_only_skipped_items() -> None:
-    batch = collate([Skipped("a", "a.mp4: empty file"), Skipped("b", "b.mp4: no audio")])
+    batch = collate([SkippedClip("a", "a.mp4: empty file"), SkippedClip("b", "b.mp4: no audio")])
     assert len(batch["label"]) == 0 and batch["id"] == [] and len(batch["skipped"]) == 2
     report = SkipReport(keep=1)
     report.add(batch["skipped"])

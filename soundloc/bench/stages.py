@@ -98,7 +98,7 @@ def time_decode(clip: Path, plan: Plan, clock: Clock = time.perf_counter) -> tup
 def time_pipeline(model, inputs: list, plan: Plan, clock: Clock = time.perf_counter) -> Timing:
     """Preprocess + mel, model step, localization + box and render of one stream, step after
     step on decoded inputs (cycled), each stage lapped: what ``Localizer`` + a sink do."""
-    from ..audio import StreamingLogMel
+    from ..mel import StreamingLogMel
     from ..localize import TrailingWindow, normalise, pseudo_box
     from ..preprocess import normalise_frame
     from ..runtime.render import overlay

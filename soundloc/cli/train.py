@@ -45,7 +45,7 @@ def train_command(
     """Train the audio-visual classifier whose maps localize sound sources."""
     from ..config import Config, ConfigError
     from ..model.checkpoint import CheckpointError
-    from ..distributed import DistributedError
+    from ..train.distributed import DistributedError
     from ..train import TrainError, train
 
     check_paths([json_out], [data_dir, csv_path, classes, init_video], dirs=[out])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..audio import StreamingLogMel
+from ..mel import StreamingLogMel
 from ..localize import normalise, pseudo_box
 from ..preprocess import normalise_frame
 from .engine import StepModel

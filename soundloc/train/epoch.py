@@ -16,9 +16,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ..config import Config
-from ..data.dataset import SkipReport
+from .datasets import SkipReport
 from ..dependence import audio_dependence, check_steps, other_clips
-from ..distributed import DistInfo, gather_list, gather_skips
+from .distributed import DistInfo, gather_list, gather_skips
 from ..localize import window_bounds
 from ..model.classifier import MODALITIES, Features, localization_maps, moment_scores, training_loss
 from .loaders import batch_skips

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from ..distributed import DistInfo, ShardSampler
+from .distributed import DistInfo, ShardSampler
 from .types import TrainOptions
 
 

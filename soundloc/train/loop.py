@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..config import Config
-from ..data.dataset import collate
-from ..distributed import DistInfo, close_distributed, dist_from_env, init_distributed, resolve_device
+from .datasets import collate
+from .distributed import DistInfo, close_distributed, dist_from_env, init_distributed, resolve_device
 from ..model.checkpoint import load_video_weights
 from ..model.classifier import AVClassifier
 from .epoch import run_epoch
@@ -67,7 +67,7 @@ def fit(config: Config, train_set: Dataset, val_set: Dataset | None, out_dir: st
         collate_fn: Callable = collate) -> TrainResult:
     """Train ``config`` on datasets of dict items (video, mel, label, id) into ``out_dir``.
 
-    Items may be ``soundloc.data.dataset.Skipped`` markers: the default ``collate`` drops them
+    Items may be ``soundloc.train.datasets.SkippedClip`` markers: the default ``collate`` drops them
     and the epoch's skip report lists them.
 
     Under torchrun every rank calls this with the same arguments. ``resume`` continues from

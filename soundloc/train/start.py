@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 from ..config import RECIPES, Config, ConfigError
 from ..config import preset as config_preset
 from ..data.annotations import AnnotationError, read_class_names
-from ..data.dataset import collate
+from .datasets import collate
 from ..model.checkpoint import CheckpointError, read_checkpoint
 from .loop import fit
 from .types import TrainError, TrainOptions, TrainResult
@@ -33,7 +33,7 @@ def load_datasets(data: Path, config: Config, *, csv_path: str | Path | None, cl
     """Training and validation sets from a VGGSound folder or a ``path,label[,split]`` CSV;
     the config gets the class list (sorted labels of the CSV unless ``classes`` is given) and
     a matching ``num_classes``, so every checkpoint carries its class names."""
-    from ..data.dataset import DatasetError, PathListDataset, VGGSoundDataset
+    from .datasets import DatasetError, PathListDataset, VGGSoundDataset
 
     def make(split: str | None, names: Sequence[str] | None, aug: Any = None) -> Dataset:
         if data.is_file():
@@ -79,7 +79,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = Non
     on each epoch (None: none); ``options``: TrainOptions fields (epochs, batch_size, lr,
     workers, amp, seed, device, schedule, ...), over the recipe's.
     """
-    from ..data.dataset import DatasetError
+    from .datasets import DatasetError
 
     out = Path(out_dir)
     recipe_config, recipe_options = recipe_settings(recipe, out, preset, resume)
@@ -92,7 +92,7 @@ def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = Non
         names = read_class_names(classes) if classes is not None else None
         augment = None
         if opts.crop_seconds or opts.flip:
-            from ..data.dataset import Augment
+            from .datasets import Augment
 
             augment = Augment(flip=opts.flip, crop_seconds=opts.crop_seconds)
         config, train_set, val_set = load_datasets(Path(data_dir), config, csv_path=csv_path, classes=names,

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..distributed import DistInfo
+from .distributed import DistInfo
 from ..model.classifier import MODALITIES, AVClassifier
 
 

@@ -1,13 +1,13 @@
 """Training datasets: VGGSound-format collections and simple ``path,label`` lists -> model inputs.
 
 An item is what the classifier eats (docs/design.md §1): ``video`` (3, T, 112, 112) float32 normalised
-with torchvision's video mean/std, ``mel`` (1, 10T, 80) float32 from ``soundloc.audio.log_mel``
+with torchvision's video mean/std, ``mel`` (1, 10T, 80) float32 from ``soundloc.mel.log_mel``
 (the one log-mel), ``label`` int and ``id`` str. Decoding is ``soundloc.media.load_clip``:
 10 fps by timestamps from any source rate, the whole frame resized, audio resampled to
 16 kHz mono, padded or cut to ``config.clip_seconds``.
 
 A training run reads many downloaded videos and some are always broken. A broken file never
-ends an epoch: ``__getitem__`` returns a ``Skipped`` marker with a one-line reason, ``collate``
+ends an epoch: ``__getitem__`` returns a ``SkippedClip`` marker with a one-line reason, ``collate``
 drops markers and carries ``(id, reason)`` pairs in the batch (so they cross DataLoader worker
 processes with the batch), and the training loop feeds each batch to a ``SkipReport`` that it
 prints at the end of the epoch.
@@ -29,11 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..audio import log_mel
 from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, VIDEO_FOLDERS, Config
+from ..data.annotations import AnnotationError, find_video, read_vggsound_csv, safe_join, video_folder
 from ..media import MediaError, load_clip
+from ..mel import log_mel
 from ..preprocess import normalise_frames
-from .annotations import AnnotationError, find_video, read_vggsound_csv, safe_join, video_folder
 
 
 class DatasetError(ValueError):
@@ -50,7 +50,7 @@ class ClipRecord:
 
 
 @dataclass(frozen=True)
-class Skipped:
+class SkippedClip:
     """The marker ``__getitem__`` returns for a clip that could not be loaded."""
 
     clip_id: str
@@ -130,15 +130,15 @@ class ClipDataset(torch.utils.data.Dataset):
         """Class index of every clip (for balanced samplers and class counts)."""
         return [r.label for r in self.records]
 
-    def __getitem__(self, i: int) -> dict[str, Any] | Skipped:
+    def __getitem__(self, i: int) -> dict[str, Any] | SkippedClip:
         rec = self.records[i]
         try:
             clip = load_clip(rec.path, seconds=self.config.clip_seconds, fps=FPS, size=self.config.image_size,
                              sample_rate=SAMPLE_RATE, require_audio=True)
         except MediaError as e:
-            return Skipped(rec.clip_id, str(e))
+            return SkippedClip(rec.clip_id, str(e))
         except (OSError, ValueError, RuntimeError) as e:  # av/numpy failures media.py did not foresee
-            return Skipped(rec.clip_id, f"{rec.path}: cannot decode ({type(e).__name__}: {' '.join(str(e).split())})")
+            return SkippedClip(rec.clip_id, f"{rec.path}: cannot decode ({type(e).__name__}: {' '.join(str(e).split())})")
         frames, mel = clip.frames, log_mel(clip.audio)
         if self._crop_steps is not None:
             s = int(torch.randint(0, len(frames) - self._crop_steps + 1, ()).item())
@@ -221,15 +221,15 @@ class PathListDataset(ClipDataset):
         self.root = base
 
 
-def collate(items: Sequence[dict[str, Any] | Skipped]) -> dict[str, Any]:
+def collate(items: Sequence[dict[str, Any] | SkippedClip]) -> dict[str, Any]:
     """Stack loaded items into a batch and carry the skipped ones as ``(id, reason)`` pairs.
 
     Returns ``video`` (B, 3, T, H, W), ``mel`` (B, 1, 10T, 80), ``label`` (B,) int64, ``id``
     list[str], ``skipped`` list[(id, reason)]. B may be 0 when every item was skipped: then
     ``video`` and ``mel`` are empty (0,)-shaped tensors and the loop should move on.
     """
-    good = [it for it in items if not isinstance(it, Skipped)]
-    skipped = [(it.clip_id, it.reason) for it in items if isinstance(it, Skipped)]
+    good = [it for it in items if not isinstance(it, SkippedClip)]
+    skipped = [(it.clip_id, it.reason) for it in items if isinstance(it, SkippedClip)]
     if not good:
         empty = torch.zeros(0)
         return {"video": empty, "mel": empty, "label": torch.zeros(0, dtype=torch.long), "id": [], "skipped": skipped}
