@@ -571,24 +571,18 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int | Fraction, 
               *, crf: int = 20, preset: str = "veryfast") -> None:
     """Write a whole clip as H.264 + AAC to ``path`` atomically (``fileio.Staged``). frames
     (T, H, W, 3) uint8 RGB with even H, W; audio (N,) float32 mono or (2, N) stereo."""
-    staged = Staged(path, prefix=".tmp-", suffix=".mp4")
-    try:
-        with av.open(str(staged.temp), "w", format="mp4") as out:
-            # One thread: a pool runs one clip per core. mbtree off: with it, this x264 build gave
-            # different bytes for the same frames in about 1 run in 5 (measured); without it the
-            # files are reproducible, which the determinism test checks.
-            video = add_h264(out, fps, frames.shape[2], frames.shape[1],
-                             {"crf": str(crf), "preset": preset, "x264-params": "threads=1:mbtree=0"})
-            video.codec_context.thread_count = 1
-            sound = add_aac(out, sample_rate, 2 if audio.ndim == 2 else 1)
-            for k, image in enumerate(frames):
-                encode_rgb(out, video, image, k, Fraction(1) / fps)
-            flush_encoders(out, video)
-            chunk = sample_rate // 10
-            for i in range(0, audio.shape[-1], chunk):
-                encode_pcm(out, sound, audio[..., i: i + chunk], i, sample_rate)
-            flush_encoders(out, sound)
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
+    with Staged(path, prefix=".tmp-", suffix=".mp4") as staged, av.open(str(staged.temp), "w", format="mp4") as out:
+        # One thread: a pool runs one clip per core. mbtree off: with it, this x264 build gave
+        # different bytes for the same frames in about 1 run in 5 (measured); without it the
+        # files are reproducible, which the determinism test checks.
+        video = add_h264(out, fps, frames.shape[2], frames.shape[1],
+                         {"crf": str(crf), "preset": preset, "x264-params": "threads=1:mbtree=0"})
+        video.codec_context.thread_count = 1
+        sound = add_aac(out, sample_rate, 2 if audio.ndim == 2 else 1)
+        for k, image in enumerate(frames):
+            encode_rgb(out, video, image, k, Fraction(1) / fps)
+        flush_encoders(out, video)
+        chunk = sample_rate // 10
+        for i in range(0, audio.shape[-1], chunk):
+            encode_pcm(out, sound, audio[..., i: i + chunk], i, sample_rate)
+        flush_encoders(out, sound)
