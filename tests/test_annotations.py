@@ -212,6 +212,9 @@ def test_path_label_csv_with_and_without_header(tmp_path):
     assert A.read_path_label_csv(p) == [A.LabelledFile("clips/a.mp4", "dog, barking")]
     p.write_text("b.mp4,cat\n")
     assert A.read_path_label_csv(p) == [A.LabelledFile("b.mp4", "cat")]
+    p.write_text("path,label,split\n\nsub\\c.mp4,cat,test\n")  # the training datasets' third column
+    (row,) = A.read_path_label_csv(p)
+    assert row == A.LabelledFile("sub\\c.mp4", "cat", "test") and row.line == 3 and row.id == "c"
 
 
 def test_csv_not_utf8(tmp_path):

@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator, Sequence
@@ -226,16 +227,23 @@ def _vggss_boxes(raw: object, where: str) -> tuple[tuple[Box, ...], int, int]:
     return tuple(boxes), n_corrupt, n_dropped
 
 
-def _load_json(path: Path) -> object:
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A file that is not UTF-8 text or cannot be read becomes one AnnotationError line."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}: line {e.lineno} column {e.colno}: corrupt or truncated json ({e.msg})") from None
+        yield
     except UnicodeDecodeError as e:
         raise AnnotationError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise AnnotationError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _load_json(path: Path) -> object:
+    try:
+        with _reading(path), open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: line {e.lineno} column {e.colno}: corrupt or truncated json ({e.msg})") from None
 
 
 # -- Flickr-SoundNet ---------------------------------------------------------------------------
@@ -324,14 +332,17 @@ class VGGSoundRow:
 
 @dataclass(frozen=True)
 class LabelledFile:
-    """A file name (relative to a dataset root) and its class label."""
+    """A file name (relative to a dataset root), its class label and optional split; ``line``
+    is where the row stands in its file, for messages."""
 
     path: str
     label: str
+    split: str | None = None
+    line: int = field(default=0, compare=False)
 
     @property
     def id(self) -> str:
-        return PurePosixPath(self.path).stem
+        return PurePosixPath(self.path.replace("\\", "/")).stem
 
 
 @dataclass(frozen=True)
@@ -347,23 +358,18 @@ def _csv_rows(path: Path, ncols: int | tuple[int, ...] | None = None) -> Iterato
     """(line number, row) of a CSV, skipping blank lines; wrong column counts raise (any count
     when ``ncols`` is None)."""
     allowed = (ncols,) if isinstance(ncols, int) else ncols
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, strict=True)
-            try:
-                for row in reader:
-                    if not row or all(not c.strip() for c in row):
-                        continue
-                    if allowed is not None and len(row) not in allowed:
-                        raise AnnotationError(f"{path}: line {reader.line_num}: expected {' or '.join(map(str, allowed))}"
-                                              f" columns, got {len(row)} (corrupt or truncated?)")
-                    yield reader.line_num, row
-            except csv.Error as e:
-                raise AnnotationError(f"{path}: line {reader.line_num}: corrupt csv ({e})") from None
-    except UnicodeDecodeError as e:
-        raise AnnotationError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise AnnotationError(f"{path}: cannot read ({e.strerror})") from None
+    with _reading(path), open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            for row in reader:
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if allowed is not None and len(row) not in allowed:
+                    raise AnnotationError(f"{path}: line {reader.line_num}: expected {' or '.join(map(str, allowed))}"
+                                          f" columns, got {len(row)} (corrupt or truncated?)")
+                yield reader.line_num, row
+        except csv.Error as e:
+            raise AnnotationError(f"{path}: line {reader.line_num}: corrupt csv ({e})") from None
 
 
 def read_vggsound_csv(path: str | Path) -> list[VGGSoundRow]:
@@ -389,8 +395,10 @@ def read_vggsound_test(path: str | Path) -> list[LabelledFile]:
 
 
 def read_path_label_csv(path: str | Path) -> list[LabelledFile]:
-    """A simple ``path,label`` CSV for any collection; an optional ``path,label`` header is skipped."""
-    rows = [LabelledFile(p.strip(), label.strip()) for _, (p, label) in _csv_rows(Path(path), 2)]
+    """A simple ``path,label[,split]`` CSV for any collection; an optional header row
+    (``path,label[,split]``) is skipped."""
+    rows = [LabelledFile(row[0].strip(), row[1].strip(), row[2].strip() if len(row) == 3 else None, line)
+            for line, row in _csv_rows(Path(path), (2, 3))]
     if rows and (rows[0].path.lower(), rows[0].label.lower()) == ("path", "label"):
         rows = rows[1:]
     return rows

@@ -19,18 +19,18 @@ on purpose: videos on another disk linked into the root are a common layout.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, VIDEO_FOLDERS, Config
-from ..data.annotations import AnnotationError, find_video, read_vggsound_csv, safe_join, video_folder
+from ..data.annotations import (AnnotationError, find_video, read_path_label_csv, read_vggsound_csv, safe_join,
+                                video_folder)
 from ..media import MediaError, load_clip
 from ..mel import log_mel
 from ..preprocess import normalise_frames
@@ -74,20 +74,6 @@ def safe_relative(root: Path, name: str, where: str) -> Path:
         return safe_join(root, name, follow_links=True)
     except AnnotationError as e:
         raise DatasetError(f"{where}: {e}") from None
-
-
-def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """Non-blank CSV rows with their 1-based line numbers; ``csv`` handles quoted commas."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation CSV not found")
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [(i + 1, row) for i, row in enumerate(csv.reader(f)) if any(c.strip() for c in row)]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: not a readable UTF-8 CSV ({e})") from None
-    if not rows:
-        raise DatasetError(f"{path}: no rows")
-    return rows
 
 
 def _class_index(labels: Sequence[str], class_names: Sequence[str] | None, config: Config,
@@ -201,17 +187,17 @@ class PathListDataset(ClipDataset):
                  *, config: Config, class_names: Sequence[str] | None = None, augment: Augment | None = None) -> None:
         csv_file = Path(csv_path)
         base = Path(root) if root is not None else csv_file.parent
-        rows = _read_rows(csv_file)
-        if [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
-            rows = rows[1:]
+        if not csv_file.is_file():
+            raise DatasetError(f"{csv_file}: annotation CSV not found")
+        try:
+            rows = read_path_label_csv(csv_file)
+        except AnnotationError as e:
+            raise DatasetError(str(e)) from None
         parsed = []
-        for line, row in rows:
-            if len(row) not in (2, 3) or (split is not None and len(row) != 3):
-                need = "path,label,split" if split is not None else "path,label[,split]"
-                raise DatasetError(f"{csv_file}:{line}: expected {need}, got {len(row)} columns")
-            name, label = row[0].strip(), row[1].strip()
-            path = safe_relative(base, name, f"{csv_file}:{line}")
-            parsed.append((PurePosixPath(name.replace("\\", "/")).stem, path, label, row[2].strip() if len(row) == 3 else None))
+        for r in rows:
+            if split is not None and r.split is None:
+                raise DatasetError(f"{csv_file}:{r.line}: expected path,label,split, got 2 columns")
+            parsed.append((r.id, safe_relative(base, r.path, f"{csv_file}:{r.line}"), r.label, r.split))
         names, index = _class_index([p[2] for p in parsed], class_names, config, csv_file)
         records = [ClipRecord(cid, p, index[label]) for cid, p, label, s in parsed if split is None or s == split]
         if not records:
