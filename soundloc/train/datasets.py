@@ -20,10 +20,10 @@ on purpose: videos on another disk linked into the root are a common layout.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from ..data.annotations import (AnnotationError, find_video, read_path_label_csv
 from ..media import MediaError, load_clip
 from ..mel import log_mel
 from ..preprocess import normalise_frames
+
+
+Row = TypeVar("Row")
 
 
 class DatasetError(ValueError):
@@ -74,6 +77,16 @@ def safe_relative(root: Path, name: str, where: str) -> Path:
         return safe_join(root, name, follow_links=True)
     except AnnotationError as e:
         raise DatasetError(f"{where}: {e}") from None
+
+
+def _read_csv(read: Callable[[Path], list[Row]], csv_file: Path) -> list[Row]:
+    """``read(csv_file)`` (an ``annotations`` reader) with its one-line errors as DatasetError."""
+    if not csv_file.is_file():
+        raise DatasetError(f"{csv_file}: annotation CSV not found")
+    try:
+        return read(csv_file)
+    except AnnotationError as e:
+        raise DatasetError(str(e)) from None
 
 
 def _class_index(labels: Sequence[str], class_names: Sequence[str] | None, config: Config,
@@ -147,12 +160,7 @@ class VGGSoundDataset(ClipDataset):
         if not root.is_dir():
             raise DatasetError(f"{root}: dataset folder not found")
         csv_file = Path(csv_path) if csv_path is not None else root / "vggsound.csv"
-        if not csv_file.is_file():
-            raise DatasetError(f"{csv_file}: annotation CSV not found")
-        try:
-            rows = read_vggsound_csv(csv_file)
-        except AnnotationError as e:
-            raise DatasetError(str(e)) from None
+        rows = _read_csv(read_vggsound_csv, csv_file)
         if not rows:
             raise DatasetError(f"{csv_file}: no rows")
         names, index = _class_index([r.label for r in rows], class_names, config, csv_file)
@@ -187,12 +195,7 @@ class PathListDataset(ClipDataset):
                  *, config: Config, class_names: Sequence[str] | None = None, augment: Augment | None = None) -> None:
         csv_file = Path(csv_path)
         base = Path(root) if root is not None else csv_file.parent
-        if not csv_file.is_file():
-            raise DatasetError(f"{csv_file}: annotation CSV not found")
-        try:
-            rows = read_path_label_csv(csv_file)
-        except AnnotationError as e:
-            raise DatasetError(str(e)) from None
+        rows = _read_csv(read_path_label_csv, csv_file)
         parsed = []
         for r in rows:
             if split is not None and r.split is None:
