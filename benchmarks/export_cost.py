@@ -19,6 +19,7 @@ import torch
 from soundloc.config import Config
 from soundloc.export.onnx import export_checkpoint
 from soundloc.export.verify import randomise_batchnorm, verify
+from soundloc.fileio import write_json
 from soundloc.model.checkpoint import save_checkpoint
 from soundloc.model.classifier import AVClassifier
 
@@ -47,7 +48,7 @@ def main() -> None:
             "verify": report.as_dict()}
         print(precision, json.dumps(result[precision], indent=1))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,10 @@ from pathlib import Path
 
 
 from soundloc import evaluate
-from soundloc.data.annotations import read_vggss
 from soundloc.config import EVAL_SIZE
-from soundloc.inference import Analyzer, Skipped, find_video
+from soundloc.data.annotations import find_video, read_vggss
+from soundloc.fileio import write_json
+from soundloc.inference import Analyzer, Skipped
 from soundloc.localize import pseudo_box, top_k_moments, window_map
 
 
@@ -131,7 +132,7 @@ def main() -> None:
     result["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(result, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        write_json(result, args.json)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ properties here, so the video rate, the mel hop and the audio rate can never dis
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ SAMPLES_PER_STEP = MELS_PER_STEP * HOP_LENGTH  # 1600 samples per video frame
 IMAGE_SIZE = 112
 EVAL_SIZE = 224  # maps are upsampled to EVAL_SIZE x EVAL_SIZE to be binarised and boxed (VGG-SS's frame)
 VIDEO_FOLDERS = ("videos", "video")  # where VGGSound downloads keep the clips (then the root itself)
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")  # what counts as a video file in a folder
 END_GRACE_S = 2.0  # a live video that ended waits this long for the audio of its last frames
 VIDEO_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's video-model normalisation
 VIDEO_STD = (0.22803, 0.22145, 0.216989)
@@ -188,6 +191,33 @@ class Config:
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def parse_overrides(cls, items: Sequence[str]) -> dict[str, Any]:
+        """``["width=0.5", "layers=1,1,1,1", "causal=true"]`` (``soundloc train --set``) -> typed
+        field overrides for ``replace`` or ``preset``; a bad item raises a one-line ConfigError."""
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "class_names"}
+        out: dict[str, Any] = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in fields:
+                close = difflib.get_close_matches(key, fields, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else f"; known: {', '.join(fields)}"
+                raise ConfigError(f"bad override {item!r}: expected KEY=VALUE with a config field{hint}")
+            default = getattr(cls(), key)
+            try:
+                if isinstance(default, bool):
+                    if value.lower() not in ("true", "false", "1", "0"):
+                        raise ValueError(value)
+                    out[key] = value.lower() in ("true", "1")
+                elif isinstance(default, tuple):
+                    out[key] = tuple(int(v) for v in value.split(","))
+                else:
+                    out[key] = type(default)(value)
+            except ValueError:
+                raise ConfigError(f"bad override {item!r}: {value!r} is not a {type(default).__name__}") from None
+        return out
 
 
 PRESETS: dict[str, Config] = {

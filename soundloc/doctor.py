@@ -265,7 +265,7 @@ def _engine_checks(label: str, bundle: Bundle, inputs: list, ref: dict, machine:
         fix = TRT_INSTALL_HINT if machine.tensorrt is None else DRIVER_HINT
         return [Finding(f"{label}: TensorRT engine build", "skip", why, fix),
                 Finding(f"{label}: tensorrt", "skip", why, fix)]
-    from .export.engines import build_engines
+    from .export.trt_engines import build_engines
 
     progress(f"{label}: building TensorRT engines ({precision})")
     start = time.monotonic()

@@ -35,7 +35,7 @@ class EvalError(ValueError):
 
 
 @dataclass(frozen=True)
-class ClipRecord:
+class ClipScore:
     """One clip's result; ``gt_pixels`` is the GT map's sum (Flickr: consensus weights)."""
 
     id: str
@@ -54,7 +54,7 @@ class EvalResult:
 
     protocol: str
     dataset: str  # "vggss" or "flickr"
-    records: tuple[ClipRecord, ...]
+    records: tuple[ClipScore, ...]
     summary: dict[str, float]
     n_missing: int = 0  # annotated clips without a map (not in the summary)
     n_unannotated: int = 0  # maps without annotation (ignored)
@@ -113,7 +113,7 @@ def score_maps(maps: Mapping[str, np.ndarray], gt: Annotations, protocol: str = 
             s = metrics.score_map(maps[ann.id], gt_map(ann, gt.kind), protocol)
         except metrics.MetricError as e:
             raise EvalError(f"map of clip {ann.id!r}: {e}") from None
-        records.append(ClipRecord(ann.id, s.ciou, s.pointing, s.pred_pixels, s.gt_pixels, ann.empty, s.non_finite))
+        records.append(ClipScore(ann.id, s.ciou, s.pointing, s.pred_pixels, s.gt_pixels, ann.empty, s.non_finite))
     if not records:
         raise EvalError(f"none of the {len(gt)} annotated clips has a map (ids differ? e.g. {next(iter(gt.ids), '')!r})")
     summary = metrics.summarize([r.ciou for r in records], [r.pointing for r in records])

@@ -80,8 +80,9 @@ class Staged:
 
     ``temp`` is where to write: a fresh temporary file beside the real file (same filesystem,
     so the rename is atomic; ``prefix + random + suffix``), or, for a FIFO or a character
-    device, the node itself. ``commit()`` fsyncs and renames (keeping an existing file's
-    permissions); ``discard()`` deletes the temporary file; a node is left as it is by both.
+    device, the node itself. ``commit()`` fsyncs the file, renames it (keeping an existing file's
+    permissions) and fsyncs the folder; ``discard()`` deletes the temporary file; a node is left
+    as it is by both. As a context manager: commit when the block ends, discard if it raises.
     A path that cannot be written raises ``OSError`` (a directory, a missing folder with
     ``make_parent=False``, no permission), as ``open`` would.
     """
@@ -121,6 +122,20 @@ class Staged:
         if not self.direct:
             self.temp.unlink(missing_ok=True)
 
+    def __enter__(self) -> Staged:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        """Publish when the block ends normally; discard on any exception (Ctrl-C too)."""
+        if exc_type is None:
+            try:
+                self.commit()
+            except BaseException:
+                self.discard()
+                raise
+        else:
+            self.discard()
+
 
 def _temp_file(folder: Path, prefix: str, suffix: str, mode: int) -> Path:
     fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
@@ -131,15 +146,8 @@ def _temp_file(folder: Path, prefix: str, suffix: str, mode: int) -> Path:
 
 def atomic_write(path: PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(f)`` on a staged file for ``path`` (see ``Staged``), then publish it."""
-    staged = Staged(path)
-    try:
-        with open(staged.temp, "wb") as f:
-            write(f)
-            f.flush()
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
+    with Staged(path) as staged, open(staged.temp, "wb") as f:
+        write(f)
     return staged.path
 
 

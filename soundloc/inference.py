@@ -17,17 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import EVAL_SIZE, VIDEO_FOLDERS
-from .data.annotations import safe_join
+from .config import EVAL_SIZE
+from .data.annotations import find_video, list_videos
 from .dependence import AudioDependence, audio_dependence, check_steps, other_clips
 from .fileio import write_json
 from .localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_map
 from .media import MediaError
 from .model.checkpoint import load_checkpoint
 from .preprocess import file_inputs
-
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
-
 
 @dataclass
 class ClipFeatures:
@@ -98,21 +95,6 @@ class Analyzer:
                 skipped.add(clip_id, str(e))
 
 
-def find_video(videos: Path, clip_id: str) -> Path | None:
-    """``<videos>/<id>.mp4``, ``<videos>/videos/<id>.mp4`` or ``<videos>/video/<id>.mp4`` (other suffixes
-    too), never outside."""
-    for sub in ("", *(f"{name}/" for name in VIDEO_FOLDERS)):
-        for suffix in VIDEO_SUFFIXES:
-            path = safe_join(videos, f"{sub}{clip_id}{suffix}")
-            if path.is_file():
-                return path
-    return None
-
-
-def list_videos(folder: Path) -> list[tuple[str, Path]]:
-    """Every video file in ``folder`` (or its ``videos/`` or ``video/``), sorted, as (clip id, path)."""
-    root = next((folder / name for name in VIDEO_FOLDERS if (folder / name).is_dir()), folder)
-    return [(p.stem, p) for p in sorted(root.iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
 
 
 def clip_dependence(feats: list[ClipFeatures], steps: int, labels: Mapping[str, str] | None = None) -> AudioDependence:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import log_mel
+from .mel import log_mel
 from .config import SAMPLES_PER_STEP, VIDEO_MEAN, VIDEO_STD, Config
 
 _MEAN = np.asarray(VIDEO_MEAN, np.float32).reshape(3, 1, 1, 1)

@@ -165,6 +165,40 @@ def test_real_vggsound_test_and_stat(data):
     assert stats[0] == A.ClassStat("ambulance siren", 1050, "vehicle")
 
 
+def test_class_names_one_reader_for_stat_csv_classes_csv_and_plain_lists(tmp_path):
+    p = tmp_path / "classes.csv"
+    p.write_text('"dog, barking",12,animals\ncat,3,animals\n\n')  # stat.csv shape, quoted comma
+    assert A.read_class_names(p) == ("dog, barking", "cat")  # file order is index order
+    p.write_text("violin\ndrum\n")  # one name per line
+    assert A.read_class_names(p) == ("violin", "drum")
+    for text in ("", "violin\ndrum\nviolin\n"):
+        p.write_text(text)
+        with pytest.raises(AnnotationError, match="empty or names a class twice"):
+            A.read_class_names(p)
+    with pytest.raises(AnnotationError, match="cannot read"):
+        A.read_class_names(tmp_path / "missing.csv")
+
+
+def test_find_video_in_the_vggsound_layouts(tmp_path):
+    assert A.find_video(tmp_path, "abc_000001") is None
+    (tmp_path / "abc_000001.mkv").write_bytes(b"x")
+    assert A.find_video(tmp_path, "abc_000001") == tmp_path / "abc_000001.mkv"  # the root itself, any video suffix
+    assert A.video_folder(tmp_path) == tmp_path
+    (tmp_path / "video").mkdir()
+    (tmp_path / "video" / "abc_000001.mp4").write_bytes(b"x")
+    assert A.find_video(tmp_path, "abc_000001") == tmp_path / "video" / "abc_000001.mp4"  # the download folder first
+    assert A.video_folder(tmp_path) == tmp_path / "video"
+    assert A.list_videos(tmp_path) == [("abc_000001", tmp_path / "video" / "abc_000001.mp4")]
+    assert A.clip_id("abc", 1.9) == "abc_000001"
+
+
+def test_vggsound_csv_ytid_never_names_a_path(tmp_path):
+    p = tmp_path / "vggsound.csv"
+    p.write_text("ok,1,cat,train\na/b,2,dog,train\n")
+    with pytest.raises(AnnotationError, match="line 2: ytid 'a/b' contains a path separator"):
+        A.read_vggsound_csv(p)
+
+
 def test_stat_csv_bad_count(tmp_path):
     p = tmp_path / "stat.csv"
     p.write_text("dog,12,animals\ncat,many,animals\n")
@@ -178,6 +212,9 @@ def test_path_label_csv_with_and_without_header(tmp_path):
     assert A.read_path_label_csv(p) == [A.LabelledFile("clips/a.mp4", "dog, barking")]
     p.write_text("b.mp4,cat\n")
     assert A.read_path_label_csv(p) == [A.LabelledFile("b.mp4", "cat")]
+    p.write_text("path,label,split\n\nsub\\c.mp4,cat,test\n")  # the training datasets' third column
+    (row,) = A.read_path_label_csv(p)
+    assert row == A.LabelledFile("sub\\c.mp4", "cat", "test") and row.line == 3 and row.id == "c"
 
 
 def test_csv_not_utf8(tmp_path):

@@ -280,7 +280,7 @@ def test_debug_flag_shows_the_traceback(tmp_path, tiny):
 def test_dataset_scan_keeps_going_and_reports_every_kind(tmp_path):
     torch = pytest.importorskip("torch", reason="the training datasets need torch")
     from soundloc.config import preset
-    from soundloc.data.dataset import PathListDataset, SkipReport, collate
+    from soundloc.train.datasets import PathListDataset, SkipReport, collate
 
     good = {"tiny1x1.mp4": dict(size=(1, 1), pix_fmt="yuv444p", grey=200, n=30),
             "gray.mkv": dict(codec="ffv1", pix_fmt="gray", fmt="matroska", n=30),

@@ -65,7 +65,7 @@ def test_train_where_no_listed_clip_exists_refuses_and_says_where_it_looked(tmp_
 
 
 def test_train_finds_clips_in_a_video_folder(tmp_path, dataset):
-    from soundloc.data.dataset import VGGSoundDataset
+    from soundloc.train.datasets import VGGSoundDataset
 
     data = tmp_path / "data"
     shutil.copytree(dataset, data)

@@ -18,8 +18,8 @@ torch = pytest.importorskip("torch")
 mp = pytest.importorskip("torch.multiprocessing")
 
 from soundloc.config import preset  # noqa: E402
-from soundloc.data.dataset import collate  # noqa: E402
-from soundloc.distributed import (DistInfo, close_distributed, dist_from_env, init_distributed,  # noqa: E402
+from soundloc.train.datasets import collate  # noqa: E402
+from soundloc.train.distributed import (DistInfo, close_distributed, dist_from_env, init_distributed,  # noqa: E402
                                   resolve_device)
 from soundloc.train import TrainOptions, build_state, fit, forward_backward, seed_everything  # noqa: E402
 

@@ -406,3 +406,19 @@ def test_writer_rule_never_modifies_an_input(tmp_path):
         assert {k: v for k, v in after.items() if k in kinds} == kinds  # no link or FIFO replaced
         assert not [k for k in after if k not in kinds and k != "new.out" and k != "sub" and k != "missing"]
     assert refused > 20 and written > 20  # both branches were exercised
+
+
+def test_staged_block_publishes_on_success_and_keeps_the_old_file_on_error(tmp_path):
+    from soundloc.fileio import Staged
+
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with Staged(out) as staged:
+            staged.temp.write_bytes(b"half")
+            raise KeyboardInterrupt  # Ctrl-C mid-write
+    assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+    with Staged(out) as staged:
+        staged.temp.write_bytes(b"new")
+        assert out.read_bytes() == b"old"  # not before the block ends
+    assert out.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]

@@ -202,7 +202,7 @@ def test_bench_runs_fp32_and_int8_side_by_side(exported, tmp_path):
 def test_engine_build_uses_the_tensorrt_flavour(exported, tmp_path, monkeypatch):
     """--format engine --precision int8 builds from <graph>.trt.onnx. TensorRT cannot be installed
     here, so build_engine is replaced by a recorder (its own logic is tested in test_tensorrt)."""
-    from soundloc.export import engines
+    from soundloc.export import trt_engines as engines
     from soundloc.export.tensorrt import EngineInfo
 
     root = tmp_path / "int8"

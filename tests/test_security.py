@@ -128,7 +128,7 @@ def test_cli_preview_binds_loopback_by_default_and_warns_for_other_hosts(tmp_pat
 # -- names from annotation files stay inside the root --------------------------------------------------
 def test_find_video_never_leaves_the_videos_folder(tmp_path):
     from soundloc.data.annotations import AnnotationError
-    from soundloc.inference import find_video
+    from soundloc.data.annotations import find_video
 
     (tmp_path / "videos").mkdir()
     (tmp_path / "secret_000000.mp4").write_bytes(b"outside")  # exists, one level up

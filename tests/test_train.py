@@ -29,7 +29,7 @@ FAST = dict(batch_size=4, workers=0, progress=False)
 DATASET_SOURCE = '''
 import time
 import torch
-from soundloc.data.dataset import Skipped, collate
+from soundloc.train.datasets import SkippedClip, collate
 
 class RandomClips(torch.utils.data.Dataset):
     """Items like the real dataset's: video (3, T, S, S), mel (1, 10T, 80), label, id; the
@@ -46,7 +46,7 @@ class RandomClips(torch.utils.data.Dataset):
     def __getitem__(self, i):
         time.sleep(self.sleep)
         if i in self.broken:
-            return Skipped(f"c{i}", "truncated file")
+            return SkippedClip(f"c{i}", "truncated file")
         g = torch.Generator().manual_seed(1000 * self.seed + i)
         t, s, y = self.config.clip_steps, self.config.image_size, self.labels[i]
         return {"video": torch.randn(3, t, s, s, generator=g) + 0.5 * y,
@@ -218,7 +218,8 @@ def test_cli_trains_on_synthetic_videos_resumes_and_reports_errors_in_one_line(t
 
 def test_init_video_loads_a_torchvision_style_state_dict(tmp_path: Path) -> None:
     from soundloc.model.classifier import AVClassifier
-    from soundloc.train import DistInfo, build_state
+    from soundloc.train.distributed import DistInfo
+    from soundloc.train import build_state
 
     donor = AVClassifier(CONFIG).video.state_dict()  # torchvision mc3_18 key names (stem.0, layer1...)
     torch.save({k: v + 1.0 if v.is_floating_point() else v for k, v in donor.items()}, tmp_path / "mc3.pth")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import MELS_PER_STEP
-from ..fileio import Staged
+from ..media import write_mp4
 from .stats import Clock, Laps, Plan, Timing, run_timed
 
 STAGES = ("decode", "preprocess+mel", "model step", "localization+box", "render")
@@ -33,38 +33,19 @@ class ClipSpec:
 
 def make_clip(path: Path, spec: ClipSpec = ClipSpec()) -> Path:
     """Write a moving-pattern H.264 + AAC clip (once: reused when it exists)."""
-    if path.is_file():
-        return path
-    staged = Staged(path, suffix=".mp4")
-    try:
-        _encode_pattern(staged.temp, spec)
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
+    if not path.is_file():
+        write_mp4(path, *_pattern(spec), spec.sample_rate, crf=23)
     return path
 
 
-def _encode_pattern(path: Path, spec: ClipSpec) -> None:
-    import av
-
-    n = int(spec.seconds * spec.fps)
+def _pattern(spec: ClipSpec) -> tuple[np.ndarray, int, np.ndarray]:
+    """Frames (T, H, W, 3) of a drifting colour pattern, the rate, a beating 440 Hz tone."""
     y, x = np.mgrid[0:spec.height, 0:spec.width]
-    with av.open(str(path), "w", format="mp4") as out:
-        vs = out.add_stream("libx264", rate=spec.fps, options={"crf": "23", "preset": "veryfast"})
-        vs.width, vs.height, vs.pix_fmt = spec.width, spec.height, "yuv420p"
-        aus = out.add_stream("aac", rate=spec.sample_rate, layout="mono")
-        for i in range(n):
-            img = np.stack([(x + 4 * i) % 256, (y + 2 * i) % 256, (x + y + i) % 256], -1).astype(np.uint8)
-            out.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-        out.mux(vs.encode())
-        t = np.arange(int(spec.seconds * spec.sample_rate)) / spec.sample_rate
-        audio = (0.2 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) / 2).astype(np.float32)
-        for i in range(0, len(audio), 1024):
-            af = av.AudioFrame.from_ndarray(audio[None, i:i + 1024], format="flt", layout="mono")
-            af.sample_rate, af.pts = spec.sample_rate, i
-            out.mux(aus.encode(af))
-        out.mux(aus.encode())
+    frames = np.stack([np.stack([(x + 4 * i) % 256, (y + 2 * i) % 256, (x + y + i) % 256], -1).astype(np.uint8)
+                       for i in range(int(spec.seconds * spec.fps))])
+    t = np.arange(int(spec.seconds * spec.sample_rate)) / spec.sample_rate
+    audio = (0.2 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) / 2).astype(np.float32)
+    return frames, spec.fps, audio
 
 
 class _LoopedSource:

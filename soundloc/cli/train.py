@@ -45,15 +45,15 @@ def train_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
     """Train the audio-visual classifier whose maps localize sound sources."""
-    from ..config import ConfigError
+    from ..config import Config, ConfigError
     from ..model.checkpoint import CheckpointError
-    from ..distributed import DistributedError
-    from ..train import TrainError, parse_overrides, train
+    from ..train.distributed import DistributedError
+    from ..train import TrainError, train
 
     check_paths([json_out], [data_dir, csv_path, classes, init_video], dirs=[out])
     try:
         extra = {"schedule": schedule} if schedule is not None else {}
-        result = train(data_dir, out, preset=preset, recipe=recipe, overrides=parse_overrides(overrides), csv_path=csv_path,
+        result = train(data_dir, out, preset=preset, recipe=recipe, overrides=Config.parse_overrides(overrides), csv_path=csv_path,
                        classes=classes, val_split=None if val_split.lower() == "none" else val_split,
                        resume=resume, init_video=init_video, epochs=epochs, batch_size=batch_size, lr=lr,
                        workers=workers, amp=amp, device=device, seed=seed, keep_epochs=keep_epochs,

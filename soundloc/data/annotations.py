@@ -21,9 +21,12 @@ import csv
 import json
 import math
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator, Sequence
+
+from ..config import VIDEO_FOLDERS, VIDEO_SUFFIXES
 
 Box = tuple[float, float, float, float]  # normalised (xmin, ymin, xmax, ymax)
 
@@ -136,9 +139,33 @@ def safe_join(root: str | Path, name: str, follow_links: bool = False) -> Path:
     return path
 
 
+# -- the VGGSound folder layout ------------------------------------------------------------------
 def clip_id(ytid: str, start_seconds: float) -> str:
     """VGGSound's clip naming: ``<ytid>_<start:06d>``."""
     return f"{ytid}_{int(start_seconds):06d}"
+
+
+def find_video(root: str | Path, clip: str, follow_links: bool = False) -> Path | None:
+    """The video of clip id ``clip``: ``<root>/videos/<id>.mp4``, ``<root>/video/<id>.mp4`` or
+    ``<root>/<id>.mp4`` (the first found; other video suffixes too), never outside ``root``
+    (``safe_join``; ``follow_links`` as there); None when there is none."""
+    for sub in (*(f"{name}/" for name in VIDEO_FOLDERS), ""):
+        for suffix in VIDEO_SUFFIXES:
+            path = safe_join(root, f"{sub}{clip}{suffix}", follow_links)
+            if path.is_file():
+                return path
+    return None
+
+
+def video_folder(root: str | Path) -> Path:
+    """Where a collection keeps its videos: ``<root>/videos``, ``<root>/video`` or ``root``."""
+    root = Path(root)
+    return next((root / name for name in VIDEO_FOLDERS if (root / name).is_dir()), root)
+
+
+def list_videos(root: str | Path) -> list[tuple[str, Path]]:
+    """Every video file in ``video_folder(root)``, sorted, as (clip id, path)."""
+    return [(p.stem, p) for p in sorted(video_folder(root).iterdir()) if p.suffix.lower() in VIDEO_SUFFIXES]
 
 
 # -- boxes -------------------------------------------------------------------------------------
@@ -200,16 +227,23 @@ def _vggss_boxes(raw: object, where: str) -> tuple[tuple[Box, ...], int, int]:
     return tuple(boxes), n_corrupt, n_dropped
 
 
-def _load_json(path: Path) -> object:
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A file that is not UTF-8 text or cannot be read becomes one AnnotationError line."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise AnnotationError(f"{path}: line {e.lineno} column {e.colno}: corrupt or truncated json ({e.msg})") from None
+        yield
     except UnicodeDecodeError as e:
         raise AnnotationError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise AnnotationError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _load_json(path: Path) -> object:
+    try:
+        with _reading(path), open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise AnnotationError(f"{path}: line {e.lineno} column {e.colno}: corrupt or truncated json ({e.msg})") from None
 
 
 # -- Flickr-SoundNet ---------------------------------------------------------------------------
@@ -298,14 +332,17 @@ class VGGSoundRow:
 
 @dataclass(frozen=True)
 class LabelledFile:
-    """A file name (relative to a dataset root) and its class label."""
+    """A file name (relative to a dataset root), its class label and optional split; ``line``
+    is where the row stands in its file, for messages."""
 
     path: str
     label: str
+    split: str | None = None
+    line: int = field(default=0, compare=False)
 
     @property
     def id(self) -> str:
-        return PurePosixPath(self.path).stem
+        return PurePosixPath(self.path.replace("\\", "/")).stem
 
 
 @dataclass(frozen=True)
@@ -317,26 +354,22 @@ class ClassStat:
     category: str
 
 
-def _csv_rows(path: Path, ncols: int | tuple[int, ...]) -> Iterator[tuple[int, list[str]]]:
-    """(line number, row) of a CSV, skipping blank lines; wrong column counts raise."""
+def _csv_rows(path: Path, ncols: int | tuple[int, ...] | None = None) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) of a CSV, skipping blank lines; wrong column counts raise (any count
+    when ``ncols`` is None)."""
     allowed = (ncols,) if isinstance(ncols, int) else ncols
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.reader(f, strict=True)
-            try:
-                for row in reader:
-                    if not row or all(not c.strip() for c in row):
-                        continue
-                    if len(row) not in allowed:
-                        raise AnnotationError(f"{path}: line {reader.line_num}: expected {' or '.join(map(str, allowed))}"
-                                              f" columns, got {len(row)} (corrupt or truncated?)")
-                    yield reader.line_num, row
-            except csv.Error as e:
-                raise AnnotationError(f"{path}: line {reader.line_num}: corrupt csv ({e})") from None
-    except UnicodeDecodeError as e:
-        raise AnnotationError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise AnnotationError(f"{path}: cannot read ({e.strerror})") from None
+    with _reading(path), open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        try:
+            for row in reader:
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if allowed is not None and len(row) not in allowed:
+                    raise AnnotationError(f"{path}: line {reader.line_num}: expected {' or '.join(map(str, allowed))}"
+                                          f" columns, got {len(row)} (corrupt or truncated?)")
+                yield reader.line_num, row
+        except csv.Error as e:
+            raise AnnotationError(f"{path}: line {reader.line_num}: corrupt csv ({e})") from None
 
 
 def read_vggsound_csv(path: str | Path) -> list[VGGSoundRow]:
@@ -350,6 +383,8 @@ def read_vggsound_csv(path: str | Path) -> list[VGGSoundRow]:
             raise AnnotationError(f"{path}: line {line}: start_seconds {start!r} is not a number") from None
         if not ytid or seconds < 0:
             raise AnnotationError(f"{path}: line {line}: empty ytid or negative start")
+        if "/" in ytid or "\\" in ytid:  # it names a file: <ytid>_<start>.mp4
+            raise AnnotationError(f"{path}: line {line}: ytid {ytid!r} contains a path separator")
         rows.append(VGGSoundRow(ytid.strip(), seconds, label.strip(), split.strip()))
     return rows
 
@@ -360,8 +395,10 @@ def read_vggsound_test(path: str | Path) -> list[LabelledFile]:
 
 
 def read_path_label_csv(path: str | Path) -> list[LabelledFile]:
-    """A simple ``path,label`` CSV for any collection; an optional ``path,label`` header is skipped."""
-    rows = [LabelledFile(p.strip(), label.strip()) for _, (p, label) in _csv_rows(Path(path), 2)]
+    """A simple ``path,label[,split]`` CSV for any collection; an optional header row
+    (``path,label[,split]``) is skipped."""
+    rows = [LabelledFile(row[0].strip(), row[1].strip(), row[2].strip() if len(row) == 3 else None, line)
+            for line, row in _csv_rows(Path(path), (2, 3))]
     if rows and (rows[0].path.lower(), rows[0].label.lower()) == ("path", "label"):
         rows = rows[1:]
     return rows
@@ -380,8 +417,14 @@ def read_class_stats(path: str | Path) -> list[ClassStat]:
 
 
 def read_class_names(path: str | Path) -> tuple[str, ...]:
-    """Class names of ``stat.csv`` in file order (the real file is sorted alphabetically)."""
-    return tuple(s.label for s in read_class_stats(path))
+    """Class names in index order: the first column of VGGSound's ``stat.csv`` (sorted
+    alphabetically), the synthetic ``classes.csv``, or a file of one name per line. An empty
+    list or a name given twice is refused."""
+    path = Path(path)
+    names = [row[0].strip() for _, row in _csv_rows(path) if row[0].strip()]
+    if not names or len(set(names)) != len(names):
+        raise AnnotationError(f"{path}: the class list is empty or names a class twice")
+    return tuple(names)
 
 
 def read_id_list(path: str | Path) -> list[str]:

@@ -46,13 +46,13 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 from ..config import FPS, SAMPLE_RATE, is_whole_steps, seconds_to_steps, steps_to_seconds
-from ..fileio import Staged, atomic_write_bytes, check_outputs
+from ..fileio import atomic_write_bytes, check_outputs
+from .annotations import clip_id
 
 SHAPES = ("disc", "square", "triangle", "diamond", "ring", "cross", "octagon", "hourglass")
 COLOURS = {
@@ -366,44 +366,6 @@ def render_audio(cls: SynthClass, intervals: list[list[float]], seconds: float,
 # -- files ----------------------------------------------------------------------------------
 
 
-def write_mp4(path: Path, frames: np.ndarray, fps: int | Fraction, audio: np.ndarray, sample_rate: int) -> None:
-    """Write H.264 + AAC to ``path`` atomically (``fileio.Staged``). frames (T, H, W, 3) uint8 RGB
-    with even H, W; audio (N,) float32 mono or (2, N) stereo."""
-    import av  # PyAV is a core dependency; imported here to keep ``import soundloc`` light
-
-    staged = Staged(path, prefix=".tmp-", suffix=".mp4")
-    try:
-        with av.open(str(staged.temp), "w", format="mp4") as out:
-            # One thread: a pool runs one clip per core. mbtree off: with it, this x264 build gave
-            # different bytes for the same frames in about 1 run in 5 (measured); without it the
-            # files are reproducible, which the determinism test checks.
-            vs = out.add_stream("libx264", rate=fps, options={"crf": "20", "preset": "veryfast",
-                                                               "x264-params": "threads=1:mbtree=0"})
-            vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            vs.codec_context.thread_count = 1
-            stereo = audio.ndim == 2
-            aus = out.add_stream("aac", rate=sample_rate, layout="stereo" if stereo else "mono")
-            for k, frame in enumerate(frames):
-                vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-                vf.pts, vf.time_base = k, Fraction(1) / fps
-                out.mux(vs.encode(vf))
-            out.mux(vs.encode())
-            chunk = sample_rate // 10
-            for i in range(0, audio.shape[-1], chunk):
-                if stereo:
-                    af = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[:, i: i + chunk]), format="fltp",
-                                                    layout="stereo")
-                else:
-                    af = av.AudioFrame.from_ndarray(audio[None, i: i + chunk], format="flt", layout="mono")
-                af.sample_rate, af.pts = sample_rate, i
-                out.mux(aus.encode(af))
-            out.mux(aus.encode())
-        staged.commit()
-    except BaseException:
-        staged.discard()
-        raise
-
-
 def _make_clip(job: _ClipJob) -> dict:
     """Plan, render and write one clip; returns its ground truth (boxes rounded to 1e-4)."""
     rng = np.random.default_rng([job.seed, job.index, 1])
@@ -432,10 +394,12 @@ def _make_clip(job: _ClipJob) -> dict:
         gains = np.array([[0.4], [1.0]])[:: 1 if extra.random() < 0.5 else -1]
         audio = np.clip(gains * audio + BACKGROUND_NOISE * extra.standard_normal((2, len(audio))), -1, 1)
         audio = audio.astype(np.float32)
-    clip_id = f"{job.ytid}_{job.start:06d}"
-    write_mp4(Path(job.videos_dir) / f"{clip_id}.mp4", frames, fps, audio, rate)
+    from ..media import write_mp4  # PyAV: imported here to keep ``import soundloc.data`` light
+
+    cid = clip_id(job.ytid, job.start)
+    write_mp4(Path(job.videos_dir) / f"{cid}.mp4", frames, fps, audio, rate)
     return {
-        "id": clip_id, "index": job.index, "label": job.label, "intervals": intervals,
+        "id": cid, "index": job.index, "label": job.label, "intervals": intervals,
         "source_fps": fps, "source_sample_rate": rate,
         "objects": [{"class": classes[c].name, "boxes": track[k].tolist()} for k, c in enumerate(obj_classes)],
     }

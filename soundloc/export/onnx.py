@@ -256,7 +256,7 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
         bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
                               gate=gate, progress=progress)
     if format == "engine":
-        from .engines import build_engines
+        from .trt_engines import build_engines
 
         bundle = build_engines(bundle, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
                                timing_cache=timing_cache, dla_core=dla_core)

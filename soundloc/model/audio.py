@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..audio import LOG_FLOOR, hann_window, mel_filters
+from ..mel import LOG_FLOOR, hann_window, mel_filters
 from ..config import HOP_LENGTH, MELS_PER_STEP, N_FFT, N_MELS, Config
 from .temporal import TemporalConv2d
 
@@ -76,7 +76,7 @@ class AudioNet(nn.Module):
 
 
 class LogMel(nn.Module):
-    """The log-mel of ``soundloc.audio`` as convolutions with a fixed DFT basis.
+    """The log-mel of ``soundloc.mel`` as convolutions with a fixed DFT basis.
 
     For graphs (TensorRT has no STFT/DFT) and GPU batches; parity with the numpy
     implementation is a test. (B, N) waveform -> (B, N // 160, 80).

@@ -9,6 +9,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +24,23 @@ from .sources import StepInput, StepSource
 from .stream import Localizer, StreamOptions
 
 
+class End(Enum):
+    """Why one connection to the source ended: what the reconnect decision reads
+    (``StreamSummary.end_reason`` is the same in words, for people)."""
+
+    SIGNAL = "stopped by signal"
+    TIME_LIMIT = "time limit reached"
+    INPUT_END = "end of input"
+    INPUT_FAILED = "input failed"
+    STALLED = "source stalled"
+    OPEN_FAILED = "open failed"
+
+    def worth_reconnecting(self, live: bool) -> bool:
+        """A stalled source or one that would not open, and a live one that hung up or failed:
+        opening it again may help; a file that ended or broke part-way would only repeat."""
+        return self in (End.STALLED, End.OPEN_FAILED) or (live and self in (End.INPUT_END, End.INPUT_FAILED))
+
+
 @dataclass
 class StreamSummary:
     backend: str
@@ -32,6 +50,7 @@ class StreamSummary:
     reconnects: int = 0
     seconds: float = 0.0
     end_reason: str = ""
+    end: End | None = None  # end_reason as a value
     error: str = ""  # why the input failed part-way (the run then did not process all of it)
     signal: int | None = None  # the signal that stopped the run
     outputs: list[str] = field(default_factory=list)
@@ -87,21 +106,22 @@ def _steps(source: StepSource, stop: threading.Event, stall_s: float, deadline: 
     count = 0
     while True:
         if stop.is_set():
-            summary.end_reason = "stopped by signal"
+            summary.end, summary.end_reason = End.SIGNAL, End.SIGNAL.value
             return
         out_of_time = time.monotonic() >= deadline if source.live and deadline is not None else \
             max_steps is not None and count >= max_steps
         if out_of_time:
-            summary.end_reason = "time limit reached"
+            summary.end, summary.end_reason = End.TIME_LIMIT, End.TIME_LIMIT.value
             return
         try:
             step = source.next_step(0.1)
         except StopIteration:
-            summary.end_reason = source.stats.end_reason or "end of input"
+            summary.end = End.INPUT_FAILED if source.stats.failure else End.INPUT_END
+            summary.end_reason = source.stats.end_reason or End.INPUT_END.value
             return
         if step is None:
             if time.monotonic() - last > stall_s:
-                summary.end_reason = f"source stalled: no input for {stall_s:g} s"
+                summary.end, summary.end_reason = End.STALLED, f"{End.STALLED.value}: no input for {stall_s:g} s"
                 return
             continue
         last = time.monotonic()
@@ -154,9 +174,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
                 live = _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop,
                                  stall_s=stall_seconds, deadline=deadline, max_seconds=max_seconds,
                                  can_retry=attempts < reconnect)
-                ended = summary.end_reason not in ("stopped by signal", "time limit reached")
-                retry = summary.end_reason.startswith("source stalled") or "error" in summary.end_reason.lower() \
-                    or (live and ended)  # a camera or stream that hung up: try again
+                retry = summary.end is not None and summary.end.worth_reconnecting(live)
                 if not (reconnect and retry and attempts < reconnect and not stop.is_set()):
                     break
                 attempts += 1
@@ -181,7 +199,7 @@ def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOp
     except MediaError as e:
         if not can_retry and summary.steps == 0:
             raise
-        summary.end_reason = f"open failed (error): {e}"
+        summary.end, summary.end_reason = End.OPEN_FAILED, f"{End.OPEN_FAILED.value} (error): {e}"
         summary.error = "" if can_retry else str(e)
         return True
     loc = Localizer(model, options)

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..config import SAMPLE_RATE, stop_signals
 from ..fileio import Staged
+from ..media import add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
 from .render import Labeler, render_step
 from .results import StepResult
 
@@ -150,28 +151,18 @@ class Mp4Sink:
         image = render_step(result, alpha=self.alpha, labeler=self.labeler)
         if self._video is None:
             self._open_streams(image.shape[1], image.shape[0])
-        frame = av.VideoFrame.from_ndarray(_fit(image, self._size), format="rgb24")
-        frame.pts = AAC_PRIMING + self._clock(self.frames_written)
-        frame.time_base = Fraction(1, SAMPLE_RATE)
-        self._mux(self._video.encode(frame))
+        encode_rgb(self._container, self._video, _fit(image, self._size), AAC_PRIMING + self._clock(self.frames_written),
+                   Fraction(1, SAMPLE_RATE))
         self.frames_written += 1
         if self._audio is not None:
             self._encode_audio(result.audio)
 
     def _open_streams(self, width: int, height: int) -> None:
         self._size = (width + width % 2, height + height % 2)
-        video = self._container.add_stream(
-            "libx264",
-            rate=self.fps,
-            options={"crf": str(self.crf), "preset": self.preset, "tune": "zerolatency", "g": str(self.gop)},
-        )
-        video.width, video.height = self._size
-        video.pix_fmt = "yuv420p"
-        video.codec_context.time_base = Fraction(1, SAMPLE_RATE)
-        self._video = video
+        options = {"crf": str(self.crf), "preset": self.preset, "tune": "zerolatency", "g": str(self.gop)}
+        self._video = add_h264(self._container, self.fps, *self._size, options, time_base=Fraction(1, SAMPLE_RATE))
         if self.with_audio:
-            self._audio = self._container.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
-            self._audio.codec_context.bit_rate = 64000
+            self._audio = add_aac(self._container, SAMPLE_RATE, bit_rate=64000)
 
     def _encode_audio(self, samples: np.ndarray | None) -> None:
         """Pad or trim to this step's share of the clock, then encode as 16 kHz mono."""
@@ -180,20 +171,12 @@ class Mp4Sink:
         if samples is not None:
             flat = np.nan_to_num(np.asarray(samples, np.float32).ravel()[:need])
             chunk[: flat.size] = np.clip(flat, -1.0, 1.0)
-        frame = av.AudioFrame.from_ndarray(chunk[None, :], format="flt", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = AAC_PRIMING + self._samples_written
-        frame.time_base = Fraction(1, SAMPLE_RATE)
-        self._mux(self._audio.encode(frame))
+        encode_pcm(self._container, self._audio, chunk, AAC_PRIMING + self._samples_written, SAMPLE_RATE)
         self._samples_written += need
 
     def _clock(self, steps: int) -> int:
         """Samples at 16 kHz from the start to the start of step ``steps``."""
         return round(steps * SAMPLE_RATE / self.fps)
-
-    def _mux(self, packets: list[av.Packet]) -> None:
-        for packet in packets:
-            self._container.mux(packet)
 
     def _finalise(self) -> None:
         """Flush, write the trailer, fsync, rename. SIGINT/SIGTERM/SIGHUP wait until it is done, so
@@ -205,9 +188,7 @@ class Mp4Sink:
             return
         with _signals_deferred():
             try:
-                self._mux(self._video.encode(None))
-                if self._audio is not None:
-                    self._mux(self._audio.encode(None))
+                flush_encoders(self._container, self._video, self._audio)
                 self._container.close()
                 self._staged.commit()
             except (OSError, av.error.FFmpegError) as exc:

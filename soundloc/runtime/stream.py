@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..audio import StreamingLogMel
 from ..config import MELS_PER_STEP, SAMPLES_PER_STEP, WINDOW_MODES, seconds_to_steps
 from ..localize import Localized, StepLocalizer
+from ..mel import StreamingLogMel
 from ..preprocess import normalise_frame
 from .engine import StepModel
 from .results import StepResult

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from soundloc.audio import StreamingLogMel, log_mel, mel_filters, pad_or_trim
+from soundloc.mel import StreamingLogMel, log_mel, mel_filters, pad_or_trim
 from soundloc.config import MELS_PER_STEP, N_MELS
 
 

@@ -1,13 +1,13 @@
 """Training datasets: VGGSound-format collections and simple ``path,label`` lists -> model inputs.
 
 An item is what the classifier eats (docs/design.md §1): ``video`` (3, T, 112, 112) float32 normalised
-with torchvision's video mean/std, ``mel`` (1, 10T, 80) float32 from ``soundloc.audio.log_mel``
+with torchvision's video mean/std, ``mel`` (1, 10T, 80) float32 from ``soundloc.mel.log_mel``
 (the one log-mel), ``label`` int and ``id`` str. Decoding is ``soundloc.media.load_clip``:
 10 fps by timestamps from any source rate, the whole frame resized, audio resampled to
 16 kHz mono, padded or cut to ``config.clip_seconds``.
 
 A training run reads many downloaded videos and some are always broken. A broken file never
-ends an epoch: ``__getitem__`` returns a ``Skipped`` marker with a one-line reason, ``collate``
+ends an epoch: ``__getitem__`` returns a ``SkippedClip`` marker with a one-line reason, ``collate``
 drops markers and carries ``(id, reason)`` pairs in the batch (so they cross DataLoader worker
 processes with the batch), and the training loop feeds each batch to a ``SkipReport`` that it
 prints at the end of the epoch.
@@ -19,21 +19,24 @@ on purpose: videos on another disk linked into the root are a common layout.
 
 from __future__ import annotations
 
-import csv
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from ..audio import log_mel
 from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, VIDEO_FOLDERS, Config, is_whole_steps, seconds_to_steps
+from ..data.annotations import (AnnotationError, find_video, read_path_label_csv, read_vggsound_csv, safe_join,
+                                video_folder)
 from ..media import MediaError, load_clip
+from ..mel import log_mel
 from ..preprocess import normalise_frames
-from .annotations import AnnotationError, safe_join
+
+
+Row = TypeVar("Row")
 
 
 class DatasetError(ValueError):
@@ -50,7 +53,7 @@ class ClipRecord:
 
 
 @dataclass(frozen=True)
-class Skipped:
+class SkippedClip:
     """The marker ``__getitem__`` returns for a clip that could not be loaded."""
 
     clip_id: str
@@ -97,18 +100,14 @@ def safe_relative(root: Path, name: str, where: str) -> Path:
         raise DatasetError(f"{where}: {e}") from None
 
 
-def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
-    """Non-blank CSV rows with their 1-based line numbers; ``csv`` handles quoted commas."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: annotation CSV not found")
+def _read_csv(read: Callable[[Path], list[Row]], csv_file: Path) -> list[Row]:
+    """``read(csv_file)`` (an ``annotations`` reader) with its one-line errors as DatasetError."""
+    if not csv_file.is_file():
+        raise DatasetError(f"{csv_file}: annotation CSV not found")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = [(i + 1, row) for i, row in enumerate(csv.reader(f)) if any(c.strip() for c in row)]
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: not a readable UTF-8 CSV ({e})") from None
-    if not rows:
-        raise DatasetError(f"{path}: no rows")
-    return rows
+        return read(csv_file)
+    except AnnotationError as e:
+        raise DatasetError(str(e)) from None
 
 
 def _class_index(labels: Sequence[str], class_names: Sequence[str] | None, config: Config,
@@ -158,7 +157,7 @@ class ClipDataset(torch.utils.data.Dataset):
         """Class index of every clip (for balanced samplers and class counts)."""
         return [r.label for r in self.records]
 
-    def _decode(self, i: int) -> tuple[np.ndarray, np.ndarray] | Skipped:
+    def _decode(self, i: int) -> tuple[np.ndarray, np.ndarray] | SkippedClip:
         if self._decoded is not None and i in self._decoded:
             return self._decoded[i]
         rec = self.records[i]
@@ -166,18 +165,18 @@ class ClipDataset(torch.utils.data.Dataset):
             clip = load_clip(rec.path, seconds=self.config.clip_seconds, fps=FPS, size=self.config.image_size,
                              sample_rate=SAMPLE_RATE, require_audio=True)
         except MediaError as e:
-            return Skipped(rec.clip_id, str(e))
+            return SkippedClip(rec.clip_id, str(e))
         except (OSError, ValueError, RuntimeError) as e:  # av/numpy failures media.py did not foresee
-            return Skipped(rec.clip_id, f"{rec.path}: cannot decode ({type(e).__name__}: {' '.join(str(e).split())})")
+            return SkippedClip(rec.clip_id, f"{rec.path}: cannot decode ({type(e).__name__}: {' '.join(str(e).split())})")
         decoded = clip.frames, log_mel(clip.audio)
         if self._decoded is not None:
             self._decoded[i] = decoded
         return decoded
 
-    def __getitem__(self, i: int) -> dict[str, Any] | Skipped:
+    def __getitem__(self, i: int) -> dict[str, Any] | SkippedClip:
         rec = self.records[i]
         decoded = self._decode(i)
-        if isinstance(decoded, Skipped):
+        if isinstance(decoded, SkippedClip):
             return decoded
         frames, mel = decoded
         if self._crop_steps is not None:
@@ -204,36 +203,21 @@ class VGGSoundDataset(ClipDataset):
         if not root.is_dir():
             raise DatasetError(f"{root}: dataset folder not found")
         csv_file = Path(csv_path) if csv_path is not None else root / "vggsound.csv"
-        parsed = []
-        for line, row in _read_rows(csv_file):
-            if len(row) != 4:
-                raise DatasetError(f"{csv_file}:{line}: expected 4 columns ytid,start_seconds,label,split, got {len(row)}")
-            ytid, start, label, row_split = (c.strip() for c in row)
-            try:
-                start_s = int(float(start))
-            except ValueError:
-                raise DatasetError(f"{csv_file}:{line}: start_seconds {start!r} is not a number") from None
-            clip_id = f"{ytid}_{start_s:06d}"
-            safe_relative(root, f"{clip_id}.mp4", f"{csv_file}:{line}")
-            if "/" in ytid or "\\" in ytid:
-                raise DatasetError(f"{csv_file}:{line}: ytid {ytid!r} contains a path separator")
-            parsed.append((clip_id, label, row_split))
-        names, index = _class_index([p[1] for p in parsed], class_names, config, csv_file)
-        folders = [d for d in (root / name for name in VIDEO_FOLDERS) if d.is_dir()] + [root]
-        records = [ClipRecord(cid, _find_video(folders, cid), index[label])
-                   for cid, label, s in parsed if split is None or s == split]
+        rows = _read_csv(read_vggsound_csv, csv_file)
+        if not rows:
+            raise DatasetError(f"{csv_file}: no rows")
+        names, index = _class_index([r.label for r in rows], class_names, config, csv_file)
+        fallback = video_folder(root)  # where a missing clip is reported (as skipped, when loaded)
+        try:
+            records = [ClipRecord(r.id, find_video(root, r.id, follow_links=True) or fallback / f"{r.id}.mp4",
+                                  index[r.label]) for r in rows if split is None or r.split == split]
+        except AnnotationError as e:
+            raise DatasetError(f"{csv_file}: {e}") from None
         if not records:
             raise DatasetError(f"{csv_file}: no rows in split {split!r}")
         _require_some_found(records, csv_file, [root / name for name in VIDEO_FOLDERS] + [root])
         super().__init__(records, names, config, augment)
         self.root = root
-
-
-def _find_video(folders: Sequence[Path], clip_id: str) -> Path:
-    """The first of ``folders`` that holds ``<id>.mp4`` (a missing file is reported when
-    loaded, as a skipped clip, and named in the first folder)."""
-    paths = [folder / f"{clip_id}.mp4" for folder in folders]
-    return next((p for p in paths if p.exists()), paths[0])
 
 
 def _require_some_found(records: Sequence[ClipRecord], csv_file: Path, looked: Sequence[Path]) -> None:
@@ -254,17 +238,12 @@ class PathListDataset(ClipDataset):
                  *, config: Config, class_names: Sequence[str] | None = None, augment: Augment | None = None) -> None:
         csv_file = Path(csv_path)
         base = Path(root) if root is not None else csv_file.parent
-        rows = _read_rows(csv_file)
-        if [c.strip().lower() for c in rows[0][1][:2]] == ["path", "label"]:
-            rows = rows[1:]
+        rows = _read_csv(read_path_label_csv, csv_file)
         parsed = []
-        for line, row in rows:
-            if len(row) not in (2, 3) or (split is not None and len(row) != 3):
-                need = "path,label,split" if split is not None else "path,label[,split]"
-                raise DatasetError(f"{csv_file}:{line}: expected {need}, got {len(row)} columns")
-            name, label = row[0].strip(), row[1].strip()
-            path = safe_relative(base, name, f"{csv_file}:{line}")
-            parsed.append((PurePosixPath(name.replace("\\", "/")).stem, path, label, row[2].strip() if len(row) == 3 else None))
+        for r in rows:
+            if split is not None and r.split is None:
+                raise DatasetError(f"{csv_file}:{r.line}: expected path,label,split, got 2 columns")
+            parsed.append((r.id, safe_relative(base, r.path, f"{csv_file}:{r.line}"), r.label, r.split))
         names, index = _class_index([p[2] for p in parsed], class_names, config, csv_file)
         records = [ClipRecord(cid, p, index[label]) for cid, p, label, s in parsed if split is None or s == split]
         if not records:
@@ -274,15 +253,15 @@ class PathListDataset(ClipDataset):
         self.root = base
 
 
-def collate(items: Sequence[dict[str, Any] | Skipped]) -> dict[str, Any]:
+def collate(items: Sequence[dict[str, Any] | SkippedClip]) -> dict[str, Any]:
     """Stack loaded items into a batch and carry the skipped ones as ``(id, reason)`` pairs.
 
     Returns ``video`` (B, 3, T, H, W), ``mel`` (B, 1, 10T, 80), ``label`` (B,) int64, ``id``
     list[str], ``skipped`` list[(id, reason)]. B may be 0 when every item was skipped: then
     ``video`` and ``mel`` are empty (0,)-shaped tensors and the loop should move on.
     """
-    good = [it for it in items if not isinstance(it, Skipped)]
-    skipped = [(it.clip_id, it.reason) for it in items if isinstance(it, Skipped)]
+    good = [it for it in items if not isinstance(it, SkippedClip)]
+    skipped = [(it.clip_id, it.reason) for it in items if isinstance(it, SkippedClip)]
     if not good:
         empty = torch.zeros(0)
         return {"video": empty, "mel": empty, "label": torch.zeros(0, dtype=torch.long), "id": [], "skipped": skipped}

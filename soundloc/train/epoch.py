@@ -1,0 +1,198 @@
+"""One optimiser step, one training epoch, one validation pass (with the audio-dependence
+check's map pairs), and the epoch's log record."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from ..config import Config
+from .datasets import SkipReport
+from ..dependence import audio_dependence, check_steps, other_clips
+from .distributed import DistInfo, gather_list, gather_skips
+from ..localize import window_bounds
+from ..model.classifier import MODALITIES, Features, localization_maps, moment_scores, training_loss
+from .loaders import batch_skips
+from .progress import Reporter
+from .types import LOG_REASONS, LOSS_PARTS, MONITOR, TrainError, TrainState
+
+
+def head_names(config: Config) -> tuple[str, ...]:
+    """The heads whose logits the model returns (``av-only`` has only ``av``)."""
+    return ("av",) if config.head == "av-only" else MODALITIES
+
+
+@dataclass
+class Totals:
+    """Sums over an epoch on this rank; ``reduce`` sums them over ranks."""
+
+    n: float = 0.0
+    loss: float = 0.0
+    parts: Counter = field(default_factory=Counter)
+    correct: Counter = field(default_factory=Counter)
+
+    def add(self, n: int, loss: float, parts: dict[str, float], correct: dict[str, int]) -> None:
+        self.n += n
+        self.loss += loss * n
+        for k, v in parts.items():
+            self.parts[k] += v * n
+        for k, v in correct.items():
+            self.correct[k] += v
+
+    def reduce(self, info: DistInfo, device: torch.device) -> "Totals":
+        if not info.enabled:
+            return self
+        keys = list(LOSS_PARTS)
+        t = torch.tensor([self.n, self.loss, *(self.parts[k] for k in keys), *(self.correct[k] for k in keys)],
+                         dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        v = t.tolist()
+        m = len(keys)
+        parts = Counter({k: x for k, x in zip(keys, v[2:2 + m]) if k in self.parts})  # no contrastive: no part
+        return Totals(v[0], v[1], parts, Counter(dict(zip(keys, v[2 + m:]))))
+
+    def summary(self, heads: Iterable[str]) -> dict[str, Any]:
+        n = max(self.n, 1.0)
+        return {"clips": int(self.n), "loss": self.loss / n,
+                "loss_parts": {k: self.parts[k] / n for k in (*heads, "contrastive") if k in self.parts},
+                "accuracy": {k: self.correct[k] / n for k in heads}}
+
+
+def forward_backward(state: TrainState, batch: dict[str, Any]) -> tuple[float, dict[str, float], dict[str, int]]:
+    """Loss (``training_loss``) and its gradients for one batch, all-reduced by DDP; no optimiser
+    step (``optimizer_step``), so a test can compare gradients. Returns loss, parts, correct."""
+    device = state.device
+    video = batch["video"].to(device, non_blocking=True)
+    mel = batch["mel"].to(device, non_blocking=True)
+    labels = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=state.amp):
+        logits, feats = state.model(video, mel, with_features=True)
+        loss, parts = training_loss(state.module.config, logits, feats, labels)
+    state.scaler.scale(loss).backward()
+    correct = {k: int((v.argmax(1) == labels).sum()) for k, v in logits.items()}
+    return float(loss.detach()), parts, correct
+
+
+def optimizer_step(state: TrainState) -> None:
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.optimizer.zero_grad(set_to_none=True)
+
+
+def _all_ranks_have_data(state: TrainState, n: int) -> bool:
+    """True when every rank's batch has clips. DDP needs every rank in every backward, so a
+    batch whose clips were all unreadable makes all ranks skip that step together."""
+    if not state.dist.enabled:
+        return n > 0
+    flag = torch.tensor([1 if n > 0 else 0], device=state.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def train_epoch(state: TrainState, loader: DataLoader, on_batch: Callable[[int, float], None]) -> tuple[Totals, list]:
+    """One pass over the training data; returns this rank's totals and skipped (id, reason)."""
+    state.model.train()
+    totals, skipped = Totals(), []
+    for batch in loader:
+        skipped += batch_skips(batch)
+        n = len(batch["label"]) if batch.get("label") is not None else 0
+        if not _all_ranks_have_data(state, n):
+            continue
+        loss, parts, correct = forward_backward(state, batch)
+        if not math.isfinite(loss) and not state.amp:
+            raise TrainError(f"the loss became {loss} at epoch {state.epoch + 1}; try a lower --lr")
+        optimizer_step(state)
+        totals.add(n, loss, parts, correct)
+        on_batch(n, loss)
+    return totals, skipped
+
+
+def map_pairs(feats: Features, labels: torch.Tensor, kind: str, window_steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(own-audio map, other-audio map) per clip of a batch with the centred window at the
+    clip's top-1 informative moment (``dependence.check_step``), the other audio chosen by
+    ``dependence.other_clips`` within the batch."""
+    if len(labels) < 2:
+        return []
+    other = other_clips(labels.tolist(), len(labels))
+    V, za = feats.V.float(), feats.za.float()
+    own = localization_maps(V, za, kind).cpu().numpy()
+    swapped = localization_maps(V, za[other], kind).cpu().numpy()
+    steps = check_steps(moment_scores(feats.zv.float(), za).cpu().numpy())
+    pairs = []
+    for b, t in enumerate(steps):
+        lo, hi = window_bounds(t, window_steps, own.shape[1], "centered")
+        pairs.append((own[b, lo:hi].mean(0), swapped[b, lo:hi].mean(0)))
+    return pairs
+
+
+@torch.no_grad()
+def validate(state: TrainState, loader: DataLoader) -> tuple[Totals, list, list]:
+    """Per-head loss and accuracy on this rank's shard, with the bare module (DDP's forward
+    would sync buffers, and ranks may hold different numbers of validation batches), and the
+    (own-audio, other-audio) map pairs of the audio-dependence check."""
+    state.module.eval()
+    config = state.module.config
+    totals, skipped, pairs = Totals(), [], []
+    for batch in loader:
+        skipped += batch_skips(batch)
+        n = len(batch["label"]) if batch.get("label") is not None else 0
+        if n == 0:
+            continue
+        labels = torch.as_tensor(batch["label"]).to(state.device)
+        with torch.autocast(state.device.type, dtype=torch.float16, enabled=state.amp):
+            logits, feats = state.module(batch["video"].to(state.device), batch["mel"].to(state.device),
+                                         with_features=True)
+            loss, parts = training_loss(config, logits, feats, labels)
+        totals.add(n, float(loss), parts, {k: int((v.argmax(1) == labels).sum()) for k, v in logits.items()})
+        pairs += map_pairs(feats, labels, config.map_kind, config.window_steps)
+    return totals, skipped, pairs
+
+
+def run_epoch(state: TrainState, train_loader: DataLoader, val_loader: DataLoader | None,
+              reporter: Reporter) -> dict[str, Any]:
+    """Train one epoch, validate (with the audio-dependence check), step the schedule; returns
+    the log record (all ranks)."""
+    epoch = state.epoch + 1
+    train_loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+    lr = state.optimizer.param_groups[0]["lr"]
+    reporter.start_epoch(epoch, len(train_loader))
+    started = time.perf_counter()
+    totals, skipped = train_epoch(state, train_loader, reporter.on_batch)
+    seconds = time.perf_counter() - started
+    val, dependence = None, None
+    if val_loader is not None:
+        val, val_skipped, pairs = validate(state, val_loader)
+        skipped += val_skipped
+        val = val.reduce(state.dist, state.device)
+        pairs = gather_list(pairs, state.dist)
+        dependence = audio_dependence([a for a, _ in pairs], [b for _, b in pairs])
+    totals = totals.reduce(state.dist, state.device)
+    report = SkipReport(keep=LOG_REASONS)
+    report.add(gather_skips(skipped, state.dist))
+    heads = head_names(state.module.config)
+    summary = (val or totals).summary(heads)
+    if state.schedule == "plateau":
+        monitor, monitor_name = summary["accuracy"][MONITOR], f"accuracy_{MONITOR}"
+        state.scheduler.step(monitor)
+    else:
+        monitor, monitor_name = -summary["loss"], "minus_loss"
+        state.scheduler.step()
+    state.epoch = epoch
+    best = monitor > state.best_accuracy
+    if best:
+        state.best_accuracy, state.best_epoch = monitor, epoch
+    return {"epoch": epoch, "lr": lr, "train": totals.summary(heads), "val": val.summary(heads) if val else None,
+            "monitor": f"{'val' if val else 'train'}_{monitor_name}", "monitor_value": monitor, "best": best,
+            "audio_dependence": dependence.to_dict() if dependence else None,
+            "audio_dependence_warning": dependence.warning() if dependence else "",
+            "skipped": report.to_dict(), "skip_report": report.summary() if report else "", "seconds": seconds,
+            "clips_per_second": totals.n / max(seconds, 1e-9), "world_size": state.dist.world_size}

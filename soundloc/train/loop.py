@@ -1,0 +1,132 @@
+"""The outer loop: the model and optimiser set up, resumed if asked, trained epoch after epoch
+and checkpointed, in one process or under torchrun."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..config import Config
+from .datasets import collate
+from .distributed import DistInfo, close_distributed, dist_from_env, init_distributed, resolve_device
+from ..model.checkpoint import load_video_weights
+from ..model.classifier import AVClassifier
+from .epoch import run_epoch
+from .loaders import make_loader
+from .progress import Reporter
+from .resume import check_out_dir, read_last_record, remove_stale_temps, repair_log, restore, save_epoch
+from .types import TrainError, TrainOptions, TrainResult, TrainState
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_state(config: Config, options: TrainOptions, info: DistInfo, device: torch.device,
+                init_video: str | Path | None = None) -> TrainState:
+    """Model (optionally Kinetics-initialised video net), SGD, LR schedule, grad scaler, DDP."""
+    amp = options.amp == "on" or (options.amp == "auto" and device.type == "cuda")
+    if amp and device.type != "cuda":
+        raise TrainError("mixed precision (--amp on) needs a CUDA device; use --amp auto or off on CPU")
+    module = AVClassifier(config)
+    if init_video is not None:
+        load_video_weights(module, init_video)
+    if info.enabled and device.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    module.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    model: nn.Module = module
+    if info.enabled:
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    optimizer = torch.optim.SGD(module.parameters(), lr=options.lr, momentum=options.momentum,
+                                weight_decay=options.weight_decay)
+    scheduler: Any
+    if options.schedule == "plateau":
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=options.factor,
+                                                               patience=options.patience)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    return TrainState(module, model, optimizer, scheduler, scaler, device, amp, info, options.schedule)
+
+
+def fit(config: Config, train_set: Dataset, val_set: Dataset | None, out_dir: str | Path,
+        options: TrainOptions = TrainOptions(), *, resume: bool = False, init_video: str | Path | None = None,
+        collate_fn: Callable = collate) -> TrainResult:
+    """Train ``config`` on datasets of dict items (video, mel, label, id) into ``out_dir``.
+
+    Items may be ``soundloc.train.datasets.SkippedClip`` markers: the default ``collate`` drops them
+    and the epoch's skip report lists them.
+
+    Under torchrun every rank calls this with the same arguments. ``resume`` continues from
+    ``out_dir/last.pt`` up to ``options.epochs`` (counted from the first epoch, not from the
+    resume); the config must match the checkpoint's.
+    """
+    info = dist_from_env()
+    device = resolve_device(options.device, info)
+    out = Path(out_dir)
+    check_out_dir(out, resume, init_video)
+    init_distributed(info, device)
+    try:
+        result = _fit_in_group(config, options, info, device, out, train_set, val_set, resume, init_video,
+                               collate_fn)
+    except BaseException:
+        close_distributed(info, clean=False)
+        raise
+    close_distributed(info)  # the model (and its DDP reducer) is already out of scope here
+    return result
+
+
+def _fit_in_group(config: Config, options: TrainOptions, info: DistInfo, device: torch.device, out: Path,
+                  train_set: Dataset, val_set: Dataset | None, resume: bool, init_video: str | Path | None,
+                  collate_fn: Callable) -> TrainResult:
+    seed_everything(options.seed)
+    state = build_state(config, options, info, device, init_video)
+    start_record = restore(state, out / "last.pt", config).get("metrics") if resume else None
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)
+        repair_log(out, state.epoch, start_record)
+    return _loop(state, options, out, train_set, val_set, collate_fn)
+
+
+def _loop(state: TrainState, options: TrainOptions, out: Path, train_set: Dataset, val_set: Dataset | None,
+          collate_fn: Callable | None) -> TrainResult:
+    info, resumed_from, started = state.dist, state.epoch, time.perf_counter()
+    train_loader = make_loader(train_set, options, info, True, collate_fn)
+    val_loader = make_loader(val_set, options, info, False, collate_fn) if val_set is not None and len(val_set) else None  # type: ignore[arg-type]
+    reporter = Reporter(options.progress and info.is_main, options.epochs)
+    record: dict[str, Any] | None = None
+    skipped = 0
+    with reporter.bar:
+        while state.epoch < options.epochs:
+            record = run_epoch(state, train_loader, val_loader, reporter)
+            if not record["train"]["clips"]:  # never a checkpoint of a model that saw nothing
+                why = record["skip_report"] or "the training set is empty"
+                raise TrainError(f"epoch {record['epoch']}: no training clip could be loaded, nothing was "
+                                 f"trained and no checkpoint written ({' '.join(why.split())})")
+            skipped += record["skipped"]["count"]
+            if info.is_main:
+                save_epoch(out, state, record, options.keep_epochs)
+                reporter.end_epoch(record)
+    if record is None:  # resumed a finished run: report what its checkpoint says
+        record = read_last_record(out)
+    acc = (record["val"] or record["train"])["accuracy"] if record else {}
+    return TrainResult(out_dir=str(out), epochs=state.epoch, resumed_from=resumed_from, best_epoch=state.best_epoch,
+                       best_accuracy=state.best_accuracy, accuracy=acc,
+                       train_loss=record["train"]["loss"] if record else float("nan"), skipped=skipped,
+                       seconds=time.perf_counter() - started, world_size=info.world_size,
+                       last_checkpoint=str(out / "last.pt"), best_checkpoint=str(out / "best.pt"),
+                       monitor=record.get("monitor", "") if record else "")
