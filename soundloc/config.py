@@ -53,7 +53,7 @@ MIN_AUDIO_DEPENDENCE = 0.1
 # benchmarks/RESULTS.md (issue 10) found makes the maps follow the sound.
 RECIPES: dict[str, tuple[dict, dict]] = {
     "paper": ({"head": "individual-fc", "map_kind": "dot", "contrastive_weight": 0.0}, {"schedule": "plateau"}),
-    # the class-aware contrastive term (contrastive_weight=1) did not beat cosine maps alone over two seeds
+    # the class-aware contrastive term (contrastive_weight=1) did not beat the map alone over two seeds
     "default": ({"head": "tied-fc", "map_kind": "salient", "contrastive_weight": 0.0}, {"schedule": "cosine"}),
 }
 FORMAT_VERSION = 1  # of checkpoints and export directories

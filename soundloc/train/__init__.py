@@ -6,7 +6,7 @@
   rate divided by 10 when the validation accuracy of the audio-visual head has not improved for 3
   epochs (``ReduceLROnPlateau(mode="max")``; without a validation split, the training accuracy);
   ``best.pt`` is the epoch with the best such accuracy.
-- ``default``: the same SGD and loss (Eq. 3), the ``tied-fc`` head, cosine maps, and a cosine
+- ``default``: the same SGD and loss (Eq. 3), the ``tied-fc`` head, salient maps (config.MAP_KINDS), and a cosine
   learning-rate decay over the run's epochs (the class-aware contrastive term of
   ``model.classifier.training_loss`` is one override away: ``contrastive_weight=1``). Why: validation accuracy saturates at 1.0 within 2-3 epochs on small data,
   after which the plateau rule divides the rate every 3 epochs while the maps still improve; a
