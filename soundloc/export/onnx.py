@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import FORMAT_VERSION
+from ..families import family_of
 from ..fileio import Staged, sha256_file
 from ..model.checkpoint import load_checkpoint
 from ..model.classifier import AVClassifier
@@ -160,7 +161,7 @@ def export_model(model: AVClassifier, out_dir: str | Path, *, precision: str = "
         manifest["gate"] = dict(gate)  # calibrated gating threshold(s) from training
     written: list[Staged] = []
     try:
-        for spec in graph_specs(model):
+        for spec in family_of(cfg).part("graphs")(model):  # the model family's graphs
             if spec.name in graphs:
                 if progress:
                     progress(f"exporting {spec.name} graph ({precision})")

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..audio import StreamingLogMel
+from ..families import family_of
 from ..localize import normalise, pseudo_box
-from ..preprocess import normalise_frame
 from .engine import StepModel
 from .results import StepResult
 from .sources import StepInput
@@ -118,13 +117,14 @@ class Localizer:
     def __init__(self, model: StepModel, options: StreamOptions = StreamOptions()) -> None:
         self.model, self.options = model, options
         cfg = model.config
-        steps = max(1, int(round(options.window_seconds * cfg.fps)))
+        family = family_of(cfg)  # what the step takes, and whether maps are averaged over the window
+        self.feeder = family.feeder(cfg, options.window)
+        steps = max(1, int(round(options.window_seconds * cfg.fps))) if family.averages_maps else 1
         self.window = _Window(steps, options.window, max(1, int(round(options.gate_seconds * cfg.fps))))
-        self.lookahead_s = (model.lookahead + self.window.future) / cfg.fps
+        self.lookahead_s = (model.lookahead + self.feeder.lookahead + self.window.future) / cfg.fps
         gate = options.gate_score if options.gate_score is not None else model.bundle_gate_score
         self.gate_score = gate
         self.state = model.new_state(1)
-        self.mel = StreamingLogMel()
         self.pending: deque[StepInput] = deque()
         self.latencies: deque[float] = deque(maxlen=100)
         self.gated = 0
@@ -132,20 +132,16 @@ class Localizer:
 
     def push(self, inp: StepInput) -> list[StepResult]:
         """One captured step in; the steps that became final out (none during the lookahead)."""
-        self.mel.push(inp.audio)
-        mel = self.mel.pop_step()
-        if mel is None:
-            raise ValueError(f"step {inp.index}: {len(inp.audio)} audio samples, expected 1600")
+        ready = self.feeder.push(inp)
         self.pending.append(inp)
-        return self._run(normalise_frame(inp.small)[None], mel[None], 1.0)
+        return [r for frame, audio in ready for r in self._run(frame, audio, 1.0)]
 
     def flush(self) -> list[StepResult]:
-        """End of stream: push the lookahead's padding frames through, then empty the window."""
-        cfg = self.model.config
-        blank = np.zeros((1, 3, cfg.image_size, cfg.image_size), np.float32)
-        out = []
+        """End of stream: the feeder's waiting frames, the lookahead's padding frames, then the window."""
+        out = [r for frame, audio in self.feeder.flush() for r in self._run(frame, audio, 1.0)]
+        blank = self.feeder.blank()
         while self.pending:
-            out += self._run(blank, np.zeros((1, 10, cfg.n_mels), np.float32), 0.0)
+            out += self._run(*blank, 0.0)
         return out + [self._result(*r) for r in self.window.flush()]
 
     def _run(self, frame: np.ndarray, mel: np.ndarray, valid: float) -> list[StepResult]:
