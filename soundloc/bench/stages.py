@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import IMAGE_SIZE
+from ..families import family_of
 from ..fileio import Staged
 from .stats import Clock, Laps, Plan, Timing, run_timed
 
@@ -69,14 +71,14 @@ def _encode_pattern(path: Path, spec: ClipSpec) -> None:
 class _LoopedSource:
     """Steps of a file through ``StepSource`` (the runtime's decode stage), reopened at its end."""
 
-    def __init__(self, clip: Path) -> None:
-        self.clip = clip
+    def __init__(self, clip: Path, size: int = IMAGE_SIZE) -> None:
+        self.clip, self.size = clip, size
         self._open()
 
     def _open(self) -> None:
         from ..runtime.sources import StepSource
 
-        self.source = StepSource(str(self.clip), realtime=False, live=False)
+        self.source = StepSource(str(self.clip), realtime=False, live=False, size=self.size)
         self.it = iter(self.source)
 
     def next(self):
@@ -91,11 +93,12 @@ class _LoopedSource:
         self.source.close()
 
 
-def time_decode(clip: Path, plan: Plan, clock: Clock = time.perf_counter) -> tuple[Timing, list]:
+def time_decode(clip: Path, plan: Plan, clock: Clock = time.perf_counter,
+                size: int = IMAGE_SIZE) -> tuple[Timing, list]:
     """Decode stage: the wait for each next step while the consumer is idle, i.e. the capture
     thread's cost per step (file re-opens every clip length included). Also returns the first
     100 decoded steps, the inputs of the other stages."""
-    src = _LoopedSource(clip)
+    src = _LoopedSource(clip, size)  # frames at the model's size (the family's)
     kept: list = []
 
     def body(laps: Laps) -> None:
@@ -117,12 +120,12 @@ def time_decode(clip: Path, plan: Plan, clock: Clock = time.perf_counter) -> tup
 def time_pipeline(model, inputs: list, plan: Plan, clock: Clock = time.perf_counter) -> Timing:
     """Preprocess + mel, model step, localization + box and render of one stream, step after
     step on decoded inputs (cycled), each stage lapped: what ``Localizer`` + a sink do."""
-    from ..audio import StreamingLogMel
     from ..localize import TrailingWindow, normalise, pseudo_box
-    from ..preprocess import normalise_frame
     from ..runtime.render import overlay
 
-    mel, window = StreamingLogMel(), TrailingWindow(model.config.window_steps)
+    family = family_of(model.config)  # its step's inputs (log-mel or a 3 s spectrogram), its window
+    feeder = family.feeder(model.config)
+    window = TrailingWindow(model.config.window_steps if family.averages_maps else 1)
     state = [model.new_state(1)]
     valid = np.ones(1, np.float32)
     k = [0]
@@ -130,11 +133,9 @@ def time_pipeline(model, inputs: list, plan: Plan, clock: Clock = time.perf_coun
     def body(laps: Laps) -> None:
         inp = inputs[k[0] % len(inputs)]
         k[0] += 1
-        frame = normalise_frame(inp.small)[None]
-        mel.push(inp.audio)
-        step_mel = mel.pop_step()[None]
+        frame, step_audio = feeder.push(inp)[0]
         laps("preprocess+mel")
-        out, state[0] = model.step(frame, step_mel, valid, state[0])
+        out, state[0] = model.step(frame, step_audio, valid, state[0])
         laps("model step")
         avg = window.push(out.alpha[0])
         heat = normalise(avg)
@@ -152,7 +153,7 @@ def time_step(model, batch: int, plan: Plan, clock: Clock = time.perf_counter) -
     size = model.config.image_size
     rng = np.random.default_rng(0)
     frames = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
-    mels = rng.standard_normal((batch, 10, model.config.n_mels), dtype=np.float32)
+    mels = rng.standard_normal((batch, *family_of(model.config).audio_shape(model.config)), dtype=np.float32)
     valid = np.ones(batch, np.float32)
     state = [model.new_state(batch)]
 
