@@ -51,6 +51,8 @@ class Family:
     title: str
     audio_input: str  # the step graph's audio input name
     averages_maps: bool  # the runtime averages per-step maps over its window (else one step's map is final)
+    clip_graphs: bool  # the offline video/audio graphs take a whole clip (a time axis TensorRT must fix)
+    quantizable: bool  # `soundloc export --precision int8` knows its graphs
     mean: tuple[float, float, float]  # frame normalisation
     std: tuple[float, float, float]
     parts: dict[str, str]  # "model", "step", "graphs", "verify", "features": "module:attribute" (torch side)
@@ -87,13 +89,14 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "classifier": Family(
         "classifier", "the paper's audio-visual classifier (MC3-18 + audio CNN, exact streaming step)",
-        audio_input="mel", averages_maps=True, mean=VIDEO_MEAN, std=VIDEO_STD,
+        audio_input="mel", averages_maps=True, clip_graphs=True, quantizable=True, mean=VIDEO_MEAN, std=VIDEO_STD,
         parts={"model": "soundloc.model.classifier:AVClassifier", "step": "soundloc.model.streaming:StreamingModel",
                "graphs": "soundloc.export.onnx:graph_specs", "verify": "soundloc.export.verify:verify",
                "features": "soundloc.preprocess:file_inputs"}),
     "ezvsl": Family(
         "ezvsl", "EZ-VSL (ResNet-18 image and audio nets, cosine map; optional object prior)",
-        audio_input="spec", averages_maps=False, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
         parts={"model": "soundloc.model.ezvsl:EZVSL", "step": "soundloc.model.ezvsl:EZVSLStep",
                "graphs": "soundloc.export.ezvsl:graph_specs", "verify": "soundloc.export.ezvsl:verify",
                "features": "soundloc.families:ezvsl_file_inputs"}),

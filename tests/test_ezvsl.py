@@ -312,3 +312,9 @@ def test_object_prior_blends_into_exported_maps(tmp_path):
     report = json.loads((tmp_path / "export.json").read_text())["verify"]
     assert report["ok"] and "prior" in report["offline_vs_torch"]
 
+
+
+def test_int8_export_is_refused_for_the_family(imported, clips, tmp_path):
+    code, out = cli("export", imported, "--out", tmp_path / "x", "--precision", "int8", "--calib", clips / "videos")
+    assert code != 0 and "int8" in out and "ezvsl" in out
+    assert not (tmp_path / "x" / "soundloc.json").exists()

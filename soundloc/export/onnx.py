@@ -249,6 +249,8 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
         model, data = load_checkpoint(ckpt)
         record, gate = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}, data.get("gate")
     if precision == "int8":
+        if not family_of(model.config).quantizable:
+            raise ValueError(f"--precision int8 is not available for the {model.config.family} family yet (fp32, fp16)")
         from .quantize import export_int8
 
         bundle = export_int8(model, out_dir, calib, opset=opset, checkpoint=record, gate=gate,
