@@ -160,7 +160,10 @@ def _numpy_scalar_globals() -> list:
     """The numpy types EZ-VSL's checkpoints pickle (``best_cIoU`` is a numpy float): plain data,
     allowed by name on top of ``weights_only=True``."""
     core = getattr(np, "_core", None) or np.core
-    return [core.multiarray.scalar, np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32))]
+    scalar = core.multiarray.scalar
+    # numpy 1.x (the authors' 2022 environment) pickled the scalar under numpy.core
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, type(np.dtype(np.float64)),
+            type(np.dtype(np.float32))]
 
 
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
