@@ -55,7 +55,7 @@ class Family:
     quantizable: bool  # `soundloc export --precision int8` knows its graphs
     mean: tuple[float, float, float]  # frame normalisation
     std: tuple[float, float, float]
-    parts: dict[str, str]  # "model", "step", "graphs", "verify", "features": "module:attribute" (torch side)
+    parts: dict[str, str]  # "model", "step", "graphs", "verify", "features", "networks": "module:attribute"
 
     def part(self, name: str) -> Any:
         """A PyTorch-side part, imported on first use (the runtime never asks for one)."""
@@ -92,14 +92,14 @@ FAMILIES: dict[str, Family] = {
         audio_input="mel", averages_maps=True, clip_graphs=True, quantizable=True, mean=VIDEO_MEAN, std=VIDEO_STD,
         parts={"model": "soundloc.model.classifier:AVClassifier", "step": "soundloc.model.streaming:StreamingModel",
                "graphs": "soundloc.export.onnx:graph_specs", "verify": "soundloc.export.verify:verify",
-               "features": "soundloc.preprocess:file_inputs"}),
+               "features": "soundloc.preprocess:file_inputs", "networks": "soundloc.model.cost:networks"}),
     "ezvsl": Family(
         "ezvsl", "EZ-VSL (ResNet-18 image and audio nets, cosine map; optional object prior)",
         audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         parts={"model": "soundloc.model.ezvsl:EZVSL", "step": "soundloc.model.ezvsl:EZVSLStep",
                "graphs": "soundloc.export.ezvsl:graph_specs", "verify": "soundloc.export.ezvsl:verify",
-               "features": "soundloc.families:ezvsl_file_inputs"}),
+               "features": "soundloc.families:ezvsl_file_inputs", "networks": "soundloc.model.ezvsl:networks"}),
 }
 
 

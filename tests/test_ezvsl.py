@@ -318,3 +318,18 @@ def test_int8_export_is_refused_for_the_family(imported, clips, tmp_path):
     code, out = cli("export", imported, "--out", tmp_path / "x", "--precision", "int8", "--calib", clips / "videos")
     assert code != 0 and "int8" in out and "ezvsl" in out
     assert not (tmp_path / "x" / "soundloc.json").exists()
+
+
+def test_info_counts_both_networks_like_the_exported_graphs(imported, exported):
+    from soundloc.bench import onnx_macs
+    from soundloc.model.summary import describe
+    from soundloc.runtime.bundle import read_bundle
+
+    desc = describe(imported)
+    bundle = read_bundle(exported)
+    for net in ("video", "audio"):
+        assert desc["gmac_per_frame"][net] == pytest.approx(onnx_macs(bundle.path(net)) / 1e9, rel=0.01)
+    state = torch.load(imported, weights_only=True)["model"]
+    assert desc["parameters"]["total"] == sum(v.numel() for k, v in state.items()
+                                              if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    assert desc["parameters"]["video"] + desc["parameters"]["audio"] == desc["parameters"]["total"]

@@ -150,6 +150,30 @@ class EZVSLStep(nn.Module):
         return alpha, (zv * za).sum(dim=1), zv, za, valid
 
 
+class _Network(nn.Module):
+    """One of the step's two networks as a module of its own (for counting parameters and MACs)."""
+
+    def __init__(self, forward, *parts: nn.Module | None) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList([p for p in parts if p is not None])
+        self._forward = forward
+
+    def forward(self, x: torch.Tensor):
+        return self._forward(x)
+
+
+def networks(model: EZVSL, config: Config, steps: int = 1) -> dict[str, tuple[nn.Module, tuple, int]]:
+    """The image side (with the object prior when there is one) and the audio side, each with
+    one step's zero input (the family part ``networks``)."""
+    from ..families import family_of
+
+    frame = torch.zeros(1, 3, config.image_size, config.image_size)
+    spec = torch.zeros(1, *family_of(config).audio_shape(config))
+    return {"video": (_Network(lambda x: (model.image(x), model.prior(x)), model.imgnet, model.img_proj,
+                               model.objnet), (frame,), 1),
+            "audio": (_Network(model.audio, model.audnet, model.aud_proj), (spec,), 1)}
+
+
 # -- importing the authors' checkpoints ---------------------------------------------------------
 
 class ModelImportError(ValueError):
