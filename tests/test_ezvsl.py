@@ -333,3 +333,20 @@ def test_info_counts_both_networks_like_the_exported_graphs(imported, exported):
     assert desc["parameters"]["total"] == sum(v.numel() for k, v in state.items()
                                               if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     assert desc["parameters"]["video"] + desc["parameters"]["audio"] == desc["parameters"]["total"]
+
+
+def test_moments_rank_steps_by_the_mean_cosine(imported, clips, tmp_path):
+    from soundloc.families import ezvsl_file_inputs
+    from soundloc.model.checkpoint import load_checkpoint
+
+    code, out = cli("moments", imported, clips, "--top-k", "3", "--json", tmp_path / "m.json")
+    assert code == 0, out
+    got = json.loads((tmp_path / "m.json").read_text())
+    model = load_checkpoint(imported)[0]
+    clip = sorted((clips / "videos").glob("*.mp4"))[0]
+    video, specs = ezvsl_file_inputs(clip, model.config)
+    with torch.no_grad():
+        f = model.features(torch.from_numpy(video), torch.from_numpy(specs))
+    scores = (f.zv[0] * f.za[0]).sum(dim=1).numpy()  # S_av: the mean cosine over locations
+    assert len(set(got[clip.stem])) == 3  # the chosen steps hold the 3 best scores, best first (near-ties aside)
+    np.testing.assert_allclose(scores[got[clip.stem]], np.sort(scores)[::-1][:3], atol=1e-6)
