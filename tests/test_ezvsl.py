@@ -281,7 +281,9 @@ def test_eval_scores_the_middle_frame_with_the_same_protocol(imported, clips, tm
             V, za = model.image(torch.from_numpy(video[:, :, t])), model.audio(torch.from_numpy(specs[:, t:t + 1]))
             maps[clip_id] = model.maps(V, za, None)[0].numpy()
     want = evaluate.score_maps(maps, gt, "ezvsl", source="direct")
-    assert got["summary"] == pytest.approx(want.summary)
+    # the same protocol code on the same maps; abs: a pixel at the median may flip on float rounding
+    assert got["summary"] == pytest.approx(want.summary, abs=2e-3)
+    assert got["summary"]["n"] == len(gt.ids) >= 1
 
 
 def test_object_prior_blends_into_exported_maps(tmp_path):
