@@ -74,6 +74,20 @@ def check_backend(name: str, what: str = "backend") -> str:
         raise ValueError(f"{what} must be one of {', '.join(BACKENDS)}, not {name!r}")
     return name
 
+# Model families (soundloc.families says what each one's step needs): the paper's classifier,
+# and EZ-VSL (Mo & Morgado 2022), imported from its authors' checkpoints (`soundloc import ezvsl`).
+FAMILY_NAMES = ("classifier", "ezvsl")
+MAP_STRIDE = {"classifier": 16, "ezvsl": 32}  # input pixels per map cell
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's image-model normalisation (EZ-VSL's input)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EZVSL_IMAGE_SIZE = 224
+EZVSL_AUDIO_SECONDS = 3.0  # the audio net's window, at SAMPLE_RATE (VGGSound's wavs are 16 kHz mono)
+SPEC_NPERSEG = 512  # EZ-VSL's scipy.signal.spectrogram: Tukey(0.25) window, PSD, constant detrend
+SPEC_NOVERLAP = 274
+SPEC_FLOOR = 1e-7  # log(spectrogram + floor) / scale
+SPEC_SCALE = 12.0
+EZVSL_PRIOR_ALPHA = 0.4  # weight of the audio-visual map against the object prior (EZ-VSL's test.py)
+
 # Signals that end a run cleanly (outputs finalised, finished work kept): Ctrl-C, a kill, a
 # closed terminal. SIGHUP does not exist on Windows.
 STOP_SIGNAL_NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
@@ -119,8 +133,14 @@ class Config:
     hop_length: int = HOP_LENGTH
     n_fft: int = N_FFT
     class_names: tuple[str, ...] = field(default=(), compare=False)
+    family: str = "classifier"  # FAMILY_NAMES; checkpoints written before it are the classifier
+    prior_alpha: float | None = None  # ezvsl: blend alpha * map + (1 - alpha) * object prior; None: no prior
 
     def __post_init__(self) -> None:
+        if self.family not in FAMILY_NAMES:
+            raise ConfigError(f"family must be one of {', '.join(FAMILY_NAMES)}, not {self.family!r}")
+        if self.prior_alpha is not None and (self.family != "ezvsl" or not 0 <= self.prior_alpha <= 1):
+            raise ConfigError(f"prior_alpha applies to the ezvsl family, in [0, 1] (got {self.prior_alpha})")
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
         if self.map_kind not in MAP_KINDS:
@@ -158,12 +178,14 @@ class Config:
 
     @property
     def map_size(self) -> int:
-        return self.image_size // 16
+        return self.image_size // MAP_STRIDE[self.family]
 
     @property
     def lookahead_steps(self) -> int:
         """Steps a streaming model waits before a step is final: one per 3-tap temporal conv
         (the stem and two per layer-1 block: 5 for MC3-18), none when causal."""
+        if self.family != "classifier":
+            return 0  # a per-frame model: nothing waits inside the step graph
         return 0 if self.causal else 1 + 2 * self.layers[0]
 
     # -- serialisation --------------------------------------------------------------------

@@ -20,11 +20,11 @@ import torch
 from .config import EVAL_SIZE
 from .data.annotations import find_video, list_videos
 from .dependence import AudioDependence, audio_dependence, check_steps, other_clips
+from .families import blend_prior, family_of
 from .fileio import write_json
 from .localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_map
 from .media import MediaError
 from .model.checkpoint import load_checkpoint
-from .preprocess import file_inputs
 
 @dataclass
 class ClipFeatures:
@@ -35,6 +35,8 @@ class ClipFeatures:
     zv: np.ndarray
     za: np.ndarray
     map_kind: str = "dot"
+    prior: np.ndarray | None = None  # (T, h, w) a family's object prior (EZ-VSL), blended by prior_alpha
+    prior_alpha: float | None = None
 
     @property
     def steps(self) -> int:
@@ -44,7 +46,8 @@ class ClipFeatures:
         """(T, h, w) per-step maps; ``za`` from another clip gives the shuffled-audio baseline."""
         za = self.za if za is None else za
         T = min(self.steps, len(za))
-        return step_maps(self.V[:, :T], za[:T], self.map_kind)
+        maps = step_maps(self.V[:, :T], za[:T], self.map_kind)
+        return blend_prior(maps, None if self.prior is None else self.prior[:T], self.prior_alpha)
 
     def scores(self) -> np.ndarray:
         return moment_scores(self.zv, self.za)
@@ -68,14 +71,17 @@ class Analyzer:
         self.config = self.model.config
 
     def features(self, path: Path, clip_id: str | None = None) -> ClipFeatures:
-        video, mel = file_inputs(path, self.config)
+        video, audio = family_of(self.config).part("features")(path, self.config)  # the family's offline inputs
         with torch.inference_mode():
-            f = self.model.features(torch.from_numpy(video).to(self.device), torch.from_numpy(mel).to(self.device))
+            f = self.model.features(torch.from_numpy(video).to(self.device), torch.from_numpy(audio).to(self.device))
         return ClipFeatures(clip_id or path.stem, f.V[0].float().cpu().numpy(), f.zv[0].float().cpu().numpy(),
-                            f.za[0].float().cpu().numpy(), self.config.map_kind)
+                            f.za[0].float().cpu().numpy(), self.config.map_kind,
+                            None if f.prior is None else f.prior[0].float().cpu().numpy(), self.config.prior_alpha)
 
     def classify(self, feats: ClipFeatures) -> str:
-        """The audio-visual head's top class name (or index) for a clip."""
+        """The audio-visual head's top class name (or index) for a clip ("" for a model without classes)."""
+        if not hasattr(self.model, "heads"):
+            return ""
         with torch.inference_mode():
             logits = self.model.heads(torch.from_numpy(feats.zv)[None].to(self.device),
                                       torch.from_numpy(feats.za)[None].to(self.device))

@@ -16,7 +16,8 @@ import functools
 
 import numpy as np
 
-from .config import HOP_LENGTH, MELS_PER_STEP, N_FFT, N_MELS, SAMPLE_RATE, SAMPLES_PER_STEP
+from .config import (HOP_LENGTH, MELS_PER_STEP, N_FFT, N_MELS, SAMPLE_RATE, SAMPLES_PER_STEP, SPEC_FLOOR,
+                     SPEC_NOVERLAP, SPEC_NPERSEG, SPEC_SCALE)
 
 LOG_FLOOR = 1e-6  # added to the mel power before the log: silence maps to log(1e-6) = -13.8
 PAD_BEFORE = N_FFT - HOP_LENGTH  # 240 samples of history each frame looks back over
@@ -114,3 +115,30 @@ class StreamingLogMel:
         frames = np.lib.stride_tricks.sliding_window_view(chunk, N_FFT)[::HOP_LENGTH][:MELS_PER_STEP]
         self._buf = self._buf[SAMPLES_PER_STEP:]
         return _frames_to_log_mel(frames)
+
+
+def log_spectrogram(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """EZ-VSL's audio input: ``scipy.signal.spectrogram`` (nperseg 512, noverlap 274, its
+    defaults otherwise: Tukey(0.25) window, PSD scaling) of the waveform clipped to [-1, 1],
+    then ``log(S + 1e-7) / 12``: 3 s at 16 kHz -> (257, 200) float32."""
+    from scipy import signal
+
+    x = np.clip(np.asarray(audio, np.float64), -1.0, 1.0)
+    _, _, spec = signal.spectrogram(x, sample_rate, nperseg=SPEC_NPERSEG, noverlap=SPEC_NOVERLAP)
+    return (np.log(spec + SPEC_FLOOR) / SPEC_SCALE).astype(np.float32)
+
+
+def spectrogram_shape(seconds: float, sample_rate: int = SAMPLE_RATE) -> tuple[int, int]:
+    """(frequencies, frames) of ``log_spectrogram`` on ``seconds`` of audio."""
+    n = int(round(seconds * sample_rate))
+    return SPEC_NPERSEG // 2 + 1, (n - SPEC_NOVERLAP) // (SPEC_NPERSEG - SPEC_NOVERLAP)
+
+
+def audio_window(audio: np.ndarray, start: int, length: int) -> np.ndarray:
+    """``audio[start:start + length]``, zeros where that runs outside the signal (a stream's
+    start and end)."""
+    out = np.zeros(length, np.float32)
+    lo, hi = max(start, 0), min(start + length, len(audio))
+    if hi > lo:
+        out[lo - start:hi - start] = audio[lo:hi]
+    return out

@@ -14,10 +14,14 @@ _MEAN = np.asarray(VIDEO_MEAN, np.float32).reshape(3, 1, 1, 1)
 _STD = np.asarray(VIDEO_STD, np.float32).reshape(3, 1, 1, 1)
 
 
-def normalise_frames(frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) uint8 RGB -> (3, T, H, W) float32 with the video models' mean/std."""
+def normalise_frames(frames: np.ndarray, mean: tuple[float, ...] | None = None,
+                     std: tuple[float, ...] | None = None) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB -> (3, T, H, W) float32 with the video models' mean/std (or the
+    given ones: a model family's, ``soundloc.families``)."""
     x = np.asarray(frames, np.float32).transpose(3, 0, 1, 2) / 255.0
-    return (x - _MEAN) / _STD
+    m = _MEAN if mean is None else np.asarray(mean, np.float32).reshape(3, 1, 1, 1)
+    s = _STD if std is None else np.asarray(std, np.float32).reshape(3, 1, 1, 1)
+    return (x - m) / s
 
 
 def normalise_frame(frame: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ def time_window_recompute(config: Config, plan: Plan, threads: int | None = None
 
     from ..model.classifier import AVClassifier, localization_maps
 
+    _needs_window_family(config, "window recompute")
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -51,6 +52,7 @@ def time_floor(tgt: Target, backend: str, plan: Plan, threads: int | None = None
                frames: int = FLOOR_FRAMES, clock: Clock = time.perf_counter) -> Timing:
     """Reference (2), the floor: the offline video and audio networks on a ``frames``-step clip
     on the same runtime; sample = call time / frames (seconds per frame)."""
+    _needs_window_family(tgt.config, "offline floor")
     size, n_mels = tgt.config.image_size, tgt.config.n_mels
     rng = np.random.default_rng(0)
     video = rng.standard_normal((1, 3, frames, size, size), dtype=np.float32)
@@ -63,6 +65,15 @@ def time_floor(tgt: Target, backend: str, plan: Plan, threads: int | None = None
     timing = run_timed(body, plan, clock)
     per = tuple(s / frames for s in timing.samples)
     return Timing(per, {}, timing.warmup_iters, timing.wall_s)
+
+
+def _needs_window_family(config: Config, what: str) -> None:
+    """References (1) and (2) compare a windowed step with recomputing the window: a family
+    whose step is already its authors' per-frame computation (ezvsl) has neither."""
+    from ..families import family_of
+
+    if not family_of(config).averages_maps:
+        raise ValueError(f"no {what} for the {config.family} family: its step is the per-frame computation")
 
 
 def _torch_offline(tgt: Target, threads: int | None) -> Callable[[np.ndarray, np.ndarray], None]:

@@ -189,7 +189,7 @@ def _collect(targets: list[Path], backends: list[str], streams: int, plan: Plan,
     system = system_info()
     clip_path = Path(clip) if clip else make_clip(scratch / "clip.mp4")
     progress(f"decode: {clip_path.name} through StepSource")
-    decode, inputs = time_decode(clip_path, plan)
+    decode, inputs = time_decode(clip_path, plan, size=tgt.config.image_size)
     stages, stages_backend, results = {"decode": decode.stats("decode")}, None, []
     for one, b in [(t, b) for t in tgts for b in backends]:
         res, model = bench_backend(one, b, streams=streams, plan=plan, threads=threads, scratch=scratch,

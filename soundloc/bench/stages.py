@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import MELS_PER_STEP
+from ..config import IMAGE_SIZE
+from ..families import family_of
 from ..media import write_mp4
 from .stats import Clock, Laps, Plan, Timing, run_timed
 
@@ -51,14 +52,14 @@ def _pattern(spec: ClipSpec) -> tuple[np.ndarray, int, np.ndarray]:
 class _LoopedSource:
     """Steps of a file through ``StepSource`` (the runtime's decode stage), reopened at its end."""
 
-    def __init__(self, clip: Path) -> None:
-        self.clip = clip
+    def __init__(self, clip: Path, size: int = IMAGE_SIZE) -> None:
+        self.clip, self.size = clip, size
         self._open()
 
     def _open(self) -> None:
         from ..runtime.sources import StepSource
 
-        self.source = StepSource(str(self.clip), realtime=False, live=False)
+        self.source = StepSource(str(self.clip), realtime=False, live=False, size=self.size)
         self.it = iter(self.source)
 
     def next(self):
@@ -73,11 +74,12 @@ class _LoopedSource:
         self.source.close()
 
 
-def time_decode(clip: Path, plan: Plan, clock: Clock = time.perf_counter) -> tuple[Timing, list]:
+def time_decode(clip: Path, plan: Plan, clock: Clock = time.perf_counter,
+                size: int = IMAGE_SIZE) -> tuple[Timing, list]:
     """Decode stage: the wait for each next step while the consumer is idle, i.e. the capture
     thread's cost per step (file re-opens every clip length included). Also returns the first
     100 decoded steps, the inputs of the other stages."""
-    src = _LoopedSource(clip)
+    src = _LoopedSource(clip, size)  # frames at the model's size (the family's)
     kept: list = []
 
     def body(laps: Laps) -> None:
@@ -113,7 +115,7 @@ def time_pipeline(model, inputs: list, plan: Plan, clock: Clock = time.perf_coun
         k[0] += 1
         prepared = loc.prepare(inp)
         laps("preprocess+mel")
-        finished = loc.model_step(*prepared)
+        finished = loc.model_step(prepared)
         laps("model step")
         results = loc.localize(finished)
         laps("localization+box")
@@ -130,7 +132,7 @@ def time_step(model, batch: int, plan: Plan, clock: Clock = time.perf_counter) -
     size = model.config.image_size
     rng = np.random.default_rng(0)
     frames = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
-    mels = rng.standard_normal((batch, MELS_PER_STEP, model.config.n_mels), dtype=np.float32)
+    mels = rng.standard_normal((batch, *family_of(model.config).audio_shape(model.config)), dtype=np.float32)
     valid = np.ones(batch, np.float32)
     state = [model.new_state(batch)]
 

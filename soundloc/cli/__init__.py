@@ -18,6 +18,7 @@ from . import synth  # noqa: F401
 from . import devices  # noqa: F401
 from . import doctor  # noqa: F401
 from . import info  # noqa: F401
+from . import importer  # noqa: F401  (import ezvsl)
 
 
 def main() -> None:

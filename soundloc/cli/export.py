@@ -72,16 +72,13 @@ def export(
 
 def _verify(bundle, ckpt: Optional[Path], preset: Optional[str], seed: int, clip: Optional[Path], console) -> dict:
     from ..export.onnx import random_model
-    from ..export.verify import verify
+    from ..families import family_of
     from ..model.checkpoint import load_checkpoint
 
     model = random_model(preset, seed) if preset is not None else load_checkpoint(ckpt)[0]
-    data = None
-    if clip is not None:
-        from ..preprocess import file_inputs
-
-        data = file_inputs(clip, model.config)
-    report = verify(bundle, model, data)
+    family = family_of(model.config)
+    data = None if clip is None else family.part("features")(clip, model.config)
+    report = family.part("verify")(bundle, model, data)
     console.print(f"verify ({report.precision}, {report.steps} steps): max abs error")
     for k, e in report.offline_vs_torch.items():
         console.print(f"  offline {k:>5} vs PyTorch : {e:.2e}   (|ref| max {report.scale[k]:.2e}, "

@@ -28,6 +28,7 @@ from torch import nn
 
 from .. import __version__
 from ..config import FORMAT_VERSION, MELS_PER_STEP
+from ..families import family_of
 from ..fileio import Staged, sha256_file
 from ..model.checkpoint import load_checkpoint
 from ..model.classifier import AVClassifier
@@ -160,7 +161,7 @@ def export_model(model: AVClassifier, out_dir: str | Path, *, precision: str = "
         manifest["gate"] = dict(gate)  # calibrated gating threshold(s) from training
     written: list[Staged] = []
     try:
-        for spec in graph_specs(model):
+        for spec in family_of(cfg).part("graphs")(model):  # the model family's graphs
             if spec.name in graphs:
                 if progress:
                     progress(f"exporting {spec.name} graph ({precision})")
@@ -248,6 +249,8 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
         model, data = load_checkpoint(ckpt)
         record, gate = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}, data.get("gate")
     if precision == "int8":
+        if not family_of(model.config).quantizable:
+            raise ValueError(f"--precision int8 is not available for the {model.config.family} family yet (fp32, fp16)")
         from .quantize import export_int8
 
         bundle = export_int8(model, out_dir, calib, opset=opset, checkpoint=record, gate=gate,

@@ -13,6 +13,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..config import MELS_PER_STEP
+from ..families import family_of
 from ..runtime.bundle import Bundle, file_record, read_bundle, write_manifest
 from .tensorrt import build_engine, engine_metadata
 
@@ -22,6 +23,8 @@ def build_engines(bundle: Bundle, *, precision: str, max_batch: int, workspace_g
     cfg = bundle.config
     S, T = cfg.image_size, cfg.clip_steps
     fixed = {"step": None, "video": {"video": (3, T, S, S)}, "audio": {"mel": (1, MELS_PER_STEP * T, cfg.n_mels)}}
+    if not family_of(cfg).clip_graphs:  # per-frame offline graphs (ezvsl): only the batch is dynamic
+        fixed = {}
     cache = timing_cache or bundle.root / "timing.cache"
     manifest = dict(bundle.manifest)
     console = Console(stderr=True)
@@ -31,7 +34,7 @@ def build_engines(bundle: Bundle, *, precision: str, max_batch: int, workspace_g
         console.print(f"building TensorRT engine for the {name} graph ({precision}) ...")
         source = bundle.path(name, "onnx_trt" if precision == "int8" else "onnx")  # int8: the TensorRT flavour
         info = build_engine(source, engine, precision=precision, workspace_gib=workspace_gib,
-                            timing_cache=cache, batch=batch, fixed_dims=fixed[name],
+                            timing_cache=cache, batch=batch, fixed_dims=fixed.get(name),
                             dla_core=dla_core, device=device)
         console.print(f"  {engine.name}: {info.engine_bytes / 1e6:.1f} MB in {info.build_seconds:.1f} s")
         manifest["graphs"][name]["files"]["engine"] = file_record(engine)

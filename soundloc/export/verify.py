@@ -127,16 +127,7 @@ def verify(bundle: Bundle, model: AVClassifier, clip: tuple[np.ndarray, np.ndarr
         ref = {k: v.numpy() for k, v in ref.items()}
     off = offline_onnx(bundle, video, mel)
     stream = stream_onnx(bundle, video, mel)
-    for k in ("V", "zv", "za", "alpha", "score"):
-        report.offline_vs_torch[k] = _max_err(off[k], ref[k])
-        report.scale[k] = float(np.abs(ref[k]).max())
-        report.allowed[k] = tol.allowed(report.scale[k])
-    for k in ("alpha", "score"):
-        report.stream_vs_offline[k] = _max_err(stream[k], off[k])
-    report.failures += [_over(f"offline {k} vs PyTorch", e, report, k)
-                        for k, e in report.offline_vs_torch.items() if not e <= report.allowed[k]]
-    report.failures += [_over(f"streaming {k} vs offline", e, report, k)
-                        for k, e in report.stream_vs_offline.items() if not e <= report.allowed[k]]
+    judge(report, tol, ref, off, stream)
     if tol.min_map_ciou is not None:
         report.map_ciou_min = min(map_agreement(off["alpha"][0], ref["alpha"][0]),
                                   map_agreement(stream["alpha"][0], ref["alpha"][0]))
@@ -144,6 +135,22 @@ def verify(bundle: Bundle, model: AVClassifier, clip: tuple[np.ndarray, np.ndarr
             report.failures.append(f"{bundle.precision} maps agree with fp32 at cIoU {report.map_ciou_min:.3f} "
                                    f"< {tol.min_map_ciou}")
     return report
+
+
+def judge(report: VerifyReport, tol, ref: dict[str, np.ndarray], offline: dict[str, np.ndarray],
+          stream: dict[str, np.ndarray]) -> None:
+    """Record every output's errors (offline graphs vs PyTorch ``ref``, streaming vs offline for
+    alpha and score) and the failures beyond the tolerance ``tol`` allows."""
+    for k in ref:
+        report.offline_vs_torch[k] = _max_err(offline[k], ref[k])
+        report.scale[k] = float(np.abs(ref[k]).max())
+        report.allowed[k] = tol.allowed(report.scale[k])
+    for k in ("alpha", "score"):
+        report.stream_vs_offline[k] = _max_err(stream[k], offline[k])
+    report.failures += [_over(f"offline {k} vs PyTorch", e, report, k)
+                        for k, e in report.offline_vs_torch.items() if not e <= report.allowed[k]]
+    report.failures += [_over(f"streaming {k} vs offline", e, report, k)
+                        for k, e in report.stream_vs_offline.items() if not e <= report.allowed[k]]
 
 
 def _over(what: str, err: float, report: VerifyReport, key: str) -> str:

@@ -15,6 +15,7 @@ import torch
 
 from .. import __version__
 from ..config import FORMAT_VERSION, Config, ConfigError
+from ..families import family_of
 from ..fileio import atomic_write
 from .classifier import AVClassifier
 from .video import load_torchvision_mc3
@@ -83,7 +84,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint format {data.get('format_version')}, this soundloc reads {FORMAT_VERSION}")
     try:
         config = Config.from_dict(data["config"])
-        model = AVClassifier(config)
+        model = family_of(config).part("model")(config)
         model.load_state_dict(data["model"])
     except (ConfigError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path}: weights do not match their config: {str(e).splitlines()[0]}") from None

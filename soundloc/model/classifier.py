@@ -33,11 +33,12 @@ MODALITIES = ("vision", "audio", "av")
 
 @dataclass
 class Features:
-    """Backbone outputs: V (B, D, T, h, w), z^V (B, T, D), z^A (B, T, D)."""
+    """Backbone outputs: V (B, D, T, h, w), z^V (B, T, D), z^A (B, T, D) (and a family's prior)."""
 
     V: torch.Tensor
     zv: torch.Tensor
     za: torch.Tensor
+    prior: torch.Tensor | None = None  # (B, T, h, w): a family's object prior (EZ-VSL), blended into maps
 
 
 def localization_maps(V: torch.Tensor, za: torch.Tensor, kind: str = "dot") -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import MELS_PER_STEP, Config
+from ..config import Config
 
 
 def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
@@ -33,15 +33,21 @@ def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
     return total
 
 
+def networks(model: nn.Module, config: Config, steps: int = 16) -> dict[str, tuple[nn.Module, tuple, int]]:
+    """The classifier's video and audio networks, each with zero inputs covering ``steps``
+    steps (the family part ``networks``: what ``soundloc info`` counts)."""
+    size = config.image_size
+    return {"video": (model.video, (torch.zeros(1, 3, steps, size, size),), steps),
+            "audio": (model.audio, (torch.zeros(1, 1, 10 * steps, config.n_mels),), steps)}
+
+
 def macs_per_step(model: nn.Module, config: Config, steps: int = 16) -> dict[str, float]:
-    """Video and audio network MACs per 10 fps step, measured on a ``steps``-step clip.
+    """Each network's MACs per 10 fps step (the model family's networks), measured on a
+    ``steps``-step clip where the network sees time.
 
     Counts include the temporal padding steps' share, so use a clip of at least a few steps.
     """
-    size = config.image_size
-    video = torch.zeros(1, 3, steps, size, size)
-    mel = torch.zeros(1, 1, MELS_PER_STEP * steps, config.n_mels)
-    return {
-        "video": count_macs(model.video, video) / steps,
-        "audio": count_macs(model.audio, mel) / steps,
-    }
+    from ..families import family_of
+
+    nets = family_of(config).part("networks")(model, config, steps)
+    return {name: count_macs(net, *inputs) / n for name, (net, inputs, n) in nets.items()}

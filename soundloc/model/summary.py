@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..config import preset
+from ..families import family_of
 from .checkpoint import load_checkpoint
 from .classifier import AVClassifier, count_parameters
 from .cost import macs_per_step
@@ -23,6 +24,7 @@ def describe(ckpt: Path | None = None, preset_name: str = "paper") -> dict[str, 
         model, source, epoch = AVClassifier(preset(preset_name)).eval(), f"preset '{preset_name}' (untrained)", None
     cfg = model.config
     macs = macs_per_step(model, cfg)
+    nets = family_of(cfg).part("networks")(model, cfg)
     heads = sum(count_parameters(m) for n, m in model.named_children() if n.startswith("fc"))
     return {
         "source": source,
@@ -31,7 +33,7 @@ def describe(ckpt: Path | None = None, preset_name: str = "paper") -> dict[str, 
         "num_class_names": len(cfg.class_names),
         "lookahead_steps": cfg.lookahead_steps,
         "lookahead_seconds": cfg.lookahead_steps / cfg.fps,
-        "parameters": {"video": count_parameters(model.video), "audio": count_parameters(model.audio),
+        "parameters": {**{name: count_parameters(net) for name, (net, _, _) in nets.items()},
                        "heads": heads, "total": count_parameters(model)},
         "gmac_per_frame": {k: round(v / 1e9, 4) for k, v in macs.items()},
     }

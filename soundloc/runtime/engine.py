@@ -13,7 +13,8 @@ import numpy as np
 
 import logging
 
-from ..config import MELS_PER_STEP, check_backend
+from ..config import check_backend
+from ..families import family_of
 from .backend import Backend, BackendError
 from .bundle import Bundle, read_bundle
 
@@ -110,10 +111,10 @@ class StepModel:
     def feed(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
              state: list[np.ndarray]) -> dict[str, np.ndarray]:
         """The step graph's named inputs for ``step``'s arguments (also what calibration feeds)."""
-        b = frames.shape[0]
+        b, family = frames.shape[0], family_of(self.config)  # the family says what its step takes
         feed = {
             "frame": np.ascontiguousarray(frames, np.float32).reshape(b, 3, 1, *frames.shape[-2:]),
-            "mel": np.ascontiguousarray(mels, np.float32).reshape(b, 1, MELS_PER_STEP, -1),
+            family.audio_input: np.ascontiguousarray(mels, np.float32).reshape(b, *family.audio_shape(self.config)),
             "valid": np.asarray(valid, np.float32).reshape(b, 1),
         }
         for spec, value in zip(self._states, state):
@@ -122,7 +123,8 @@ class StepModel:
 
     def step(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
              state: list[np.ndarray]) -> tuple[StepOutput, list[np.ndarray]]:
-        """frames (B, 3, H, W) normalised, mels (B, 10, 80), valid (B,) -> outputs, new state."""
+        """frames (B, 3, H, W) normalised, mels (B, 10, 80) (or the family's audio input), valid
+        (B,) -> outputs, new state."""
         b = frames.shape[0]
         out = self.backend.run(self.feed(frames, mels, valid, state))
         new_state = [out[spec["output"]] for spec in self._states]

@@ -195,7 +195,7 @@ def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOp
     cannot be opened raises if nothing was streamed yet and no attempt follows (``can_retry``);
     after some steps, the failure becomes ``summary.error``."""
     try:
-        source = StepSource(video, audio, realtime=realtime, video_only=video_only)
+        source = StepSource(video, audio, realtime=realtime, video_only=video_only, size=model.config.image_size)
     except MediaError as e:
         if not can_retry and summary.steps == 0:
             raise

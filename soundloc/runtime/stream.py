@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import MELS_PER_STEP, SAMPLES_PER_STEP, WINDOW_MODES, seconds_to_steps
+from ..config import WINDOW_MODES, seconds_to_steps
+from ..families import family_of
 from ..localize import Localized, StepLocalizer
-from ..mel import StreamingLogMel
-from ..preprocess import normalise_frame
 from .engine import StepModel
 from .results import StepResult
 from .sources import StepInput
@@ -86,17 +85,17 @@ class StepDriver:
         self.pending: deque[Any] = deque()
         self.latencies: deque[float] = deque(maxlen=100)
 
-    def push(self, frame: np.ndarray, mel: np.ndarray, item: Any) -> list[Finished]:
-        """frame (1, 3, H, W) normalised, mel (1, 10, 80)."""
+    def push(self, frame: np.ndarray, audio: np.ndarray, item: Any) -> list[Finished]:
+        """frame (1, 3, H, W) normalised, audio the family's step input (e.g. log-mel (1, 10, 80))."""
         self.pending.append(item)
-        return self._run(frame, mel, 1.0)
+        return self._run(frame, audio, 1.0)
 
-    def flush(self) -> list[Finished]:
-        cfg = self.model.config
-        blank = np.zeros((1, 3, cfg.image_size, cfg.image_size), np.float32)
+    def flush(self, blank: tuple[np.ndarray, np.ndarray] | None = None) -> list[Finished]:
+        """Blank inputs (default: the model family's) through the lookahead, finishing every item."""
+        frame, audio = blank if blank is not None else family_of(self.model.config).feeder(self.model.config).blank()
         out = []
         while self.pending:
-            out += self._run(blank, np.zeros((1, MELS_PER_STEP, cfg.n_mels), np.float32), 0.0)
+            out += self._run(frame, audio, 0.0)
         return out
 
     def _run(self, frame: np.ndarray, mel: np.ndarray, valid: float) -> list[Finished]:
@@ -113,37 +112,39 @@ class Localizer:
     """Per-stream state around a shared ``StepModel``: feed ``StepInput``s, get ``StepResult``s.
 
     ``push`` is three stages, each a method (the benchmark times them one by one): ``prepare``
-    (frame normalisation and the incremental log-mel), ``model_step`` (the step graph, through
-    the lookahead) and ``localize`` (window, gate, box: ``soundloc.localize.StepLocalizer``).
+    (the model family's feeder: frame normalisation and the incremental log-mel, or EZ-VSL's 3 s
+    spectrogram), ``model_step`` (the step graph, through the lookahead) and ``localize``
+    (window, gate, box: ``soundloc.localize.StepLocalizer``).
     """
 
     def __init__(self, model: StepModel, options: StreamOptions = StreamOptions()) -> None:
         self.model, self.options = model, options
+        cfg = model.config
+        family = family_of(cfg)  # what the step takes, and whether maps are averaged over the window
+        self.feeder = family.feeder(cfg, options.window)
         gate = options.gate_score if options.gate_score is not None else model.bundle_gate_score
         self.gate_score = gate
-        self.core = StepLocalizer(max(1, seconds_to_steps(options.window_seconds)), options.window,
-                                  max(1, seconds_to_steps(options.gate_seconds)), options.gate_db, gate,
-                                  options.box_threshold)
-        self.lookahead_s = (model.lookahead + self.core.future) / model.config.fps
+        steps = max(1, seconds_to_steps(options.window_seconds)) if family.averages_maps else 1
+        self.core = StepLocalizer(steps, options.window, max(1, seconds_to_steps(options.gate_seconds)),
+                                  options.gate_db, gate, options.box_threshold)
+        self.lookahead_s = (model.lookahead + self.feeder.lookahead + self.core.future) / cfg.fps
         self.driver = StepDriver(model)
-        self.mel = StreamingLogMel()
+        self.waiting: deque[StepInput] = deque()  # pushed, its model inputs not ready (EZ-VSL's centred audio)
         self.gated = 0
         self.steps_out = 0
 
     def push(self, inp: StepInput) -> list[StepResult]:
         """One captured step in; the steps that became final out (none during the lookahead)."""
-        return self.localize(self.model_step(*self.prepare(inp)))
+        return self.localize(self.model_step(self.prepare(inp)))
 
-    def prepare(self, inp: StepInput) -> tuple[StepInput, np.ndarray, np.ndarray]:
-        """The step's model inputs: (inp, normalised frame (1, 3, H, W), log-mel (1, 10, 80))."""
-        self.mel.push(inp.audio)
-        mel = self.mel.pop_step()
-        if mel is None:
-            raise ValueError(f"step {inp.index}: {len(inp.audio)} audio samples, expected {SAMPLES_PER_STEP}")
-        return inp, normalise_frame(inp.small)[None], mel[None]
+    def prepare(self, inp: StepInput) -> list[tuple[StepInput, np.ndarray, np.ndarray]]:
+        """The model inputs that became ready, oldest first, each (input, normalised frame
+        (1, 3, H, W), the family's step audio): one per step, later by the feeder's lookahead."""
+        self.waiting.append(inp)
+        return [(self.waiting.popleft(), frame, audio) for frame, audio in self.feeder.push(inp)]
 
-    def model_step(self, inp: StepInput, frame: np.ndarray, mel: np.ndarray) -> list[Finished]:
-        return self.driver.push(frame, mel, inp)
+    def model_step(self, ready: list[tuple[StepInput, np.ndarray, np.ndarray]]) -> list[Finished]:
+        return [f for inp, frame, audio in ready for f in self.driver.push(frame, audio, inp)]
 
     def localize(self, finished: list[Finished]) -> list[StepResult]:
         """Finished model steps through the window, the gate and the box."""
@@ -154,8 +155,10 @@ class Localizer:
         return out
 
     def flush(self) -> list[StepResult]:
-        """End of stream: push the lookahead's padding frames through, then empty the window."""
-        return self.localize(self.driver.flush()) + [self._result(loc) for loc in self.core.flush()]
+        """End of stream: the feeder's waiting frames, the lookahead's padding frames, then the window."""
+        ready = [(self.waiting.popleft(), frame, audio) for frame, audio in self.feeder.flush()]
+        out = self.localize(self.model_step(ready))
+        return out + self.localize(self.driver.flush(self.feeder.blank())) + [self._result(loc) for loc in self.core.flush()]
 
     def _result(self, loc: Localized) -> StepResult:
         step: Finished = loc.item

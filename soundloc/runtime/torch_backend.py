@@ -19,7 +19,8 @@ class TorchBackend:
         except ImportError:
             raise BackendError("the torch backend needs PyTorch: `pip install 'soundloc[train]'`") from None
         from ..model.checkpoint import load_checkpoint
-        from ..model.streaming import INPUT_NAMES, OUTPUT_NAMES, StreamingModel
+        from ..families import family_of
+        from ..model.streaming import OUTPUT_NAMES
 
         if threads:
             torch.set_num_threads(threads)
@@ -27,13 +28,14 @@ class TorchBackend:
                                    ("cpu" if device == "auto" else device))
         model, data = load_checkpoint(ckpt, map_location=self.device)
         self._torch = torch
-        self.module = StreamingModel(model).to(self.device).eval()
+        family = family_of(model.config)
+        self.module = family.part("step")(model).to(self.device).eval()
         self.config = model.config
         self.lookahead = self.module.lookahead
         self.gate_score = (data.get("gate") or {}).get("score")
         self.state_specs = [{"name": n, "input": f"state_in.{n}", "output": f"state_out.{n}", "shape": list(s)}
                             for n, s in zip(self.module.state_names, self.module.state_shapes)]
-        self.input_names = INPUT_NAMES + [s["input"] for s in self.state_specs]
+        self.input_names = ["frame", family.audio_input, "valid"] + [s["input"] for s in self.state_specs]
         self.output_names = OUTPUT_NAMES + [s["output"] for s in self.state_specs]
         self.providers = [str(self.device)]
 

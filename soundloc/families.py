@@ -1,0 +1,215 @@
+"""Model families: the one place that says which kind of model a checkpoint or export is
+(``config.family``) and what its step needs.
+
+A family names its PyTorch parts (imported lazily, so the runtime never imports torch) and
+says, in numpy, how a stream's captured steps become its step graph's inputs:
+
+- ``classifier``, the paper's model: the frame at 112 px with the video models' normalisation
+  and the step's 10 log-mel frames; time context lives in the step graph's state, and the
+  runtime averages the per-step maps over its 3 s window.
+- ``ezvsl``, EZ-VSL (Mo & Morgado 2022), imported from its authors' checkpoints: the frame at
+  224 px with ImageNet normalisation and the log spectrogram of 3 s of audio, trailing (ending
+  with the step) or centred on the frame (1.4 s later); the step graph has no state, and the
+  map is the frame's own (the 3 s window is the audio net's input, not an average of maps).
+
+LVS or SLAVC would be one more entry here and one model module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .config import (EZVSL_AUDIO_SECONDS, IMAGENET_MEAN, IMAGENET_STD, MELS_PER_STEP, SAMPLE_RATE, SAMPLES_PER_STEP,
+                     NORM_EPS, VIDEO_MEAN, VIDEO_STD, Config, ConfigError)
+
+
+class Feeder(Protocol):
+    """Per stream: captured steps in, the step graph's (frame, audio) inputs out, batch of 1.
+
+    ``lookahead``: steps an input waits in the feeder before the step graph sees it."""
+
+    lookahead: int
+
+    def push(self, inp: Any) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+    def flush(self) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+    def blank(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class Family:
+    """What one model family is made of; see the module docstring."""
+
+    name: str
+    title: str
+    audio_input: str  # the step graph's audio input name
+    averages_maps: bool  # the runtime averages per-step maps over its window (else one step's map is final)
+    clip_graphs: bool  # the offline video/audio graphs take a whole clip (a time axis TensorRT must fix)
+    quantizable: bool  # `soundloc export --precision int8` knows its graphs
+    mean: tuple[float, float, float]  # frame normalisation
+    std: tuple[float, float, float]
+    parts: dict[str, str]  # "model", "step", "graphs", "verify", "features", "networks": "module:attribute"
+
+    def part(self, name: str) -> Any:
+        """A PyTorch-side part, imported on first use (the runtime never asks for one)."""
+        module, _, attr = self.parts[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def audio_shape(self, config: Config) -> tuple[int, ...]:
+        """One stream's step audio input, without the batch axis."""
+        if self.audio_input == "mel":
+            return (1, 10, config.n_mels)
+        from .mel import spectrogram_shape
+
+        return (1, *spectrogram_shape(EZVSL_AUDIO_SECONDS, config.sample_rate))
+
+    def frame_shape(self, config: Config) -> tuple[int, ...]:
+        return (3, 1, config.image_size, config.image_size)
+
+    def feeder(self, config: Config, window: str = "trailing") -> Feeder:
+        """A new stream's feeder (``window``: where EZ-VSL's audio window sits)."""
+        if self.audio_input == "mel":
+            return MelFeeder(config, self)
+        return WindowFeeder(config, self, window)
+
+    def normalise(self, frames: np.ndarray) -> np.ndarray:
+        """(T, H, W, 3) uint8 RGB -> (3, T, H, W) float32 with this family's mean/std."""
+        from .preprocess import normalise_frames
+
+        return normalise_frames(frames, self.mean, self.std)
+
+
+FAMILIES: dict[str, Family] = {
+    "classifier": Family(
+        "classifier", "the paper's audio-visual classifier (MC3-18 + audio CNN, exact streaming step)",
+        audio_input="mel", averages_maps=True, clip_graphs=True, quantizable=True, mean=VIDEO_MEAN, std=VIDEO_STD,
+        parts={"model": "soundloc.model.classifier:AVClassifier", "step": "soundloc.model.streaming:StreamingModel",
+               "graphs": "soundloc.export.onnx:graph_specs", "verify": "soundloc.export.verify:verify",
+               "features": "soundloc.preprocess:file_inputs", "networks": "soundloc.model.cost:networks"}),
+    "ezvsl": Family(
+        "ezvsl", "EZ-VSL (ResNet-18 image and audio nets, cosine map; optional object prior)",
+        audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        parts={"model": "soundloc.model.ezvsl:EZVSL", "step": "soundloc.model.ezvsl:EZVSLStep",
+               "graphs": "soundloc.export.ezvsl:graph_specs", "verify": "soundloc.export.ezvsl:verify",
+               "features": "soundloc.families:ezvsl_file_inputs", "networks": "soundloc.model.ezvsl:networks"}),
+}
+
+
+def family_of(config: Config | dict) -> Family:
+    """The family of a config (or a config dict from a checkpoint or manifest)."""
+    name = config.get("family", "classifier") if isinstance(config, dict) else config.family
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown model family {name!r} (this soundloc knows {', '.join(FAMILIES)})")
+    return FAMILIES[name]
+
+
+class MelFeeder:
+    """The classifier's step inputs: the normalised frame and the step's 10 log-mel frames."""
+
+    lookahead = 0
+
+    def __init__(self, config: Config, family: Family) -> None:
+        from .mel import StreamingLogMel
+
+        self.config, self.family, self.mel = config, family, StreamingLogMel()
+
+    def push(self, inp: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+        self.mel.push(inp.audio)
+        mel = self.mel.pop_step()
+        if mel is None:
+            raise ValueError(f"step {inp.index}: {len(inp.audio)} audio samples, expected {SAMPLES_PER_STEP}")
+        return [(self.family.normalise(inp.small[None])[:, 0][None], mel[None])]
+
+    def flush(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        return []
+
+    def blank(self) -> tuple[np.ndarray, np.ndarray]:
+        s = self.config.image_size
+        return np.zeros((1, 3, s, s), np.float32), np.zeros((1, MELS_PER_STEP, self.config.n_mels), np.float32)
+
+
+class WindowFeeder:
+    """EZ-VSL's step inputs: the normalised frame and the log spectrogram of the 3 s of audio
+    ending with the step (``trailing``) or centred on the frame's time (``centered``: the frame
+    waits until that audio has arrived). Audio before the stream or after its end is zeros."""
+
+    def __init__(self, config: Config, family: Family, window: str) -> None:
+        self.config, self.family = config, family
+        self.length = int(round(EZVSL_AUDIO_SECONDS * SAMPLE_RATE))
+        # first sample of step t's window, relative to 1600 * t (the frame's time)
+        self.offset = SAMPLES_PER_STEP - self.length if window == "trailing" else -(self.length // 2)
+        self.lookahead = max(0, -(-(self.offset + self.length - SAMPLES_PER_STEP) // SAMPLES_PER_STEP))
+        self.frames: deque[tuple[int, np.ndarray]] = deque()
+        self.audio = np.zeros(0, np.float32)
+        self.start = 0  # stream sample index of self.audio[0]
+        self.received = 0  # samples received so far
+
+    def push(self, inp: Any) -> list[tuple[np.ndarray, np.ndarray]]:
+        samples = np.asarray(inp.audio, np.float32).reshape(-1)
+        if len(samples) != SAMPLES_PER_STEP:
+            raise ValueError(f"step {inp.index}: {len(samples)} audio samples, expected {SAMPLES_PER_STEP}")
+        self.audio = np.concatenate([self.audio, samples])
+        self.received += len(samples)
+        self.frames.append((self.received // SAMPLES_PER_STEP - 1, inp.small))
+        ready = []
+        while self.frames and self._first(self.frames[0][0]) + self.length <= self.received:
+            ready.append(self._pair(*self.frames.popleft()))
+        keep = self._first(self.frames[0][0]) if self.frames else self.received - self.length
+        cut = max(0, min(keep, self.received) - self.start)
+        self.audio, self.start = self.audio[cut:], self.start + cut
+        return ready
+
+    def flush(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The frames still waiting for audio, with zeros where the stream ended."""
+        ready = [self._pair(*f) for f in self.frames]
+        self.frames.clear()
+        return ready
+
+    def blank(self) -> tuple[np.ndarray, np.ndarray]:
+        s = self.config.image_size
+        shape = self.family.audio_shape(self.config)
+        return np.zeros((1, 3, s, s), np.float32), np.zeros((1, *shape[1:]), np.float32)
+
+    def _first(self, step: int) -> int:
+        return step * SAMPLES_PER_STEP + self.offset
+
+    def _pair(self, step: int, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from .mel import audio_window, log_spectrogram
+
+        audio = audio_window(self.audio, self._first(step) - self.start, self.length)
+        return self.family.normalise(small[None])[:, 0][None], log_spectrogram(audio)[None]
+
+
+def ezvsl_file_inputs(path: str | Path, config: Config, seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A media file -> EZ-VSL's offline inputs for every step: frames (1, 3, T, 224, 224) and
+    the spectrogram of the 3 s centred on each frame (1, T, 257, 200): what its authors' test
+    code computes for one frame, at every frame."""
+    from .mel import audio_window, log_spectrogram
+    from .media import load_clip
+
+    clip = load_clip(path, seconds=seconds, size=config.image_size)
+    feeder = WindowFeeder(config, FAMILIES["ezvsl"], "centered")
+    audio = np.asarray(clip.audio, np.float32)
+    specs = [log_spectrogram(audio_window(audio, feeder._first(t), feeder.length)) for t in range(len(clip.frames))]
+    return FAMILIES["ezvsl"].normalise(clip.frames)[None], np.stack(specs)[None]
+
+
+def blend_prior(maps: np.ndarray, prior: np.ndarray | None, alpha: float | None) -> np.ndarray:
+    """EZ-VSL's object-prior blend in numpy (``model.ezvsl.EZVSL.maps`` is the torch twin):
+    maps and prior (..., h, w) each min-max normalised, then ``alpha * map + (1 - alpha) * prior``."""
+    if prior is None or alpha is None:
+        return maps
+
+    def minmax(m: np.ndarray) -> np.ndarray:
+        lo, hi = m.min(axis=(-2, -1), keepdims=True), m.max(axis=(-2, -1), keepdims=True)
+        return (m - lo) / np.maximum(hi - lo, NORM_EPS)
+
+    return alpha * minmax(maps) + (1 - alpha) * minmax(prior)
