@@ -13,7 +13,7 @@ from soundloc.runtime.run import End
 
 # The torch side of the package (README "Package layout"): everything else imports without torch.
 TORCH_SIDE = ("soundloc.model", "soundloc.train", "soundloc.inference",
-              "soundloc.export.onnx", "soundloc.export.verify", "soundloc.export.quantize")
+              "soundloc.export.onnx", "soundloc.export.verify", "soundloc.export.quantize", "soundloc.export.ezvsl")
 
 
 def _modules() -> list[str]:
