@@ -4,7 +4,8 @@
 doctor`` (GPU backends vs onnxruntime on the CPU) both judge errors here. An error is compared
 with the magnitude of what is compared: alpha, a 512-d dot product, reaches ~1e2 on a full-size
 model, where float32 rounding alone is ~1e-4. numpy-free and torch-free: doctor imports it on
-GPU boxes without PyTorch. A new precision (e.g. int8) adds one row to ``TOLERANCES``.
+GPU boxes without PyTorch. A new precision adds one row to ``TOLERANCES``; int8 is judged against
+the fp32 export it was quantized from (``verify.compare_int8``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ class Tolerance:
 
     ``rel``: allowed max abs error as a fraction of the reference's max |value| (never below
     ``rel`` itself: values of magnitude < 1 are held to an absolute ``rel``);
-    ``min_map_ciou``: binarised maps must also agree with fp32 at this cIoU (None: unchecked).
+    ``min_map_ciou``: binarised maps must also agree with fp32 at this cIoU on every step;
+    ``min_map_ciou_median``: ... at this median cIoU over the steps;
+    ``min_peak_agreement``: the fraction of steps whose map peak cell equals fp32's
+    (None: unchecked).
     """
 
     rel: float
     min_map_ciou: float | None = None
+    min_map_ciou_median: float | None = None
+    min_peak_agreement: float | None = None
 
     def allowed(self, scale: float) -> float:
         """The max abs error allowed where the reference's max |value| is ``scale``."""
@@ -33,10 +39,15 @@ class Tolerance:
 # rounding through a deep net is ~1e-6 of the scale, 1e-5 leaves room. tf32: what TensorRT's and
 # cuDNN's "fp32" do on Ampere and newer (10-bit mantissa in convolutions). fp16: measured ~1e-3 of
 # the scale at 1/8 width; the binarised maps are what a user sees, so they are checked too.
+# int8 (against the fp32 export): 256 levels per tensor put the error at ~0.5-1 % of the scale
+# (measured: 0.6 % full size, <= 2 % on a tiny model), 5 % leaves room; what a user reads is the
+# map's peak and its binarised region, so those are the targets (issue 12: peak cell identical
+# on >= 95 % of steps, binarised cIoU median >= 0.95), not the worst step.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(rel=1e-5),
     "tf32": Tolerance(rel=1e-2),
     "fp16": Tolerance(rel=1e-2, min_map_ciou=0.95),
+    "int8": Tolerance(rel=5e-2, min_map_ciou_median=0.95, min_peak_agreement=0.95),
 }
 
 
