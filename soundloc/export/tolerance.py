@@ -39,15 +39,17 @@ class Tolerance:
 # rounding through a deep net is ~1e-6 of the scale, 1e-5 leaves room. tf32: what TensorRT's and
 # cuDNN's "fp32" do on Ampere and newer (10-bit mantissa in convolutions). fp16: measured ~1e-3 of
 # the scale at 1/8 width; the binarised maps are what a user sees, so they are checked too.
-# int8 (against the fp32 export): 256 levels per tensor put the error at ~0.5-1 % of the scale
-# (measured: 0.6 % full size, <= 2 % on a tiny model), 5 % leaves room; what a user reads is the
-# map's peak and its binarised region, so those are the targets (issue 12: peak cell identical
-# on >= 95 % of steps, binarised cIoU median >= 0.95), not the worst step.
+# int8 (against the fp32 export): 256 levels per tensor, rounded through ~20 layers. Measured over
+# 100 streamed steps (RESULTS.md, issue 12): the trained demo model's worst step is off by 9.8 % of
+# the scale (median step 4.3 %), yet its map peaks and binarised regions do not move, because a
+# trained map's peak stands clear of its other cells. Those are what a user reads, so they are the
+# targets (issue 12: peak cell identical on >= 95 % of steps, binarised cIoU median >= 0.95); the
+# 15 % bound on alpha only catches a broken quantization (ranges that missed the data: >= 20 %).
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(rel=1e-5),
     "tf32": Tolerance(rel=1e-2),
     "fp16": Tolerance(rel=1e-2, min_map_ciou=0.95),
-    "int8": Tolerance(rel=5e-2, min_map_ciou_median=0.95, min_peak_agreement=0.95),
+    "int8": Tolerance(rel=0.15, min_map_ciou_median=0.95, min_peak_agreement=0.95),
 }
 
 
