@@ -109,15 +109,20 @@ def _stream_step(path: Path, bundle, video, mel) -> np.ndarray:
 
 def near_ties(maps: np.ndarray, reference: np.ndarray) -> dict:
     """How flat the reference maps are, and whether int8 moves the peak only between near-ties:
-    the reference's top-1 minus top-2 cell (median, as a fraction of its max |alpha|), and the
-    peak agreement counted only on steps whose top-2 gap exceeds int8's largest error there."""
-    ref = reference.reshape(len(reference), -1)
+    the reference's top-1 minus top-2 cell and its max minus min cell (medians over steps, as
+    fractions of its max |alpha|: the binarised map thresholds the min-max normalised map, so an
+    error is read against the range), int8's error per step against that range, and the peak
+    agreement counted only on steps whose top-2 gap exceeds twice int8's largest error there."""
+    ref, got = reference.reshape(len(reference), -1), maps.reshape(len(maps), -1)
+    scale = float(np.abs(ref).max())
     top2 = np.sort(ref, axis=1)[:, -2:]
     gap = top2[:, 1] - top2[:, 0]
-    err = np.abs(maps.reshape(len(maps), -1) - ref).max(axis=1)
+    span = ref.max(axis=1) - ref.min(axis=1)
+    err = np.abs(got - ref).max(axis=1)
     clear = gap > 2 * err  # no error of int8's size can swap these cells' order
-    same = maps.reshape(len(maps), -1).argmax(1) == ref.argmax(1)
-    return {"top2_gap_median": float(np.median(gap) / np.abs(ref).max()),
+    same = got.argmax(1) == ref.argmax(1)
+    return {"top2_gap_median": float(np.median(gap) / scale), "range_median": float(np.median(span) / scale),
+            "error_median": float(np.median(err) / scale), "error_over_range_median": float(np.median(err / span)),
             "steps_clear": int(clear.sum()),
             "peak_agreement_clear": float(same[clear].mean()) if clear.any() else None,
             "peak_misses_in_near_ties": int((~same & ~clear).sum()), "peak_misses": int((~same).sum())}
@@ -159,13 +164,18 @@ def _block(place: str) -> str:
     return place if place in ("head",) or place.endswith("stem") else place.rsplit(".", 1)[0]
 
 
+SENSITIVITY_PARTS = ("blocks", "convs", "cumulative", "branches")
+
+
 def sensitivity(fp32, calib, clip: Path, steps: int, work: Path, threads: int, time_pairs: int,
-                per_conv: int) -> dict:
+                per_conv: int, parts: tuple[str, ...] = SENSITIVITY_PARTS) -> dict:
     """Which layers int8 costs the maps, measured on the streamed step graph (the CPU flavour,
-    the calibration's ranges): everything quantized; then each residual block (and the non-conv
-    operators) kept float alone: what keeping it float buys back; each conv of the ``per_conv``
-    blocks that buy back most, alone; then the most costly blocks kept float cumulatively, with
-    the step time of each (``time_pairs`` alternating fp32/int8 steps)."""
+    the calibration's ranges): everything quantized; then ("blocks") each residual block (and the
+    non-conv operators) kept float alone: what keeping it float buys back; ("convs") each conv of
+    the ``per_conv`` blocks that buy back most, alone; ("cumulative") the four blocks that buy back
+    most kept float together, one more at a time; ("branches") the whole video or audio network
+    kept float. Rows kept float cumulatively or by branch, and the all-int8 row, also time the
+    step (``time_pairs`` alternating fp32/int8 steps)."""
     import onnx
 
     from soundloc.export.quantize import float_nodes, prepare_graph, quantize_flavour
@@ -202,6 +212,11 @@ def sensitivity(fp32, calib, clip: Path, steps: int, work: Path, threads: int, t
     blocks: dict[str, list[str]] = {}
     for name, (place, _) in convs.items():
         blocks.setdefault(_block(place), []).append(name)
+    if "branches" in parts:
+        out["branch_float"] = [trial(f"{branch} network", [c for c, (p, _) in convs.items() if p.startswith(branch)],
+                                     timed=bool(time_pairs)) for branch in ("video", "audio")]
+    if not {"blocks", "convs", "cumulative"} & set(parts):
+        return out
     rows = [trial(block, names) for block, names in blocks.items()] + [trial("non-conv operators", others)]
 
     def gain(r):
@@ -210,14 +225,15 @@ def sensitivity(fp32, calib, clip: Path, steps: int, work: Path, threads: int, t
     rows.sort(key=gain, reverse=True)
     out["block_float"] = rows
     top = [r["kept_float"] for r in rows if r["kept_float"] in blocks][:per_conv]
-    out["conv_float"] = sorted((trial(f"{convs[c][0]} ({c})", [c]) for b in top for c in blocks[b]),
-                               key=gain, reverse=True)
-    cumulative, floats = [], []
-    for r in rows[:4]:
-        floats += blocks.get(r["kept_float"], others)
-        cumulative.append(trial(" + ".join(c["kept_float"] for c in rows[:len(cumulative) + 1]), list(floats),
-                                timed=bool(time_pairs)))
-    out["cumulative"] = cumulative
+    if "convs" in parts:
+        out["conv_float"] = sorted((trial(f"{convs[c][0]} ({c})", [c]) for b in top for c in blocks[b]),
+                                   key=gain, reverse=True)
+    if "cumulative" in parts:
+        out["cumulative"], floats = [], []
+        for r in rows[:4]:
+            floats += blocks.get(r["kept_float"], others)
+            label = " + ".join(c["kept_float"] for c in rows[:len(out["cumulative"]) + 1])
+            out["cumulative"].append(trial(label, list(floats), timed=bool(time_pairs)))
     return out
 
 
@@ -272,6 +288,8 @@ def main() -> None:
                     help="scratch folder; the calibrated ranges there are reused by a rerun")
     ap.add_argument("--sensitivity-per-conv", type=int, default=2, help="blocks whose convs are tried one by one")
     ap.add_argument("--sensitivity-time", type=int, default=20, help="fp32/int8 step pairs timed per cumulative row")
+    ap.add_argument("--sensitivity-parts", default=",".join(SENSITIVITY_PARTS),
+                    help=f"comma-separated, of: {', '.join(SENSITIVITY_PARTS)}")
     ap.add_argument("--demo-data", type=Path)
     ap.add_argument("--demo-clips", type=int, default=None)
     ap.add_argument("--json", type=Path)
@@ -294,7 +312,8 @@ def main() -> None:
     if fp32 is not None and args.sensitivity:
         calib = load_calibration(args.calib, fp32.config)
         out["sensitivity"] = sensitivity(fp32, calib, args.clip, args.sensitivity_steps, args.sensitivity_work,
-                                         args.threads, args.sensitivity_time, args.sensitivity_per_conv)
+                                         args.threads, args.sensitivity_time, args.sensitivity_per_conv,
+                                         tuple(args.sensitivity_parts.split(",")))
     if args.demo_data:
         out["demo"] = demo_accuracy(args.demo_data, args.demo_clips)
         print("demo", json.dumps(out["demo"], indent=1, default=str), flush=True)
