@@ -8,8 +8,9 @@
 - ``--interleaved N``: fp32 and int8 steps timed alternately, N each (robust to a shared CPU);
 - ``--bench``: one ``soundloc bench`` run with both exports (onnxruntime CPU, same threads):
   step p50 at batch 1 and batched, the int8/fp32 ratio, streams per device;
-- ``--sensitivity``: each Conv of the fp32 step graph quantized *alone* (the calibration's ranges,
-  the CPU flavour) and its error on the maps: which layers int8 hurts;
+- ``--sensitivity``: the fp32 step graph quantized whole, then with each residual block (and the
+  non-conv operators) kept float, then each conv of the blocks that cost most, then those blocks
+  kept float cumulatively with the step time of each: which layers int8 hurts, at what speed;
 - ``--demo-data``: the bundled demo model (step graph) quantized on the train clips of a
   ``soundloc synth`` folder, then pointing game and AP50 on its test clips, fp32 vs int8
   (maps: streamed step outputs, 3 s centred window at the middle frame, LVS protocol).
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from soundloc.export.quantize import load_calibration, quantize_export, quantize_graph, _feeds
+from soundloc.export.quantize import calibration_feeds, load_calibration, quantize_export
 from soundloc.export.verify import map_figures, stream_inputs, stream_onnx
 from soundloc.fileio import write_json
 from soundloc.preprocess import file_inputs
@@ -42,6 +43,7 @@ def agreement(fp32, int8, clip: Path) -> dict:
     s32, s8 = stream_onnx(fp32, video, mel), stream_onnx(int8, video, mel)
     scale = float(np.abs(s32["alpha"]).max())
     return {"clip": clip.name, "steps": int(video.shape[2]), **map_figures(s8["alpha"][0], s32["alpha"][0]),
+            **near_ties(s8["alpha"][0], s32["alpha"][0]),
             "alpha_max_rel_error": float(np.abs(s8["alpha"] - s32["alpha"]).max() / scale)}
 
 
@@ -63,10 +65,20 @@ def run_bench(fp32, int8, streams: int, threads: int, duration: float) -> dict:
             "gmac_per_step": d["model_cost"].get("gmac_per_step")}
 
 
-def interleaved(fp32, int8, threads: int, n: int) -> dict:
+def _step_model(path: Path, bundle, threads: int | None = None) -> StepModel:
+    """The step graph file ``path`` (any graph with ``bundle``'s step interface) as a StepModel."""
+    from soundloc.runtime.onnx_backend import OnnxRuntimeBackend
+
+    return StepModel(OnnxRuntimeBackend(path, "cpu", threads), bundle.config, bundle.lookahead_steps,
+                     bundle.state_specs)
+
+
+def interleaved(fp32, int8, threads: int, n: int, int8_step: Path | None = None) -> dict:
     """fp32 and int8 steps timed alternately (ABAB...), so load from other processes on a shared
-    machine falls on both alike; the ratio of the medians is the figure to trust there."""
-    models = {"fp32": StepModel.from_export(fp32, "onnxruntime-cpu", threads), "int8": StepModel.from_export(int8, "onnxruntime-cpu", threads)}
+    machine falls on both alike; the ratio of the medians is the figure to trust there.
+    ``int8_step``: time this step graph file instead of ``int8``'s."""
+    models = {"fp32": _step_model(fp32.path("step"), fp32, threads),
+              "int8": _step_model(int8_step or int8.path("step"), fp32, threads)}
     rng = np.random.default_rng(0)
     size, mels = fp32.config.image_size, fp32.config.n_mels
     frame = rng.standard_normal((1, 3, size, size), dtype=np.float32)
@@ -86,9 +98,7 @@ def interleaved(fp32, int8, threads: int, n: int) -> dict:
 
 def _stream_step(path: Path, bundle, video, mel) -> np.ndarray:
     """Streamed alphas of the step graph ``path`` (any graph with ``bundle``'s step interface)."""
-    from soundloc.runtime.onnx_backend import OnnxRuntimeBackend
-
-    model = StepModel(OnnxRuntimeBackend(path, "cpu"), bundle.config, bundle.lookahead_steps, bundle.state_specs)
+    model = _step_model(path, bundle)
     state, alphas = model.new_state(1), []
     for frame, m, valid in stream_inputs(video, mel, model.lookahead):
         out, state = model.step(frame, m, valid, state)
@@ -97,33 +107,134 @@ def _stream_step(path: Path, bundle, video, mel) -> np.ndarray:
     return np.stack(alphas)
 
 
-def sensitivity(fp32, calib, clip: Path, steps: int) -> list[dict]:
-    """Error on the streamed maps with only one Conv of the step graph quantized, for each Conv."""
+def near_ties(maps: np.ndarray, reference: np.ndarray) -> dict:
+    """How flat the reference maps are, and whether int8 moves the peak only between near-ties:
+    the reference's top-1 minus top-2 cell and its max minus min cell (medians over steps, as
+    fractions of its max |alpha|: the binarised map thresholds the min-max normalised map, so an
+    error is read against the range), int8's error per step against that range, and the peak
+    agreement counted only on steps whose top-2 gap exceeds twice int8's largest error there."""
+    ref, got = reference.reshape(len(reference), -1), maps.reshape(len(maps), -1)
+    scale = float(np.abs(ref).max())
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    span = ref.max(axis=1) - ref.min(axis=1)
+    err = np.abs(got - ref).max(axis=1)
+    clear = gap > 2 * err  # no error of int8's size can swap these cells' order
+    same = got.argmax(1) == ref.argmax(1)
+    return {"top2_gap_median": float(np.median(gap) / scale), "range_median": float(np.median(span) / scale),
+            "error_median": float(np.median(err) / scale), "error_over_range_median": float(np.median(err / span)),
+            "steps_clear": int(clear.sum()),
+            "peak_agreement_clear": float(same[clear].mean()) if clear.any() else None,
+            "peak_misses_in_near_ties": int((~same & ~clear).sum()), "peak_misses": int((~same).sum())}
+
+
+def conv_places(model) -> dict[str, str]:
+    """Conv node -> where it sits in the network ("video.layer3.0.conv1"), read from the exporter's
+    module scope on the ReLU the conv feeds (the step graph computes its convs functionally, so
+    they carry no module scope of their own); convs that feed no ReLU are "head"."""
+    from collections import defaultdict
+
+    consumers = defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    kernels = {i.name: tuple(i.dims[2:]) for i in model.graph.initializer}
+    places = {}
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        frontier, relu = list(conv.output), None
+        while frontier and relu is None:
+            nxt = [c for c in consumers[frontier.pop(0)]]
+            relu = next((c for c in nxt if c.op_type == "Relu"), None)
+            frontier += [o for c in nxt for o in c.output]
+        scope = "" if relu is None else next((p.value for p in relu.metadata_props if p.key == "namespace"), "")
+        where = [seg.split(":")[0][len("model."):] for seg in scope.split("/") if seg.startswith("model.")]
+        if not where:
+            places[conv.name] = "head"
+        elif where[-1].endswith(".conv1.2"):
+            places[conv.name] = where[-1][:-len(".2")]
+        elif where[-1].endswith(".relu"):
+            one = all(k == 1 for k in kernels.get(conv.input[1], (3,)))
+            places[conv.name] = where[-1][:-len("relu")] + ("downsample" if one else "conv2")
+        else:
+            places[conv.name] = where[-1].rsplit(".", 1)[0]  # the stem: "video.stem"
+    return places
+
+
+def _block(place: str) -> str:
+    return place if place in ("head",) or place.endswith("stem") else place.rsplit(".", 1)[0]
+
+
+SENSITIVITY_PARTS = ("blocks", "convs", "cumulative", "branches")
+
+
+def sensitivity(fp32, calib, clip: Path, steps: int, work: Path, threads: int, time_pairs: int,
+                per_conv: int, parts: tuple[str, ...] = SENSITIVITY_PARTS) -> dict:
+    """Which layers int8 costs the maps, measured on the streamed step graph (the CPU flavour,
+    the calibration's ranges): everything quantized; then ("blocks") each residual block (and the
+    non-conv operators) kept float alone: what keeping it float buys back; ("convs") each conv of
+    the ``per_conv`` blocks that buy back most, alone; ("cumulative") the four blocks that buy back
+    most kept float together, one more at a time; ("branches") the whole video or audio network
+    kept float. Rows kept float cumulatively or by branch, and the all-int8 row, also time the
+    step (``time_pairs`` alternating fp32/int8 steps)."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from soundloc.export.quantize import float_nodes, prepare_graph, quantize_flavour
 
     video, mel = file_inputs(clip, fp32.config, seconds=steps / fp32.config.fps)
     ref = _stream_step(fp32.path("step"), fp32, video, mel)
     scale = float(np.abs(ref).max())
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        scratch = Path(tmp)
-        quantize_graph(fp32.path("step"), scratch, _feeds(fp32, "step", calib))  # the ranges, once
-        prepared = scratch / "step.prep.onnx"
-        graph = onnx.load(str(prepared)).graph
-        inits = {i.name: list(i.dims) for i in graph.initializer}
-        for node in [n for n in graph.node if n.op_type == "Conv"]:
-            one = scratch / "one.onnx"
-            quantize_static(str(prepared), str(one), None, quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=[node.name],
-                            calibration_cache_path=str(scratch / "step.ranges.json"))
-            a8 = _stream_step(one, fp32, video, mel)
-            rows.append({"node": node.name, "weight": node.input[1], "shape": list(inits.get(node.input[1], [])),
-                         "alpha_max_rel_error": float(np.abs(a8 - ref).max() / scale),
-                         **map_figures(a8, ref)})
-            print(rows[-1], flush=True)
-    return sorted(rows, key=lambda r: -r["alpha_max_rel_error"])
+    work.mkdir(parents=True, exist_ok=True)
+    ranges = work / "step.ranges.json"
+    prepared = prepare_graph(fp32.path("step"), work)
+    graph = onnx.load(str(prepared)).graph
+    keep = float_nodes(onnx.load(str(prepared)))
+    if not ranges.is_file():
+        quantize_flavour(prepared, work / "calibrated.onnx", "onnx", ranges, keep,
+                         calibration_feeds(fp32, "step", calib))
+    places = {k: v for k, v in conv_places(onnx.load(str(fp32.path("step")))).items()}
+    shapes = {i.name: list(i.dims) for i in graph.initializer}
+    convs = {n.name: (places.get(n.name, "?"), shapes.get(n.input[1])) for n in graph.node if n.op_type == "Conv"}
+    others = [n.name for n in graph.node if n.op_type not in ("Conv", "Relu") and n.name not in keep]
+
+    def trial(label: str, floats: list[str], timed: bool = False) -> dict:
+        dst = work / "trial.onnx"
+        quantize_flavour(prepared, dst, "onnx", ranges, keep + floats)
+        a8 = _stream_step(dst, fp32, video, mel)
+        row = {"kept_float": label, "nodes": len(floats), "alpha_max_rel_error": float(np.abs(a8 - ref).max() / scale),
+               **map_figures(a8, ref), **near_ties(a8, ref)}
+        if timed:
+            row["time"] = interleaved(fp32, None, threads, time_pairs, int8_step=dst)
+        print(row, flush=True)
+        return row
+
+    out = {"clip": clip.name, "steps": len(ref), "convs": {k: {"place": p, "shape": s} for k, (p, s) in convs.items()},
+           "all_int8": trial("nothing (all int8)", [], timed=bool(time_pairs))}
+    blocks: dict[str, list[str]] = {}
+    for name, (place, _) in convs.items():
+        blocks.setdefault(_block(place), []).append(name)
+    if "branches" in parts:
+        out["branch_float"] = [trial(f"{branch} network", [c for c, (p, _) in convs.items() if p.startswith(branch)],
+                                     timed=bool(time_pairs)) for branch in ("video", "audio")]
+    if not {"blocks", "convs", "cumulative"} & set(parts):
+        return out
+    rows = [trial(block, names) for block, names in blocks.items()] + [trial("non-conv operators", others)]
+
+    def gain(r):
+        return (r["peak_agreement"], r["ciou_median"], -r["alpha_max_rel_error"])
+
+    rows.sort(key=gain, reverse=True)
+    out["block_float"] = rows
+    top = [r["kept_float"] for r in rows if r["kept_float"] in blocks][:per_conv]
+    if "convs" in parts:
+        out["conv_float"] = sorted((trial(f"{convs[c][0]} ({c})", [c]) for b in top for c in blocks[b]),
+                                   key=gain, reverse=True)
+    if "cumulative" in parts:
+        out["cumulative"], floats = [], []
+        for r in rows[:4]:
+            floats += blocks.get(r["kept_float"], others)
+            label = " + ".join(c["kept_float"] for c in rows[:len(out["cumulative"]) + 1])
+            out["cumulative"].append(trial(label, list(floats), timed=bool(time_pairs)))
+    return out
 
 
 def demo_accuracy(data: Path, max_clips: int | None) -> dict:
@@ -173,7 +284,13 @@ def main() -> None:
     ap.add_argument("--interleaved", type=int, default=0, help="N fp32/int8 step pairs timed alternately")
     ap.add_argument("--sensitivity", action="store_true")
     ap.add_argument("--calib", type=Path, help="calibration folder for --sensitivity")
-    ap.add_argument("--sensitivity-steps", type=int, default=30)
+    ap.add_argument("--sensitivity-steps", type=int, default=100)
+    ap.add_argument("--sensitivity-work", type=Path, default=Path("int8-sensitivity"),
+                    help="scratch folder; the calibrated ranges there are reused by a rerun")
+    ap.add_argument("--sensitivity-per-conv", type=int, default=2, help="blocks whose convs are tried one by one")
+    ap.add_argument("--sensitivity-time", type=int, default=20, help="fp32/int8 step pairs timed per cumulative row")
+    ap.add_argument("--sensitivity-parts", default=",".join(SENSITIVITY_PARTS),
+                    help=f"comma-separated, of: {', '.join(SENSITIVITY_PARTS)}")
     ap.add_argument("--demo-data", type=Path)
     ap.add_argument("--demo-clips", type=int, default=None)
     ap.add_argument("--json", type=Path)
@@ -195,7 +312,9 @@ def main() -> None:
             print("bench", json.dumps(out["bench"], indent=1), flush=True)
     if fp32 is not None and args.sensitivity:
         calib = load_calibration(args.calib, fp32.config)
-        out["sensitivity"] = sensitivity(fp32, calib, args.clip, args.sensitivity_steps)
+        out["sensitivity"] = sensitivity(fp32, calib, args.clip, args.sensitivity_steps, args.sensitivity_work,
+                                         args.threads, args.sensitivity_time, args.sensitivity_per_conv,
+                                         tuple(args.sensitivity_parts.split(",")))
     if args.demo_data:
         out["demo"] = demo_accuracy(args.demo_data, args.demo_clips)
         print("demo", json.dumps(out["demo"], indent=1, default=str), flush=True)

@@ -276,7 +276,6 @@ def samples_to_steps(samples: int) -> int:
     """Whole model steps covered by ``samples`` audio samples."""
     return samples // SAMPLES_PER_STEP
 
-# INT8 exports (soundloc/export/quantize.py): calibration and the agreement --verify asks of them.
+# INT8 exports (soundloc/export/quantize.py): calibration (the agreement --verify asks of them is
+# the int8 row of soundloc/export/tolerance.py).
 CALIB_MAX_CLIPS = 16  # calibration clips used at most (the first by name): ranges settle well before
-INT8_MIN_PEAK_AGREEMENT = 0.95  # fraction of steps whose map peak cell equals the fp32 export's
-INT8_MIN_CIOU_MEDIAN = 0.95  # median over steps of the binarised-map cIoU against the fp32 export

@@ -185,7 +185,7 @@ def test_tolerance_scales_with_what_is_compared():
     assert 1.07e-4 <= fp32.allowed(114.66) and not 1.07e-4 <= fp32.allowed(1.0)
     assert fp32.allowed(0.25) == fp32.allowed(1.0) == fp32.rel  # small values: an absolute floor
     assert tolerance_for("fp16").rel > fp32.rel and tolerance_for("fp16").min_map_ciou is not None
-    assert set(TOLERANCES) >= {"fp32", "tf32", "fp16"}
+    assert set(TOLERANCES) >= {"fp32", "tf32", "fp16", "int8"}
     with pytest.raises(ValueError, match="no tolerance for 'int3'"):
         tolerance_for("int3")
 

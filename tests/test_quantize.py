@@ -126,6 +126,23 @@ def test_int8_agrees_with_fp32_on_a_generated_clip(exported):
     assert v["alpha_max_rel_error"] > 0  # it is really quantized
 
 
+def test_verify_judges_int8_by_the_int8_tolerance_row(exported, monkeypatch):
+    """--verify's bounds are the int8 row of the one tolerance policy: the issue's targets, and
+    held to bounds no int8 export can meet, the same comparison names each one it misses."""
+    from soundloc.export import verify as verify_mod
+    from soundloc.export.tolerance import Tolerance, tolerance_for
+
+    row = tolerance_for("int8")
+    assert (row.min_peak_agreement, row.min_map_ciou_median) == (0.95, 0.95) and MAX_REL_ERROR <= row.rel < 0.2
+    int8, fp32, held_out, _ = exported
+    video, mel = file_inputs(held_out, CFG)
+    monkeypatch.setattr(verify_mod, "tolerance_for",
+                        lambda p: Tolerance(rel=1e-9, min_map_ciou_median=1.01, min_peak_agreement=1.01))
+    report = verify_mod.compare_int8(int8, fp32, video, mel)
+    assert not report["ok"] and len(report["failures"]) == 3
+    assert [f.split()[1] for f in report["failures"]] == ["map", "binarised", "alpha"]
+
+
 def test_streaming_int8_vs_offline_int8_bound(exported):
     """Not equal, and why: the step graph runs each 3-tap temporal conv as a Conv2d over stacked
     frames with validity masks between layers, the offline graph a Conv3d over the clip; the two

@@ -43,6 +43,12 @@ TRT_SUFFIX = ".trt.onnx"
 # What must stay float, by operator: the final map and score (alpha = V . z^A, S_av = z^V . z^A)
 # and the pooled embeddings feeding them are a few thousand MACs, and int8 there would round the
 # very numbers a user reads; ReduceMean/ReduceSum/Einsum are those nodes in every graph.
+# No convolution is kept float, by measurement (``benchmarks/int8.py --sensitivity``, RESULTS.md
+# issue 12): on the full-size step graph, keeping any one of its 18 residual blocks/stems (or all
+# its non-conv operators) float leaves the map error at 0.55-0.71 % of the scale (0.66 % all int8)
+# and moves peak agreement only among near-tied cells (84-95 %, all int8 93 %) and the binarised
+# cIoU median by <= 0.011; on the trained demo model no block moves anything a user reads. Each
+# one kept float costs step time and buys back nothing measurable, so none is.
 FLOAT_OPS = ("Einsum", "ReduceMean", "ReduceSum")
 
 
@@ -90,7 +96,7 @@ def load_calibration(folder: str | Path, config, max_clips: int = CALIB_MAX_CLIP
     return calib
 
 
-def _feeds(fp32: Bundle, name: str, calib: CalibrationSet) -> Iterator[dict[str, np.ndarray]]:
+def calibration_feeds(fp32: Bundle, name: str, calib: CalibrationSet) -> Iterator[dict[str, np.ndarray]]:
     """Inputs of graph ``name`` for every calibration clip; the step graph's states come from
     the fp32 step graph run on the same stream."""
     if name == "video":
@@ -145,28 +151,44 @@ def _flavours():
                                            "QuantizeBias": False})}
 
 
+def prepare_graph(src: Path, scratch: Path) -> Path:
+    """``src`` after onnxruntime's recommended pre-processing (shape inference, constant folding,
+    Conv+BatchNorm fusion), as ``scratch/<stem>.prep.onnx``: what both flavours quantize."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = scratch / f"{src.stem}.prep.onnx"
+    quant_pre_process(str(src), str(prepared))
+    return prepared
+
+
+def quantize_flavour(prepared: Path, dst: Path, kind: str, ranges: Path, exclude: list[str],
+                     feeds: Iterator[dict[str, np.ndarray]] | None = None) -> Path:
+    """One QDQ flavour (``kind``: ``onnx`` or ``onnx_trt``) of ``prepared`` in ``dst``, nodes
+    ``exclude`` kept float. The activation ranges come from ``ranges`` (onnxruntime's calibration
+    cache); with ``feeds`` they are first calibrated there (MinMax over every feed)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    activations, extra = _flavours()[kind]
+    quantize_static(str(prepared), str(dst), None if feeds is None else _reader(feeds),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activations,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                    nodes_to_exclude=exclude, calibration_cache_path=str(ranges), extra_options=extra)
+    return dst
+
+
 def quantize_graph(src: Path, scratch: Path, feeds: Iterator[dict[str, np.ndarray]],
                    exclude: list[str] | None = None) -> tuple[dict[str, Path], list[str]]:
     """Both QDQ flavours of the fp32 graph ``src`` from one calibration over ``feeds``:
     (kind -> file in ``scratch``, the nodes kept float). ``exclude`` adds nodes to keep float."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    prepared = scratch / f"{src.stem}.prep.onnx"
-    quant_pre_process(str(src), str(prepared))  # onnxruntime's recommended shape inference + folding
+    prepared = prepare_graph(src, scratch)
     keep = float_nodes(onnx.load(str(prepared))) + list(exclude or [])
     # The calibration keeps per-feed min/max scalars only (small). Not "CalibMaxIntermediateOutputs":
     # in onnxruntime 1.32 it drops every chunk but the last, so the ranges saw only the flush.
     ranges = scratch / f"{src.stem}.ranges.json"
     out: dict[str, Path] = {}
-    for kind, (activations, extra) in _flavours().items():
-        dst = scratch / f"{src.stem}.{kind}.onnx"
-        quantize_static(str(prepared), str(dst), None if ranges.is_file() else _reader(feeds),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activations,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        nodes_to_exclude=keep, calibration_cache_path=str(ranges),
-                        extra_options=extra)
-        out[kind] = dst
+    for kind in _flavours():
+        out[kind] = quantize_flavour(prepared, scratch / f"{src.stem}.{kind}.onnx", kind, ranges, keep,
+                                     None if ranges.is_file() else feeds)
     return out, keep
 
 
@@ -189,7 +211,7 @@ def quantize_export(fp32: Bundle, out_dir: str | Path, calib: CalibrationSet, *,
         for name in fp32.manifest["graphs"]:
             progress(f"quantizing the {name} graph (calibrating on {len(calib.clips)} clips)")
             t0 = time.perf_counter()
-            files, keep = quantize_graph(fp32.path(name), scratch, _feeds(fp32, name, calib), exclude)
+            files, keep = quantize_graph(fp32.path(name), scratch, calibration_feeds(fp32, name, calib), exclude)
             manifest["quantization"]["seconds"][name] = round(time.perf_counter() - t0, 2)
             manifest["quantization"]["float_nodes"][name] = keep
             manifest["graphs"][name]["files"] = _stage(files, stage, name, manifest)

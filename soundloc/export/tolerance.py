@@ -4,7 +4,8 @@
 doctor`` (GPU backends vs onnxruntime on the CPU) both judge errors here. An error is compared
 with the magnitude of what is compared: alpha, a 512-d dot product, reaches ~1e2 on a full-size
 model, where float32 rounding alone is ~1e-4. numpy-free and torch-free: doctor imports it on
-GPU boxes without PyTorch. A new precision (e.g. int8) adds one row to ``TOLERANCES``.
+GPU boxes without PyTorch. A new precision adds one row to ``TOLERANCES``; int8 is judged against
+the fp32 export it was quantized from (``verify.compare_int8``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,16 @@ class Tolerance:
 
     ``rel``: allowed max abs error as a fraction of the reference's max |value| (never below
     ``rel`` itself: values of magnitude < 1 are held to an absolute ``rel``);
-    ``min_map_ciou``: binarised maps must also agree with fp32 at this cIoU (None: unchecked).
+    ``min_map_ciou``: binarised maps must also agree with fp32 at this cIoU on every step;
+    ``min_map_ciou_median``: ... at this median cIoU over the steps;
+    ``min_peak_agreement``: the fraction of steps whose map peak cell equals fp32's
+    (None: unchecked).
     """
 
     rel: float
     min_map_ciou: float | None = None
+    min_map_ciou_median: float | None = None
+    min_peak_agreement: float | None = None
 
     def allowed(self, scale: float) -> float:
         """The max abs error allowed where the reference's max |value| is ``scale``."""
@@ -33,10 +39,17 @@ class Tolerance:
 # rounding through a deep net is ~1e-6 of the scale, 1e-5 leaves room. tf32: what TensorRT's and
 # cuDNN's "fp32" do on Ampere and newer (10-bit mantissa in convolutions). fp16: measured ~1e-3 of
 # the scale at 1/8 width; the binarised maps are what a user sees, so they are checked too.
+# int8 (against the fp32 export): 256 levels per tensor, rounded through ~20 layers. Measured over
+# 100 streamed steps (RESULTS.md, issue 12): the trained demo model's worst step is off by 9.8 % of
+# the scale (median step 4.3 %), yet its map peaks and binarised regions do not move, because a
+# trained map's peak stands clear of its other cells. Those are what a user reads, so they are the
+# targets (issue 12: peak cell identical on >= 95 % of steps, binarised cIoU median >= 0.95); the
+# 15 % bound on alpha only catches a broken quantization (ranges that missed the data: >= 20 %).
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(rel=1e-5),
     "tf32": Tolerance(rel=1e-2),
     "fp16": Tolerance(rel=1e-2, min_map_ciou=0.95),
+    "int8": Tolerance(rel=0.15, min_map_ciou_median=0.95, min_peak_agreement=0.95),
 }
 
 

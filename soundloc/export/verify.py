@@ -170,9 +170,8 @@ def map_figures(maps: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 def compare_int8(bundle: Bundle, reference: Bundle, video: np.ndarray, mel: np.ndarray) -> dict:
     """An int8 export against the fp32 export it came from, on one clip: maps and moments of
     the streaming step (what a user sees), of the offline graphs, and streaming vs offline int8.
-    ``failures`` names each ``config.INT8_MIN_*`` target the streaming maps miss."""
-    from ..config import INT8_MIN_CIOU_MEDIAN, INT8_MIN_PEAK_AGREEMENT
-
+    ``failures`` names each bound of the int8 tolerance (``tolerance.py``) the streaming step misses."""
+    tol = tolerance_for("int8")
     s8, s32 = stream_onnx(bundle, video, mel), stream_onnx(reference, video, mel)
     o8, o32 = offline_onnx(bundle, video, mel), offline_onnx(reference, video, mel)
     k = min(3, video.shape[2])
@@ -185,10 +184,13 @@ def compare_int8(bundle: Bundle, reference: Bundle, video: np.ndarray, mel: np.n
            "moments": {"score_max_rel_error": _max_err(s8["score"], s32["score"]) / float(np.abs(s32["score"]).max()),
                        "top1_same": top8[0] == top32[0], f"top{k}_overlap": len(set(top8) & set(top32)) / k}}
     failures = []
-    if not out["stream"]["peak_agreement"] >= INT8_MIN_PEAK_AGREEMENT:
+    if not out["stream"]["peak_agreement"] >= tol.min_peak_agreement:
         failures.append(f"int8 map peak equals fp32's on {out['stream']['peak_agreement']:.1%} of steps "
-                        f"< {INT8_MIN_PEAK_AGREEMENT:.0%}")
-    if not out["stream"]["ciou_median"] >= INT8_MIN_CIOU_MEDIAN:
+                        f"< {tol.min_peak_agreement:.0%}")
+    if not out["stream"]["ciou_median"] >= tol.min_map_ciou_median:
         failures.append(f"int8 binarised maps agree with fp32 at median cIoU {out['stream']['ciou_median']:.3f} "
-                        f"< {INT8_MIN_CIOU_MEDIAN}")
+                        f"< {tol.min_map_ciou_median}")
+    if not out["alpha_max_rel_error"] <= tol.rel:
+        failures.append(f"int8 alpha differs from fp32's by {out['alpha_max_rel_error']:.1%} of its scale "
+                        f"> {tol.rel:.0%}")
     return {**out, "ok": not failures, "failures": failures}
