@@ -201,3 +201,8 @@ def samples_to_steps(samples: int) -> int:
 CALIB_MAX_CLIPS = 16  # calibration clips used at most (the first by name): ranges settle well before
 INT8_MIN_PEAK_AGREEMENT = 0.95  # fraction of steps whose map peak cell equals the fp32 export's
 INT8_MIN_CIOU_MEDIAN = 0.95  # median over steps of the binarised-map cIoU against the fp32 export
+
+# `soundloc serve` (soundloc/runtime/serve.py): many streams, one batched step call per tick.
+SERVE_BATCH_WAIT_S = 0.05  # a tick waits at most this long (half a step) for streams without a step ready
+SERVE_TILE = (320, 240)  # preview grid: each stream's tile (width, height)
+SERVE_PREVIEW_PERIOD_S = 0.1  # preview grid: the mosaic is recomposed at most this often
