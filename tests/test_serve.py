@@ -94,6 +94,20 @@ def test_serve_equals_separate_runs_with_one_ending_early_and_one_stalling(tiny,
     assert any(gated) and not all(gated)  # the gate was exercised both ways
 
 
+def test_a_stream_reconnects_while_the_others_run_on(tiny, clips, ts_payload, tmp_path):
+    stalling = LiveServer(ts_payload, 0.5, "stall")
+    sources = with_out_dir([ServeSource("file", str(clips[0])), ServeSource("cam", stalling.url)], tmp_path)
+    try:
+        summary = run_serve(tiny.export, sources, options=OPTIONS, stall_seconds=1.0, reconnect=1, status=False)
+    finally:
+        stalling.close()
+    cam, file = summary.streams["cam"], summary.streams["file"]
+    assert cam.reconnects == 1 and stalling.connections == 2 and cam.end_reason.startswith("source stalled")
+    assert frames_in(tmp_path / "cam.mp4") == cam.steps >= 2 * 20  # both connections' steps, one output
+    assert file.steps == 40 and file.reconnects == 0 and file.end_reason.endswith("end of stream")
+    assert frames_in(tmp_path / "file.mp4") == 40 and summary.errors == {}
+
+
 def test_batcher_one_call_per_tick_rows_equal_single_calls(tiny):
     model = StepModel.from_export(tiny.export, backend="onnxruntime-cpu")
     rng = np.random.default_rng(0)
