@@ -131,8 +131,11 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
                events: Path | None = None, preview: tuple[str, int] | None = None, backend: str = "auto",
                options: StreamOptions = StreamOptions(), realtime: bool | None = None, video_only: bool = False,
                max_seconds: float | None = None, stall_seconds: float = 10.0, reconnect: int = 0,
-               status: bool = True, threads: int | None = None) -> StreamSummary:
+               status: bool = True, threads: int | None = None, triton: str | None = None) -> StreamSummary:
     """Stream ``video`` (+ ``audio``) through the model at ``target`` into the chosen sinks.
+
+    ``triton``: HOST:PORT of a Triton server that runs the step (``target`` is then the export
+    whose repository it serves, read for its config; see ``triton_client``).
 
     ``reconnect``: how many times to reopen a source that failed or stalled (live sources),
     or that could not be opened at all; each reopen starts a fresh model state, and the sinks
@@ -142,7 +145,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     opened.
     """
     check_outputs([out, events], [target, video, audio])
-    model = StepModel.load(target, backend, threads)
+    model = StepModel.load(target, backend, threads) if triton is None else _triton_model(target, triton)
     if status:
         print(f"backend: {model.name}; lookahead {model.lookahead / model.config.fps:.1f} s", flush=True)
     try:
@@ -187,6 +190,13 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
     finally:
         summary.seconds = time.monotonic() - start
     return summary
+
+
+def _triton_model(target: str | Path, url: str) -> StepModel:
+    from .bundle import read_bundle
+    from .triton_client import TritonModel
+
+    return TritonModel(read_bundle(target), url)
 
 
 def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOptions, realtime, video_only: bool,
