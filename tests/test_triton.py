@@ -46,9 +46,9 @@ def parse(text: str):
     return text_format.Parse(text, model_config_pb2.ModelConfig())
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
+@pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt", "python"])
 def test_config_parses_against_tritons_schema(tiny, backend):
-    config = parse(model_config(tiny.bundle, backend, max_batch=8))
+    config = parse(model_config(tiny.bundle, backend, max_batch=8, python_path="/opt/venv/site-packages"))
     specs = tiny.bundle.state_specs
     assert config.max_batch_size == 8
     assert [i.name for i in config.input] == ["frame", "mel", "valid"]  # the state is not sent
@@ -56,9 +56,17 @@ def test_config_parses_against_tritons_schema(tiny, backend):
     assert {o.name for o in config.output} == {"alpha", "score", "zv", "za", "valid_out"}
     seq = config.sequence_batching
     assert seq.WhichOneof("strategy_choice") == "oldest" and seq.oldest.max_candidate_sequences == 32
+    if backend == "python":  # the model keeps the state itself, per correlation id
+        kinds = [(c.name, model_config_pb2.ModelSequenceBatching.Control.Kind.Name(c.control[0].kind))
+                 for c in seq.control_input]
+        assert kinds == [("START", "CONTROL_SEQUENCE_START"), ("END", "CONTROL_SEQUENCE_END"),
+                         ("CORRID", "CONTROL_SEQUENCE_CORRID")] and not seq.state
+        assert config.backend == "python" and config.parameters["python_path"].string_value == "/opt/venv/site-packages"
+        return
     assert [(s.input_name, s.output_name, list(s.dims)) for s in seq.state] == \
         [(s["input"], s["output"], list(s["shape"])) for s in specs]
     assert all(s.initial_state[0].zero_data and list(s.initial_state[0].dims) == list(s.dims) for s in seq.state)
+    assert not seq.control_input and "python_path" not in config.parameters
     if backend == "tensorrt":
         assert config.platform == "tensorrt_plan" and config.name == MODEL_NAME + "_trt"
     else:
@@ -72,6 +80,9 @@ def test_repository_holds_the_step_graph_and_its_config(tiny, tmp_path):
     assert written == [model]  # no engine in this export: no TensorRT model
     assert (model / "1" / "model.onnx").read_bytes() == tiny.bundle.path("step", "onnx").read_bytes()
     assert parse((model / "config.pbtxt").read_text()).max_batch_size == 4
+    py = write_repository(tiny.bundle, tmp_path / "py", python=True)[-1]
+    assert py.name == MODEL_NAME + "_py" and json.loads((py / "1" / "state.json").read_text()) == tiny.bundle.state_specs
+    assert "class TritonPythonModel" in (py / "1" / "model.py").read_text()
 
 
 # -- the client, against a stand-in server speaking Triton's gRPC protocol ------------------------
