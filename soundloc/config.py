@@ -279,3 +279,8 @@ def samples_to_steps(samples: int) -> int:
 # INT8 exports (soundloc/export/quantize.py): calibration (the agreement --verify asks of them is
 # the int8 row of soundloc/export/tolerance.py).
 CALIB_MAX_CLIPS = 16  # calibration clips used at most (the first by name): ranges settle well before
+
+# `soundloc serve` (soundloc/runtime/serve.py): many streams, one batched step call per tick.
+SERVE_BATCH_WAIT_S = 0.05  # a tick waits at most this long (half a step) for streams without a step ready
+SERVE_TILE = (320, 240)  # preview grid: each stream's tile (width, height)
+SERVE_PREVIEW_PERIOD_S = 0.1  # preview grid: the mosaic is recomposed at most this often

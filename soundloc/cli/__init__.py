@@ -9,6 +9,7 @@ import sys
 from .app import app, run_app  # noqa: F401  (app: the typer object, re-exported)
 # Registration order is the order `soundloc --help` lists them: the runtime's jobs first.
 from . import stream  # noqa: F401  (stream, demo)
+from . import serve  # noqa: F401
 from . import export  # noqa: F401
 from . import bench  # noqa: F401
 from . import train  # noqa: F401

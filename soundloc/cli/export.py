@@ -14,7 +14,7 @@ from .app import app, check_paths, fail
 def export(
     ckpt: Optional[Path] = typer.Argument(None, help="soundloc checkpoint (.pt) to export (or --preset)."),
     out: Path = typer.Option(..., "--out", "-o", help="Export directory to write."),
-    format: str = typer.Option("onnx", "--format", "-f", help="onnx, or engine (ONNX + TensorRT engines)."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx, engine (ONNX + TensorRT engines), or triton (ONNX + a Triton model repository in OUT/triton)."),
     precision: str = typer.Option("fp32", help="fp32, fp16 (fp16 weights and compute, fp32 I/O), or int8 (needs --calib)."),
     calib: Optional[Path] = typer.Option(None, help="int8: folder of videos (or a dataset dir) to calibrate on."),
     preset: Optional[str] = typer.Option(None, help="No checkpoint: this architecture (paper, small, tiny) with "

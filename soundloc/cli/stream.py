@@ -32,6 +32,7 @@ def stream(
     reconnect: int = typer.Option(0, help="Reopen a failed or stalled source up to N times."),
     stall: float = typer.Option(10.0, help="Seconds without input before a source counts as stalled."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
+    triton: Optional[str] = typer.Option(None, help="HOST:PORT of a Triton server (gRPC) that runs the model of TARGET's `--format triton` repository."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
     """Localize sound sources live: camera + microphone (or a file/URL) -> mp4, events, preview."""
@@ -56,7 +57,8 @@ def stream(
         raise fail(str(e))
     summary = run_stream(target, video, audio, out=out, events=events, preview=(host, port) if preview else None,
                          backend=backend, options=options, realtime=realtime, video_only=video_only,
-                         max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads)
+                         max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads,
+                         triton=triton)
     _report(summary.as_dict(), json_out)
     if summary.signal:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
         raise typer.Exit(128 + summary.signal)

@@ -46,6 +46,8 @@ FORMATS: dict[str, dict[str, Any]] = {
     "onnx": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
     "engine": {"suffix": ".engine", "options": {"precision", "max_batch", "opset", "workspace_gib",
                                                 "timing_cache", "dla_core"}},
+    # ONNX + a Triton model repository in OUT/triton (soundloc/export/triton.py)
+    "triton": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
 }
 
 
@@ -235,7 +237,7 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
     max_batch = (1 if dla_core is not None else 16) if max_batch is None else max_batch
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, not {max_batch}")
-    if format == "onnx" and (dla_core is not None or timing_cache is not None):
+    if format != "engine" and (dla_core is not None or timing_cache is not None):
         raise ValueError("--dla-core and --timing-cache apply to --format engine only")
     if (ckpt is None) == (preset is None):
         raise ValueError("give a checkpoint to export, or --preset NAME for random weights (not both)")
@@ -263,6 +265,10 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
 
         bundle = build_engines(bundle, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
                                timing_cache=timing_cache, dla_core=dla_core)
+    if format == "triton":
+        from .triton import write_repository
+
+        write_repository(bundle, Path(out_dir) / "triton", max_batch)
     return bundle
 
 

@@ -2,7 +2,8 @@
 
 ``GET /`` a page with ``<img src="/stream.mjpg">`` and status polled from ``/status.json``;
 ``/stream.mjpg`` multipart/x-mixed-replace JPEGs, one per published frame; ``/frame.jpg``
-the latest still. JPEGs are encoded lazily, once per frame whoever asks, so with nobody
+the latest still. ``PreviewGrid`` serves several streams (``soundloc serve``) as one mosaic,
+a tile per stream, with every stream's status in ``/status.json``. JPEGs are encoded lazily, once per frame whoever asks, so with nobody
 watching publishing costs nothing but a reference swap.
 
 It binds 127.0.0.1 unless told otherwise: the stream shows whatever the camera sees, so
@@ -16,14 +17,18 @@ import ipaddress
 import json
 import socket
 import sys
+import math
 import threading
+import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TextIO
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from ..config import SERVE_PREVIEW_PERIOD_S, SERVE_TILE
 from .render import Labeler, render_step
 from .results import StepResult
 from .sinks import SinkError, json_safe
@@ -76,8 +81,9 @@ class PreviewServer:
         alpha: float = 0.45,
         labeler: Labeler | None = None,
         log: TextIO | None = None,
+        page: str = PAGE,
     ) -> None:
-        self.quality, self.alpha, self.labeler = quality, alpha, labeler
+        self.quality, self.alpha, self.labeler, self.page = quality, alpha, labeler, page
         self._log = log if log is not None else sys.stderr
         self._changed = threading.Condition()
         self._frame: np.ndarray | None = None
@@ -172,6 +178,122 @@ class PreviewServer:
             (self._clients.add if add else self._clients.discard)(conn)
 
 
+GRID_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>soundloc serve</title>
+<style>
+ body { margin: 0; background: #111; color: #ddd; font: 14px system-ui, sans-serif; }
+ #view { display: block; width: 100vw; max-height: 75vh; object-fit: contain; }
+ table { border-collapse: collapse; margin: .5em; } td, th { padding: .15em .7em; text-align: right; }
+</style></head>
+<body>
+<img id="view" src="/stream.mjpg" alt="every stream">
+<table id="status"><tr><td>waiting for the first frame&hellip;</td></tr></table>
+<script>
+const fields = ["state", "index", "score", "gated", "latency_ms", "drops", "behind"];
+async function poll() {
+  const table = document.getElementById("status");
+  try {
+    const s = await (await fetch("/status.json", {cache: "no-store"})).json();
+    const rows = Object.entries(s.streams || {}).map(([name, st]) =>
+      "<tr><th>" + name + "</th>" + fields.map(k => "<td>" + (k in st ? st[k] : "") + "</td>").join("") + "</tr>");
+    table.innerHTML = "<tr><th></th>" + fields.map(k => "<th>" + k + "</th>").join("") + "</tr>" + rows.join("");
+  } catch (e) {
+    table.innerHTML = "<tr><td>stopped</td></tr>";
+  }
+  setTimeout(poll, 500);
+}
+poll();
+</script>
+</body></html>
+"""
+
+
+class PreviewGrid:
+    """Several streams on one preview page: each stream's latest frame, drawn as ``soundloc
+    stream`` draws it, shrunk into a tile of one mosaic (rows of ``ceil(sqrt(n))`` tiles, named,
+    in the order given); ``/status.json`` is ``{"streams": {name: latest event + state}, ...extra()}``.
+    ``tile(name)`` is the stream's Sink. The mosaic is recomposed at most every
+    ``SERVE_PREVIEW_PERIOD_S``, so many streams cost a few compositions a second."""
+
+    def __init__(self, names: list[str], host: str = "127.0.0.1", port: int = 8080, *,
+                 extra: Callable[[], dict] = dict, tile: tuple[int, int] = SERVE_TILE, **kwargs) -> None:
+        self.names, self.extra, self.size = list(names), extra, tile
+        self.cols = max(1, math.ceil(math.sqrt(len(self.names))))
+        rows = max(1, math.ceil(len(self.names) / self.cols))
+        self._mosaic = np.zeros((rows * tile[1], self.cols * tile[0], 3), np.uint8)
+        self._status: dict[str, dict] = {n: {"state": "starting"} for n in self.names}
+        self._lock = threading.Lock()
+        self._last = -math.inf
+        self.server = PreviewServer(host, port, page=GRID_PAGE, **kwargs)
+        self.url = self.server.url
+
+    def tile(self, name: str, stats: Callable[[], dict] = dict) -> "_Tile":
+        """The Sink of stream ``name``; ``stats()`` is merged into its status at each step."""
+        return _Tile(self, name, stats)
+
+    def update(self, name: str, image: np.ndarray | None, status: dict) -> None:
+        """Put ``image`` (H, W, 3) uint8 into ``name``'s tile, set its status, publish if due."""
+        small = None if image is None else self._fit(image, name)
+        with self._lock:
+            if small is not None:
+                k = self.names.index(name)
+                y, x = (k // self.cols) * self.size[1], (k % self.cols) * self.size[0]
+                self._mosaic[y:y + self.size[1], x:x + self.size[0]] = small
+            self._status[name] = status
+            now = time.monotonic()
+            if image is not None and now - self._last < SERVE_PREVIEW_PERIOD_S:
+                return
+            self._last = now
+            frame = self._mosaic.copy()
+            status = {"streams": dict(self._status), **self.extra()}
+        self.server.publish(frame, status)
+
+    def status(self, name: str) -> dict:
+        with self._lock:
+            return dict(self._status[name])
+
+    def _fit(self, image: np.ndarray, name: str) -> np.ndarray:
+        """The image scaled to fit the tile (aspect kept, centred on black), its name on top."""
+        w, h = self.size
+        scale = min(w / image.shape[1], h / image.shape[0])
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        tile = Image.new("RGB", (w, h))
+        tile.paste(Image.fromarray(np.ascontiguousarray(image), "RGB").resize(size, Image.BILINEAR),
+                   ((w - size[0]) // 2, (h - size[1]) // 2))
+        draw = ImageDraw.Draw(tile)
+        draw.rectangle(draw.textbbox((2, 2), name), fill=(0, 0, 0))
+        draw.text((2, 2), name, fill=(255, 255, 255))
+        return np.asarray(tile)
+
+    def close(self) -> None:
+        self.server.close()
+
+    def __enter__(self) -> "PreviewGrid":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _Tile:
+    """One stream's Sink into a ``PreviewGrid``."""
+
+    def __init__(self, grid: PreviewGrid, name: str, stats: Callable[[], dict]) -> None:
+        self.grid, self.name, self.stats = grid, name, stats
+        self.steps = 0
+        self.closed = False
+
+    def write(self, result: StepResult) -> None:
+        self.steps += 1
+        image = render_step(result, alpha=self.grid.server.alpha, labeler=self.grid.server.labeler)
+        self.grid.update(self.name, image, {"state": "running", **result.event(), **self.stats()})
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.grid.update(self.name, None, {**self.grid.status(self.name), "state": "ended", **self.stats()})
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client never blocks the process from exiting
     block_on_close = False
@@ -202,7 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
         route = self.path.split("?", 1)[0]
         try:
             if route in ("/", "/index.html"):
-                self._send(HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode())
+                self._send(HTTPStatus.OK, "text/html; charset=utf-8", self.server.preview.page.encode())
             elif route == "/status.json":
                 body = json.dumps(self.server.preview.status(), allow_nan=False).encode()
                 self._send(HTTPStatus.OK, "application/json", body)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from ..config import stop_signals
 from ..fileio import check_outputs
 from ..media import MediaError
 from .engine import StepModel
-from .sinks import JsonlSink, MultiSink, Mp4Sink, TerminalStatus
+from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, TerminalStatus
 from .sources import StepInput, StepSource
 from .stream import Localizer, StreamOptions
 
@@ -129,8 +129,9 @@ def _steps(source: StepSource, stop: threading.Event, stall_s: float, deadline: 
         yield step
 
 
-def _open_sinks(out: Path | None, events: Path | None, preview: tuple[str, int] | None, status: bool) -> MultiSink:
-    sinks = []
+def _open_sinks(out: Path | None, events: Path | None, preview: tuple[str, int] | None, status: bool,
+                more: Sequence[Sink] = ()) -> MultiSink:
+    sinks: list[Sink] = []
     if out is not None:
         sinks.append(Mp4Sink(out))
     if events is not None:
@@ -143,15 +144,18 @@ def _open_sinks(out: Path | None, events: Path | None, preview: tuple[str, int] 
         sinks.append(server)
     if status:
         sinks.append(TerminalStatus())
-    return MultiSink(sinks)
+    return MultiSink([*sinks, *more])
 
 
 def run_stream(target: str | Path, video: str, audio: str | None = None, *, out: Path | None = None,
                events: Path | None = None, preview: tuple[str, int] | None = None, backend: str = "auto",
                options: StreamOptions = StreamOptions(), realtime: bool | None = None, video_only: bool = False,
                max_seconds: float | None = None, stall_seconds: float = 10.0, reconnect: int = 0,
-               status: bool = True, threads: int | None = None) -> StreamSummary:
+               status: bool = True, threads: int | None = None, triton: str | None = None) -> StreamSummary:
     """Stream ``video`` (+ ``audio``) through the model at ``target`` into the chosen sinks.
+
+    ``triton``: HOST:PORT of a Triton server that runs the step (``target`` is then the export
+    whose repository it serves, read for its config; see ``triton_client``).
 
     ``reconnect``: how many times to reopen a source that failed or stalled (live sources),
     or that could not be opened at all; each reopen starts a fresh model state, and the sinks
@@ -161,14 +165,33 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     opened.
     """
     check_outputs([out, events], [target, video, audio])
-    model = StepModel.load(target, backend, threads)
-    summary = StreamSummary(backend=model.name)
+    model = StepModel.load(target, backend, threads) if triton is None else _triton_model(target, triton)
     if status:
         print(f"backend: {model.name}; lookahead {model.lookahead / model.config.fps:.1f} s", flush=True)
+    try:
+        with stop_on_signals() as stop:
+            return stream_source(model, video, audio, stop, out=out, events=events, preview=preview,
+                                 options=options, realtime=realtime, video_only=video_only,
+                                 max_seconds=max_seconds, stall_seconds=stall_seconds, reconnect=reconnect,
+                                 status=status)
+    finally:
+        model.close()
+
+
+def stream_source(model: StepModel, video: str, audio: str | None, stop: StopRequest, *,
+                  out: Path | None = None, events: Path | None = None, preview: tuple[str, int] | None = None,
+                  sinks: Sequence[Sink] = (), options: StreamOptions = StreamOptions(),
+                  realtime: bool | None = None, video_only: bool = False, max_seconds: float | None = None,
+                  stall_seconds: float = 10.0, reconnect: int = 0, status: bool = True) -> StreamSummary:
+    """One stream through an already loaded ``model`` until it ends or ``stop`` is set: what
+    ``run_stream`` does once the model is loaded, and what ``soundloc serve`` runs per source
+    (``model`` then a stream's handle on the shared batched model). ``sinks``: more sinks fed
+    beside the ones named (closed with them)."""
+    summary = StreamSummary(backend=model.name)
     start = time.monotonic()
     deadline = start + max_seconds if max_seconds is not None else None
     try:
-        with _open_sinks(out, events, preview, status) as sink, stop_on_signals() as stop:
+        with _open_sinks(out, events, preview, status, sinks) as sink:
             attempts = 0
             while True:
                 live = _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop,
@@ -184,8 +207,14 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
         summary.outputs = [str(p) for p in (out, events) if p is not None]
     finally:
         summary.seconds = time.monotonic() - start
-        model.close()
     return summary
+
+
+def _triton_model(target: str | Path, url: str) -> StepModel:
+    from .bundle import read_bundle
+    from .triton_client import TritonModel
+
+    return TritonModel(read_bundle(target), url)
 
 
 def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOptions, realtime, video_only: bool,

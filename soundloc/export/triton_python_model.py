@@ -1,0 +1,59 @@
+"""Triton Python-backend model (copied as ``model.py`` by ``write_repository(..., python=True)``):
+the soundloc step graph in onnxruntime with its state kept here per sequence (CORRID), zero at
+START and dropped at END. All requests of one execute() run as one batched call. Needs numpy
+and onnxruntime in the interpreter of Triton's Python stub (the config's ``python_path``
+parameter puts a same-version venv's site-packages first); imports nothing of soundloc."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import triton_python_backend_utils as pb_utils
+
+np = ort = None  # imported in initialize(), after the config's python_path
+
+INPUTS = ("frame", "mel", "valid")
+OUTPUTS = ("alpha", "score", "zv", "za", "valid_out")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        global np, ort
+        extra = json.loads(args["model_config"]).get("parameters", {}).get("python_path", {}).get("string_value")
+        if extra:
+            sys.path[:0] = extra.split(os.pathsep)
+        import numpy as np
+        import onnxruntime as ort
+
+        here = Path(args["model_repository"]) / args["model_version"]
+        self.session = ort.InferenceSession(str(here / "model.onnx"), providers=["CPUExecutionProvider"])
+        self.specs = json.loads((here / "state.json").read_text())
+        self.states = {}
+
+    def execute(self, requests):
+        ids, ends, feed = [], [], {name: [] for name in INPUTS}
+        for request in requests:
+            def tensor(name):
+                return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+
+            corr = int(tensor("CORRID").ravel()[0])
+            if tensor("START").ravel()[0] > 0.5 or corr not in self.states:
+                self.states[corr] = [np.zeros((1, *s["shape"]), np.float32) for s in self.specs]
+            ids.append(corr)
+            ends.append(tensor("END").ravel()[0] > 0.5)
+            for name in INPUTS:
+                feed[name].append(tensor(name))
+        inputs = {name: np.concatenate(values) for name, values in feed.items()}
+        for k, spec in enumerate(self.specs):
+            inputs[spec["input"]] = np.concatenate([self.states[c][k] for c in ids])
+        names = list(OUTPUTS) + [s["output"] for s in self.specs]
+        out = dict(zip(names, self.session.run(names, inputs)))
+        responses = []
+        for j, (corr, end) in enumerate(zip(ids, ends)):
+            self.states[corr] = [out[s["output"]][j:j + 1] for s in self.specs]
+            if end:
+                del self.states[corr]
+            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[name][j:j + 1])) for name in OUTPUTS]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses
