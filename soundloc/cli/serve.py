@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ..config import SERVE_BATCH_WAIT_S
+from ..config import BACKENDS, SERVE_BATCH_WAIT_S
 from .app import app, check_paths, check_range, fail
 
 
@@ -21,7 +21,7 @@ def serve(
     preview: bool = typer.Option(False, "--preview", help="Serve one preview page with every stream (a grid) and /status.json."),
     host: str = typer.Option("127.0.0.1", help="Preview bind address (anything but loopback is visible on your network)."),
     port: int = typer.Option(8080, help="Preview port (0: any free port)."),
-    backend: str = typer.Option("auto", help="auto, tensorrt, onnxruntime, onnxruntime-cpu/-cuda/-tensorrt, torch."),
+    backend: str = typer.Option("auto", help=f"One of {', '.join(BACKENDS)} (torch: a .pt checkpoint)."),
     batch: bool = typer.Option(True, "--batch/--no-batch", help="One call per tick for every stream with a step ready (--no-batch: one call per step)."),
     batch_wait: float = typer.Option(SERVE_BATCH_WAIT_S, help="Seconds a tick waits for streams without a step ready."),
     max_batch: Optional[int] = typer.Option(None, help="Most steps in one call (a TensorRT engine's --max-batch)."),
@@ -37,14 +37,13 @@ def serve(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
     """Localize sound sources in many streams at once: one model, one batched call per tick."""
-    from ..runtime.engine import BACKENDS
     from ..runtime.serve import ServeError, pair_sources, read_sources, run_serve, with_out_dir
     from ..runtime.stream import StreamOptions
 
     if (sources is None) == (not video):
         raise fail("give the streams either as --video NAME=SPEC (repeated) or as --sources FILE, one of the two")
-    if backend not in (*BACKENDS, "torch"):
-        raise fail(f"--backend must be one of {', '.join((*BACKENDS, 'torch'))}, not {backend!r}")
+    if backend not in BACKENDS:
+        raise fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     check_range("--port", port, 0, 65535)
     check_range("--batch-wait", batch_wait, 0, 10)
     check_range("--max-batch", max_batch, 1)
