@@ -269,7 +269,8 @@ def triton_server(tiny, tmp_path_factory):
                 if client.is_server_live():
                     break
             except Exception:
-                time.sleep(0.5)
+                pass  # not listening yet
+            time.sleep(0.5)
         else:
             pytest.skip("the bundled tritonserver was not live after 60 s")
         client.load_model(MODEL_NAME + "_py")  # a failure here fails the test: the model must load
