@@ -10,6 +10,7 @@ It shows the client's requests and sequence handling are right; it is not Triton
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.util
 import json
 import os
@@ -239,6 +240,8 @@ def triton_server(tiny, tmp_path_factory):
         pytest.skip("no Triton server: needs nvidia-pytriton's bundled tritonserver and its Python "
                     f"{version} stub (pip install nvidia-pytriton, or SOUNDLOC_PYTRITON=<unpacked wheel>); "
                     "CI does not install it")
+    if not ctypes.util.find_library(f"python{version}"):
+        pytest.skip(f"no shared libpython{version} for the bundled Python-backend stub to link")
     tmp = tmp_path_factory.mktemp("tritonserver")
     backend = tmp / "backends" / "python"
     backend.mkdir(parents=True)
@@ -274,7 +277,7 @@ def triton_server(tiny, tmp_path_factory):
         else:
             pytest.skip("the bundled tritonserver was not live after 60 s")
         client.load_model(MODEL_NAME + "_py")  # a failure here fails the test: the model must load
-        yield types.SimpleNamespace(url=f"127.0.0.1:{port}", log=tmp / "server.log")
+        yield types.SimpleNamespace(url=f"127.0.0.1:{port}", log=tmp / "server.log", client=client)
     finally:
         client.close()
         proc.terminate()
@@ -313,6 +316,8 @@ def test_real_triton_server_concurrent_sequences_equal_local_runs(tiny, clips, t
     for w in workers:
         w.join(600)
     assert not errors, errors
+    stats = triton_server.client.get_inference_statistics(MODEL_NAME + "_py").model_stats[0]
+    assert stats.execution_count < stats.inference_count  # the batcher ran steps of several sequences at once
     for k, clip in enumerate([clips[0], clips[1], clips[2], clips[0]]):
         with StepSource(str(clip)) as source:
             want = list(localize_stream(source, local, OPTIONS))
