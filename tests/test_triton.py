@@ -10,11 +10,17 @@ It shows the client's requests and sequence handling are right; it is not Triton
 
 from __future__ import annotations
 
+import ctypes.util
+import importlib.util
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
+import time
+import types
 from concurrent import futures
 from pathlib import Path
 
@@ -207,3 +213,118 @@ def test_client_modules_never_import_torch():
               "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+# -- a real Triton server: the one bundled in PyPI's nvidia-pytriton, Python-backend variant ------
+def _pytriton_root() -> Path | None:
+    """The unpacked nvidia-pytriton wheel (holding ``pytriton/tritonserver``): $SOUNDLOC_PYTRITON,
+    else an installed ``pytriton`` package. CI installs neither."""
+    if os.environ.get("SOUNDLOC_PYTRITON"):
+        return Path(os.environ["SOUNDLOC_PYTRITON"])
+    spec = importlib.util.find_spec("pytriton")
+    return Path(spec.origin).parent.parent if spec and spec.origin else None
+
+
+@pytest.fixture(scope="module")
+def triton_server(tiny, tmp_path_factory):
+    """tritonserver on 127.0.0.1 (a free gRPC port, no HTTP or metrics) serving the Python-backend
+    model; 3 sequence slots, each idle sequence held 60 s (so a slot is only free again by END).
+    The stub embeds the system's libpython of this interpreter's version and finds numpy and
+    onnxruntime through this venv's ``bin/`` first in PATH (the embedded interpreter reads its
+    ``pyvenv.cfg``)."""
+    root = _pytriton_root()
+    server = root / "pytriton" / "tritonserver" if root else None
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = server / "python_backend_stubs" / version / "triton_python_backend_stub" if server else None
+    if not (server and (server / "bin" / "tritonserver").exists() and stub.exists()):
+        pytest.skip("no Triton server: needs nvidia-pytriton's bundled tritonserver and its Python "
+                    f"{version} stub (pip install nvidia-pytriton, or SOUNDLOC_PYTRITON=<unpacked wheel>); "
+                    "CI does not install it")
+    if not ctypes.util.find_library(f"python{version}"):
+        pytest.skip(f"no shared libpython{version} for the bundled Python-backend stub to link")
+    tmp = tmp_path_factory.mktemp("tritonserver")
+    backend = tmp / "backends" / "python"
+    backend.mkdir(parents=True)
+    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
+        shutil.copy(server / "backends" / "python" / name, backend / name)
+    shutil.copy(stub, backend / stub.name)
+    shutil.copy(server / "bin" / "tritonserver", tmp / "tritonserver")
+    for exe in (backend / stub.name, tmp / "tritonserver"):
+        exe.chmod(0o755)  # the wheel's unpacked binaries lack their run bits
+    write_repository(tiny.bundle, tmp / "repo", max_batch=4, python=True, max_sequences=3, idle_us=60_000_000)
+    port = _free_port()
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "LD_LIBRARY_PATH": str(root / "nvidia_pytriton.libs")}
+    log = open(tmp / "server.log", "w")
+    proc = subprocess.Popen([tmp / "tritonserver", "--model-repository", tmp / "repo", "--backend-directory",
+                             tmp / "backends", "--model-control-mode", "explicit", "--grpc-address", "127.0.0.1",
+                             "--grpc-port", str(port), "--allow-http", "false", "--allow-metrics", "false"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        for _ in range(120):
+            if proc.poll() is not None:
+                pytest.skip(f"the bundled tritonserver did not start here (exit {proc.returncode}; "
+                            f"log {tmp / 'server.log'})")
+            try:
+                if client.is_server_live():
+                    break
+            except Exception:
+                pass  # not listening yet
+            time.sleep(0.5)
+        else:
+            pytest.skip("the bundled tritonserver was not live after 60 s")
+        client.load_model(MODEL_NAME + "_py")  # a failure here fails the test: the model must load
+        yield types.SimpleNamespace(url=f"127.0.0.1:{port}", log=tmp / "server.log", client=client)
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_real_triton_server_concurrent_sequences_equal_local_runs(tiny, clips, triton_server):
+    """Three concurrent sequences on a real Triton (sequence batcher, 3 slots, Python backend);
+    the one that ends first (the short clip) frees its slot by END and a fourth sequence takes it:
+    with idle sequences held 60 s and a 10 s request timeout it could not be served otherwise."""
+    local = StepModel.from_export(tiny.export, backend="onnxruntime-cpu")
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def remote(k: int, clip: Path) -> None:
+        try:
+            model = TritonModel(tiny.bundle, triton_server.url, model=MODEL_NAME + "_py")
+            with StepSource(str(clip)) as source:
+                results[k] = list(localize_stream(source, model, OPTIONS))
+            model.close()  # END: the slot is free again
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    def short_then_another() -> None:
+        remote(2, clips[2])
+        remote(3, clips[0])  # a new sequence in the freed slot, its state zero again
+
+    workers = [threading.Thread(target=remote, args=(k, clips[k])) for k in range(2)]
+    workers.append(threading.Thread(target=short_then_another))
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(600)
+    assert not errors, errors
+    stats = triton_server.client.get_inference_statistics(MODEL_NAME + "_py").model_stats[0]
+    assert stats.execution_count < stats.inference_count  # the batcher ran steps of several sequences at once
+    for k, clip in enumerate([clips[0], clips[1], clips[2], clips[0]]):
+        with StepSource(str(clip)) as source:
+            want = list(localize_stream(source, local, OPTIONS))
+        got = results[k]
+        assert len(want) > 0 and [r.index for r in got] == [r.index for r in want]
+        for a, b in zip(got, want):
+            assert a.gated == b.gated and a.box == b.box
+            assert (a.heatmap is None) == (b.heatmap is None)
+            if a.heatmap is not None:
+                np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-5)

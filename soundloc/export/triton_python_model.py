@@ -2,7 +2,15 @@
 the soundloc step graph in onnxruntime with its state kept here per sequence (CORRID), zero at
 START and dropped at END. All requests of one execute() run as one batched call. Needs numpy
 and onnxruntime in the interpreter of Triton's Python stub (the config's ``python_path``
-parameter puts a same-version venv's site-packages first); imports nothing of soundloc."""
+parameter puts a same-version venv's site-packages first); imports nothing of soundloc.
+
+Tensors cross the stub through DLPack (``np.from_dlpack`` / ``Tensor.from_dlpack``), not
+``as_numpy()`` / ``pb_utils.Tensor(name, array)``: a stub whose pybind11 predates NumPy 2 reads
+a NumPy 2 dtype's item size from the old ``PyArray_Descr`` layout (0 for float32), so outputs
+came back with their shape and 0 bytes, and inputs were misread. DLPack carries dtype, shape and
+strides itself. (NumPy may log "PyCapsule_GetPointer called with incorrect
+name" when the consumed capsule is freed: its deleter does not know the stub's "used" name; the
+data is not affected.)"""
 
 import json
 import os
@@ -35,7 +43,7 @@ class TritonPythonModel:
         ids, ends, feed = [], [], {name: [] for name in INPUTS}
         for request in requests:
             def tensor(name):
-                return pb_utils.get_input_tensor_by_name(request, name).as_numpy()
+                return np.from_dlpack(pb_utils.get_input_tensor_by_name(request, name))
 
             corr = int(tensor("CORRID").ravel()[0])
             if tensor("START").ravel()[0] > 0.5 or corr not in self.states:
@@ -54,6 +62,7 @@ class TritonPythonModel:
             self.states[corr] = [out[s["output"]][j:j + 1] for s in self.specs]
             if end:
                 del self.states[corr]
-            tensors = [pb_utils.Tensor(name, np.ascontiguousarray(out[name][j:j + 1])) for name in OUTPUTS]
+            tensors = [pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(out[name][j:j + 1], np.float32))
+                       for name in OUTPUTS]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
