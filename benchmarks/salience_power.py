@@ -17,21 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from generalisation import score
-from soundloc.config import NORM_EPS
 from soundloc.data.annotations import find_video, read_vggss
 from soundloc.dependence import other_clips
 from soundloc.fileio import write_json
 from soundloc.inference import Analyzer, Skipped
-from soundloc.localize import window_map
+from soundloc.localize import powered_cosine_maps, window_map
 
 POWERS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def powered_map(V: np.ndarray, za: np.ndarray, g: float) -> np.ndarray:
-    """(D, T, h, w), (T, D) -> (T, h, w): cos(V_t, z^A_t) * |V_t|^g."""
-    norm = np.maximum(np.linalg.norm(V, axis=0, keepdims=True), NORM_EPS)
-    za = za / np.maximum(np.linalg.norm(za, axis=-1, keepdims=True), NORM_EPS)
-    return np.einsum("dthw,td->thw", V / norm ** (1 - g), za)
 
 
 def run(ckpt: Path, data: Path) -> dict[str, dict]:
@@ -48,7 +40,7 @@ def run(ckpt: Path, data: Path) -> dict[str, dict]:
         for f, j in zip(feats, other):
             za = feats[j].za if shuffled else f.za
             T = min(f.steps, len(za))
-            out[f.clip_id] = window_map(powered_map(f.V[:, :T], za[:T], g), frame[f.clip_id], steps)
+            out[f.clip_id] = window_map(powered_cosine_maps(f.V[:, :T], za[:T], g), frame[f.clip_id], steps)
         return out
 
     return {str(g): {"map": score(maps(g, False), gt, tracks, frame), "shuffled": score(maps(g, True), gt, tracks, frame)}

@@ -28,10 +28,16 @@ def step_maps(V: np.ndarray, za: np.ndarray, kind: str = "dot") -> np.ndarray:
     numpy twin of ``soundloc.model.classifier.localization_maps`` (``kind``: dot, cosine or
     salient)."""
     if kind in ("cosine", "salient"):
-        norm = np.maximum(np.linalg.norm(V, axis=-4, keepdims=True), NORM_EPS)
-        V = V / (norm if kind == "cosine" else norm ** (1 - SALIENCE_POWER))
-        za = za / np.maximum(np.linalg.norm(za, axis=-1, keepdims=True), NORM_EPS)
+        return powered_cosine_maps(V, za, 0.0 if kind == "cosine" else SALIENCE_POWER)
     return np.einsum("...dthw,...td->...thw", V, za)
+
+
+def powered_cosine_maps(V: np.ndarray, za: np.ndarray, power: float) -> np.ndarray:
+    """cos(V_t, z^A_t) * |V_t|^power per location, shapes as ``step_maps``: power 0 is the cosine
+    map, ``SALIENCE_POWER`` the salient one, 1 the dot product's spatial shape."""
+    norm = np.maximum(np.linalg.norm(V, axis=-4, keepdims=True), NORM_EPS)
+    za = za / np.maximum(np.linalg.norm(za, axis=-1, keepdims=True), NORM_EPS)
+    return np.einsum("...dthw,...td->...thw", V / norm ** (1 - power), za)
 
 
 def moment_scores(zv: np.ndarray, za: np.ndarray) -> np.ndarray:
