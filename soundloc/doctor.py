@@ -302,6 +302,19 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _check_workdir(workdir: str | Path | None) -> None:
+    """The doctor writes random-weight exports into ``workdir``: a new or empty folder only, so a
+    user's own export there is never replaced."""
+    if workdir is None:
+        return
+    path = Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--workdir {path} exists and is not a folder; give a new or empty folder")
+    if path.is_dir() and any(path.iterdir()):
+        raise ValueError(f"--workdir {path} is not empty; give a new or empty folder (the doctor writes "
+                         "random-weight exports there)")
+
+
 # -- the whole run --------------------------------------------------------------------------------
 def run_doctor(*, steps: int = 20, full: bool = True, precision: str = "fp32", device: int = 0,
                workdir: str | Path | None = None, require_gpu: bool = False,
@@ -311,6 +324,7 @@ def run_doctor(*, steps: int = 20, full: bool = True, precision: str = "fp32", d
         raise ValueError(f"steps must be >= 1, not {steps}")
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
+    _check_workdir(workdir)
     findings, machine = inventory()
     report = DoctorReport(findings, require_gpu)
     with ExitStack() as stack:

@@ -1,7 +1,11 @@
 """Every file soundloc writes goes through here, under one rule that never destroys a user's file:
 
-1. an output is never one of the run's inputs (the same file, also through a symlink or a
-   hard link), nor the same file as another output (``check_outputs``, called before any work);
+1. an output is never one of the run's inputs (the same file, also through a symlink, a hard
+   link or a path through a folder that does not exist), nor a file inside an input folder (a
+   dataset's CSV and videos, an export's manifest and graphs), nor the same file as another
+   output; an output folder never holds an input (``check_outputs``, called before any work).
+   Every output is identified exactly as ``Staged`` will write it: its path with symlinks
+   resolved and ``..`` applied (``os.path.realpath``), then stat-ed;
 2. a path is replaced only once the run has produced what replaces it: the new content goes to
    a temporary file beside the real file (symlinks followed) and is renamed over it when
    complete (``Staged``), so a reader, a crash or a failed run sees the old file or the new one;
@@ -31,20 +35,25 @@ class OutputError(ValueError):
 
 
 def check_outputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike | None] = (),
-                  *, dirs: Iterable[PathLike | None] = ()) -> None:
+                  *, dirs: Iterable[PathLike | None] = (), updates: Iterable[PathLike | None] = ()) -> None:
     """Refuse, before any work, outputs that are inputs or each other, and outputs of the wrong kind.
 
     ``outputs`` are files (an existing directory there is refused), ``dirs`` output folders (an
-    existing non-directory there is refused); ``None`` entries are skipped. Inputs that do not
-    exist (URLs, device specs such as ``v4l2:/dev/video0``) cannot collide and are ignored.
+    existing non-directory there is refused); ``None`` entries are skipped. An input folder
+    protects every file already inside it; an output folder may not hold an input (what the
+    command writes there could replace it). ``updates`` are outputs the command also reads and
+    rewrites on purpose (annotate's resumable ``--out``): they may lie inside an input folder.
+    Inputs that do not exist (URLs, device specs such as ``v4l2:/dev/video0``) cannot collide
+    and are ignored.
     """
     files = [Path(p) for p in outputs if p is not None]
     folders = [Path(p) for p in dirs if p is not None]
+    rewritten = {_target(Path(p)) for p in updates if p is not None}
     for path in files:
-        if path.is_dir():
+        if os.path.isdir(_target(path)):
             raise OutputError(f"{path} is a directory; give a file name to write")
     for path in folders:
-        if path.exists() and not path.is_dir():
+        if os.path.exists(_target(path)) and not os.path.isdir(_target(path)):
             raise OutputError(f"{path} exists and is not a directory; give a folder to write into")
     seen: dict[Any, Path] = {}
     for path in (p for p in files if not _is_char_device(p)):  # /dev/null may take several
@@ -53,18 +62,50 @@ def check_outputs(outputs: Iterable[PathLike | None], inputs: Iterable[PathLike 
             raise OutputError(f"{seen[key]} and {path} are the same file; give each output its own name")
         seen[key] = path
     for source in (Path(p) for p in inputs if p is not None):
+        if not os.path.exists(_target(source)):
+            continue
         for path in files:
-            if _identity(source) == _identity(path) and source.exists():
-                raise OutputError(f"output {path} is the input {source}; writing it would destroy the input")
+            _refuse_file_over_input(path, source, exempt=_target(path) in rewritten)
+        for folder in folders:
+            _refuse_folder_over_input(folder, source)
+
+
+def _refuse_file_over_input(path: Path, source: Path, *, exempt: bool) -> None:
+    if _identity(source) == _identity(path):
+        raise OutputError(f"output {path} is the input {source}; writing it would destroy the input")
+    target, folder = _target(path), _target(source)
+    if (not exempt and os.path.isdir(folder) and os.path.lexists(target) and not _is_char_device(path)
+            and _inside(target, folder)):
+        raise OutputError(f"output {path} would replace a file inside the input folder {source}; "
+                          "write it elsewhere")
+
+
+def _refuse_folder_over_input(folder: Path, source: Path) -> None:
+    out, read = _target(folder), _target(source)
+    if out == read or _inside(read, out):
+        raise OutputError(f"output folder {folder} holds the input {source}; writing into it could "
+                          "destroy the input, give another folder")
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` lies (at any depth) under ``folder``; both already resolved."""
+    return path != folder and os.path.commonpath([path, folder]) == folder
+
+
+def _target(path: Path) -> str:
+    """The path ``Staged`` writes for ``path``: symlinks followed, ``..`` applied, absolute."""
+    return os.path.realpath(path)
 
 
 def _identity(path: Path) -> Any:
-    """What makes two paths the same file: device and inode when it exists (links resolved),
-    else its absolute path with symlinks resolved (two new outputs of one name)."""
+    """What makes two paths the same file: device and inode of the path as ``Staged`` will
+    write it when that exists (links resolved, also through folders that do not exist), else
+    that resolved path (two new outputs of one name)."""
+    target = _target(path)
     try:
-        st = os.stat(path)
+        st = os.stat(target)
     except OSError:
-        return os.path.realpath(path)
+        return target
     return (st.st_dev, st.st_ino)
 
 

@@ -428,3 +428,107 @@ def test_staged_block_publishes_on_success_and_keeps_the_old_file_on_error(tmp_p
         staged.temp.write_bytes(b"new")
         assert out.read_bytes() == b"old"  # not before the block ends
     assert out.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+# -- the rule through missing folders and inside input folders and exports ----------------------------
+def _layout(root: Path, rng: random.Random) -> tuple[list[Path], list[Path], list[Path]]:
+    """Inputs (files, a dataset folder, an export folder), and every kind of file and folder path
+    an output might name: through folders that do not exist, inside the input folders, links."""
+    for rel in ("in0.bin", "in1.bin", "data/vggsound.csv", "data/videos/a.mp4", "exp/soundloc.json",
+                "exp/step.onnx", "other.txt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rng.randbytes(rng.randrange(1, 2000)))
+    (root / "link_exp").symlink_to("exp")
+    os.link(root / "in0.bin", root / "hard0")
+    inputs = [root / n for n in ("in0.bin", "in1.bin", "data", "exp", "data/videos/a.mp4")]
+    files = [root / n for n in (
+        "in0.bin", "nothere/../in0.bin", "a/b/../../in1.bin", "hard0", "nothere/../hard0", "other.txt",
+        "nothere/../other.txt", "new.out", "sub/new.out", "data/vggsound.csv", "data/new.json",
+        "nothere/x/../../data/vggsound.csv", "data/videos/a.mp4", "data/videos/nothere/../a.mp4",
+        "exp/soundloc.json", "exp/nothere/../step.onnx", "link_exp/soundloc.json", "link_exp/events.jsonl",
+        "exp/new.jsonl")]
+    folders = [root / n for n in ("outdir", "exp", "nothere/../exp", "data/runs", "data", ".", "link_exp",
+                                  "data/videos", "nothere/../outdir2")]
+    return inputs, files, folders
+
+
+def _oracle(files: list[Path], folders: list[Path], inputs: list[Path]) -> bool:
+    """Whether the outputs collide, decided from what the writes will actually touch."""
+    real = [os.path.realpath(p) for p in files]
+    existing = [r for r in real if os.path.exists(r)]
+    if len({(os.stat(r).st_dev, os.stat(r).st_ino) for r in existing}) < len(existing) or len(set(real)) < len(real):
+        return True
+    for i in map(os.path.realpath, inputs):
+        for r in existing:
+            if os.path.samefile(r, i) or (os.path.isdir(i) and r.startswith(i + os.sep)):
+                return True
+        for d in map(os.path.realpath, folders):
+            if d == i or i.startswith(d + os.sep):
+                return True
+    return False
+
+
+def _protected(inputs: list[Path]) -> dict[str, str]:
+    """Digest of every input file and of every file already inside an input folder."""
+    out = {}
+    for i in inputs:
+        for p in ([i] if i.is_file() else [q for q in i.rglob("*") if q.is_file()]):
+            out[os.path.realpath(p)] = digest(p)
+    return out
+
+
+def writer_rule_violations(tmp_path: Path, seed: int, trials: int) -> list[str]:
+    """Random layouts: every refusal must be a real collision, every allowed run (files written
+    with ``atomic_write_bytes``, folders filled with files named like the inputs) must leave every
+    input and every file inside an input folder as it was."""
+    rng, problems, refused, written = random.Random(seed), [], 0, 0
+    for trial in range(trials):
+        root = tmp_path / f"{seed}-{trial}"
+        root.mkdir()
+        inputs, files, folders = _layout(root, rng)
+        declared = rng.sample(inputs, rng.randrange(1, len(inputs) + 1))
+        outs = rng.sample(files, rng.randrange(1, 3))
+        dirs = rng.sample(folders, rng.randrange(0, 2))
+        before = _protected(declared)
+        try:
+            check_outputs(outs, declared, dirs=dirs)
+        except OutputError:
+            refused += 1
+            if not _oracle(outs, dirs, declared):
+                problems.append(f"refused without a collision: {outs} {dirs} {declared}")
+            continue
+        written += 1
+        for path in outs:
+            atomic_write_bytes(path, b"new")
+        for folder in dirs:
+            for name in ("in0.bin", "soundloc.json", "step.onnx", "vggsound.csv", "a.mp4"):
+                atomic_write_bytes(folder / name, b"new")
+        after = _protected(declared)  # new files inside an input folder are fine; changed ones are not
+        if any(after.get(path) != was for path, was in before.items()):
+            problems.append(f"an input changed: outputs {outs}, folders {dirs}, inputs {declared}")
+    if refused < 10 or written < 10:
+        problems.append(f"one branch barely ran: {refused} refused, {written} written")
+    return problems
+
+
+def test_writer_rule_holds_through_missing_folders_and_inside_input_folders(tmp_path):
+    assert writer_rule_violations(tmp_path, seed=21, trials=120) == []
+
+
+def _old_identity(path: Path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return (st.st_dev, st.st_ino)
+
+
+@pytest.mark.parametrize("broken", ["identity without resolving missing folders", "no inside-folder rule"])
+def test_writer_rule_property_fails_when_the_rule_is_broken(tmp_path, monkeypatch, broken):
+    import soundloc.fileio as fileio
+
+    if broken.startswith("identity"):
+        monkeypatch.setattr(fileio, "_identity", _old_identity)
+    else:
+        monkeypatch.setattr(fileio, "_inside", lambda path, folder: False)
+    assert any("an input changed" in p for p in writer_rule_violations(tmp_path, seed=21, trials=120))

@@ -31,12 +31,12 @@ def fail(message: str, code: int = 2) -> "typer.Exit":
     return typer.Exit(code)
 
 
-def check_paths(outputs: list, inputs: list = (), dirs: list = ()) -> None:
+def check_paths(outputs: list, inputs: list = (), dirs: list = (), updates: list = ()) -> None:
     """``fileio.check_outputs`` before a command does any work; a refusal is a usage error."""
     from ..fileio import OutputError, check_outputs
 
     try:
-        check_outputs(outputs, inputs, dirs=dirs)
+        check_outputs(outputs, inputs, dirs=dirs, updates=updates)
     except OutputError as e:
         raise fail(str(e)) from None
 

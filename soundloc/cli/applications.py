@@ -52,7 +52,7 @@ def annotate_command(
 
     if not 0 <= threshold < 1:
         raise fail("--threshold must be in [0, 1)")
-    check_paths([out, json_out], [ckpt, folder])  # --out is also read: the clips done so far
+    check_paths([out, json_out], [ckpt, folder], updates=[out])  # --out is also read: the clips done so far
     try:
         entries, skipped = annotate(ckpt, folder, out, threshold=threshold, resume=resume)
     except ValueError as e:

@@ -38,6 +38,7 @@ def serve(
 ) -> None:
     """Localize sound sources in many streams at once: one model, one batched call per tick."""
     from ..runtime.serve import ServeError, pair_sources, read_sources, run_serve, with_out_dir
+    from ..runtime.sources import spec_inputs
     from ..runtime.stream import StreamOptions
 
     if (sources is None) == (not video):
@@ -60,7 +61,8 @@ def serve(
     except ValueError as e:
         raise fail(str(e))
     outputs = [p for s in streams for p in (s.out, s.events)]
-    check_paths([*outputs, json_out], [target, sources, *(x for s in streams for x in (s.video, s.audio))])
+    check_paths([*outputs, json_out], [target, sources, *(x for s in streams for spec in (s.video, s.audio)
+                                                           for x in spec_inputs(spec))])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     summary = run_serve(target, streams, backend=backend, options=options, preview=(host, port) if preview else None,

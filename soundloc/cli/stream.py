@@ -38,9 +38,10 @@ def stream(
     """Localize sound sources live: camera + microphone (or a file/URL) -> mp4, events, preview."""
     from ..config import FPS
     from ..runtime.run import run_stream
+    from ..runtime.sources import spec_inputs
     from ..runtime.stream import StreamOptions
 
-    check_paths([out, events, json_out], [target, video, audio])
+    check_paths([out, events, json_out], [target, *spec_inputs(video), *spec_inputs(audio)])
     if backend not in BACKENDS:
         raise fail(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     check_range("--port", port, 0, 65535)

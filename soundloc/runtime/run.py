@@ -20,7 +20,7 @@ from ..fileio import check_outputs
 from ..media import MediaError
 from .engine import StepModel
 from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, TerminalStatus
-from .sources import StepInput, StepSource
+from .sources import StepInput, StepSource, spec_inputs
 from .stream import Localizer, StreamOptions
 
 
@@ -164,7 +164,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     was processed. Outputs that are inputs (or each other) are refused before anything is
     opened.
     """
-    check_outputs([out, events], [target, video, audio])
+    check_outputs([out, events], [target, *spec_inputs(video), *spec_inputs(audio)])
     model = StepModel.load(target, backend, threads) if triton is None else _triton_model(target, triton)
     if status:
         print(f"backend: {model.name}; lookahead {model.lookahead / model.config.fps:.1f} s", flush=True)

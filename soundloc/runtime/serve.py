@@ -29,6 +29,7 @@ from ..config import SERVE_BATCH_WAIT_S
 from ..fileio import check_outputs
 from .engine import StepModel, StepOutput
 from .run import StreamSummary, stop_on_signals, stream_source
+from .sources import spec_inputs
 from .stream import StreamOptions
 
 if sys.version_info >= (3, 11):
@@ -310,7 +311,7 @@ def run_serve(target: str | Path, sources: Sequence[ServeSource], *, backend: st
     reason in ``summary.errors``. ``batching=False``: one call per step (for comparison)."""
     sources = check_sources(list(sources))
     check_outputs([p for s in sources for p in (s.out, s.events)],
-                  [target, *(x for s in sources for x in (s.video, s.audio))])
+                  [target, *(x for s in sources for spec in (s.video, s.audio) for x in spec_inputs(spec))])
     model = StepModel.load(target, backend, threads)
     batcher = Batcher(model, wait_s, max_batch) if batching else Batcher(model, 0.0, 1)
     summary = ServeSummary(backend=model.name, batching=batching, batch=batcher.stats)

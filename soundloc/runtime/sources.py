@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -75,6 +76,22 @@ def parse_spec(spec: str, *, audio: bool = False) -> SourceSpec:
             options.setdefault("framerate", "30")  # avfoundation refuses its own default rate
         return SourceSpec(url, fmt, options, live=True)
     return SourceSpec(spec, None, {}, live=spec.startswith(LIVE_SCHEMES))
+
+
+_LAVFI_FILE = re.compile(r"(?:^|[,;\]\s])a?movie=(?:filename=)?('[^']*'|[^:,;\[\]\s]+)")
+
+
+def spec_inputs(spec: str | os.PathLike | None) -> list[str]:
+    """What a source spec reads from disk: the spec itself (a file) and the files a lavfi graph
+    names (``lavfi:movie=c.mp4``, ``amovie=filename=c.wav``), so an output can be refused when
+    it would replace one of them."""
+    if spec is None:
+        return []
+    text = str(spec)
+    prefix, sep, rest = text.partition(":")
+    if not (sep and prefix == "lavfi"):
+        return [text]
+    return [text, *(m.group(1).strip("'") for m in _LAVFI_FILE.finditer(rest.partition("?")[0]))]
 
 
 @dataclass(frozen=True)
