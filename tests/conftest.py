@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,6 +14,23 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 if not SHARED.is_dir():  # CI lays shared/ beside the clone
     SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REAL_WAV = SHARED / "data" / "vggsound" / "FwVYUHKoLtQ_000034.wav"
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+@pytest.fixture(autouse=True)
+def no_signal_handler_left_installed():
+    """A test that runs a command in-process must leave this process's stop-signal handlers as it
+    found them: a handler left behind (the CLI's ``_exit_on_signal``) turns a signal meant for the
+    whole test run into a failure of whichever test happens to be running. Restores them, then
+    fails the test that left one."""
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    yield
+    left = {s: signal.getsignal(s) for s in STOP_SIGNALS if signal.getsignal(s) is not before[s]}
+    for s in left:
+        signal.signal(s, before[s])
+    assert not left, f"the test left signal handlers installed: {left}"
 
 
 @pytest.fixture

@@ -297,3 +297,23 @@ def test_full_disk_during_export_keeps_manifest_and_never_loads_half_a_graph(tmp
         assert "re-export" in str(err) and "\n" not in str(err)
     else:
         assert set(bundle.manifest["graphs"]) == {"step"}
+
+
+def test_in_process_command_restores_the_signal_handlers_it_installed(tiny, tmp_path):
+    """The CLI turns SIGTERM/SIGHUP into a clean exit for the length of a command only: run
+    in-process (a test, a program embedding it), the caller's handlers come back afterwards,
+    also when the command fails."""
+    import signal
+
+    from soundloc.cli import run_app
+
+    mine = lambda signum, frame: None  # noqa: E731
+    old = {s: signal.signal(s, mine) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        for args in (["info", str(tiny.ckpt)], ["info", str(tmp_path / "missing.pt")]):
+            with pytest.raises(SystemExit):
+                run_app(args)
+            assert signal.getsignal(signal.SIGTERM) is mine and signal.getsignal(signal.SIGHUP) is mine, args
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

@@ -145,8 +145,10 @@ class DevTools:
         self._from, from_write = os.pipe()
         # The shell moves our pipes to fds 3 and 4, where Chromium expects them.
         command = "exec " + shlex.join(args) + " 3<&0 4>&1 </dev/null >/dev/null"
+        # Its own session: a signal Chromium (or anything it starts) sends to its process group,
+        # or a terminal's Ctrl-C, never reaches the test process.
         self.proc = subprocess.Popen(["/bin/sh", "-c", command], stdin=to_read, stdout=from_write,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
         os.close(to_read)
         os.close(from_write)
         self._buffer, self._id = b"", 0

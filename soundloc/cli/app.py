@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
 
 import typer
 
@@ -52,23 +53,38 @@ def _exit_on_signal(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def exit_cleanly_on_termination() -> None:
+def exit_cleanly_on_termination() -> dict[int, Any]:
     """SIGTERM and SIGHUP (a closed terminal) end a command the way Ctrl-C does: as an exception,
     so every ``finally`` runs and long jobs keep what they finished (annotate's json, a staged
     file's cleanup), exit code 128 + signal. ``soundloc stream`` installs its own handlers on top
-    of these for the length of a stream."""
+    of these for the length of a stream. Returns the handlers replaced, for ``restore_handlers``
+    (a program that runs a command in-process, a test, gets its own handlers back)."""
     if threading.current_thread() is not threading.main_thread():
-        return
+        return {}
     from ..config import stop_signals
 
+    previous = {}
     for s in stop_signals():
         if s != signal.SIGINT:  # Ctrl-C already raises KeyboardInterrupt
-            signal.signal(s, _exit_on_signal)
+            previous[s] = signal.signal(s, _exit_on_signal)
+    return previous
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
 
 def run_app(args: list[str] | None = None, prog_name: str = "soundloc") -> None:
     """Run the CLI; any exception becomes one line on stderr and exit code 1, unless --debug."""
-    exit_cleanly_on_termination()
+    previous = exit_cleanly_on_termination()
+    try:
+        _run(args, prog_name)
+    finally:
+        restore_handlers(previous)
+
+
+def _run(args: list[str] | None, prog_name: str) -> None:
     try:
         app(args=args, prog_name=prog_name)
     except KeyboardInterrupt:
