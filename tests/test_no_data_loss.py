@@ -532,3 +532,54 @@ def test_writer_rule_property_fails_when_the_rule_is_broken(tmp_path, monkeypatc
     else:
         monkeypatch.setattr(fileio, "_inside", lambda path, folder: False)
     assert any("an input changed" in p for p in writer_rule_violations(tmp_path, seed=21, trials=120))
+
+
+# -- issue 21, cases 1, 2, 5 through the real command ---------------------------------------------------
+def test_output_through_a_missing_folder_is_refused(export, video, tmp_path):
+    before = digest(video)
+    for flag in ("--events", "--out", "--json"):
+        r = stream(export, video, flag, tmp_path / "nothere" / ".." / video.name)
+        assert r.returncode == 2 and "is the input" in one_line_error(r), (flag, r.stderr)
+    toml = tmp_path / "streams.toml"  # serve's TOML out, through a missing folder onto the input
+    toml.write_text(f'[[stream]]\nname = "a"\nvideo = "{video}"\nout = "{tmp_path}/gone/../{video.name}"\n')
+    r = soundloc("serve", export, "--sources", toml, "--backend", "onnxruntime-cpu")
+    assert r.returncode == 2 and "is the input" in one_line_error(r), r.stderr
+    assert digest(video) == before and not (tmp_path / "nothere").exists()
+
+
+def test_outputs_inside_input_folders_and_exports_are_refused(tiny, clip, export, tmp_path):
+    import shutil
+
+    data, exp, run = tmp_path / "data", tmp_path / "exp", tmp_path / "self"
+    (data / "videos").mkdir(parents=True)
+    (data / "videos" / clip.name).write_bytes(clip.read_bytes())
+    (data / "vggsound.csv").write_text(f"{clip.stem[:-7]},{clip.stem[-6:]},dog,test\n")
+    shutil.copytree(export, exp)
+    run.mkdir()
+    (run / "step.onnx").write_bytes(tiny.ckpt.read_bytes())
+    (tmp_path / "dw" / "full-size").mkdir(parents=True)
+    (tmp_path / "dw" / "full-size" / "soundloc.json").write_text("{}")
+    protected = [data / "vggsound.csv", data / "videos" / clip.name, exp / "soundloc.json", run / "step.onnx",
+                 tmp_path / "dw" / "full-size" / "soundloc.json"]
+    before = {p: digest(p) for p in protected}
+    cases = [
+        (["train", data, "--out", tmp_path / "r", "--json", data / "vggsound.csv"], "inside the input folder"),
+        (["moments", tiny.ckpt, data, "--json", data / "videos" / clip.name], "inside the input folder"),
+        (["stream", exp, "--video", data / "videos" / clip.name, "--events", exp / "soundloc.json"],
+         "inside the input folder"),
+        (["bench", exp, "--json", exp / "soundloc.json"], "inside the input folder"),
+        (["export", run / "step.onnx", "--out", run], "holds the input"),
+        (["doctor", "--workdir", tmp_path / "dw"], "not empty"),
+    ]
+    for args, needle in cases:
+        r = soundloc(*args)
+        assert r.returncode == 2 and needle in one_line_error(r), (args, r.stderr)
+    assert {p: digest(p) for p in protected} == before
+
+
+def test_files_named_by_a_lavfi_graph_are_inputs(export, video):
+    before = digest(video)
+    r = soundloc("stream", export, "--video", f"lavfi:movie={video}", "--audio", f"lavfi:amovie={video}",
+                 "--out", video, "--backend", "onnxruntime-cpu")
+    assert r.returncode == 2 and "is the input" in one_line_error(r), r.stderr
+    assert digest(video) == before

@@ -19,7 +19,7 @@ from ..config import stop_signals
 from ..fileio import check_outputs
 from ..media import MediaError
 from .engine import StepModel
-from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, TerminalStatus
+from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, SinkStopped, TerminalStatus
 from .sources import StepInput, StepSource, spec_inputs
 from .stream import Localizer, StreamOptions
 
@@ -130,18 +130,24 @@ def _steps(source: StepSource, stop: threading.Event, stall_s: float, deadline: 
 
 
 def _open_sinks(out: Path | None, events: Path | None, preview: tuple[str, int] | None, status: bool,
-                more: Sequence[Sink] = ()) -> MultiSink:
+                more: Sequence[Sink] = (), stop: threading.Event | None = None) -> MultiSink:
+    """The sinks named; if one cannot open (or a stop signal comes while one waits for a FIFO's
+    reader), those already open are closed first (an mp4 with no step leaves no file)."""
     sinks: list[Sink] = []
-    if out is not None:
-        sinks.append(Mp4Sink(out))
-    if events is not None:
-        sinks.append(JsonlSink(events))
-    if preview is not None:
-        from .preview import PreviewServer
+    try:
+        if out is not None:
+            sinks.append(Mp4Sink(out, stop=stop))
+        if events is not None:
+            sinks.append(JsonlSink(events, stop=stop))
+        if preview is not None:
+            from .preview import PreviewServer
 
-        server = PreviewServer(host=preview[0], port=preview[1])
-        print(f"preview: {server.url}", flush=True)
-        sinks.append(server)
+            server = PreviewServer(host=preview[0], port=preview[1])
+            print(f"preview: {server.url}", flush=True)
+            sinks.append(server)
+    except BaseException:
+        MultiSink(sinks).close()
+        raise
     if status:
         sinks.append(TerminalStatus())
     return MultiSink([*sinks, *more])
@@ -191,7 +197,7 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
     start = time.monotonic()
     deadline = start + max_seconds if max_seconds is not None else None
     try:
-        with _open_sinks(out, events, preview, status, sinks) as sink:
+        with _open_sinks(out, events, preview, status, sinks, stop) as sink:
             attempts = 0
             while True:
                 live = _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop,
@@ -205,6 +211,9 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
                 stop.wait(min(2.0 ** attempts, 30.0))
             summary.signal = stop.signum
         summary.outputs = [str(p) for p in (out, events) if p is not None]
+    except SinkStopped as e:  # a FIFO's reader never came (or stopped reading) before the signal
+        summary.end, summary.end_reason = End.SIGNAL, f"{End.SIGNAL.value}: {e}"
+        summary.signal = stop.signum
     finally:
         summary.seconds = time.monotonic() - start
     return summary

@@ -11,6 +11,11 @@ until the new one is ready; a run that produced no step publishes nothing. A FIF
 character device (``/dev/null``) is written into directly. The mp4 is fragmented (a fragment
 per keyframe, one a second, flushed to disk as written) so even a SIGKILLed run leaves a
 temporary file that players and PyAV can read up to its last fragment.
+
+A FIFO is opened without blocking and polled (``FIFO_POLL_S``) until a reader comes or the
+run's stop event is set (a stop signal): ``SinkStopped`` then ends the run the way the signal
+does. The events file keeps polling while the reader does not read, so a stalled reader never
+holds the stop signal off.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import errno
 import json
 import math
 import os
+import select
 import signal
 import stat
 import sys
@@ -50,8 +56,15 @@ MP4_OPTIONS = {
 }
 
 
+FIFO_POLL_S = 0.1  # how often a FIFO without a reader (or a full one) checks the stop event
+
+
 class SinkError(RuntimeError):
     """A sink cannot go on; the message is one line meant for the user."""
+
+
+class SinkStopped(SinkError):
+    """A stop signal came while a sink waited for a FIFO's reader: the run ends as signalled."""
 
 
 @runtime_checkable
@@ -86,6 +99,7 @@ class Mp4Sink:
         alpha: float = 0.45,
         labeler: Labeler | None = None,
         audio: bool = True,
+        stop: threading.Event | None = None,
     ) -> None:
         if fps <= 0 or keyframe_s <= 0:
             raise ValueError(f"fps and keyframe_s must be positive, got {fps} and {keyframe_s}")
@@ -104,11 +118,15 @@ class Mp4Sink:
         self._state = "open"  # open -> closing -> closed | failed
         self._staged = _stage(self.path, self.path.suffix or ".mp4")
         self.temp_path = self._staged.temp
+        waiting = _wait_for_reader(self.temp_path, stop)  # FFmpeg's own open would block
         try:
             self._container = av.open(str(self.temp_path), "w", format="mp4", options=MP4_OPTIONS)
         except (OSError, av.error.FFmpegError) as exc:
             self._staged.discard()
             raise SinkError(f"cannot write {self.path}: {_reason(exc)}") from exc
+        finally:
+            if waiting is not None:
+                os.close(waiting)
 
     def __enter__(self) -> Mp4Sink:
         return self
@@ -218,13 +236,16 @@ class JsonlSink:
     it is rewritten). Non-finite floats become null (strict JSON).
     """
 
-    def __init__(self, path: str | os.PathLike, *, append: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, append: bool = False,
+                 stop: threading.Event | None = None) -> None:
         self.path = Path(path)
+        self._stop = stop
         self._staged = None if append else _stage(self.path, self.path.suffix or ".jsonl")
         self.temp_path = self.path if self._staged is None else self._staged.temp
         flags = os.O_WRONLY | (os.O_APPEND | os.O_CREAT if append else 0)
         try:
-            self._fd: int | None = os.open(self.temp_path, flags, 0o666)
+            fifo = _wait_for_reader(self.temp_path, stop)
+            self._fd: int | None = fifo if fifo is not None else os.open(self.temp_path, flags, 0o666)
             self._regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
             self._size = os.lseek(self._fd, 0, os.SEEK_END) if self._regular else 0
         except OSError as exc:
@@ -247,7 +268,7 @@ class JsonlSink:
         try:
             written = 0
             while written < len(data):
-                written += os.write(self._fd, data[written:])
+                written += self._write_some(data[written:])
         except OSError as exc:
             if self._regular:  # a pipe or a device cannot be taken back
                 os.ftruncate(self._fd, self._size)
@@ -255,6 +276,17 @@ class JsonlSink:
             raise SinkError(_failure_message(self.path, exc, kept)) from exc
         self._size += len(data)
         self.lines_written += 1
+
+    def _write_some(self, data: bytes) -> int:
+        """``os.write``; a FIFO (non-blocking) whose reader does not read is polled, so a stop
+        signal still ends the run (``SinkStopped``)."""
+        while True:
+            try:
+                return os.write(self._fd, data)
+            except BlockingIOError:
+                if self._stop is not None and self._stop.is_set():
+                    raise SinkStopped(f"stopped while {self.path}'s reader was not reading") from None
+                select.select([], [self._fd], [], FIFO_POLL_S)
 
     def close(self) -> None:
         """Publish the lines written (none written: any previous file is left as it was)."""
@@ -379,6 +411,26 @@ def _each(sinks: list[Sink], call) -> None:
             first = first or exc
     if first is not None:
         raise first
+
+
+def _wait_for_reader(path: Path, stop: threading.Event | None) -> int | None:
+    """For a FIFO: a non-blocking write descriptor, once a reader has opened it; ``None`` for
+    anything else. Polls instead of blocking in ``open`` (which a stop signal cannot end);
+    ``SinkStopped`` when ``stop`` is set first."""
+    try:
+        if not stat.S_ISFIFO(os.stat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    while True:
+        try:
+            return os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise SinkError(f"cannot write {path}: {_reason(exc)}") from exc
+        if stop is not None and stop.is_set():
+            raise SinkStopped(f"stopped while waiting for a reader of the FIFO {path}; nothing was written")
+        time.sleep(FIFO_POLL_S)
 
 
 def _stage(path: Path, suffix: str) -> Staged:
