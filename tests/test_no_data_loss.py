@@ -583,3 +583,64 @@ def test_files_named_by_a_lavfi_graph_are_inputs(export, video):
                  "--out", video, "--backend", "onnxruntime-cpu")
     assert r.returncode == 2 and "is the input" in one_line_error(r), r.stderr
     assert digest(video) == before
+
+
+# -- issue 21, case 4: a FIFO with no reader never holds off the stop signal -------------------------
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+def test_stop_signal_ends_a_stream_waiting_for_a_fifo_reader(export, video, tmp_path, signum):
+    fifo, out = tmp_path / "ev.fifo", tmp_path / "o.mp4"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "soundloc", "stream", str(export), "--video", str(video),
+                             "--backend", "onnxruntime-cpu", "--out", str(out), "--events", str(fifo)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120  # a hang guard: the mp4 sink opens just before the FIFO's
+    while time.monotonic() < deadline and not list(tmp_path.glob("o.*.partial.mp4")) and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signum)
+    stdout, err = proc.communicate(timeout=60)  # before the fix: blocked in open() until SIGKILL
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err and "waiting for a reader" in stdout
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([video.name, fifo.name])  # no temp left
+
+
+def test_sigterm_ends_serve_while_one_stream_waits_for_a_fifo_reader(export, video, tmp_path):
+    fifo = tmp_path / "a.fifo"
+    os.mkfifo(fifo)
+    toml = tmp_path / "streams.toml"
+    toml.write_text(f'[[stream]]\nname = "a"\nvideo = "{video}"\nevents = "{fifo}"\n\n'
+                    f'[[stream]]\nname = "b"\nvideo = "{video}"\nout = "{tmp_path}/b.mp4"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "soundloc", "serve", str(export), "--sources", str(toml),
+                             "--backend", "onnxruntime-cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120  # a hang guard: stream b finishes and publishes its mp4
+    while time.monotonic() < deadline and not (tmp_path / "b.mp4").exists() and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)  # before the fix: never exited
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert frames_in(tmp_path / "b.mp4") == round(CLIP_SECONDS * 10) and stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_events_into_a_fifo_whose_reader_stopped_reading_end_on_stop(tmp_path):
+    """A reader that opened the FIFO but reads nothing: once the pipe is full a write no longer
+    blocks the run when a stop signal has come (``SinkStopped``); before, ``os.write`` blocked."""
+    from soundloc.runtime.sinks import SinkStopped
+
+    fifo = tmp_path / "ev.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    stop = threading.Event()
+    stop.set()
+    try:
+        sink = JsonlSink(fifo, stop=stop)
+        with pytest.raises(SinkStopped, match="not reading"):
+            for _ in range(100_000):  # the pipe holds 64 KiB: it fills long before this
+                sink.write(_step())
+        assert sink.lines_written > 10
+        sink.close()
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)

@@ -118,15 +118,16 @@ class Mp4Sink:
         self._state = "open"  # open -> closing -> closed | failed
         self._staged = _stage(self.path, self.path.suffix or ".mp4")
         self.temp_path = self._staged.temp
-        waiting = _wait_for_reader(self.temp_path, stop)  # FFmpeg's own open would block
+        # A FIFO: wait for its reader here (FFmpeg's own open, at the first write, would block
+        # beyond a stop signal's reach) and hold it open until the end, so the reader does not
+        # see an end of file before FFmpeg opens it.
+        self._fifo = _wait_for_reader(self.temp_path, stop)
         try:
             self._container = av.open(str(self.temp_path), "w", format="mp4", options=MP4_OPTIONS)
         except (OSError, av.error.FFmpegError) as exc:
+            self._release_fifo()
             self._staged.discard()
             raise SinkError(f"cannot write {self.path}: {_reason(exc)}") from exc
-        finally:
-            if waiting is not None:
-                os.close(waiting)
 
     def __enter__(self) -> Mp4Sink:
         return self
@@ -208,11 +209,17 @@ class Mp4Sink:
             try:
                 flush_encoders(self._container, self._video, self._audio)
                 self._container.close()
+                self._release_fifo()
                 self._staged.commit()
             except (OSError, av.error.FFmpegError) as exc:
                 self._abort()
                 raise SinkError(_failure_message(self.path, exc, KEPT)) from exc
             self._state = "closed"
+
+    def _release_fifo(self) -> None:
+        if self._fifo is not None:
+            fd, self._fifo = self._fifo, None
+            os.close(fd)
 
     def _abort(self) -> None:
         """Release the container and delete the temp file; errors here are expected (the
@@ -222,6 +229,7 @@ class Mp4Sink:
             self._container.close()
         except (OSError, av.error.FFmpegError) as exc:
             print(f"soundloc: discarding unfinished {self.temp_path.name}: {_reason(exc)}", file=sys.stderr)
+        self._release_fifo()
         self._staged.discard()
 
 
