@@ -10,6 +10,7 @@ box at the best moment, the map with another clip's audio -- is answered from th
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,7 +153,9 @@ def annotate(ckpt: Path, folder: Path, out_json: Path, threshold: float = 0.5, r
     3 s map -> threshold -> largest component -> box. Resumable: clips already in ``out_json``
     are kept and skipped. The file is rewritten atomically (valid json at every moment) every
     ``save_every`` clips and when the run ends, also by Ctrl-C or an error: an interrupted run
-    keeps every clip it finished, and running it again goes on from there."""
+    keeps every clip it finished, and running it again goes on from there. ``resume=False``
+    starts afresh, but an existing ``out_json`` is replaced only once the new run has finished
+    a clip: a run stopped before its first clip, or one that finds none, leaves it as it was."""
     entries = _read_existing(out_json) if resume else []
     done = {e["file"] for e in entries}
     an = Analyzer(ckpt)
@@ -164,7 +167,8 @@ def annotate(ckpt: Path, folder: Path, out_json: Path, threshold: float = 0.5, r
             if n % save_every == 0:
                 write_json(entries, out_json)
     finally:
-        write_json(entries, out_json)
+        if entries or not os.path.lexists(out_json):
+            write_json(entries, out_json)
     return entries, skipped
 
 
@@ -184,8 +188,9 @@ def _read_existing(path: Path) -> list[dict]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: cannot resume from a corrupt file ({e}); move it away") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: not a VGG-SS style list; move it away")
+    if not isinstance(data, list) or not all(isinstance(e, dict) and isinstance(e.get("file"), str) for e in data):
+        raise ValueError(f"{path}: not a VGG-SS style list of {{\"file\": ...}} entries; cannot resume from it, "
+                         "move it away")
     return data
 
 

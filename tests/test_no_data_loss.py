@@ -644,3 +644,49 @@ def test_events_into_a_fifo_whose_reader_stopped_reading_end_on_stop(tmp_path):
     finally:
         os.close(reader)
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+# -- issue 21, case 3: annotate --restart replaces the old result only with finished clips ------------
+def test_annotate_restart_with_no_clip_keeps_the_old_result(tiny, tmp_path):
+    out, empty = tmp_path / "boxes.json", tmp_path / "empty"
+    empty.mkdir()
+    out.write_text('[{"file": "old_000000", "bbox": []}]\n')
+    before = digest(out)
+    r = soundloc("annotate", tiny.ckpt, empty, "--out", out, "--restart")
+    assert r.returncode == 0 and "left as it was" in r.stdout, r.stderr
+    assert digest(out) == before
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc to see which clip is open")
+def test_annotate_restart_stopped_before_its_first_clip_keeps_the_old_result(tiny, tmp_path):
+    folder, out = tmp_path / "clips", tmp_path / "boxes.json"
+    folder.mkdir()
+    long = write_video(folder / "a_000000.mp4", 120.0)  # open for a while: decoding 1,200 frames
+    out.write_text('[{"file": "old_000000", "bbox": []}]\n')
+    before = digest(out)
+    for _ in range(3):  # the file is open only while it is decoded: a starved poll can miss it; try again
+        proc = subprocess.Popen([sys.executable, "-m", "soundloc", "annotate", str(tiny.ckpt), str(folder),
+                                 "--out", str(out), "--restart"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+        deadline = time.monotonic() + 120
+        while not (seen := _opened(proc.pid, long.resolve())) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        if seen:
+            break
+        proc.communicate(timeout=120)
+        assert digest(out) != before  # it finished the clip: now it may replace the old result
+        out.write_text('[{"file": "old_000000", "bbox": []}]\n')
+    assert seen, "never saw the clip open in three runs"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert digest(out) == before  # before the fix: []
+
+
+def test_annotate_resume_file_with_entries_that_are_not_objects_is_one_line(tiny, tmp_path):
+    out, empty = tmp_path / "boxes.json", tmp_path / "empty"
+    empty.mkdir()
+    out.write_text("[1, 2, 3]\n")
+    r = soundloc("annotate", tiny.ckpt, empty, "--out", out)
+    assert r.returncode == 2 and "cannot resume" in one_line_error(r), r.stderr
+    assert out.read_text() == "[1, 2, 3]\n"

@@ -53,12 +53,16 @@ def annotate_command(
     if not 0 <= threshold < 1:
         raise fail("--threshold must be in [0, 1)")
     check_paths([out, json_out], [ckpt, folder], updates=[out])  # --out is also read: the clips done so far
+    existed = out.exists()
     try:
         entries, skipped = annotate(ckpt, folder, out, threshold=threshold, resume=resume)
     except ValueError as e:
         raise fail(str(e))
-    boxed = sum(1 for e in entries if e["bbox"])
-    typer.echo(f"{len(entries)} clips, {boxed} with a box -> {out}")
+    boxed = sum(1 for e in entries if e.get("bbox"))
+    if not entries and existed:
+        typer.echo(f"no clip annotated: {out} is left as it was")
+    else:
+        typer.echo(f"{len(entries)} clips, {boxed} with a box -> {out}")
     _report_skipped(skipped)
     if json_out:
         write_json({"clips": len(entries), "with_box": boxed, "skipped": len(skipped.items)}, json_out)
