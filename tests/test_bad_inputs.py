@@ -597,3 +597,34 @@ def test_engine_from_another_tensorrt_is_refused_or_skipped_by_auto(tmp_path, ti
     finally:
         model.close()
     assert read_bundle(root).graph("step")["files"]["engine"]["file"] == "step.engine"
+
+
+# -- issue 21, case 6: what was asked for did not run -> not a success -------------------------------------
+def test_bench_with_no_backend_that_loads_exits_non_zero(tiny):
+    pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
+    r = run_cli("bench", tiny.export, "--backend", "tensorrt", "--warmup", "0", "--duration", "0.1",
+                "--min-iters", "2", "--no-references")
+    assert r.returncode == 1, (r.stdout, r.stderr)  # before: 0, with "unavailable" in the table
+    assert_one_line_error(r, "no backend could run", "tensorrt")
+
+
+def test_resume_with_another_recipe_is_refused(tmp_path):
+    pytest.importorskip("torch", reason="torch (the train extra) needed to train")
+    from soundloc.data.synth import make_synthetic_dataset
+    from soundloc.model.checkpoint import read_checkpoint
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    make_synthetic_dataset(data, num_clips=4, seconds=1.0, num_classes=2, val_fraction=0.5, workers=1, size=64)
+    base = ["train", data, "--out", out, "--workers", "0", "--batch-size", "2", "--preset", "tiny",
+            "--set", "clip_seconds=1", "--val-split", "none"]
+    assert run_cli(*base, "--epochs", "1", timeout=600).returncode == 0
+    before = (out / "last.pt").read_bytes()
+    resume = ["train", data, "--out", out, "--workers", "0", "--batch-size", "2", "--val-split", "none",
+              "--epochs", "2", "--resume"]
+    r = run_cli(*resume, "--recipe", "paper", timeout=600)
+    assert r.returncode == 2, (r.stdout, r.stderr)  # before: 0, and the default recipe kept silently
+    assert_one_line_error(r, "not trained with the paper recipe")
+    assert (out / "last.pt").read_bytes() == before
+    r = run_cli(*resume, "--recipe", "default", timeout=600)  # the recipe it was trained with: fine
+    assert r.returncode == 0, r.stderr
+    assert read_checkpoint(out / "last.pt")["epoch"] == 2

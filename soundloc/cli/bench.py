@@ -62,3 +62,6 @@ def bench(
     if json_out:
         write_json(lib.report_dict(report), json_out)
         console.print(f"wrote {json_out}")
+    if not any(r.available for r in report.backends):  # nothing asked for was measured: not a success
+        reasons = "; ".join(f"{r.label}: {r.reason}" for r in report.backends)
+        raise fail(f"no backend could run, so no model step was measured ({reasons})", 1)

@@ -22,7 +22,7 @@ def train_command(
     data_dir: Path = typer.Argument(..., help="VGGSound-format folder (vggsound.csv + videos/) or a path,label,split CSV."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Folder for last.pt, best.pt and log.jsonl."),
     preset: Optional[str] = typer.Option(None, "--preset", help="paper, small or tiny (default small; on --resume the checkpoint's)."),
-    recipe: str = typer.Option("default", "--recipe", help="default (tied-fc head, salient maps, cosine LR) or paper (the paper's heads, loss and plateau LR exactly)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", help="default (tied-fc head, salient maps, cosine LR) or paper (the paper's heads, loss and plateau LR exactly); default: default, on --resume the checkpoint's."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="LR schedule: cosine or plateau (default: the recipe's)."),
     overrides: List[str] = typer.Option([], "--set", help="Config override KEY=VALUE, e.g. clip_seconds=5 (repeatable)."),
     csv_path: Optional[Path] = typer.Option(None, "--csv", help="Annotation CSV (default DATA_DIR/vggsound.csv)."),

@@ -53,28 +53,42 @@ def load_datasets(data: Path, config: Config, *, csv_path: str | Path | None, cl
     return config, train_set, val_set
 
 
-def recipe_settings(name: str, out: Path, preset: str | None, resume: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Config fields and TrainOptions a recipe starts from. Resuming without a preset
-    keeps the checkpoint's own config and schedule: the recipe does not apply."""
-    if name not in RECIPES:
+def recipe_settings(name: str | None, out: Path, preset: str | None,
+                    resume: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The Config fields and TrainOptions a recipe (``None``: ``default``) starts from. Resuming
+    without a preset keeps the checkpoint's own config and schedule; a recipe named there must
+    be the one the run was trained with (a resume cannot change it: refused, not ignored)."""
+    if name is not None and name not in RECIPES:
         raise TrainError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}")
     if resume and preset is None and (out / "last.pt").is_file():
         try:
-            return {}, {"schedule": read_checkpoint(out / "last.pt").get("schedule", "plateau")}
+            saved = read_checkpoint(out / "last.pt")
         except CheckpointError as e:
             raise TrainError(str(e)) from None
-    config_fields, option_fields = RECIPES[name]
+        if name is not None and not _trained_with(saved, name):
+            raise TrainError(f"{out / 'last.pt'} was not trained with the {name} recipe and --resume cannot "
+                             f"change it; resume without --recipe, or train afresh into another --out")
+        return {}, {"schedule": saved.get("schedule", "plateau")}
+    config_fields, option_fields = RECIPES[name or "default"]
     return dict(config_fields), dict(option_fields)
 
 
-def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = None, recipe: str = "default",
+def _trained_with(saved: dict, name: str) -> bool:
+    config = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+    config_fields, option_fields = RECIPES[name]
+    return (all(config.get(k) == v for k, v in config_fields.items())
+            and saved.get("schedule", "plateau") == option_fields.get("schedule", saved.get("schedule", "plateau")))
+
+
+def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = None, recipe: str | None = None,
           overrides: dict[str, Any] | None = None, csv_path: str | Path | None = None,
           classes: str | Path | None = None, val_split: str | None = "test", resume: bool = False,
           init_video: str | Path | None = None, **options: Any) -> TrainResult:
     """Train on a VGGSound-format folder (``vggsound.csv`` + ``videos/``) or a
     ``path,label,split`` CSV. ``preset``: ``paper``/``small``/``tiny`` (default ``small``; on
     resume, the checkpoint's); ``recipe``: ``default`` or ``paper`` (``config.RECIPES``: head,
-    map, loss and schedule; the package docstring says why); ``overrides``: Config fields, over
+    map, loss and schedule; the package docstring says why; ``None``: ``default``, or on resume
+    the checkpoint's); ``overrides``: Config fields, over
     the recipe's; ``classes``: a stat.csv-style class list; ``val_split``: the split validated
     on each epoch (None: none); ``options``: TrainOptions fields (epochs, batch_size, lr,
     workers, amp, seed, device, schedule, ...), over the recipe's.
