@@ -133,8 +133,14 @@ def score_maps(maps: Mapping[str, np.ndarray], gt: Annotations, protocol: str = 
     )
 
 
+MAX_MAP_SIDE = 4096  # pixels a --maps map may have per side (maps are compared at EVAL_SIZE)
+MAX_MAPS_BYTES = 2 << 30  # decompressed bytes all --maps maps may take together
+
+
 def load_maps_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """``{clip_id: map}`` from an ``.npz`` holding one 2-D array of any size per clip id.
+    """``{clip_id: map}`` from an ``.npz`` holding one 2-D array per clip id, each at most
+    ``MAX_MAP_SIDE`` a side and ``MAX_MAPS_BYTES`` in all, checked from the arrays' headers
+    before anything is decompressed (a small archive can hold a huge zero map).
 
     Pickled (object) arrays are refused: an npz from elsewhere must not run code.
     """
@@ -149,6 +155,7 @@ def load_maps_npz(path: str | Path) -> dict[str, np.ndarray]:
             if not isinstance(z, NpzFile):
                 raise EvalError(f"{path}: expected an .npz archive of maps, got a single array")
             with z:
+                _check_sizes(z, path)
                 maps = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         if isinstance(e, EvalError):
@@ -158,6 +165,23 @@ def load_maps_npz(path: str | Path) -> dict[str, np.ndarray]:
     if not maps:
         raise EvalError(f"{path}: the archive holds no maps")
     return maps
+
+
+def _check_sizes(z: NpzFile, path: Path) -> None:
+    """Every member's shape and dtype from its .npy header; too large -> EvalError."""
+    total = 0
+    for info in z.zip.infolist():
+        with z.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(member)
+        name = info.filename.removesuffix(".npy")
+        if any(side > MAX_MAP_SIDE for side in shape):
+            raise EvalError(f"{path}: map {name!r} is {'x'.join(map(str, shape))}; maps may be at most "
+                            f"{MAX_MAP_SIDE} a side")
+        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if total > MAX_MAPS_BYTES:
+            raise EvalError(f"{path}: the maps take more than {MAX_MAPS_BYTES >> 30} GiB decompressed")
 
 
 def center_maps(ids: list[str] | tuple[str, ...], size: int = EVAL_SIZE) -> dict[str, np.ndarray]:

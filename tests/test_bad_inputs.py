@@ -628,3 +628,24 @@ def test_resume_with_another_recipe_is_refused(tmp_path):
     r = run_cli(*resume, "--recipe", "default", timeout=600)  # the recipe it was trained with: fine
     assert r.returncode == 0, r.stderr
     assert read_checkpoint(out / "last.pt")["epoch"] == 2
+
+
+# -- issue 21, case 7: bounded resources ---------------------------------------------------------------
+def test_eval_refuses_a_small_npz_holding_a_huge_map_before_decompressing_it(tmp_path):
+    """A 20000x20000 uint8 map of zeros compresses to well under a megabyte; before, ``eval --maps``
+    decompressed it and went to 4 GB of memory."""
+    import zipfile
+
+    npz = tmp_path / "maps.npz"
+    with zipfile.ZipFile(npz, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with zf.open("c0.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "|u1", "fortran_order": False,
+                                                          "shape": (20000, 20000)})
+            block = bytes(1 << 22)
+            for _ in range(20000 * 20000 // len(block) + 1):
+                member.write(block)
+    assert npz.stat().st_size < 2_000_000
+    (tmp_path / "vggss.json").write_text(json.dumps([{"file": "c0", "class": "x", "bbox": [[0.1, 0.1, 0.6, 0.6]]}]))
+    r = run_cli("eval", "--maps", npz, "--annotations", tmp_path / "vggss.json")
+    assert r.returncode != 0
+    assert_one_line_error(r, "20000x20000", "at most 4096 a side")
