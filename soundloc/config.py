@@ -284,3 +284,4 @@ CALIB_MAX_CLIPS = 16  # calibration clips used at most (the first by name): rang
 SERVE_BATCH_WAIT_S = 0.05  # a tick waits at most this long (half a step) for streams without a step ready
 SERVE_TILE = (320, 240)  # preview grid: each stream's tile (width, height)
 SERVE_PREVIEW_PERIOD_S = 0.1  # preview grid: the mosaic is recomposed at most this often
+SERVE_MOSAIC_MAX = (1920, 1440)  # preview grid: the mosaic at most; tiles shrink to fit many streams

@@ -231,3 +231,33 @@ def test_page_in_headless_chromium_shows_a_frame_that_changes(server, tmp_path):
     assert share_of(first, RED) > 0.3 and share_of(first, BLUE) < 0.01
     assert share_of(second, BLUE) > 0.3 and share_of(second, RED) < 0.01
     assert "index" in text and "fps 10" in text  # status polled from /status.json
+
+
+# -- issue 21, case 7: connections capped, idle ones closed -------------------------------------------
+def test_connections_beyond_the_cap_get_a_503_and_slots_come_back():
+    with PreviewServer(port=0, max_clients=4, idle_timeout=60) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(4)]
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        try:
+            assert extra.recv(100).startswith(b"HTTP/1.1 503")  # before: a thread per connection, no cap
+        finally:
+            extra.close()
+            for s in idle:
+                s.close()
+        deadline = time.monotonic() + 60  # a hang guard: the handlers see the hang-ups and free their slots
+        while True:
+            try:
+                assert get(server.url)[0] == 200
+                break
+            except (urllib.error.HTTPError, AssertionError):
+                assert time.monotonic() < deadline, "the slots never came back"
+                time.sleep(0.1)
+
+
+def test_a_silent_connection_is_closed_after_the_idle_timeout():
+    with PreviewServer(port=0, idle_timeout=0.5) as server:
+        conn = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        try:
+            assert conn.recv(1) == b""  # the server hung up; before: held open (and a thread) forever
+        finally:
+            conn.close()

@@ -254,3 +254,40 @@ def test_preview_grid_shows_every_stream(tiny, clips):
     assert image[:240, :320].mean() > 10 and image[:240, 320:].mean() > 10  # a and b drawn
     assert image[240:, :320].mean() < 5  # c has no frame yet
     assert "/status.json" in page and "stream.mjpg" in page
+
+
+# -- issue 21, case 7: the grid's cost does not grow with N squared; SIGTERM ends serve at any N ---------
+def test_grid_mosaic_stays_bounded_for_thousands_of_streams():
+    from soundloc.config import SERVE_MOSAIC_MAX
+    from soundloc.runtime.preview import PreviewGrid
+
+    names = [f"s{i}" for i in range(2000)]
+    with PreviewGrid(names, port=0) as grid:  # before: 45x45 tiles of 320x240, a 350 MB mosaic
+        h, w, _ = grid._mosaic.shape
+        assert w <= SERVE_MOSAIC_MAX[0] and h <= SERVE_MOSAIC_MAX[1]
+        grid.update("s1999", np.full((48, 64, 3), 200, np.uint8), {"state": "running"})
+        for n in names:  # every stream ending: status only, no recomposition each time
+            grid.update(n, None, {"state": "ended"})
+        with urllib.request.urlopen(grid.url + "status.json", timeout=30) as r:
+            status = json.load(r)
+    assert len(status["streams"]) == 2000 and {s["state"] for s in status["streams"].values()} == {"ended"}
+
+
+def test_sigterm_ends_serve_with_many_sources_and_the_preview(tiny, tmp_path):
+    n = 40
+    args = [a for i in range(n) for a in ("--video", f"s{i}=lavfi:testsrc=size=64x48:rate=10",
+                                          "--audio", f"s{i}=lavfi:sine=frequency=440")]
+    proc = subprocess.Popen([sys.executable, "-m", "soundloc", "serve", str(tiny.export), *args,
+                             "--preview", "--port", "0", "--backend", "onnxruntime-cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:  # a hang guard is the communicate timeout below
+        lines.append(line)
+        if line.startswith("backend:"):
+            break
+    assert proc.poll() is None, (lines, proc.stderr.read())
+    time.sleep(1.0)  # the streams are running (not a timing assertion: any moment must do)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err

@@ -6,6 +6,10 @@ the latest still. ``PreviewGrid`` serves several streams (``soundloc serve``) as
 a tile per stream, with every stream's status in ``/status.json``. JPEGs are encoded lazily, once per frame whoever asks, so with nobody
 watching publishing costs nothing but a reference swap.
 
+At most ``MAX_CLIENTS`` connections are served at once (more get a 503 and are closed), and a
+connection that sends nothing for ``IDLE_TIMEOUT_S`` (or cannot take a frame that long) is
+closed, so idle or stuck viewers cannot pile up threads.
+
 It binds 127.0.0.1 unless told otherwise: the stream shows whatever the camera sees, so
 exposing it on the network is the user's explicit choice and a warning is printed.
 """
@@ -28,7 +32,7 @@ from typing import TextIO
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..config import SERVE_PREVIEW_PERIOD_S, SERVE_TILE
+from ..config import SERVE_MOSAIC_MAX, SERVE_PREVIEW_PERIOD_S, SERVE_TILE
 from .render import Labeler, render_step
 from .results import StepResult
 from .sinks import SinkError, json_safe
@@ -63,6 +67,10 @@ poll();
 """
 
 
+MAX_CLIENTS = 32  # connections served at once; a live page needs two (the stream and status polls)
+IDLE_TIMEOUT_S = 10.0  # a connection silent (or not taking data) this long is closed
+
+
 class PreviewServer:
     """Serve the latest frame on ``http://host:port/`` from a daemon thread; also a Sink.
 
@@ -82,8 +90,11 @@ class PreviewServer:
         labeler: Labeler | None = None,
         log: TextIO | None = None,
         page: str = PAGE,
+        max_clients: int = MAX_CLIENTS,
+        idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
         self.quality, self.alpha, self.labeler, self.page = quality, alpha, labeler, page
+        self.status_now: Callable[[], dict] | None = None
         self._log = log if log is not None else sys.stderr
         self._changed = threading.Condition()
         self._frame: np.ndarray | None = None
@@ -95,7 +106,7 @@ class PreviewServer:
         self._clients: set[socket.socket] = set()
         self._clients_lock = threading.Lock()
         try:
-            self._httpd = _Server((host, port), _Handler, self)
+            self._httpd = _Server((host, port), _Handler, self, max_clients, idle_timeout)
         except OSError as exc:
             raise SinkError(f"cannot serve the preview on {host}:{port}: {exc.strerror or exc}") from exc
         self.host, self.port = host, self._httpd.server_address[1]
@@ -148,8 +159,13 @@ class PreviewServer:
     # --- used by the request handler threads ---------------------------------------
 
     def status(self) -> dict:
+        """What ``/status.json`` answers: the last published status, or ``status_now()``'s
+        (a grid's statuses, fresh at each request without recomposing its mosaic)."""
         with self._changed:
-            return {**self._status, "frame": self._seq}
+            seq, status = self._seq, self._status
+        if self.status_now is not None:
+            status = json_safe(self.status_now())
+        return {**status, "frame": seq}
 
     def wait_frame(self, after: int, timeout: float) -> int:
         """Block until a frame newer than ``after`` is published; return its number (or
@@ -217,14 +233,20 @@ class PreviewGrid:
 
     def __init__(self, names: list[str], host: str = "127.0.0.1", port: int = 8080, *,
                  extra: Callable[[], dict] = dict, tile: tuple[int, int] = SERVE_TILE, **kwargs) -> None:
-        self.names, self.extra, self.size = list(names), extra, tile
+        self.names, self.extra = list(names), extra
+        self._index = {n: k for k, n in enumerate(self.names)}
         self.cols = max(1, math.ceil(math.sqrt(len(self.names))))
         rows = max(1, math.ceil(len(self.names) / self.cols))
+        # tiles shrink so the mosaic stays within SERVE_MOSAIC_MAX: its copies and JPEGs cost the
+        # same for 2000 streams as for 20, and each update is O(1)
+        scale = min(1.0, SERVE_MOSAIC_MAX[0] / (self.cols * tile[0]), SERVE_MOSAIC_MAX[1] / (rows * tile[1]))
+        self.size = tile = (max(8, int(tile[0] * scale)), max(8, int(tile[1] * scale)))
         self._mosaic = np.zeros((rows * tile[1], self.cols * tile[0], 3), np.uint8)
         self._status: dict[str, dict] = {n: {"state": "starting"} for n in self.names}
         self._lock = threading.Lock()
         self._last = -math.inf
         self.server = PreviewServer(host, port, page=GRID_PAGE, **kwargs)
+        self.server.status_now = self._status_now
         self.url = self.server.url
 
     def tile(self, name: str, stats: Callable[[], dict] = dict) -> "_Tile":
@@ -236,13 +258,13 @@ class PreviewGrid:
         small = None if image is None else self._fit(image, name)
         with self._lock:
             if small is not None:
-                k = self.names.index(name)
+                k = self._index[name]
                 y, x = (k // self.cols) * self.size[1], (k % self.cols) * self.size[0]
                 self._mosaic[y:y + self.size[1], x:x + self.size[0]] = small
             self._status[name] = status
             now = time.monotonic()
-            if image is not None and now - self._last < SERVE_PREVIEW_PERIOD_S:
-                return
+            if image is None or now - self._last < SERVE_PREVIEW_PERIOD_S:  # status is read fresh
+                return  # (``_status_now``): N streams ending at once must not recompose the mosaic N times
             self._last = now
             frame = self._mosaic.copy()
             status = {"streams": dict(self._status), **self.extra()}
@@ -251,6 +273,11 @@ class PreviewGrid:
     def status(self, name: str) -> dict:
         with self._lock:
             return dict(self._status[name])
+
+    def _status_now(self) -> dict:
+        with self._lock:
+            streams = dict(self._status)
+        return {"streams": streams, **self.extra()}
 
     def _fit(self, image: np.ndarray, name: str) -> np.ndarray:
         """The image scaled to fit the tile (aspect kept, centred on black), its name on top."""
@@ -298,11 +325,41 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client never blocks the process from exiting
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], handler: type, preview: PreviewServer) -> None:
-        self.preview = preview
+    def __init__(self, address: tuple[str, int], handler: type, preview: PreviewServer, max_clients: int,
+                 idle_timeout: float) -> None:
+        self.preview, self.idle_timeout = preview, idle_timeout
+        self._slots = threading.BoundedSemaphore(max_clients)
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, handler)
+
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        """A thread per connection, up to the cap; beyond it a 503 from this (the listening)
+        thread, which must not wait on the client: a short timeout, then closed."""
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(BUSY)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 28\r\n"
+        b"Connection: close\r\n\r\ntoo many viewers; try again\n")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -310,6 +367,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def setup(self) -> None:
+        self.timeout = self.server.idle_timeout  # StreamRequestHandler sets it on the socket
         super().setup()
         self.server.preview.track(self.connection, add=True)
 
