@@ -649,3 +649,29 @@ def test_eval_refuses_a_small_npz_holding_a_huge_map_before_decompressing_it(tmp
     r = run_cli("eval", "--maps", npz, "--annotations", tmp_path / "vggss.json")
     assert r.returncode != 0
     assert_one_line_error(r, "20000x20000", "at most 4096 a side")
+
+
+# -- issue 21, case 8: a bad manifest is one line, and its files stay inside the export ------------------
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m.update(graphs=list(m["graphs"])), "'graphs' must be an object"),
+    (lambda m: m.update(lookahead_steps="abc"), "'lookahead_steps' must be a whole number"),
+    (lambda m: m.update(lookahead_steps=float("nan")), "'lookahead_steps' must be a whole number"),
+    (lambda m: m.update(lookahead_steps=1e9), "'lookahead_steps' must be a whole number"),
+    (lambda m: m["graphs"]["step"].update(files="step.onnx"), "must be an object with 'files'"),
+    (lambda m: m["graphs"]["step"].pop("state"), "lacks its 'state'"),
+    (lambda m: m["graphs"]["step"]["files"]["onnx"].update(file="../outside.onnx"), "not inside the export"),
+    (lambda m: m["graphs"]["step"]["files"]["onnx"].update(file="/etc/passwd"), "not inside the export"),
+    (lambda m: m.update(config=[1]), "'config' must be an object"),
+], ids=["graphs-list", "lookahead-abc", "lookahead-nan", "lookahead-1e9", "files-string", "no-state",
+        "file-dotdot", "file-absolute", "config-list"])
+def test_bad_manifest_is_one_line(tiny, tmp_path, edit, needle):
+    pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny.export, exp)
+    manifest = json.loads((exp / "soundloc.json").read_text())
+    edit(manifest)
+    (exp / "soundloc.json").write_text(json.dumps(manifest))
+    video = write_media(tmp_path / "v.mp4")
+    r = run_cli("stream", exp, "--video", video, "--backend", "onnxruntime-cpu")
+    assert "unexpected" not in r.stderr, r.stderr  # before: KeyError/TypeError/ValueError, exit 1 "unexpected"
+    assert_one_line_error(r, needle)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import FORMAT_VERSION, Config
+from ..config import FORMAT_VERSION, Config, ConfigError
 from ..fileio import atomic_write_bytes, sha256_file
 
 MANIFEST = "soundloc.json"
@@ -88,10 +88,49 @@ def read_bundle(root: str | Path, verify_files: bool = True) -> Bundle:
     for key in ("config", "graphs", "lookahead_steps", "precision"):
         if key not in manifest:
             raise BundleError(f"{path}: manifest lacks '{key}'")
+    _check_manifest(manifest, root, path)
     bundle = Bundle(root=root, manifest=manifest)
     if verify_files:
         check_files(bundle)
     return bundle
+
+
+def _check_manifest(manifest: dict[str, Any], root: Path, path: Path) -> None:
+    """Types and ranges of everything the runtime reads, so a hand-edited or foreign manifest
+    is one line here, not an error deep inside a run; every file stays inside the export."""
+    try:
+        config = Config.from_dict(manifest["config"]) if isinstance(manifest["config"], dict) else None
+    except (ConfigError, TypeError, ValueError) as e:
+        raise BundleError(f"{path}: bad 'config' ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    if config is None:
+        raise BundleError(f"{path}: 'config' must be an object")
+    window = round(config.fps * config.window_seconds)
+    lookahead = manifest["lookahead_steps"]
+    if not (isinstance(lookahead, int) and not isinstance(lookahead, bool) and 0 <= lookahead <= window):
+        raise BundleError(f"{path}: 'lookahead_steps' must be a whole number of steps from 0 to {window}, "
+                          f"not {lookahead!r}")
+    if not isinstance(manifest["precision"], str):
+        raise BundleError(f"{path}: 'precision' must be a string, not {manifest['precision']!r}")
+    graphs = manifest["graphs"]
+    if not isinstance(graphs, dict) or not graphs:
+        raise BundleError(f"{path}: 'graphs' must be an object naming at least one graph")
+    for name, graph in graphs.items():
+        if not isinstance(graph, dict) or not isinstance(graph.get("files"), dict):
+            raise BundleError(f"{path}: graph {name!r} must be an object with 'files'")
+        if name == "step" and not isinstance(graph.get("state"), list):
+            raise BundleError(f"{path}: the step graph lacks its 'state' list")
+        for kind, rec in graph["files"].items():
+            _check_record(rec, f"{name} {kind}", root, path)
+
+
+def _check_record(rec: Any, what: str, root: Path, path: Path) -> None:
+    if not (isinstance(rec, dict) and isinstance(rec.get("file"), str) and isinstance(rec.get("bytes"), int)
+            and isinstance(rec.get("sha256"), str)):
+        raise BundleError(f"{path}: the {what} file entry must have 'file', 'bytes' and 'sha256'")
+    name = rec["file"]
+    inside = (root / name).resolve().is_relative_to(root.resolve())
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts or not inside:
+        raise BundleError(f"{path}: the {what} file {name!r} is not inside the export folder")
 
 
 def check_files(bundle: Bundle) -> None:
