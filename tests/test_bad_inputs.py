@@ -675,3 +675,46 @@ def test_bad_manifest_is_one_line(tiny, tmp_path, edit, needle):
     r = run_cli("stream", exp, "--video", video, "--backend", "onnxruntime-cpu")
     assert "unexpected" not in r.stderr, r.stderr  # before: KeyError/TypeError/ValueError, exit 1 "unexpected"
     assert_one_line_error(r, needle)
+
+
+def _deep_json(path: Path) -> Path:
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    return path
+
+
+def _huge_coordinate(path: Path) -> Path:
+    path.write_text('[{"file": "c0", "class": "x", "bbox": [[0.1, 0.1, 1' + "0" * 400 + ', 0.6]]}]')
+    return path
+
+
+@pytest.mark.parametrize("make, needle", [(_deep_json, "nested too deeply"), (_huge_coordinate, "out of range")],
+                         ids=["nested-100000", "coordinate-1e400"])
+def test_pathological_annotations_are_one_line(tmp_path, make, needle):
+    r = run_cli("eval", "--baseline", "center", "--annotations", make(tmp_path / "vggss.json"))
+    assert "unexpected" not in r.stderr, r.stderr  # before: RecursionError / OverflowError
+    assert_one_line_error(r, needle)
+
+
+def test_csv_start_time_inf_and_text_checkpoint_and_file_folders_are_one_line(tmp_path):
+    data = tmp_path / "data"
+    (data / "videos").mkdir(parents=True)
+    (data / "vggsound.csv").write_text("abc,inf,dog,train\n")
+    (tmp_path / "text.pt").write_text("epoch 12, not a checkpoint\n")
+    (tmp_path / "afile").write_text("x")
+    cases = [(["train", data, "--out", tmp_path / "r", "--epochs", "1"], "start_seconds 'inf'"),
+             (["info", tmp_path / "text.pt"], "not a readable checkpoint"),
+             (["serve", tmp_path / "text.pt", "--video", "a=x.mp4", "--out-dir", tmp_path / "afile"],
+              "not a directory"),
+             (["doctor", "--workdir", tmp_path / "afile"], "not a folder")]
+    for args, needle in cases:
+        r = run_cli(*args, timeout=300)
+        assert "unexpected" not in r.stderr, (args, r.stderr)
+        assert_one_line_error(r, needle)
+
+
+def test_a_utf8_bom_is_not_part_of_the_first_clip_id(tmp_path):
+    from soundloc.data.annotations import read_vggsound_csv
+
+    csv = tmp_path / "vggsound.csv"
+    csv.write_bytes("\ufeffabc,12,dog,train\nxyz,3,cat,test\n".encode())
+    assert [r.ytid for r in read_vggsound_csv(csv)] == ["abc", "xyz"]  # before: "\ufeffabc", its clip "missing"

@@ -353,3 +353,19 @@ def test_moments_rank_steps_by_the_mean_cosine(imported, clips, tmp_path):
     scores = (f.zv[0] * f.za[0]).sum(dim=1).numpy()  # S_av: the mean cosine over locations
     assert len(set(got[clip.stem])) == 3  # the chosen steps hold the 3 best scores, best first (near-ties aside)
     np.testing.assert_allclose(scores[got[clip.stem]], np.sort(scores)[::-1][:3], atol=1e-6)
+
+
+def test_nan_weights_are_refused_on_import(tmp_path):
+    """Through the real command in its own process: a NaN anywhere in the weights is a corrupt
+    checkpoint, refused in one line with the key named, and nothing is written."""
+    import subprocess
+    import sys
+
+    state = ezvsl_state()
+    state["aud_proj.weight"][3, 5] = float("nan")
+    save_ezvsl(tmp_path / "best.pth", state)
+    r = subprocess.run([sys.executable, "-m", "soundloc", "import", "ezvsl", str(tmp_path / "best.pth"),
+                        "--out", str(tmp_path / "m.pt")], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "'aud_proj.weight'" in r.stderr and "NaN" in r.stderr, r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) == 1
+    assert not (tmp_path / "m.pt").exists()

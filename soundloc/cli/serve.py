@@ -63,6 +63,7 @@ def serve(
     outputs = [p for s in streams for p in (s.out, s.events)]
     check_paths([*outputs, json_out], [target, sources, *(x for s in streams for spec in (s.video, s.audio)
                                                            for x in spec_inputs(spec))])
+    check_paths([], dirs=[out_dir])  # a file there is refused (the outputs inside are checked above)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     summary = run_serve(target, streams, backend=backend, options=options, preview=(host, port) if preview else None,

@@ -184,7 +184,10 @@ def _clean_box(values: Sequence[float]) -> tuple[Box | None, bool]:
 def _number(v: object, where: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise AnnotationError(f"{where}: box coordinate {v!r} is not a number")
-    return float(v)
+    try:
+        return float(v)
+    except OverflowError:  # an integer beyond any float (10**400)
+        raise AnnotationError(f"{where}: box coordinate {str(v)[:20]}... is out of range") from None
 
 
 # -- VGG-SS ------------------------------------------------------------------------------------
@@ -240,10 +243,12 @@ def _reading(path: Path) -> Iterator[None]:
 
 def _load_json(path: Path) -> object:
     try:
-        with _reading(path), open(path, encoding="utf-8") as f:
+        with _reading(path), open(path, encoding="utf-8-sig") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise AnnotationError(f"{path}: line {e.lineno} column {e.colno}: corrupt or truncated json ({e.msg})") from None
+    except RecursionError:
+        raise AnnotationError(f"{path}: json nested too deeply to be annotations") from None
 
 
 # -- Flickr-SoundNet ---------------------------------------------------------------------------
@@ -358,7 +363,7 @@ def _csv_rows(path: Path, ncols: int | tuple[int, ...] | None = None) -> Iterato
     """(line number, row) of a CSV, skipping blank lines; wrong column counts raise (any count
     when ``ncols`` is None)."""
     allowed = (ncols,) if isinstance(ncols, int) else ncols
-    with _reading(path), open(path, encoding="utf-8", newline="") as f:
+    with _reading(path), open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a BOM is not data
         reader = csv.reader(f, strict=True)
         try:
             for row in reader:
@@ -379,7 +384,7 @@ def read_vggsound_csv(path: str | Path) -> list[VGGSoundRow]:
     for line, (ytid, start, label, split) in _csv_rows(path, 4):
         try:
             seconds = int(float(start))
-        except ValueError:
+        except (ValueError, OverflowError):  # also nan and inf
             raise AnnotationError(f"{path}: line {line}: start_seconds {start!r} is not a number") from None
         if not ytid or seconds < 0:
             raise AnnotationError(f"{path}: line {line}: empty ytid or negative start")

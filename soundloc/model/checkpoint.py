@@ -67,7 +67,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: refused: it would run code on load ({unsafe[0]}); "
                                   "checkpoints are read with weights_only=True") from None
         raise CheckpointError(f"{path}: not a readable checkpoint (not a torch.save file)") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, UnicodeDecodeError, MemoryError) as e:  # a text file: KeyError 101 from the unpickler
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a soundloc checkpoint (a {type(data).__name__})")

@@ -213,6 +213,8 @@ def match_state(module: nn.Module, state: dict[str, torch.Tensor], source: str, 
             raise ModelImportError(f"{source}: missing key {k!r} ({len(set(own) - set(state))} missing in all)")
         if tuple(state[k].shape) != tuple(v.shape):
             raise ModelImportError(f"{source}: key {k!r} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}")
+        if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all()):
+            raise ModelImportError(f"{source}: key {k!r} holds NaN or infinite weights: a corrupt checkpoint")
     extra = sorted(set(state) - set(own))
     if extra:
         raise ModelImportError(f"{source}: unexpected key {extra[0]!r} ({len(extra)} in all): not this architecture")
