@@ -544,7 +544,17 @@ def test_output_through_a_missing_folder_is_refused(export, video, tmp_path):
     toml.write_text(f'[[stream]]\nname = "a"\nvideo = "{video}"\nout = "{tmp_path}/gone/../{video.name}"\n')
     r = soundloc("serve", export, "--sources", toml, "--backend", "onnxruntime-cpu")
     assert r.returncode == 2 and "is the input" in one_line_error(r), r.stderr
-    assert digest(video) == before and not (tmp_path / "nothere").exists()
+    ann = tmp_path / "vggss.json"
+    ann.write_text('[{"file": "c0", "class": "x", "bbox": [[0.1, 0.1, 0.6, 0.6]]}]\n')
+    ckpt = tmp_path / "best.pth"
+    ckpt.write_bytes(b"an EZ-VSL checkpoint")
+    kept = {p: digest(p) for p in (ann, ckpt)}
+    for args in (["eval", "--baseline", "center", "--annotations", ann, "--json", tmp_path / "x" / ".." / ann.name],
+                 ["import", "ezvsl", ckpt, "--out", tmp_path / "x" / "y" / ".." / ".." / ckpt.name]):
+        r = soundloc(*args)
+        assert r.returncode == 2 and "is the input" in one_line_error(r), (args, r.stderr)
+    assert digest(video) == before and not (tmp_path / "nothere").exists() and not (tmp_path / "x").exists()
+    assert {p: digest(p) for p in (ann, ckpt)} == kept
 
 
 def test_outputs_inside_input_folders_and_exports_are_refused(tiny, clip, export, tmp_path):
