@@ -580,6 +580,8 @@ def test_outputs_inside_input_folders_and_exports_are_refused(tiny, clip, export
         (["bench", exp, "--json", exp / "soundloc.json"], "inside the input folder"),
         (["export", run / "step.onnx", "--out", run], "holds the input"),
         (["doctor", "--workdir", tmp_path / "dw"], "not empty"),
+        (["train", data, "--out", tmp_path / "r", "--json", tmp_path / "r" / "last.pt"], "same file"),
+        (["export", tiny.ckpt, "--out", tmp_path / "e", "--json", tmp_path / "e" / "soundloc.json"], "same file"),
     ]
     for args, needle in cases:
         r = soundloc(*args)

@@ -37,7 +37,7 @@ def export(
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     from ..export.onnx import export_checkpoint
 
-    check_paths([json_out], [ckpt, clip], dirs=[out])
+    check_paths([json_out, *([out / "soundloc.json"] if not out.is_file() else [])], [ckpt, clip], dirs=[out])
     console = Console(stderr=True)
     try:
         bundle = export_checkpoint(ckpt, out, format=format, precision=precision, max_batch=max_batch,

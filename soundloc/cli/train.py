@@ -50,7 +50,9 @@ def train_command(
     from ..train.distributed import DistributedError
     from ..train import TrainError, train
 
-    check_paths([json_out], [data_dir, csv_path, classes, init_video], dirs=[out])
+    # the run's own files are outputs too (and, on --resume, last.pt an input): --json may not be one
+    own = [out / "last.pt", out / "best.pt", out / "log.jsonl"] if not out.is_file() else []
+    check_paths([json_out, *own], [data_dir, csv_path, classes, init_video], dirs=[out])
     try:
         extra = {"schedule": schedule} if schedule is not None else {}
         result = train(data_dir, out, preset=preset, recipe=recipe, overrides=Config.parse_overrides(overrides), csv_path=csv_path,
