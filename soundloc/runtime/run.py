@@ -19,8 +19,8 @@ from ..config import stop_signals
 from ..fileio import check_outputs
 from ..media import MediaError
 from .engine import StepModel
-from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, TerminalStatus
-from .sources import StepInput, StepSource
+from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, SourceMp4Sink, TerminalStatus
+from .sources import StepInput, StepSource, parse_spec
 from .stream import Localizer, StreamOptions
 
 
@@ -130,9 +130,12 @@ def _steps(source: StepSource, stop: threading.Event, stall_s: float, deadline: 
 
 
 def _open_sinks(out: Path | None, events: Path | None, preview: tuple[str, int] | None, status: bool,
-                more: Sequence[Sink] = ()) -> MultiSink:
+                more: Sequence[Sink] = (), source_file: Path | None = None, size: int | None = None,
+                source_audio: bool = True) -> MultiSink:
     sinks: list[Sink] = []
-    if out is not None:
+    if out is not None and source_file is not None:
+        sinks.append(SourceMp4Sink(out, source_file, height=size, audio=source_audio))
+    elif out is not None:
         sinks.append(Mp4Sink(out))
     if events is not None:
         sinks.append(JsonlSink(events))
@@ -151,8 +154,15 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
                events: Path | None = None, preview: tuple[str, int] | None = None, backend: str = "auto",
                options: StreamOptions = StreamOptions(), realtime: bool | None = None, video_only: bool = False,
                max_seconds: float | None = None, stall_seconds: float = 10.0, reconnect: int = 0,
-               status: bool = True, threads: int | None = None, triton: str | None = None) -> StreamSummary:
+               status: bool = True, threads: int | None = None, triton: str | None = None,
+               size: int | None = None) -> StreamSummary:
     """Stream ``video`` (+ ``audio``) through the model at ``target`` into the chosen sinks.
+
+    ``target``: an export directory, a checkpoint, or None / ``"demo"`` for the bundled demo
+    model. ``out`` for a video *file* with its own audio keeps the file's frame rate, resolution
+    (or ``size``: the output height in pixels) and audio (rate and channels), the latest map
+    drawn on every original frame (``sinks.SourceMp4Sink``); for a live source or a separate
+    ``audio`` it is the 10 fps, 16 kHz mono stream the model saw.
 
     ``triton``: HOST:PORT of a Triton server that runs the step (``target`` is then the export
     whose repository it serves, read for its config; see ``triton_client``).
@@ -164,16 +174,17 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     was processed. Outputs that are inputs (or each other) are refused before anything is
     opened.
     """
+    target = model_path(target)
     check_outputs([out, events], [target, video, audio])
     model = StepModel.load(target, backend, threads) if triton is None else _triton_model(target, triton)
-    if status:
-        print(f"backend: {model.name}; lookahead {model.lookahead / model.config.fps:.1f} s", flush=True)
+    if status:  # the same delay events.jsonl's lookahead_s states: step graph, window and feeder
+        print(f"backend: {model.name}; lookahead {Localizer(model, options).lookahead_s:.1f} s", flush=True)
     try:
         with stop_on_signals() as stop:
             return stream_source(model, video, audio, stop, out=out, events=events, preview=preview,
                                  options=options, realtime=realtime, video_only=video_only,
                                  max_seconds=max_seconds, stall_seconds=stall_seconds, reconnect=reconnect,
-                                 status=status)
+                                 status=status, source_file=_plain_file(video, audio, reconnect), size=size)
     finally:
         model.close()
 
@@ -182,7 +193,8 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
                   out: Path | None = None, events: Path | None = None, preview: tuple[str, int] | None = None,
                   sinks: Sequence[Sink] = (), options: StreamOptions = StreamOptions(),
                   realtime: bool | None = None, video_only: bool = False, max_seconds: float | None = None,
-                  stall_seconds: float = 10.0, reconnect: int = 0, status: bool = True) -> StreamSummary:
+                  stall_seconds: float = 10.0, reconnect: int = 0, status: bool = True,
+                  source_file: Path | None = None, size: int | None = None) -> StreamSummary:
     """One stream through an already loaded ``model`` until it ends or ``stop`` is set: what
     ``run_stream`` does once the model is loaded, and what ``soundloc serve`` runs per source
     (``model`` then a stream's handle on the shared batched model). ``sinks``: more sinks fed
@@ -191,7 +203,7 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
     start = time.monotonic()
     deadline = start + max_seconds if max_seconds is not None else None
     try:
-        with _open_sinks(out, events, preview, status, sinks) as sink:
+        with _open_sinks(out, events, preview, status, sinks, source_file, size, not video_only) as sink:
             attempts = 0
             while True:
                 live = _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop,
@@ -208,6 +220,28 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
     finally:
         summary.seconds = time.monotonic() - start
     return summary
+
+
+def model_path(target: str | Path | None) -> Path:
+    """What a user names as the model: an export directory or checkpoint, or None / ``"demo"``
+    for the demo model bundled with the package (when no file of that name exists here)."""
+    if target is None or (str(target) == "demo" and not Path("demo").exists()):
+        from ..demo import demo_model_dir
+
+        return demo_model_dir()
+    return Path(target)
+
+
+def _plain_file(video: str, audio: str | None, reconnect: int) -> Path | None:
+    """``video`` as a local file with its own audio (what ``SourceMp4Sink`` re-reads), else None."""
+    try:
+        spec = parse_spec(video)
+    except MediaError:
+        return None
+    path = Path(spec.url)
+    if audio is None and spec.format is None and not spec.live and not reconnect and path.is_file():
+        return path
+    return None
 
 
 def _triton_model(target: str | Path, url: str) -> StepModel:
