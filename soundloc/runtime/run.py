@@ -4,6 +4,7 @@ stalled or vanished device (ended with its reason, or reopened with ``reconnect`
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from ..config import stop_signals
 from ..fileio import check_outputs
 from ..media import MediaError
 from .engine import StepModel
+from .render import Labeler
 from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, SourceMp4Sink, TerminalStatus
 from .sources import StepInput, StepSource, parse_spec
 from .stream import Localizer, StreamOptions
@@ -55,6 +57,7 @@ class StreamSummary:
     signal: int | None = None  # the signal that stopped the run
     outputs: list[str] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
+    hit_rates: object = None  # the demo's hit rates against its ground truth (demo.HitRates)
     latency_ms: list[float] = field(default_factory=list)  # capture -> output, lookahead included
 
     def as_dict(self) -> dict:
@@ -66,7 +69,8 @@ class StreamSummary:
                 "error": self.error, "signal": self.signal,
                 "outputs": self.outputs, "model_ms_p50": pct(self.model_ms, 50), "model_ms_p99": pct(self.model_ms, 99),
                 "latency_ms_p50": pct(self.latency_ms, 50), "latency_ms_p99": pct(self.latency_ms, 99),
-                "realtime_factor": round(float(np.mean(self.model_ms)) / 100.0, 4) if self.model_ms else 0.0}
+                "realtime_factor": round(float(np.mean(self.model_ms)) / 100.0, 4) if self.model_ms else 0.0,
+                **({"hit_rates": dataclasses.asdict(self.hit_rates)} if self.hit_rates is not None else {})}
 
 
 class StopRequest(threading.Event):
@@ -131,12 +135,12 @@ def _steps(source: StepSource, stop: threading.Event, stall_s: float, deadline: 
 
 def _open_sinks(out: Path | None, events: Path | None, preview: tuple[str, int] | None, status: bool,
                 more: Sequence[Sink] = (), source_file: Path | None = None, size: int | None = None,
-                source_audio: bool = True) -> MultiSink:
+                source_audio: bool = True, labeler: Labeler | None = None) -> MultiSink:
     sinks: list[Sink] = []
     if out is not None and source_file is not None:
-        sinks.append(SourceMp4Sink(out, source_file, height=size, audio=source_audio))
+        sinks.append(SourceMp4Sink(out, source_file, height=size, audio=source_audio, labeler=labeler))
     elif out is not None:
-        sinks.append(Mp4Sink(out))
+        sinks.append(Mp4Sink(out, labeler=labeler))
     if events is not None:
         sinks.append(JsonlSink(events))
     if preview is not None:
@@ -155,7 +159,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
                options: StreamOptions = StreamOptions(), realtime: bool | None = None, video_only: bool = False,
                max_seconds: float | None = None, stall_seconds: float = 10.0, reconnect: int = 0,
                status: bool = True, threads: int | None = None, triton: str | None = None,
-               size: int | None = None) -> StreamSummary:
+               size: int | None = None, labeler: Labeler | None = None) -> StreamSummary:
     """Stream ``video`` (+ ``audio``) through the model at ``target`` into the chosen sinks.
 
     ``target``: an export directory, a checkpoint, or None / ``"demo"`` for the bundled demo
@@ -184,7 +188,8 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
             return stream_source(model, video, audio, stop, out=out, events=events, preview=preview,
                                  options=options, realtime=realtime, video_only=video_only,
                                  max_seconds=max_seconds, stall_seconds=stall_seconds, reconnect=reconnect,
-                                 status=status, source_file=_plain_file(video, audio, reconnect), size=size)
+                                 status=status, source_file=_plain_file(video, audio, reconnect), size=size,
+                                 labeler=labeler)
     finally:
         model.close()
 
@@ -194,7 +199,8 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
                   sinks: Sequence[Sink] = (), options: StreamOptions = StreamOptions(),
                   realtime: bool | None = None, video_only: bool = False, max_seconds: float | None = None,
                   stall_seconds: float = 10.0, reconnect: int = 0, status: bool = True,
-                  source_file: Path | None = None, size: int | None = None) -> StreamSummary:
+                  source_file: Path | None = None, size: int | None = None,
+                  labeler: Labeler | None = None) -> StreamSummary:
     """One stream through an already loaded ``model`` until it ends or ``stop`` is set: what
     ``run_stream`` does once the model is loaded, and what ``soundloc serve`` runs per source
     (``model`` then a stream's handle on the shared batched model). ``sinks``: more sinks fed
@@ -203,7 +209,8 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
     start = time.monotonic()
     deadline = start + max_seconds if max_seconds is not None else None
     try:
-        with _open_sinks(out, events, preview, status, sinks, source_file, size, not video_only) as sink:
+        with _open_sinks(out, events, preview, status, sinks, source_file, size, not video_only,
+                         labeler) as sink:
             attempts = 0
             while True:
                 live = _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop,
