@@ -14,6 +14,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import av
 import numpy as np
 
 from ..config import stop_signals
@@ -23,7 +24,8 @@ from .engine import StepModel
 from .render import Labeler
 from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, SourceMp4Sink, TerminalStatus
 from .sources import StepInput, StepSource, parse_spec
-from .stream import Localizer, StreamOptions
+from .results import StepResult
+from .stream import Localizer, StreamOptions, localize_stream
 
 
 class End(Enum):
@@ -137,10 +139,8 @@ def _open_sinks(out: Path | None, events: Path | None, preview: tuple[str, int] 
                 more: Sequence[Sink] = (), source_file: Path | None = None, size: int | None = None,
                 source_audio: bool = True, labeler: Labeler | None = None) -> MultiSink:
     sinks: list[Sink] = []
-    if out is not None and source_file is not None:
-        sinks.append(SourceMp4Sink(out, source_file, height=size, audio=source_audio, labeler=labeler))
-    elif out is not None:
-        sinks.append(Mp4Sink(out, labeler=labeler))
+    if out is not None:
+        sinks.append(_mp4_sink(out, source_file, size, source_audio, labeler))
     if events is not None:
         sinks.append(JsonlSink(events))
     if preview is not None:
@@ -227,6 +227,39 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
     finally:
         summary.seconds = time.monotonic() - start
     return summary
+
+
+def iter_steps(video: str, target: str | Path | None = None, *, audio: str | None = None,
+               backend: str = "auto", options: StreamOptions = StreamOptions(), video_only: bool = False,
+               realtime: bool | None = None, threads: int | None = None) -> Iterator[StepResult]:
+    """Per-step results of a file or a live source, in Python: one ``StepResult`` per 0.1 s
+    (``pts`` its time in seconds, ``heatmap`` the map in [0, 1] or None when gated, ``box``,
+    ``score``, ``gated``), the same steps `soundloc stream` writes to events.jsonl.
+
+    ``target``: export directory, checkpoint, or None / ``"demo"`` for the bundled model.
+    A live source runs until the loop stops (``break`` closes the capture and the model)::
+
+        for r in iter_steps("clip.mp4"):
+            print(r.pts, r.score, r.gated, r.box)
+    """
+    model = StepModel.load(model_path(target), backend, threads)
+    try:
+        with StepSource(video, audio, realtime=realtime, video_only=video_only,
+                        size=model.config.image_size) as source:
+            yield from localize_stream(source, model, options)
+    finally:
+        model.close()
+
+
+def _mp4_sink(out: Path, source_file: Path | None, size: int | None, audio: bool, labeler: Labeler | None) -> Sink:
+    """The file's own-rate annotated copy when it can be re-read, else the 10 fps stream the
+    model saw (a file PyAV cannot open here fails in the source, with its own message)."""
+    if source_file is not None:
+        try:
+            return SourceMp4Sink(out, source_file, height=size, audio=audio, labeler=labeler)
+        except (OSError, av.error.FFmpegError, IndexError):
+            pass
+    return Mp4Sink(out, labeler=labeler)
 
 
 def model_path(target: str | Path | None) -> Path:

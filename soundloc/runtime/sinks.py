@@ -33,10 +33,11 @@ from typing import Protocol, TextIO, runtime_checkable
 
 import av
 import numpy as np
+from PIL import Image
 
 from ..config import SAMPLE_RATE, stop_signals
 from ..fileio import Staged
-from ..media import add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
+from ..media import video_rgb, add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
 from .render import Labeler, render_on, render_step
 from .results import StepResult
 
@@ -455,10 +456,7 @@ class SourceMp4Sink(Mp4Sink):
         vin = self._in_video.streams.video[0]
         self._rate = vin.average_rate or vin.guessed_rate or Fraction(10)
         self._in_tb = vin.time_base or Fraction(1, 90000)
-        width, h = vin.codec_context.width, vin.codec_context.height
-        if height is not None:
-            width, h = max(2, round(width * height / h / 2) * 2), height
-        self._target = (width, h)
+        self._height = height
         self._frames = self._in_video.decode(video=0)
         self._in_audio = av.open(str(source)) if audio else None
         if self._in_audio is not None and not self._in_audio.streams.audio:
@@ -473,8 +471,6 @@ class SourceMp4Sink(Mp4Sink):
         super().__init__(path, fps=10, alpha=alpha, labeler=labeler, audio=audio and self._in_audio is not None)
 
     def _encode_step(self, result: StepResult) -> None:
-        if self._video is None:
-            self._open_streams(*self._target)
         until = (result.index + 1) / 10
         self._last_result = result
         self._encode_frames_until(result, until)
@@ -495,7 +491,10 @@ class SourceMp4Sink(Mp4Sink):
 
     def _next_frame(self) -> av.VideoFrame | None:
         if self._pending is None:
-            self._pending = next(self._frames, None)
+            try:
+                self._pending = next(self._frames, None)
+            except av.error.FFmpegError:  # a file corrupt part-way: the stream says so; stop here
+                self._frames = iter(())
         return self._pending
 
     def _encode_frames_until(self, result: StepResult, until: float) -> None:
@@ -508,7 +507,13 @@ class SourceMp4Sink(Mp4Sink):
             if t >= until - 1e-6:
                 return
             self._pending = None
-            image = frame.to_ndarray(format="rgb24", width=self._size[0], height=self._size[1])
+            image = video_rgb(frame)  # as a player shows it (a phone's rotation applied)
+            if self._video is None:
+                h, w = image.shape[:2]
+                self._open_streams(*((w, h) if self._height is None else
+                                     (max(2, round(w * self._height / h / 2) * 2), self._height)))
+            if image.shape[1::-1] != self._size:
+                image = np.asarray(Image.fromarray(image).resize(self._size, Image.BILINEAR))
             drawn = render_on(image, result, alpha=self.alpha, labeler=self.labeler, time_s=t)
             # video from 0, audio after the AAC priming (so no packet is negative): a fragmented mp4
             # would pin a later first frame to 0 and stretch it, changing the frame rate
@@ -519,7 +524,10 @@ class SourceMp4Sink(Mp4Sink):
         """The original audio up to ``until`` seconds, re-encoded at its own rate and layout."""
         rate = self._audio.codec_context.sample_rate
         while self._audio_pts < until * rate:
-            frame = next(self._sounds, None)
+            try:
+                frame = next(self._sounds, None)
+            except av.error.FFmpegError:
+                frame = None
             if frame is None:
                 return
             frame.pts = None
