@@ -15,7 +15,7 @@ from .app import app, check_paths, check_range, fail
 @app.command("serve")
 def serve(
     target: Optional[Path] = O.target_argument(),
-    sources: Optional[Path] = typer.Option(None, "--sources", "-s", help="TOML file of \\[\\[stream]] tables (name, video, audio, out, events, video_only)."),
+    sources: Optional[Path] = typer.Option(None, "--sources", "-s", help="TOML file of [[stream]] tables (name, video, audio, out, events, video_only)."),
     video: List[str] = typer.Option([], "--video", "-v", help="NAME=SPEC, repeated: one stream each (specs as in `soundloc stream`)."),
     audio: List[str] = typer.Option([], "--audio", "-a", help="NAME=SPEC: a separate microphone for the --video of that name."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Write NAME.mp4 and NAME.jsonl here for every stream without its own outputs."),
