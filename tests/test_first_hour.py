@@ -113,3 +113,73 @@ def test_stream_and_serve_options_default_to_the_library():
         if p.name in ("gate_db", "gate_score", "window", "box_threshold", "backend", "stall", "threads"):
             assert shared[p.name] == (p.default, p.help), p.name
     assert inspect.signature(StreamOptions).parameters["gate_db"].default == -40.0
+
+
+def test_default_recipe_model_through_every_command(default_run, tmp_path):
+    """A model trained by `soundloc train` with no recipe flags (tied-fc, salient maps) through
+    each command that takes a model, as a user runs them (the paper recipe's tiny model walks
+    the same commands in the other test files)."""
+    ckpt, export, data = default_run.ckpt, default_run.export, default_run.data
+    video = sorted((data / "videos").glob("*.mp4"))[0]
+
+    def ok(*args):
+        r = soundloc_cli(*args)
+        assert r.returncode == 0, (args, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and "Skipping torchvision" not in r.stdout + r.stderr
+        return r
+
+    r = ok("info", export)
+    assert "tied-fc, salient maps" in r.stdout and "precision  fp32" in r.stdout and "best.pt" in r.stdout
+    r = ok("export", ckpt, "--out", tmp_path / "triton", "--format", "triton")  # + TensorRT operator check
+    assert (tmp_path / "triton" / "triton" / "soundloc_step" / "config.pbtxt").is_file()
+    ok("stream", export, "--video", video, "--out", tmp_path / "s.mp4", "--events", tmp_path / "s.jsonl")
+    assert len(events(tmp_path / "s.jsonl")) == 20 and media_facts(tmp_path / "s.mp4") == media_facts(video)
+    ok("serve", export, "--video", f"a={video}", "--out-dir", tmp_path / "serve")
+    assert events(tmp_path / "serve" / "a.jsonl") == [e | {k: events(tmp_path / "serve" / "a.jsonl")[i][k]
+                                                         for k in ("latency_ms", "model_ms", "step_ms_p50")}
+                                                     for i, e in enumerate(events(tmp_path / "s.jsonl"))]
+    r = ok("bench", export, "--compare", "onnxruntime-cpu", "--no-references", "--warmup", "0.1", "--duration", "0.2",
+           "--min-iters", "3", "--json", tmp_path / "b.json")
+    assert "issue" not in r.stdout and "not measured: None" not in r.stdout
+    r = ok("eval", ckpt, "--videos", data, "--annotations", data / "vggss.json", "--json", tmp_path / "e.json")
+    assert "audio dependence over" in r.stdout
+    ok("moments", ckpt, data, "--top-k", "2", "--json", tmp_path / "m.json")
+    best = json.loads((tmp_path / "m.json").read_text())
+    assert all(len(v) == 2 and v[0]["score"] >= v[1]["score"] and v[0]["time_s"] == v[0]["frame"] / 10
+               for v in best.values())
+    r = ok("annotate", ckpt, data, "--out", tmp_path / "boxes.json")
+    assert "predicted class" in r.stdout
+    assert all(e["class_source"] == "predicted" for e in json.loads((tmp_path / "boxes.json").read_text()))
+
+
+def test_info_tells_what_train_trains_and_what_an_export_is():
+    r = soundloc_cli("info", "--preset", "tiny")
+    assert r.returncode == 0, r.stderr
+    assert "train --preset tiny --recipe default" in r.stdout and "tied-fc" in r.stdout and "salient" in r.stdout
+    r = soundloc_cli("info", "--preset", "small", "--recipe", "paper")
+    assert "individual-fc" in r.stdout and " dot " in r.stdout + " "
+    r = soundloc_cli("info", "demo")
+    assert r.returncode == 0, r.stderr
+    assert "family     classifier" in r.stdout and "classes    10" in r.stdout and "epoch 12" in r.stdout
+    assert "RANDOM" not in r.stdout
+
+
+def test_random_weight_exports_say_so_in_info(tmp_path):
+    pytest.importorskip("torch", reason="torch (the train extra) needed to export")
+    r = soundloc_cli("export", "--preset", "tiny", "--out", tmp_path / "rand")
+    assert r.returncode == 0, r.stderr
+    r = soundloc_cli("info", tmp_path / "rand")
+    assert r.returncode == 0 and "RANDOM WEIGHTS" in r.stdout and "warning" in r.stdout
+
+
+def test_help_texts_print_brackets_and_name_no_tracker_numbers():
+    import re
+
+    for cmd in ("moments", "serve", "stream", "train", "export", "bench", "info", "eval", "annotate"):
+        r = soundloc_cli(cmd, "--help")
+        assert r.returncode == 0, r.stderr
+        assert not re.search(r"\bissue \d", r.stdout), cmd
+    assert "{clip_id: [{time_s, frame, score}" in soundloc_cli("moments", "--help").stdout.replace("\n", " ")
+    assert "[[stream]]" in soundloc_cli("serve", "--help").stdout
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert not re.search(r"\bissue \d", readme)
