@@ -46,7 +46,7 @@ NORM_EPS = 1e-12  # floor of a norm before dividing (torch.nn.functional.normali
 # The audio-dependence check (soundloc.dependence): maps whose own-audio and other-audio versions
 # correlate above 1 - this (median over clips) do not follow the audio.
 MIN_AUDIO_DEPENDENCE = 0.1
-MIN_DEPENDENCE_CLIPS = 3  # fewer clips than this: one pair's noise, so the check does not judge
+MIN_DEPENDENCE_CLIPS = 2  # one clip has no other clip whose sound to play over it: nothing to judge
 
 # Training recipes: Config fields and TrainOptions that `soundloc train --recipe NAME` starts from
 # (explicit --set and options still win). "paper" is §4.2 exactly: individual FCs, summed CE,
