@@ -46,6 +46,7 @@ NORM_EPS = 1e-12  # floor of a norm before dividing (torch.nn.functional.normali
 # The audio-dependence check (soundloc.dependence): maps whose own-audio and other-audio versions
 # correlate above 1 - this (median over clips) do not follow the audio.
 MIN_AUDIO_DEPENDENCE = 0.1
+MIN_DEPENDENCE_CLIPS = 2  # one clip has no other clip whose sound to play over it: nothing to judge
 
 # Training recipes: Config fields and TrainOptions that `soundloc train --recipe NAME` starts from
 # (explicit --set and options still win). "paper" is §4.2 exactly: individual FCs, summed CE,
@@ -249,6 +250,9 @@ PRESETS: dict[str, Config] = {
     # For tests: tiny and fast; still every mechanism of the full model.
     "tiny": Config(width=0.0625, layers=(1, 1, 1, 1), clip_seconds=2.0),
 }
+
+
+DEFAULT_PRESET = "small"  # what `soundloc train` (and `soundloc info`) use without --preset
 
 
 def preset(name: str, **overrides: Any) -> Config:

@@ -21,7 +21,8 @@ S_av, ``check_steps``), not the middle frame VGG-SS annotates: the middle may be
 or padding of a clip shorter than ``config.clip_seconds``), and a silent step's map cannot
 depend on a sound that is not there. The other clip's audio is taken at the same steps.
 
-``flagged`` when the median ``map_change`` is below ``config.MIN_AUDIO_DEPENDENCE``. numpy only.
+``flagged`` when the median ``map_change`` is below ``config.MIN_AUDIO_DEPENDENCE``, over at
+least ``config.MIN_DEPENDENCE_CLIPS`` clips (fewer: "not enough clips to judge", never flagged). numpy only.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .config import MIN_AUDIO_DEPENDENCE
+from .config import MIN_AUDIO_DEPENDENCE, MIN_DEPENDENCE_CLIPS
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,20 @@ class AudioDependence:
     peak_distance: float
 
     @property
+    def judged(self) -> bool:
+        """Whether there were enough clips for the median to mean something (with one clip,
+        its "other" audio is its own)."""
+        return self.clips >= MIN_DEPENDENCE_CLIPS
+
+    @property
     def flagged(self) -> bool:
-        return self.clips > 0 and self.map_change < MIN_AUDIO_DEPENDENCE
+        return self.judged and self.map_change < MIN_AUDIO_DEPENDENCE
 
     def warning(self) -> str:
-        """A plain sentence when flagged, else empty."""
+        """A plain sentence when flagged or when too few clips to judge, else empty."""
+        if 0 < self.clips < MIN_DEPENDENCE_CLIPS:
+            return (f"audio-dependence check: not enough clips to judge ({self.clips} < {MIN_DEPENDENCE_CLIPS}: "
+                    "each clip's map is compared with another clip's sound played over it)")
         if not self.flagged:
             return ""
         return (f"warning: the maps barely depend on the audio (median change {self.map_change:.3f} < "
@@ -56,7 +66,7 @@ class AudioDependence:
                 "they show what looks salient, not what sounds")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "flagged": self.flagged}
+        return {**asdict(self), "judged": self.judged, "flagged": self.flagged}
 
 
 def check_steps(scores: np.ndarray) -> list[int]:

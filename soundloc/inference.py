@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import EVAL_SIZE
+from .config import EVAL_SIZE, steps_to_seconds
 from .data.annotations import find_video, list_videos
 from .dependence import AudioDependence, audio_dependence, check_steps, other_clips
 from .families import blend_prior, family_of
@@ -138,12 +138,16 @@ def maps_from_checkpoint(ckpt: Path, videos: Path, ids: Iterable[str], baseline:
     return maps, skipped, clip_dependence(feats, steps, labels)
 
 
-def moments(ckpt: Path, folder: Path, k: int = 1, progress: bool = True) -> tuple[dict[str, list[int]], Skipped]:
-    """Top-k informative moments per clip: frame indices at 10 fps, best S_av first (§5.1)."""
+def moments(ckpt: Path, folder: Path, k: int = 1, progress: bool = True) -> tuple[dict[str, list[dict]], Skipped]:
+    """Top-k informative moments per clip, best first (§5.1): each ``{"time_s": seconds from the
+    clip's start, "frame": the step (10 fps frame) index, "score": its S_av}``."""
     an = Analyzer(ckpt)
     skipped = Skipped()
-    out = {f.clip_id: top_k_moments(f.scores(), k)
-           for f in an.each(_progress(list_videos(folder), "moments", progress), skipped)}
+    out = {}
+    for f in an.each(_progress(list_videos(folder), "moments", progress), skipped):
+        scores = f.scores()
+        out[f.clip_id] = [{"time_s": round(steps_to_seconds(t), 2), "frame": int(t), "score": round(float(scores[t]), 4)}
+                          for t in top_k_moments(scores, k)]
     return out, skipped
 
 
@@ -177,7 +181,7 @@ def _pseudo_entry(an: Analyzer, f, threshold: float) -> dict:
     t = top_k_moments(f.scores(), 1)[0]
     m = window_map(f.alpha(), t, an.config.window_steps)
     box = pseudo_box(m, EVAL_SIZE, EVAL_SIZE, threshold)
-    return {"file": f.clip_id, "class": an.classify(f), "frame": t,
+    return {"file": f.clip_id, "class": an.classify(f), "class_source": "predicted", "frame": t,
             "score": round(float(f.scores()[t]), 4), "bbox": [] if box is None else [list(box)]}
 
 

@@ -86,3 +86,31 @@ def serve_http(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServ
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+def soundloc_cli(*args: object, timeout: float = 300) -> "subprocess.CompletedProcess":
+    """The real `soundloc` command (``python -m soundloc``) in a subprocess."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "soundloc", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory) -> types.SimpleNamespace:
+    """A default-recipe model as a user makes one: `soundloc train` with no recipe flags (tied-fc
+    head, salient maps) on a small synthetic set (tiny preset, 2 s clips, ~10 s here), then
+    `soundloc export` of its best.pt. ``data`` is the training folder (VGGSound layout)."""
+    pytest.importorskip("torch", reason="torch (the train extra) needed to train the test model")
+    from soundloc.data.synth import make_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("default_run")
+    data = root / "data"
+    make_synthetic_dataset(data, num_clips=12, seconds=2.0, num_classes=2, val_fraction=0.25, workers=1, size=64)
+    r = soundloc_cli("train", data, "--out", root / "run", "--preset", "tiny", "--epochs", "6", "--workers", "0",
+                     "--batch-size", "2", "--lr", "0.05")
+    assert r.returncode == 0, r.stderr
+    r = soundloc_cli("export", root / "run" / "best.pt", "--out", root / "export")
+    assert r.returncode == 0, r.stderr
+    return types.SimpleNamespace(data=data, ckpt=root / "run" / "best.pt", export=root / "export", root=root)

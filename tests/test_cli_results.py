@@ -163,7 +163,8 @@ def test_rotation_metadata_is_honoured_in_the_output_and_in_training_frames(tmp_
     frames = frames_of(out)
     assert frames.shape[1:] == (96, 64, 3)  # shown upright: portrait
     grey = frames.mean(axis=(0, 3))
-    assert grey[-24:, :16].mean() > 200 and grey[:24, :16].mean() < 60  # top-left went bottom-left
+    # top-left went bottom-left (the last 16 rows are the status bar: time, score, gate)
+    assert grey[-24:-16, :16].mean() > 200 and grey[:24, :16].mean() < 60
     small = load_clip(clip).frames.mean(axis=(0, 3))  # the model's 112x112 input, same turn
     assert small[-24:, :24].mean() > 200 and small[:40, :24].mean() < 60  # block: 28x28 there
 

@@ -9,6 +9,7 @@ import sys
 import av
 import numpy as np
 import pytest
+from PIL import Image
 
 pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
 
@@ -22,17 +23,24 @@ def test_demo_writes_annotated_mp4_and_events_without_torch(tmp_path):
     script = (
         "import sys; from soundloc.demo import run_demo; "
         f"s = run_demo({str(tmp_path)!r}, seconds=4.0, status=False); "
-        "assert 'torch' not in sys.modules, 'the runtime imported torch'; print(s.steps, s.gated)")
+        "assert 'torch' not in sys.modules, 'the runtime imported torch'; "
+        "h = s.hit_rates; print(s.steps, s.gated, h.steps, h.model, h.shuffled, h.centre)")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    steps, gated = map(int, r.stdout.split())
+    steps, gated, judged = map(int, r.stdout.split()[:3])
+    model, shuffled, centre = map(float, r.stdout.split()[3:])
+    assert 0 < judged <= steps - gated and all(0 <= x <= 1 for x in (model, shuffled, centre))
     assert steps == 40
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert [e["index"] for e in events] == list(range(40))
     shown = [e for e in events if not e["gated"]]
     assert len(shown) == steps - gated
     out, inp = _frames(tmp_path / "demo.mp4"), _frames(tmp_path / "input.mp4")
-    assert len(out) == 40
+    assert len(out) == 40 and out[0].shape[0] >= 480  # shown large enough to judge
+    size = out[0].shape[1::-1]
+    inp = [np.asarray(Image.fromarray(f).resize(size, Image.BILINEAR)) for f in inp]
+    bar = out[0][-12:].mean(axis=2)  # the status bar: black with white text (time, score, gate)
+    assert (bar < 30).mean() > 0.5 and (bar > 200).any()
     with av.open(str(tmp_path / "demo.mp4")) as c:
         assert c.streams.audio[0].codec_context.name == "aac"
     for e in shown[:5]:

@@ -68,3 +68,14 @@ def test_check_step_is_the_top_moment_not_a_silent_middle():
 
     scores = np.array([[0.0, 5.0, 1.0, 0.0, 0.0], [3.0, 0.0, 0.0, 0.0, 4.0]])  # middles (step 2) not loudest
     assert check_steps(scores) == [1, 4] and check_steps(scores[0]) == [1]
+
+
+def test_too_few_clips_are_not_judged():
+    """One clip is paired with its own audio (nothing to compare): never flagged, said so."""
+    from soundloc.config import MIN_DEPENDENCE_CLIPS
+
+    for n in range(1, MIN_DEPENDENCE_CLIPS):
+        dep = audio_dependence([blob(2, 2)] * n, [blob(2, 2)] * n)
+        assert not dep.flagged and not dep.judged and "not enough clips to judge" in dep.warning()
+        assert dep.to_dict()["flagged"] is False
+    assert audio_dependence([blob(2, 2)] * MIN_DEPENDENCE_CLIPS, [blob(2, 2)] * MIN_DEPENDENCE_CLIPS).flagged

@@ -58,14 +58,17 @@ def test_moments_and_annotate(trained):
     _run(["moments", str(ckpt), str(data), "--top-k", "3", "--json", str(root / "moments.json")])
     moments = json.loads((root / "moments.json").read_text())
     assert len(moments) == 6
-    for frames in moments.values():
+    for best in moments.values():
+        frames = [m["frame"] for m in best]
+        assert [m["time_s"] for m in best] == [f / 10 for f in frames]
+        assert [m["score"] for m in best] == sorted((m["score"] for m in best), reverse=True)
         assert len(frames) == 3 and len(set(frames)) == 3 and all(0 <= f < 20 for f in frames)
     out = root / "boxes.json"
     _run(["annotate", str(ckpt), str(data), "--out", str(out)])
     entries = json.loads(out.read_text())
     assert len(entries) == 6
     for e in entries:
-        assert {"file", "class", "bbox", "frame"} <= set(e)
+        assert {"file", "class", "bbox", "frame"} <= set(e) and e["class_source"] == "predicted"
         for box in e["bbox"]:
             assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
     # resumable: a second run keeps everything and adds nothing

@@ -117,8 +117,10 @@ def precision_ratios(report: BenchReport) -> list[dict[str, Any]]:
 def notes_lines(report: BenchReport) -> list[str]:
     """What each table row ran on, why a backend is missing, and the derived figures."""
     lines = [report.weights] if report.weights else []
-    lines.append(f"model step stage measured on {report.stages_backend}; decode: {report.clip['width']}x"
-                 f"{report.clip['height']} H.264+AAC through StepSource ({report.clip['path']})")
+    lines.append(f"the stage rows (decode ... render) are one pass of the whole pipeline on {report.stages_backend}; "
+                 f"each backend's 'step' row times the model step alone, so the two model-step figures differ; "
+                 f"decode: {report.clip['width']}x{report.clip['height']} H.264+AAC through StepSource "
+                 f"({report.clip['path']})")
     for r in report.backends:
         if not r.available:
             lines.append(f"{r.label}: unavailable: {r.reason}")
@@ -133,7 +135,7 @@ def notes_lines(report: BenchReport) -> list[str]:
         lines += [f"{r.label}: {key} not measured: {why}" for key, why in r.errors.items()]
     lines += [f"{x['backend']}: {x['precision']} step p50 = {x['p50_ratio']:.2f}x the {x['versus']} step p50 (same run)"
               for x in precision_ratios(report)]
-    if report.recompute is None:
+    if report.recompute is None and report.recompute_reason:
         lines.append(f"window recompute reference not measured: {report.recompute_reason}")
     return lines
 
@@ -141,7 +143,9 @@ def notes_lines(report: BenchReport) -> list[str]:
 def targets_table(report: BenchReport):
     from rich.table import Table
 
-    table = Table(title="issue 6 targets (set for onnxruntime CPU, 2 cores, full size, batch 1)")
+    full = report.config.get("width") == 1.0 and tuple(report.config.get("layers", ())) == (2, 2, 2, 2)
+    table = Table(title="real-time targets (set for the full-size model on onnxruntime CPU, 2 cores, batch 1)"
+                        + ("" if full else "; this model is smaller, so 'met' says little about the full one"))
     for col in ("target", "backend", "achieved", "limit", "met"):
         table.add_column(col)
     for c in report.checks:

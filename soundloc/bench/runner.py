@@ -204,7 +204,7 @@ def _collect(targets: list[Path], backends: list[str], streams: int, plan: Plan,
         if model is not None:
             model.close()
         results.append(res)
-    recompute, why = None, None
+    recompute, why = None, None if references else "not asked for (--no-references)"
     if references:
         progress("reference: PyTorch eager recomputing the 3 s window every step")
         try:

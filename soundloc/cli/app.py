@@ -17,6 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # help texts are plain text: "[frame indices]" or "[[stream]]" must print as written
+    rich_markup_mode=None,
 )
 
 

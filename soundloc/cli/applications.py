@@ -22,7 +22,7 @@ def moments_command(
     ckpt: Path = typer.Argument(..., help="soundloc checkpoint."),
     folder: Path = typer.Argument(..., help="Folder of videos (or a dataset folder with videos/)."),
     k: int = typer.Option(1, "--top-k", "-k", help="Moments per clip."),
-    json_out: Path = typer.Option(..., "--json", help="Output: {clip_id: [frame indices at 10 fps, best first]}."),
+    json_out: Path = typer.Option(..., "--json", help="Output: {clip_id: [{time_s, frame, score}, best first]}: seconds from the clip's start, the 10 fps frame index, the audio-visual score (docs/outputs.md)."),
 ) -> None:
     """Top-k informative moments per clip (highest audio-visual score S_av)."""
     from ..fileio import write_json
@@ -34,6 +34,8 @@ def moments_command(
     result, skipped = moments(ckpt, folder, k)
     write_json(result, json_out)
     typer.echo(f"{len(result)} clips -> {json_out}")
+    for clip_id, best in list(result.items())[:3]:
+        typer.echo(f"  {clip_id}: " + ", ".join(f"{m['time_s']:.1f} s (score {m['score']:.3g})" for m in best))
     _report_skipped(skipped)
 
 
@@ -46,7 +48,7 @@ def annotate_command(
     resume: bool = typer.Option(True, "--resume/--restart", help="Keep clips already in --out."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write counts here."),
 ) -> None:
-    """Pseudo bounding boxes for a whole dataset, at each clip's top-1 moment."""
+    """Pseudo bounding boxes for a whole dataset, at each clip's top-1 moment, with the model's predicted class."""
     from ..fileio import write_json
     from ..inference import annotate
 
@@ -63,6 +65,8 @@ def annotate_command(
         typer.echo(f"no clip annotated: {out} is left as it was")
     else:
         typer.echo(f"{len(entries)} clips, {boxed} with a box -> {out}")
+        typer.echo("each entry's 'class' is the model's predicted class (its audio-visual head's top-1), "
+                   "not a ground-truth label ('class_source': 'predicted')")
     _report_skipped(skipped)
     if json_out:
         write_json({"clips": len(entries), "with_box": boxed, "skipped": len(skipped.items)}, json_out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from pathlib import Path
 from typing import Optional
 
@@ -50,7 +52,7 @@ def bench(
         backends = parse_compare(compare) if compare else [backend]
         plan = lib.Plan(warmup, duration, min_iters)
         report = lib.run_bench(target, backends=backends, streams=streams, plan=plan, threads=threads, clip=clip,
-                               references=references, progress=lambda s: err.print(f"[dim]{s}[/dim]"))
+                               references=references, progress=lambda s: err.print(f"[dim]{escape(s)}[/dim]"))
     except ValueError as e:
         raise fail(str(e))
     console.print(lib.report_table(report))
@@ -61,7 +63,7 @@ def bench(
         console.print(line, markup=False, highlight=False)
     if json_out:
         write_json(lib.report_dict(report), json_out)
-        console.print(f"wrote {json_out}")
+        console.print(f"wrote {escape(str(json_out))}")
     if not any(r.available for r in report.backends):  # nothing asked for was measured: not a success
         reasons = "; ".join(f"{r.label}: {r.reason}" for r in report.backends)
         raise fail(f"no backend could run, so no model step was measured ({reasons})", 1)

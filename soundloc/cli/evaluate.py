@@ -67,7 +67,7 @@ def eval_command(
     if dependence is not None:
         typer.echo(f"audio dependence over {dependence.clips} clips: median map change {dependence.map_change:.3f} "
                    f"with another clip's audio, peak moved in {dependence.peak_moved:.0%} of clips")
-        if dependence.flagged:
+        if dependence.warning():  # flagged, or too few clips to judge
             typer.echo(dependence.warning())
 
 
@@ -110,4 +110,4 @@ def _print_result(result: "EvalResult") -> None:
         (result.n_no_annotation, "requested ids without annotation (not scored)"),
     ) if n]
     for note in notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False, highlight=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from pathlib import Path
 from typing import Optional
 
@@ -43,17 +45,17 @@ def export(
         bundle = export_checkpoint(ckpt, out, format=format, precision=precision, max_batch=max_batch,
                                    workspace_gib=workspace_gib, timing_cache=timing_cache, dla_core=dla_core,
                                    preset=preset, seed=seed, calib=calib,
-                                   verify_clip=(clip or True) if verify else False, progress=console.print)
+                                   verify_clip=(clip or True) if verify else False, progress=lambda s: console.print(s, markup=False, highlight=False))
     except ValueError as e:
         raise fail(str(e))
     from ..runtime.bundle import random_weights_note
 
     note = random_weights_note(bundle.manifest)
     if note:
-        console.print(f"[bold yellow]{note}[/bold yellow]")
+        console.print(f"[bold yellow]{escape(note)}[/bold yellow]")
     files = [rec for g in bundle.manifest["graphs"].values() for rec in g["files"].values()]
     for rec in files:
-        console.print(f"  {rec['file']}: {rec['bytes'] / 1e6:.1f} MB")
+        console.print(f"  {escape(rec['file'])}: {rec['bytes'] / 1e6:.1f} MB")
     figures = {"export": {"dir": str(out), "precision": precision, "format": format,
                           "seconds": bundle.manifest["export_seconds"],
                           "bytes": {r["file"]: r["bytes"] for r in files}, "weights": note or "checkpoint"}}
@@ -65,7 +67,7 @@ def export(
         from ..fileio import write_json
 
         write_json(figures, json_out)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {escape(str(out))}")
     if verify and not figures["verify"]["ok"]:
         raise typer.Exit(1)
 
@@ -88,13 +90,13 @@ def _verify(bundle, ckpt: Optional[Path], preset: Optional[str], seed: int, clip
     if report.map_ciou_min is not None:
         console.print(f"  binarised maps vs fp32: min cIoU {report.map_ciou_min:.3f}")
     for f in report.failures:
-        console.print(f"[red]FAIL[/red] {f}")
+        console.print(f"[red]FAIL[/red] {escape(f)}")
     return report.as_dict()
 
 
 def _print_int8(report: dict, console) -> dict:
     """The int8 export's comparison with the fp32 export (recorded in its soundloc.json)."""
-    console.print(f"verify (int8 vs the fp32 export, {report['clip']}, {report['steps']} steps):")
+    console.print(f"verify (int8 vs the fp32 export, {escape(report['clip'])}, {report['steps']} steps):")
     for key in ("stream", "offline", "stream_vs_offline_int8"):
         f = report[key]
         console.print(f"  {key:>22}: peak cell same on {f['peak_agreement']:.1%} of steps, binarised-map cIoU "
@@ -103,5 +105,5 @@ def _print_int8(report: dict, console) -> dict:
     console.print(f"  alpha max error {report['alpha_max_rel_error']:.2%} of max |alpha|; S_av {m['score_max_rel_error']:.2%}; "
                   f"top-1 moment {'same' if m['top1_same'] else 'differs'}")
     for f in report["failures"]:
-        console.print(f"[red]FAIL[/red] {f}")
+        console.print(f"[red]FAIL[/red] {escape(f)}")
     return report

@@ -8,33 +8,34 @@ from typing import List, Optional
 import typer
 
 from ..config import BACKENDS, SERVE_BATCH_WAIT_S
+from . import options as O
 from .app import app, check_paths, check_range, fail
 
 
 @app.command("serve")
 def serve(
-    target: Path = typer.Argument(..., help="Export directory (or a .pt checkpoint for --backend torch)."),
-    sources: Optional[Path] = typer.Option(None, "--sources", "-s", help="TOML file of \\[\\[stream]] tables (name, video, audio, out, events, video_only)."),
+    target: Optional[Path] = O.target_argument(),
+    sources: Optional[Path] = typer.Option(None, "--sources", "-s", help="TOML file of [[stream]] tables (name, video, audio, out, events, video_only)."),
     video: List[str] = typer.Option([], "--video", "-v", help="NAME=SPEC, repeated: one stream each (specs as in `soundloc stream`)."),
     audio: List[str] = typer.Option([], "--audio", "-a", help="NAME=SPEC: a separate microphone for the --video of that name."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Write NAME.mp4 and NAME.jsonl here for every stream without its own outputs."),
     preview: bool = typer.Option(False, "--preview", help="Serve one preview page with every stream (a grid) and /status.json."),
-    host: str = typer.Option("127.0.0.1", help="Preview bind address (anything but loopback is visible on your network)."),
-    port: int = typer.Option(8080, help="Preview port (0: any free port)."),
-    backend: str = typer.Option("auto", help=f"One of {', '.join(BACKENDS)} (torch: a .pt checkpoint)."),
+    host: str = O.host_option(),
+    port: int = O.port_option(),
+    backend: str = O.backend_option(),
     batch: bool = typer.Option(True, "--batch/--no-batch", help="One call per tick for every stream with a step ready (--no-batch: one call per step)."),
     batch_wait: float = typer.Option(SERVE_BATCH_WAIT_S, help="Seconds a tick waits for streams without a step ready."),
     max_batch: Optional[int] = typer.Option(None, help="Most steps in one call (a TensorRT engine's --max-batch)."),
-    window: str = typer.Option("trailing", help="trailing (live) or centered (paper's Eq. 4; 1.5 s more delay)."),
-    gate_db: float = typer.Option(-50.0, help="Hide the map when the window's audio level is below this dBFS."),
-    gate_score: Optional[float] = typer.Option(None, help="Hide the map when mean S_av is below this (default: the export's calibrated value)."),
-    box_threshold: float = typer.Option(0.5, help="Pseudo-box binarisation threshold on the normalised map."),
-    realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime", help="Pace files at 1x (default: files run as fast as possible)."),
-    seconds: Optional[float] = typer.Option(None, help="Stop each stream after this many seconds (media time for a file, wall time live)."),
-    reconnect: int = typer.Option(0, help="Reopen a failed or stalled source up to N times (the others run on)."),
-    stall: float = typer.Option(10.0, help="Seconds without input before a source counts as stalled."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
+    window: str = O.window_option(),
+    gate_db: float = O.gate_db_option(),
+    gate_score: Optional[float] = O.gate_score_option(),
+    box_threshold: float = O.box_threshold_option(),
+    realtime: Optional[bool] = O.realtime_option(),
+    seconds: Optional[float] = O.seconds_option(),
+    reconnect: int = O.reconnect_option(),
+    stall: float = O.stall_option(),
+    threads: Optional[int] = O.threads_option(),
+    json_out: Optional[Path] = O.json_option(),
 ) -> None:
     """Localize sound sources in many streams at once: one model, one batched call per tick."""
     from ..runtime.serve import ServeError, pair_sources, read_sources, run_serve, with_out_dir

@@ -8,32 +8,34 @@ from typing import Optional
 import typer
 
 from ..config import BACKENDS
+from . import options as O
 from .app import app, check_paths, check_range, fail
 
 
 @app.command("stream")
 def stream(
-    target: Path = typer.Argument(..., help="Export directory (or a .pt checkpoint for --backend torch)."),
+    target: Optional[Path] = O.target_argument(),
     video: str = typer.Option(..., "--video", "-v", help="File/URL, v4l2:/dev/video0, avfoundation:0, dshow:video=NAME, lavfi:GRAPH."),
     audio: Optional[str] = typer.Option(None, "--audio", "-a", help="Microphone spec (alsa:default, ...); default: the video's own track."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Annotated mp4 to write (atomic; playable after Ctrl-C)."),
-    events: Optional[Path] = typer.Option(None, help="JSON-lines file of per-step events."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Annotated mp4 to write (atomic; playable after Ctrl-C). For a file: its own frame rate, size and audio."),
+    events: Optional[Path] = typer.Option(None, help="JSON-lines file of per-step events (docs/outputs.md)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Height in pixels of the annotated mp4 of a file (default: the file's)."),
     preview: bool = typer.Option(False, "--preview", help="Serve a live preview page."),
-    host: str = typer.Option("127.0.0.1", help="Preview bind address (anything but loopback is visible on your network)."),
-    port: int = typer.Option(8080, help="Preview port (0: any free port)."),
-    backend: str = typer.Option("auto", help=f"One of {', '.join(BACKENDS)} (torch: a .pt checkpoint)."),
-    window: str = typer.Option("trailing", help="trailing (live) or centered (paper's Eq. 4; 1.5 s more delay)."),
-    gate_db: float = typer.Option(-50.0, help="Hide the map when the window's audio level is below this dBFS."),
-    gate_score: Optional[float] = typer.Option(None, help="Hide the map when mean S_av is below this (default: the export's calibrated value)."),
-    box_threshold: float = typer.Option(0.5, help="Pseudo-box binarisation threshold on the normalised map."),
-    realtime: Optional[bool] = typer.Option(None, "--realtime/--no-realtime", help="Pace a file at 1x (default: files run as fast as possible)."),
+    host: str = O.host_option(),
+    port: int = O.port_option(),
+    backend: str = O.backend_option(),
+    window: str = O.window_option(),
+    gate_db: float = O.gate_db_option(),
+    gate_score: Optional[float] = O.gate_score_option(),
+    box_threshold: float = O.box_threshold_option(),
+    realtime: Optional[bool] = O.realtime_option(),
     video_only: bool = typer.Option(False, help="Accept a video without audio (maps then mean little: every step is gated)."),
-    seconds: Optional[float] = typer.Option(None, help="Stop after this many seconds: of media for a file, of wall time for a live source."),
-    reconnect: int = typer.Option(0, help="Reopen a failed or stalled source up to N times."),
-    stall: float = typer.Option(10.0, help="Seconds without input before a source counts as stalled."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
+    seconds: Optional[float] = O.seconds_option(),
+    reconnect: int = O.reconnect_option(),
+    stall: float = O.stall_option(),
+    threads: Optional[int] = O.threads_option(),
     triton: Optional[str] = typer.Option(None, help="HOST:PORT of a Triton server (gRPC) that runs the model of TARGET's `--format triton` repository."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
+    json_out: Optional[Path] = O.json_option(),
 ) -> None:
     """Localize sound sources live: camera + microphone (or a file/URL) -> mp4, events, preview."""
     from ..config import FPS
@@ -49,6 +51,7 @@ def stream(
     check_range("--reconnect", reconnect, 0)
     check_range("--stall", stall, 0.1)
     check_range("--seconds", seconds, 0.1)
+    check_range("--size", size, 16, 4320)
     if out is None and events is None and not preview:
         typer.echo("note: no --out, --events or --preview: the maps are shown in the status line only and "
                    "nothing of them is kept")
@@ -59,7 +62,7 @@ def stream(
     summary = run_stream(target, video, audio, out=out, events=events, preview=(host, port) if preview else None,
                          backend=backend, options=options, realtime=realtime, video_only=video_only,
                          max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads,
-                         triton=triton)
+                         triton=triton, size=size)
     _report(summary.as_dict(), json_out)
     if summary.signal:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
         raise typer.Exit(128 + summary.signal)
@@ -79,12 +82,21 @@ def _report(d: dict, json_out: Optional[Path]) -> None:
         write_json(d, json_out)
 
 
+def _demo_default(name: str):
+    import inspect
+
+    from ..demo import run_demo
+
+    default = inspect.signature(run_demo).parameters[name].default
+    return Path(default) if name == "out_dir" else default
+
+
 @app.command("demo")
 def demo(
-    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Folder for input.mp4, demo.mp4 and events.jsonl."),
-    seconds: float = typer.Option(10.0, help="Length of the generated clip."),
-    seed: int = typer.Option(4, help="Which synthetic clip to generate."),
-    backend: str = typer.Option("onnxruntime", help="Backend for the bundled model."),
+    out: Path = typer.Option(_demo_default("out_dir"), "--out", "-o", help="Folder for input.mp4, demo.mp4 and events.jsonl."),
+    seconds: float = typer.Option(_demo_default("seconds"), help="Length of the generated clip."),
+    seed: int = typer.Option(_demo_default("seed"), help="Which synthetic clip to generate."),
+    backend: str = typer.Option(_demo_default("backend"), help="Backend for the bundled model."),
     model: Optional[Path] = typer.Option(None, help="Another export directory instead of the bundled demo model."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
@@ -94,3 +106,6 @@ def demo(
     check_paths([json_out], [model], dirs=[out])
     summary = run_demo(out, seconds=seconds, seed=seed, backend=backend, model=model)
     _report(summary.as_dict(), json_out)
+    h = summary.hit_rates
+    typer.echo(f"map peak on the sounding object (ground truth) in {h.model:.0%} of {h.steps} audible steps; "
+               f"with another clip's sound {h.shuffled:.0%}; the frame's centre {h.centre:.0%}")

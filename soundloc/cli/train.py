@@ -69,7 +69,8 @@ def train_command(
     acc = "  ".join(f"{k} {v:.3f}" for k, v in result.accuracy.items())
     typer.echo(f"trained {result.epochs} epochs (from {result.resumed_from}) in {result.seconds:.0f} s: "
                f"accuracy {acc}; {_best(result)} at epoch {result.best_epoch}; "
-               f"{result.skipped} clips skipped -> {result.last_checkpoint}")
+               f"{result.skipped} clips skipped")
+    typer.echo(f"best epoch: {result.best_checkpoint} (use this one); latest epoch: {result.last_checkpoint} (--resume)")
     if json_out is not None:
         from ..fileio import write_json
 

@@ -122,6 +122,9 @@ def _dynamic_shapes(module: nn.Module, flat: list[dict]) -> tuple:
 
 def _export_graph(spec: GraphSpec, path: Path, precision: str, opset: int) -> onnx.ModelProto:
     module = _Half(spec.module) if precision == "fp16" else spec.module
+    # torch's exporter logs "torchvision is not installed. Skipping torchvision::nms" (and three
+    # more) for every graph: torchvision's detection ops, which no soundloc graph uses.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(module.eval(), spec.args, str(path), input_names=spec.inputs, output_names=spec.outputs,

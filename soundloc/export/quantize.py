@@ -20,6 +20,7 @@ graphs see the same clips whole. Ranges are min/max (onnxruntime's default ``Min
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -153,11 +154,16 @@ def _flavours():
 
 def prepare_graph(src: Path, scratch: Path) -> Path:
     """``src`` after onnxruntime's recommended pre-processing (shape inference, constant folding,
-    Conv+BatchNorm fusion), as ``scratch/<stem>.prep.onnx``: what both flavours quantize."""
+    Conv+BatchNorm fusion), as ``scratch/<stem>.prep.onnx``: what both flavours quantize.
+
+    ONNX's own shape inference only (``skip_symbolic_shape``): onnxruntime's symbolic pass is for
+    transformer graphs with symbolic dimensions, and it crashes on the normalising nodes of the
+    cosine and salient maps (an output it cannot type); ONNX's pass types every node of all
+    three map kinds, and the quantizer needs nothing more."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared = scratch / f"{src.stem}.prep.onnx"
-    quant_pre_process(str(src), str(prepared))
+    quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
     return prepared
 
 
@@ -169,11 +175,23 @@ def quantize_flavour(prepared: Path, dst: Path, kind: str, ranges: Path, exclude
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     activations, extra = _flavours()[kind]
-    quantize_static(str(prepared), str(dst), None if feeds is None else _reader(feeds),
-                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activations,
-                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                    nodes_to_exclude=exclude, calibration_cache_path=str(ranges), extra_options=extra)
+    root = logging.getLogger()
+    root.addFilter(_quiet_axis_notes)
+    try:
+        quantize_static(str(prepared), str(dst), None if feeds is None else _reader(feeds),
+                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activations,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                        nodes_to_exclude=exclude, calibration_cache_path=str(ranges), extra_options=extra)
+    finally:
+        root.removeFilter(_quiet_axis_notes)
     return dst
+
+
+def _quiet_axis_notes(record: logging.LogRecord) -> bool:
+    """Drop onnxruntime's "Axis 1 is out-of-range for weight ..." note: per-channel quantization
+    asks for axis 1 of every weight, and a rank-1 weight (a normalisation's scale) is then
+    quantized per tensor, which is right; the note is logged on the root logger for each one."""
+    return "is out-of-range for weight" not in record.getMessage()
 
 
 def quantize_graph(src: Path, scratch: Path, feeds: Iterator[dict[str, np.ndarray]],

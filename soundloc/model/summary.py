@@ -6,22 +6,27 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from ..config import preset
+from ..config import DEFAULT_PRESET, RECIPES, preset
 from ..families import family_of
 from .checkpoint import load_checkpoint
 from .classifier import AVClassifier, count_parameters
 from .cost import macs_per_step
 
 
-def describe(ckpt: Path | None = None, preset_name: str = "paper") -> dict[str, Any]:
+def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe: str = "default") -> dict[str, Any]:
+    """A checkpoint's description, or (without one) that of the model `soundloc train --preset
+    preset_name --recipe recipe` starts from (untrained)."""
     if ckpt is not None:
         model, data = load_checkpoint(ckpt)
         source = str(ckpt)
         epoch = data.get("epoch")
     else:
-        model, source, epoch = AVClassifier(preset(preset_name)).eval(), f"preset '{preset_name}' (untrained)", None
+        cfg = preset(preset_name, **RECIPES[recipe][0])
+        model, epoch = AVClassifier(cfg).eval(), None
+        source = f"what `soundloc train --preset {preset_name} --recipe {recipe}` trains (untrained here)"
     cfg = model.config
     macs = macs_per_step(model, cfg)
     nets = family_of(cfg).part("networks")(model, cfg)
@@ -41,10 +46,10 @@ def describe(ckpt: Path | None = None, preset_name: str = "paper") -> dict[str, 
 
 def print_description(desc: dict[str, Any]) -> None:
     console = Console()
-    console.print(f"[bold]{desc['source']}[/bold]" + (f", epoch {desc['epoch']}" if desc["epoch"] is not None else ""))
+    console.print(f"[bold]{escape(desc['source'])}[/bold]" + (f", epoch {desc['epoch']}" if desc["epoch"] is not None else ""))
     table = Table("setting", "value", box=None)
     for k, v in desc["config"].items():
-        table.add_row(k, str(v))
+        table.add_row(k, escape(str(v)))
     table.add_row("lookahead", f"{desc['lookahead_steps']} steps ({desc['lookahead_seconds']:.1f} s)")
     console.print(table)
     cost = Table("network", "parameters", "GMAC / frame", box=None)

@@ -151,3 +151,44 @@ def file_record(path: Path) -> dict[str, Any]:
 def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
     """Write ``soundloc.json`` atomically."""
     return atomic_write_bytes(root / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
+
+
+def describe_export(root: str | Path) -> dict[str, Any]:
+    """What `soundloc info` says of an export directory (or the bundled demo model): family,
+    precision, classes, graphs, and where the weights came from (random ones said loudly)."""
+    bundle = read_bundle(root, verify_files=False)
+    m, cfg = bundle.manifest, bundle.config
+    ckpt = m.get("checkpoint") or {}
+    return {"source": str(root), "family": cfg.family, "precision": bundle.precision,
+            "head": cfg.head, "map_kind": cfg.map_kind, "width": cfg.width, "layers": list(cfg.layers),
+            "num_classes": cfg.num_classes, "class_names": list(cfg.class_names),
+            "graphs": sorted(m.get("graphs", {})), "lookahead_seconds": m.get("lookahead_seconds"),
+            "created": m.get("created"), "soundloc_version": m.get("soundloc_version"),
+            "checkpoint": ckpt, "random_weights": bool(ckpt.get("random_weights")),
+            "gate_score": (m.get("gate") or {}).get("score")}
+
+
+def print_export(desc: dict[str, Any]) -> None:
+    """``describe_export``'s dict as a few plain lines."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    console = Console(highlight=False)
+    names = desc["class_names"]
+    shown = "; ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    ckpt = desc["checkpoint"]
+    origin = (f"RANDOM WEIGHTS (preset {ckpt.get('preset')}, seed {ckpt.get('seed')}): timing only, its maps mean nothing"
+              if desc["random_weights"] else
+              f"checkpoint {ckpt.get('file', '?')}, epoch {ckpt.get('epoch', '?')}, sha256 {str(ckpt.get('sha256', '?'))[:12]}")
+    lines = [f"[bold]{desc['source']}[/bold]",
+             f"family     {desc['family']} (head {desc['head']}, {desc['map_kind']} maps, width {desc['width']}, "
+             f"layers {desc['layers']})",
+             f"precision  {desc['precision']}; graphs: {', '.join(desc['graphs'])}",
+             f"classes    {desc['num_classes']}" + (f": {shown}" if names else " (no names recorded)"),
+             f"weights    {origin}",
+             f"made       {desc['created']} by soundloc {desc['soundloc_version']}; lookahead "
+             f"{desc['lookahead_seconds']} s"]
+    for line in lines:
+        console.print(line if line.startswith("[bold]") else escape(line))
+    if desc["random_weights"]:
+        console.print("[bold red]warning:[/bold red] this export has random weights")

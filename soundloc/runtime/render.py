@@ -133,6 +133,53 @@ def render_step(result: StepResult, *, alpha: float = 0.45, labeler: Labeler | N
     return _LAST.get(result, alpha, label)
 
 
+def render_on(image: np.ndarray, result: StepResult, *, alpha: float = 0.45, labeler: Labeler | None = None,
+              time_s: float | None = None) -> np.ndarray:
+    """``result``'s map, box and label drawn on ``image`` (any frame of its 0.1 s, at any size),
+    with the outline of the map's hot region (visible whatever the object's colour) and a
+    status bar: media time, the step's score and whether the map is shown or gated."""
+    out = overlay(image, result.heatmap, result.box, alpha=alpha,
+                  label=labeler(result) if labeler is not None else None)
+    if result.heatmap is not None:
+        _draw_outline(out, result.heatmap)
+    t = result.pts if time_s is None else time_s
+    gate = "gated (map hidden)" if result.gated else "audible"
+    _draw_status(out, f"{t:5.1f} s   score {result.score:.3g}   {gate}")
+    return out
+
+
+def _draw_outline(out: np.ndarray, heatmap: np.ndarray, level: int = 128) -> None:
+    """A white line, 2 px, with a black edge around where the upsampled map is above half its
+    range: the turbo tint alone can vanish on an object of its own colour."""
+    height, width = out.shape[:2]
+    hot = heat_levels(heatmap, height, width) >= level
+    edge = np.zeros_like(hot)
+    edge[1:, :] |= hot[1:, :] != hot[:-1, :]
+    edge[:, 1:] |= hot[:, 1:] != hot[:, :-1]
+    thick = edge.copy()
+    thick[1:, :] |= edge[:-1, :]
+    thick[:, 1:] |= edge[:, :-1]
+    out[thick] = (0, 0, 0)
+    out[edge] = TEXT_COLOR
+
+
+def _draw_status(out: np.ndarray, text: str) -> None:
+    """White text on a black band across the bottom of the frame."""
+    height, width = out.shape[:2]
+    size = _text_size(height)
+    font = _font(size)
+    pad = max(2, size // 5)
+    _, _, _, bottom = font.getbbox(text)
+    band = min(height, bottom + 2 * pad + 1)
+    region = (0, height - band, width, height)
+
+    def paint(draw: ImageDraw.ImageDraw, x0: int, y0: int) -> None:
+        draw.rectangle((0, 0, width, band), fill=TEXT_BACKGROUND)
+        draw.text((pad, pad), text, fill=TEXT_COLOR, font=font)
+
+    _draw_patch(out, region, paint)
+
+
 def heat_levels(heatmap: np.ndarray, height: int, width: int) -> np.ndarray:
     """A [0, 1] map as (height, width) uint8 levels 0-255 for drawing: ``localize.upsample``'s
     pixel-centre lerps (``lerp_indices``), on levels and in place: the small (h, width)

@@ -4,6 +4,7 @@ stalled or vanished device (ended with its reason, or reopened with ``reconnect`
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -13,15 +14,18 @@ from enum import Enum
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import av
 import numpy as np
 
 from ..config import stop_signals
 from ..fileio import check_outputs
 from ..media import MediaError
 from .engine import StepModel
-from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, SinkStopped, TerminalStatus
-from .sources import StepInput, StepSource, spec_inputs
-from .stream import Localizer, StreamOptions
+from .render import Labeler
+from .results import StepResult
+from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, SinkStopped, SourceMp4Sink, TerminalStatus
+from .sources import StepInput, StepSource, parse_spec, spec_inputs
+from .stream import Localizer, StreamOptions, localize_stream
 
 
 class End(Enum):
@@ -55,6 +59,7 @@ class StreamSummary:
     signal: int | None = None  # the signal that stopped the run
     outputs: list[str] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
+    hit_rates: object = None  # the demo's hit rates against its ground truth (demo.HitRates)
     latency_ms: list[float] = field(default_factory=list)  # capture -> output, lookahead included
 
     def as_dict(self) -> dict:
@@ -66,7 +71,8 @@ class StreamSummary:
                 "error": self.error, "signal": self.signal,
                 "outputs": self.outputs, "model_ms_p50": pct(self.model_ms, 50), "model_ms_p99": pct(self.model_ms, 99),
                 "latency_ms_p50": pct(self.latency_ms, 50), "latency_ms_p99": pct(self.latency_ms, 99),
-                "realtime_factor": round(float(np.mean(self.model_ms)) / 100.0, 4) if self.model_ms else 0.0}
+                "realtime_factor": round(float(np.mean(self.model_ms)) / 100.0, 4) if self.model_ms else 0.0,
+                **({"hit_rates": dataclasses.asdict(self.hit_rates)} if self.hit_rates is not None else {})}
 
 
 class StopRequest(threading.Event):
@@ -130,13 +136,15 @@ def _steps(source: StepSource, stop: threading.Event, stall_s: float, deadline: 
 
 
 def _open_sinks(out: Path | None, events: Path | None, preview: tuple[str, int] | None, status: bool,
-                more: Sequence[Sink] = (), stop: threading.Event | None = None) -> MultiSink:
+                more: Sequence[Sink] = (), stop: threading.Event | None = None,
+                source_file: Path | None = None, size: int | None = None, source_audio: bool = True,
+                labeler: Labeler | None = None) -> MultiSink:
     """The sinks named; if one cannot open (or a stop signal comes while one waits for a FIFO's
     reader), those already open are closed first (an mp4 with no step leaves no file)."""
     sinks: list[Sink] = []
     try:
         if out is not None:
-            sinks.append(Mp4Sink(out, stop=stop))
+            sinks.append(_mp4_sink(out, source_file, size, source_audio, labeler, stop))
         if events is not None:
             sinks.append(JsonlSink(events, stop=stop))
         if preview is not None:
@@ -157,8 +165,15 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
                events: Path | None = None, preview: tuple[str, int] | None = None, backend: str = "auto",
                options: StreamOptions = StreamOptions(), realtime: bool | None = None, video_only: bool = False,
                max_seconds: float | None = None, stall_seconds: float = 10.0, reconnect: int = 0,
-               status: bool = True, threads: int | None = None, triton: str | None = None) -> StreamSummary:
+               status: bool = True, threads: int | None = None, triton: str | None = None,
+               size: int | None = None, labeler: Labeler | None = None) -> StreamSummary:
     """Stream ``video`` (+ ``audio``) through the model at ``target`` into the chosen sinks.
+
+    ``target``: an export directory, a checkpoint, or None / ``"demo"`` for the bundled demo
+    model. ``out`` for a video *file* with its own audio keeps the file's frame rate, resolution
+    (or ``size``: the output height in pixels) and audio (rate and channels), the latest map
+    drawn on every original frame (``sinks.SourceMp4Sink``); for a live source or a separate
+    ``audio`` it is the 10 fps, 16 kHz mono stream the model saw.
 
     ``triton``: HOST:PORT of a Triton server that runs the step (``target`` is then the export
     whose repository it serves, read for its config; see ``triton_client``).
@@ -170,16 +185,18 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     was processed. Outputs that are inputs (or each other) are refused before anything is
     opened.
     """
+    target = model_path(target)
     check_outputs([out, events], [target, *spec_inputs(video), *spec_inputs(audio)])
     model = StepModel.load(target, backend, threads) if triton is None else _triton_model(target, triton)
-    if status:
-        print(f"backend: {model.name}; lookahead {model.lookahead / model.config.fps:.1f} s", flush=True)
+    if status:  # the same delay events.jsonl's lookahead_s states: step graph, window and feeder
+        print(f"backend: {model.name}; lookahead {Localizer(model, options).lookahead_s:.1f} s", flush=True)
     try:
         with stop_on_signals() as stop:
             return stream_source(model, video, audio, stop, out=out, events=events, preview=preview,
                                  options=options, realtime=realtime, video_only=video_only,
                                  max_seconds=max_seconds, stall_seconds=stall_seconds, reconnect=reconnect,
-                                 status=status)
+                                 status=status, source_file=_plain_file(video, audio, reconnect), size=size,
+                                 labeler=labeler)
     finally:
         model.close()
 
@@ -188,7 +205,9 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
                   out: Path | None = None, events: Path | None = None, preview: tuple[str, int] | None = None,
                   sinks: Sequence[Sink] = (), options: StreamOptions = StreamOptions(),
                   realtime: bool | None = None, video_only: bool = False, max_seconds: float | None = None,
-                  stall_seconds: float = 10.0, reconnect: int = 0, status: bool = True) -> StreamSummary:
+                  stall_seconds: float = 10.0, reconnect: int = 0, status: bool = True,
+                  source_file: Path | None = None, size: int | None = None,
+                  labeler: Labeler | None = None) -> StreamSummary:
     """One stream through an already loaded ``model`` until it ends or ``stop`` is set: what
     ``run_stream`` does once the model is loaded, and what ``soundloc serve`` runs per source
     (``model`` then a stream's handle on the shared batched model). ``sinks``: more sinks fed
@@ -197,7 +216,8 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
     start = time.monotonic()
     deadline = start + max_seconds if max_seconds is not None else None
     try:
-        with _open_sinks(out, events, preview, status, sinks, stop) as sink:
+        with _open_sinks(out, events, preview, status, sinks, stop, source_file, size, not video_only,
+                         labeler) as sink:
             attempts = 0
             while True:
                 live = _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop,
@@ -217,6 +237,62 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
     finally:
         summary.seconds = time.monotonic() - start
     return summary
+
+
+def iter_steps(video: str, target: str | Path | None = None, *, audio: str | None = None,
+               backend: str = "auto", options: StreamOptions = StreamOptions(), video_only: bool = False,
+               realtime: bool | None = None, threads: int | None = None) -> Iterator[StepResult]:
+    """Per-step results of a file or a live source, in Python: one ``StepResult`` per 0.1 s
+    (``pts`` its time in seconds, ``heatmap`` the map in [0, 1] or None when gated, ``box``,
+    ``score``, ``gated``), the same steps `soundloc stream` writes to events.jsonl.
+
+    ``target``: export directory, checkpoint, or None / ``"demo"`` for the bundled model.
+    A live source runs until the loop stops (``break`` closes the capture and the model)::
+
+        for r in iter_steps("clip.mp4"):
+            print(r.pts, r.score, r.gated, r.box)
+    """
+    model = StepModel.load(model_path(target), backend, threads)
+    try:
+        with StepSource(video, audio, realtime=realtime, video_only=video_only,
+                        size=model.config.image_size) as source:
+            yield from localize_stream(source, model, options)
+    finally:
+        model.close()
+
+
+def _mp4_sink(out: Path, source_file: Path | None, size: int | None, audio: bool, labeler: Labeler | None,
+              stop: threading.Event | None = None) -> Sink:
+    """The file's own-rate annotated copy when it can be re-read, else the 10 fps stream the
+    model saw (a file PyAV cannot open here fails in the source, with its own message)."""
+    if source_file is not None:
+        try:
+            return SourceMp4Sink(out, source_file, height=size, audio=audio, labeler=labeler, stop=stop)
+        except (OSError, av.error.FFmpegError, IndexError):
+            pass
+    return Mp4Sink(out, labeler=labeler, stop=stop)
+
+
+def model_path(target: str | Path | None) -> Path:
+    """What a user names as the model: an export directory or checkpoint, or None / ``"demo"``
+    for the demo model bundled with the package (when no file of that name exists here)."""
+    if target is None or (str(target) == "demo" and not Path("demo").exists()):
+        from ..demo import demo_model_dir
+
+        return demo_model_dir()
+    return Path(target)
+
+
+def _plain_file(video: str, audio: str | None, reconnect: int) -> Path | None:
+    """``video`` as a local file with its own audio (what ``SourceMp4Sink`` re-reads), else None."""
+    try:
+        spec = parse_spec(video)
+    except MediaError:
+        return None
+    path = Path(spec.url)
+    if audio is None and spec.format is None and not spec.live and not reconnect and path.is_file():
+        return path
+    return None
 
 
 def _triton_model(target: str | Path, url: str) -> StepModel:

@@ -310,6 +310,9 @@ def run_serve(target: str | Path, sources: Sequence[ServeSource], *, backend: st
     signal arrives (every output is then finalised). A source that fails ends alone, with its
     reason in ``summary.errors``. ``batching=False``: one call per step (for comparison)."""
     sources = check_sources(list(sources))
+    from .run import model_path
+
+    target = model_path(target)
     check_outputs([p for s in sources for p in (s.out, s.events)],
                   [target, *(x for s in sources for spec in (s.video, s.audio) for x in spec_inputs(spec))])
     model = StepModel.load(target, backend, threads)

@@ -39,11 +39,12 @@ from typing import Protocol, TextIO, runtime_checkable
 
 import av
 import numpy as np
+from PIL import Image
 
 from ..config import SAMPLE_RATE, stop_signals
 from ..fileio import Staged
-from ..media import add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
-from .render import Labeler, render_step
+from ..media import video_rgb, add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
+from .render import Labeler, render_on, render_step
 from .results import StepResult
 
 AAC_PRIMING = 1024  # samples the AAC encoder emits before the signal (its initial padding)
@@ -495,3 +496,128 @@ def json_safe(value):
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+class SourceMp4Sink(Mp4Sink):
+    """The annotated copy of a video *file* at its own frame rate, resolution and audio.
+
+    The model runs at 10 steps a second on 16 kHz mono; this sink reads the original file a
+    second time beside the stream and draws, on every original frame, the map of the step
+    whose 0.1 s that frame falls in (the latest map at that time), with a status bar (time,
+    score, gate state). The original audio is re-encoded as AAC at its own sample rate and
+    channel layout. ``height``: scale the frames to this height (width follows, even), else
+    the input's size. Like ``Mp4Sink``, the file is staged and published by ``close()`` with
+    what was processed so far (Ctrl-C leaves a playable file).
+    """
+
+    def __init__(self, path: str | os.PathLike, source: str | os.PathLike, *, height: int | None = None,
+                 alpha: float = 0.45, labeler: Labeler | None = None, audio: bool = True,
+                 stop: threading.Event | None = None) -> None:
+        self._in_video = av.open(str(source))
+        vin = self._in_video.streams.video[0]
+        self._rate = vin.average_rate or vin.guessed_rate or Fraction(10)
+        self._in_tb = vin.time_base or Fraction(1, 90000)
+        self._height = height
+        self._frames = self._in_video.decode(video=0)
+        self._in_audio = av.open(str(source)) if audio else None
+        if self._in_audio is not None and not self._in_audio.streams.audio:
+            self._in_audio.close()
+            self._in_audio = None
+        self._sounds = self._in_audio.decode(audio=0) if self._in_audio is not None else iter(())
+        self._pending: av.VideoFrame | None = None
+        self._first_pts: int | None = None
+        self._audio_pts = 0
+        self._resampler: av.AudioResampler | None = None
+        self._last_result: StepResult | None = None
+        super().__init__(path, fps=10, alpha=alpha, labeler=labeler, audio=audio and self._in_audio is not None,
+                         stop=stop)
+
+    def _encode_step(self, result: StepResult) -> None:
+        until = (result.index + 1) / 10
+        self._last_result = result
+        self._encode_frames_until(result, until)
+        if self._audio is not None:
+            self._encode_audio_until(until)
+
+    def _open_streams(self, width: int, height: int) -> None:
+        self._size = (width + width % 2, height + height % 2)
+        options = {"crf": str(self.crf), "preset": self.preset, "tune": "zerolatency",
+                   "g": str(max(1, round(float(self._rate))))}
+        self._video = add_h264(self._container, self._rate, *self._size, options, time_base=self._in_tb)
+        if self.with_audio:
+            ain = self._in_audio.streams.audio[0]
+            self._audio = self._container.add_stream("aac", rate=ain.rate, layout=ain.layout.name)
+            self._audio.codec_context.bit_rate = 64000 * ain.channels
+            self._resampler = av.AudioResampler(format="fltp", layout=ain.layout.name, rate=ain.rate,
+                                                frame_size=self._audio.codec_context.frame_size or 1024)
+
+    def _next_frame(self) -> av.VideoFrame | None:
+        if self._pending is None:
+            try:
+                self._pending = next(self._frames, None)
+            except av.error.FFmpegError:  # a file corrupt part-way: the stream says so; stop here
+                self._frames = iter(())
+        return self._pending
+
+    def _encode_frames_until(self, result: StepResult, until: float) -> None:
+        """Every original frame before ``until`` seconds, drawn with ``result``'s map."""
+        while (frame := self._next_frame()) is not None:
+            if self._first_pts is None:
+                self._first_pts = frame.pts or 0
+            pts = (frame.pts or 0) - self._first_pts
+            t = float(pts * self._in_tb)
+            if t >= until - 1e-6:
+                return
+            self._pending = None
+            image = video_rgb(frame)  # as a player shows it (a phone's rotation applied)
+            if self._video is None:
+                h, w = image.shape[:2]
+                self._open_streams(*((w, h) if self._height is None else
+                                     (max(2, round(w * self._height / h / 2) * 2), self._height)))
+            if image.shape[1::-1] != self._size:
+                image = np.asarray(Image.fromarray(image).resize(self._size, Image.BILINEAR))
+            drawn = render_on(image, result, alpha=self.alpha, labeler=self.labeler, time_s=t)
+            # video from 0, audio after the AAC priming (so no packet is negative): a fragmented mp4
+            # would pin a later first frame to 0 and stretch it, changing the frame rate
+            encode_rgb(self._container, self._video, drawn, pts, self._in_tb)
+            self.frames_written += 1
+
+    def _encode_audio_until(self, until: float) -> None:
+        """The original audio up to ``until`` seconds, re-encoded at its own rate and layout."""
+        rate = self._audio.codec_context.sample_rate
+        while self._audio_pts < until * rate:
+            try:
+                frame = next(self._sounds, None)
+            except av.error.FFmpegError:
+                frame = None
+            if frame is None:
+                return
+            frame.pts = None
+            for out in self._resampler.resample(frame):
+                out.pts, out.time_base = AAC_PRIMING + self._audio_pts, Fraction(1, rate)
+                self._audio_pts += out.samples
+                self._container.mux(self._audio.encode(out))
+
+    def _finalise(self) -> None:
+        if self.frames_written and self._resampler is not None:
+            try:  # the resampler's last partial frame
+                for out in self._resampler.resample(None):
+                    out.pts = AAC_PRIMING + self._audio_pts
+                    out.time_base = Fraction(1, self._audio.codec_context.sample_rate)
+                    self._audio_pts += out.samples
+                    self._container.mux(self._audio.encode(out))
+            except (OSError, av.error.FFmpegError, ValueError):
+                pass  # a partial frame the encoder will not take is a few ms of sound
+        try:
+            super()._finalise()
+        finally:
+            self._close_inputs()
+
+    def _abort(self) -> None:
+        super()._abort()
+        self._close_inputs()
+
+    def _close_inputs(self) -> None:
+        for c in (self._in_video, self._in_audio):
+            if c is not None:
+                c.close()

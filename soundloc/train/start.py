@@ -10,6 +10,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ..config import RECIPES, Config, ConfigError
+from ..config import DEFAULT_PRESET
 from ..config import preset as config_preset
 from ..data.annotations import AnnotationError, read_class_names
 from .datasets import collate
@@ -25,7 +26,7 @@ def base_config(out: Path, preset_name: str | None, overrides: dict[str, Any], r
             return Config.from_dict(read_checkpoint(out / "last.pt")["config"]).replace(**overrides)
         except (KeyError, TypeError):
             raise TrainError(f"{out / 'last.pt'}: not a soundloc training checkpoint") from None
-    return config_preset(preset_name or "small", **overrides)
+    return config_preset(preset_name or DEFAULT_PRESET, **overrides)
 
 
 def load_datasets(data: Path, config: Config, *, csv_path: str | Path | None, classes: Sequence[str] | None,
