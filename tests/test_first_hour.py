@@ -135,6 +135,7 @@ def test_default_recipe_model_through_every_command(default_run, tmp_path):
     ok("stream", export, "--video", video, "--out", tmp_path / "s.mp4", "--events", tmp_path / "s.jsonl")
     assert len(events(tmp_path / "s.jsonl")) == 20 and media_facts(tmp_path / "s.mp4") == media_facts(video)
     ok("serve", export, "--video", f"a={video}", "--out-dir", tmp_path / "serve")
+    assert media_facts(tmp_path / "serve" / "a.mp4") == media_facts(video)
     assert events(tmp_path / "serve" / "a.jsonl") == [e | {k: events(tmp_path / "serve" / "a.jsonl")[i][k]
                                                          for k in ("latency_ms", "model_ms", "step_ms_p50")}
                                                      for i, e in enumerate(events(tmp_path / "s.jsonl"))]

@@ -195,7 +195,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
             return stream_source(model, video, audio, stop, out=out, events=events, preview=preview,
                                  options=options, realtime=realtime, video_only=video_only,
                                  max_seconds=max_seconds, stall_seconds=stall_seconds, reconnect=reconnect,
-                                 status=status, source_file=_plain_file(video, audio, reconnect), size=size,
+                                 status=status, source_file=plain_file(video, audio, reconnect), size=size,
                                  labeler=labeler)
     finally:
         model.close()
@@ -283,7 +283,7 @@ def model_path(target: str | Path | None) -> Path:
     return Path(target)
 
 
-def _plain_file(video: str, audio: str | None, reconnect: int) -> Path | None:
+def plain_file(video: str, audio: str | None, reconnect: int) -> Path | None:
     """``video`` as a local file with its own audio (what ``SourceMp4Sink`` re-reads), else None."""
     try:
         spec = parse_spec(video)

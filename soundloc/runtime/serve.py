@@ -357,9 +357,12 @@ def _serve_one(batcher: Batcher, source: ServeSource, stop, grid, summary: Serve
     model = batcher.handle(source.name)
     tile = grid.tile(source.name, lambda: {"behind": model.behind}) if grid is not None else None
     try:
+        from .run import plain_file  # a file's annotated copy keeps its rate, size and sound, as in `stream`
+
         summary.streams[source.name] = stream_source(
             model, source.video, source.audio, stop, out=source.out, events=source.events,
-            sinks=[tile] if tile is not None else (), video_only=source.video_only, status=False, **kwargs)
+            sinks=[tile] if tile is not None else (), video_only=source.video_only, status=False,
+            source_file=plain_file(source.video, source.audio, kwargs.get("reconnect", 0)), **kwargs)
         if summary.streams[source.name].error:
             summary.errors[source.name] = summary.streams[source.name].error
     except Exception as e:  # noqa: BLE001 - one stream's failure must not stop the others
