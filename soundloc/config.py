@@ -277,7 +277,7 @@ def samples_to_steps(samples: int) -> int:
     return samples // SAMPLES_PER_STEP
 
 # INT8 exports (soundloc/export/quantize.py): calibration (the agreement --verify asks of them is
-# the int8 row of soundloc/export/tolerance.py).
+# the int8 row of soundloc/deploy/tolerance.py).
 CALIB_MAX_CLIPS = 16  # calibration clips used at most (the first by name): ranges settle well before
 
 # `soundloc serve` (soundloc/runtime/serve.py): many streams, one batched step call per tick.

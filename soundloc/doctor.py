@@ -6,7 +6,7 @@ bundled demo export and on a full-size export with random weights (the paper's M
 here; needs PyTorch), ``steps`` streaming steps on onnxruntime's CPU provider (the reference)
 and on every GPU backend this machine can run: onnxruntime's CUDA and TensorRT providers and
 TensorRT engines built here, each fed the same inputs with its own state fed back, its error
-against the reference judged by the one tolerance policy (``soundloc.export.tolerance``).
+against the reference judged by the one tolerance policy (``soundloc.deploy.tolerance``).
 
 Statuses: ``pass``/``fail`` for checks that ran, ``missing`` for an absent piece, ``skip`` for a
 check that needs one, ``info`` for facts. A run fails on any ``fail``, and with
@@ -220,7 +220,7 @@ def run_steps(bundle: Bundle, backend: str, inputs: list, device: int = 0) -> tu
 
 def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], precision: str) -> tuple[bool, str, dict]:
     """Max abs error per output against the reference, judged by ``precision``'s tolerance."""
-    from .export.tolerance import tolerance_for
+    from .deploy.tolerance import tolerance_for
 
     tol, ok, parts, figures = tolerance_for(precision), True, [], {}
     for key in ref:
@@ -265,7 +265,7 @@ def _engine_checks(label: str, bundle: Bundle, inputs: list, ref: dict, machine:
         fix = TRT_INSTALL_HINT if machine.tensorrt is None else DRIVER_HINT
         return [Finding(f"{label}: TensorRT engine build", "skip", why, fix),
                 Finding(f"{label}: tensorrt", "skip", why, fix)]
-    from .export.trt_engines import build_engines
+    from .deploy.trt_engines import build_engines
 
     progress(f"{label}: building TensorRT engines ({precision})")
     start = time.monotonic()

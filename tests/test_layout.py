@@ -17,7 +17,7 @@ TORCH_SIDE = ("soundloc.model", "soundloc.train", "soundloc.inference",
 
 
 # Runs inside Triton's Python backend (which provides triton_python_backend_utils), never imported here.
-SERVER_SIDE = ("soundloc.export.triton_python_model",)
+SERVER_SIDE = ("soundloc.deploy.triton_python_model",)
 
 
 def _modules() -> list[str]:

@@ -34,7 +34,7 @@ import grpc  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
-from soundloc.export.triton import MODEL_NAME, model_config, write_repository  # noqa: E402
+from soundloc.deploy.triton import MODEL_NAME, model_config, write_repository  # noqa: E402
 from soundloc.runtime.backend import BackendError  # noqa: E402
 from soundloc.runtime.engine import StepModel  # noqa: E402
 from soundloc.runtime.run import run_stream  # noqa: E402
@@ -209,7 +209,7 @@ def test_sequence_timed_out_by_the_server_is_one_line_with_outputs_finalised(tin
 
 
 def test_client_modules_never_import_torch():
-    script = ("import sys; import soundloc.runtime.triton_client, soundloc.export.triton, soundloc.runtime.serve; "
+    script = ("import sys; import soundloc.runtime.triton_client, soundloc.deploy.triton, soundloc.runtime.serve; "
               "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import onnx
 from onnx import TensorProto
 
-from soundloc.export.trt_ops import check_tensorrt_compat
+from soundloc.deploy.trt_ops import check_tensorrt_compat
 from soundloc.fileio import atomic_write_bytes
 from soundloc.runtime.backend import BackendError
 from soundloc.runtime.tensorrt_backend import (

@@ -34,8 +34,8 @@ from ..model.checkpoint import load_checkpoint
 from ..model.classifier import AVClassifier
 from ..model.streaming import INPUT_NAMES, OUTPUT_NAMES, StreamingModel
 from ..runtime.bundle import MAGIC, Bundle, file_record, read_bundle, write_manifest
-from .tensorrt import ExportError
-from .trt_ops import check_tensorrt_compat
+from ..deploy.tensorrt import ExportError
+from ..deploy.trt_ops import check_tensorrt_compat
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ FORMATS: dict[str, dict[str, Any]] = {
     "onnx": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
     "engine": {"suffix": ".engine", "options": {"precision", "max_batch", "opset", "workspace_gib",
                                                 "timing_cache", "dla_core"}},
-    # ONNX + a Triton model repository in OUT/triton (soundloc/export/triton.py)
+    # ONNX + a Triton model repository in OUT/triton (soundloc/deploy/triton.py)
     "triton": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
 }
 
@@ -242,7 +242,7 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
     if (ckpt is None) == (preset is None):
         raise ValueError("give a checkpoint to export, or --preset NAME for random weights (not both)")
     if format == "engine":
-        from .tensorrt import _import_trt
+        from ..deploy.tensorrt import _import_trt
 
         _import_trt()  # no TensorRT here: say so before minutes of ONNX export, not after
     if preset is not None:
@@ -261,12 +261,12 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
         bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
                               gate=gate, progress=progress)
     if format == "engine":
-        from .trt_engines import build_engines
+        from ..deploy.trt_engines import build_engines
 
         bundle = build_engines(bundle, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
                                timing_cache=timing_cache, dla_core=dla_core)
     if format == "triton":
-        from .triton import write_repository
+        from ..deploy.triton import write_repository
 
         write_repository(bundle, Path(out_dir) / "triton", max_batch)
     return bundle

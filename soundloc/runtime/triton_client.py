@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from ..export.triton import MODEL_NAME
+from ..deploy.triton import MODEL_NAME
 from .backend import BackendError
 from .bundle import Bundle
 from .engine import StepModel, StepOutput
