@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch", reason="torch (the train extra) not install
 pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
 
 from soundloc.config import Config, preset  # noqa: E402
-from soundloc.export.onnx import export_checkpoint, export_model  # noqa: E402
+from soundloc.export.onnx import export_model  # noqa: E402
+from soundloc.export.pipeline import export_checkpoint  # noqa: E402
 from soundloc.deploy.trt_ops import check_tensorrt_compat  # noqa: E402
 from soundloc.export.verify import map_agreement, offline_onnx, random_clip, stream_onnx, verify  # noqa: E402
 from soundloc.model.checkpoint import save_checkpoint  # noqa: E402

@@ -555,7 +555,7 @@ def test_import_error_says_what_to_install(monkeypatch):
 
 def test_engine_export_without_tensorrt_fails_before_exporting(tmp_path, monkeypatch):
     pytest.importorskip("torch", reason="export needs torch")
-    from soundloc.export.onnx import export_checkpoint
+    from soundloc.export.pipeline import export_checkpoint
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(ExportError, match="TensorRT is not installed"):

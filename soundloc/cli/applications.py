@@ -26,7 +26,7 @@ def moments_command(
 ) -> None:
     """Top-k informative moments per clip (highest audio-visual score S_av)."""
     from ..fileio import write_json
-    from ..inference import moments
+    from ..model.inference import moments
 
     if k < 1:
         raise fail("--top-k must be >= 1")
@@ -48,7 +48,7 @@ def annotate_command(
 ) -> None:
     """Pseudo bounding boxes for a whole dataset, at each clip's top-1 moment."""
     from ..fileio import write_json
-    from ..inference import annotate
+    from ..model.inference import annotate
 
     if not 0 <= threshold < 1:
         raise fail("--threshold must be in [0, 1)")

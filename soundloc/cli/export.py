@@ -35,7 +35,7 @@ def export(
     from rich.console import Console
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    from ..export.onnx import export_checkpoint
+    from ..export.pipeline import export_checkpoint
 
     check_paths([json_out], [ckpt, clip], dirs=[out])
     console = Console(stderr=True)

@@ -73,7 +73,7 @@ def load_calibration(folder: str | Path, config, max_clips: int = CALIB_MAX_CLIP
 
     A file that does not decode is skipped and said; a folder with no usable clip is refused.
     """
-    from ..inference import list_videos
+    from ..data.annotations import list_videos
     from ..preprocess import file_inputs
 
     folder = Path(folder)
@@ -234,7 +234,7 @@ def quantize_export(fp32: Bundle, out_dir: str | Path, calib: CalibrationSet, *,
 
 def _stage(files: dict[str, Path], stage: Path, name: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """Check the TensorRT flavour, stamp both with the manifest's metadata, move into ``stage``."""
-    from .onnx import _embed_metadata
+    from .onnx import embed_metadata
 
     trt = onnx.load(str(files["onnx_trt"]))
     problems = check_tensorrt_compat(trt)
@@ -244,7 +244,7 @@ def _stage(files: dict[str, Path], stage: Path, name: str, manifest: dict[str, A
     records = {}
     for kind, src in files.items():
         final = stage / (f"{name}.onnx" if kind == "onnx" else f"{name}{TRT_SUFFIX}")
-        _embed_metadata(onnx.load(str(src)), manifest, name, final)
+        embed_metadata(onnx.load(str(src)), manifest, name, final)
         records[kind] = file_record(final)
     return records
 

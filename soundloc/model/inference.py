@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import EVAL_SIZE
-from .data.annotations import find_video, list_videos
-from .dependence import AudioDependence, audio_dependence, check_steps, other_clips
-from .families import blend_prior, family_of
-from .fileio import write_json
-from .localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_map
-from .media import MediaError
-from .model.checkpoint import load_checkpoint
+from ..config import EVAL_SIZE
+from ..data.annotations import find_video, list_videos
+from ..dependence import AudioDependence, audio_dependence, check_steps, other_clips
+from ..families import blend_prior, family_of
+from ..fileio import write_json
+from ..localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_map
+from ..media import MediaError
+from .checkpoint import load_checkpoint
 
 @dataclass
 class ClipFeatures:

@@ -1,0 +1,86 @@
+"""`soundloc export` end to end: a checkpoint (or a preset's random weights) -> the ONNX graphs
+(``onnx``), int8 quantization (``quantize``), TensorRT engines or a Triton repository
+(``soundloc.deploy``), and the verify the user asked for. Sits above ``onnx`` and ``quantize``
+so neither imports the other back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ..families import family_of
+from ..fileio import sha256_file
+from ..model.checkpoint import load_checkpoint
+from ..runtime.bundle import Bundle
+from .onnx import OPSET, export_model, random_model, random_weights_record
+
+# One table of formats and what each accepts (Ultralytics-style, minus the flag soup).
+FORMATS: dict[str, dict[str, Any]] = {
+    "onnx": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
+    "engine": {"suffix": ".engine", "options": {"precision", "max_batch", "opset", "workspace_gib",
+                                                "timing_cache", "dla_core"}},
+    # ONNX + a Triton model repository in OUT/triton (soundloc/deploy/triton.py)
+    "triton": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
+}
+
+
+def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: str = "onnx",
+                      precision: str = "fp32", opset: int = OPSET, max_batch: int | None = None,
+                      workspace_gib: float = 2.0, timing_cache: str | Path | None = None,
+                      dla_core: int | None = None, preset: str | None = None, seed: int = 0,
+                      calib: str | Path | None = None, verify_clip: str | Path | bool = False,
+                      progress: Callable[[str], None] | None = None) -> Bundle:
+    """`soundloc export`: ONNX graphs, and for ``format='engine'`` TensorRT engines beside them.
+
+    ``preset`` instead of ``ckpt``: a model of that architecture with random weights (seed
+    ``seed``, BatchNorm statistics randomised too), to benchmark before anything is trained;
+    the manifest says so (``checkpoint.random_weights``) and every report repeats it.
+    ``max_batch``: the engine profile's max, default 16; with ``dla_core`` the static batch
+    (default 1), as the DLA runs static shapes only.
+    ``precision='int8'`` quantizes the fp32 graphs on the clips of the folder ``calib``
+    (``soundloc.export.quantize``); ``verify_clip`` (a video, or True for the first calibration
+    clip) then compares the int8 export with the fp32 one and records it in the manifest.
+    """
+    if precision == "int8":
+        if calib is None:
+            raise ValueError("--precision int8 needs --calib: a folder of videos to calibrate on")
+    elif calib is not None:
+        raise ValueError("--calib applies to --precision int8 only")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    max_batch = (1 if dla_core is not None else 16) if max_batch is None else max_batch
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, not {max_batch}")
+    if format != "engine" and (dla_core is not None or timing_cache is not None):
+        raise ValueError("--dla-core and --timing-cache apply to --format engine only")
+    if (ckpt is None) == (preset is None):
+        raise ValueError("give a checkpoint to export, or --preset NAME for random weights (not both)")
+    if format == "engine":
+        from ..deploy.tensorrt import _import_trt
+
+        _import_trt()  # no TensorRT here: say so before minutes of ONNX export, not after
+    if preset is not None:
+        model, record, gate = random_model(preset, seed), random_weights_record(preset, seed), None
+    else:
+        model, data = load_checkpoint(ckpt)
+        record, gate = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}, data.get("gate")
+    if precision == "int8":
+        if not family_of(model.config).quantizable:
+            raise ValueError(f"--precision int8 is not available for the {model.config.family} family yet (fp32, fp16)")
+        from .quantize import export_int8
+
+        bundle = export_int8(model, out_dir, calib, opset=opset, checkpoint=record, gate=gate,
+                             verify_clip=verify_clip, progress=progress or (lambda s: None))
+    else:
+        bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
+                              gate=gate, progress=progress)
+    if format == "engine":
+        from ..deploy.trt_engines import build_engines
+
+        bundle = build_engines(bundle, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
+                               timing_cache=timing_cache, dla_core=dla_core)
+    if format == "triton":
+        from ..deploy.triton import write_repository
+
+        write_repository(bundle, Path(out_dir) / "triton", max_batch)
+    return bundle
