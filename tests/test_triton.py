@@ -34,7 +34,8 @@ import grpc  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
-from soundloc.deploy.triton import MODEL_NAME, model_config, write_repository  # noqa: E402
+from soundloc.deploy.triton import model_config, write_repository  # noqa: E402
+from soundloc.runtime.triton_client import MODEL_NAME  # noqa: E402
 from soundloc.runtime.backend import BackendError  # noqa: E402
 from soundloc.runtime.engine import StepModel  # noqa: E402
 from soundloc.runtime.run import run_stream  # noqa: E402

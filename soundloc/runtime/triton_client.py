@@ -16,10 +16,14 @@ import os
 
 import numpy as np
 
-from ..deploy.triton import MODEL_NAME
 from .backend import BackendError
 from .bundle import Bundle
 from .engine import StepModel, StepOutput
+
+MODEL_NAME = "soundloc_step"  # the ONNX Runtime model: what --triton HOST:PORT addresses
+# Every model `soundloc export --format triton` may write, by the Triton backend that runs it
+# (soundloc.deploy.triton names its folders from this table).
+MODELS = {"onnxruntime": MODEL_NAME, "tensorrt": MODEL_NAME + "_trt", "python": MODEL_NAME + "_py"}
 
 _IDS = itertools.count(1)
 
