@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
 
-from soundloc import doctor  # noqa: E402
+from soundloc.bench import doctor  # noqa: E402
 from soundloc.cli import app  # noqa: E402
 from soundloc.runtime.backend import BackendError  # noqa: E402
 

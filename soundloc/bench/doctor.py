@@ -27,12 +27,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bench.system import command_output, system_info
-from .config import MELS_PER_STEP
-from .runtime.backend import BackendError
-from .runtime.bundle import Bundle, random_weights_note, read_bundle
-from .runtime.onnx_backend import cuda_device_count, resolve_providers
-from .runtime.tensorrt_backend import CUDA_INSTALL_HINT, TRT_INSTALL_HINT, cuda_call, import_cudart, import_tensorrt
+from .system import command_output, system_info
+from ..config import MELS_PER_STEP
+from ..runtime.backend import BackendError
+from ..runtime.bundle import Bundle, random_weights_note, read_bundle
+from ..runtime.onnx_backend import cuda_device_count, resolve_providers
+from ..runtime.tensorrt_backend import CUDA_INSTALL_HINT, TRT_INSTALL_HINT, cuda_call, import_cudart, import_tensorrt
 
 DRIVER_HINT = ("install the NVIDIA driver (servers/desktops: the distribution's nvidia-driver package or "
                "NVIDIA's installer; Jetson: it comes with JetPack)")
@@ -185,7 +185,7 @@ def demo_export(into: Path) -> Bundle:
 
 def full_size_export(into: Path, precision: str) -> Bundle:
     """The paper's full-size model with random weights, exported (PyTorch, ~1 min on 2 cores)."""
-    from .export.onnx import export_model, random_model, random_weights_record
+    from ..export.onnx import export_model, random_model, random_weights_record
 
     return export_model(random_model("paper", 0), into, precision=precision,
                         checkpoint=random_weights_record("paper", 0))
@@ -201,7 +201,7 @@ def step_inputs(bundle: Bundle, steps: int, seed: int = 0) -> list[tuple[np.ndar
 
 def run_steps(bundle: Bundle, backend: str, inputs: list, device: int = 0) -> tuple[dict[str, np.ndarray], float, str]:
     """Every step's alpha and score with the state fed back; median ms per step; backend name."""
-    from .runtime.engine import StepModel, open_backend
+    from ..runtime.engine import StepModel, open_backend
 
     model = StepModel(open_backend(bundle, "step", backend, device=device), bundle.config,
                       bundle.lookahead_steps, bundle.state_specs, None, bundle)
@@ -220,7 +220,7 @@ def run_steps(bundle: Bundle, backend: str, inputs: list, device: int = 0) -> tu
 
 def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], precision: str) -> tuple[bool, str, dict]:
     """Max abs error per output against the reference, judged by ``precision``'s tolerance."""
-    from .deploy.tolerance import tolerance_for
+    from ..deploy.tolerance import tolerance_for
 
     tol, ok, parts, figures = tolerance_for(precision), True, [], {}
     for key in ref:
@@ -265,7 +265,7 @@ def _engine_checks(label: str, bundle: Bundle, inputs: list, ref: dict, machine:
         fix = TRT_INSTALL_HINT if machine.tensorrt is None else DRIVER_HINT
         return [Finding(f"{label}: TensorRT engine build", "skip", why, fix),
                 Finding(f"{label}: tensorrt", "skip", why, fix)]
-    from .deploy.trt_engines import build_engines
+    from ..deploy.trt_engines import build_engines
 
     progress(f"{label}: building TensorRT engines ({precision})")
     start = time.monotonic()

@@ -27,7 +27,7 @@ def doctor(
     from rich.console import Console
     from rich.markup import escape
 
-    from ..doctor import run_doctor
+    from ..bench.doctor import run_doctor
 
     console, err = Console(), Console(stderr=True)
     try:

@@ -88,7 +88,7 @@ def demo(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
     """Generate a synthetic clip and localize its sounding object with the bundled demo model."""
-    from ..demo import run_demo
+    from ..runtime.demo import run_demo
 
     check_paths([json_out], [model], dirs=[out])
     summary = run_demo(out, seconds=seconds, seed=seed, backend=backend, model=model)
