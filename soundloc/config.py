@@ -13,6 +13,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from .errors import SoundlocError, UsageError
 
 SAMPLE_RATE = 16_000  # Hz, mono
 HOP_LENGTH = 160  # samples between mel frames: 10 ms
@@ -71,7 +72,7 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-c
 def check_backend(name: str, what: str = "backend") -> str:
     """``name`` if it is one of ``BACKENDS``, else a ValueError that lists them."""
     if name not in BACKENDS:
-        raise ValueError(f"{what} must be one of {', '.join(BACKENDS)}, not {name!r}")
+        raise UsageError(f"{what} must be one of {', '.join(BACKENDS)}, not {name!r}")
     return name
 
 # Model families (soundloc.families says what each one's step needs): the paper's classifier,
@@ -98,7 +99,7 @@ def stop_signals() -> list[signal.Signals]:
     return [getattr(signal, n) for n in STOP_SIGNAL_NAMES if hasattr(signal, n)]
 
 
-class ConfigError(ValueError):
+class ConfigError(SoundlocError, ValueError):
     """A config that cannot be built or does not match what it is loaded into."""
 
 

@@ -26,11 +26,12 @@ from numpy.lib.npyio import NpzFile
 from . import fileio, metrics
 from .config import EVAL_SIZE
 from .data.annotations import Annotation, Annotations
+from .errors import SoundlocError
 
 BASELINES = ("center", "shuffled")  # shuffled needs a checkpoint (soundloc.model.inference)
 
 
-class EvalError(ValueError):
+class EvalError(SoundlocError, ValueError):
     """Inputs that cannot be evaluated together (unreadable maps, no clip in common, ...)."""
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config, check_backend
+from ..errors import UsageError
 
 COMPARE_ALL = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch")  # first that loads: stages
 
@@ -39,7 +40,7 @@ def resolve_target(target: Path) -> Target:
         from ..model.checkpoint import read_checkpoint
 
         return Target(None, target, Config.from_dict(read_checkpoint(target)["config"]))
-    raise ValueError(f"{target}: no such export directory or checkpoint")
+    raise UsageError(f"{target}: no such export directory or checkpoint")
 
 
 def _scratch_checkpoint(config: Config, scratch: Path) -> Path:

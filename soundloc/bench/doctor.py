@@ -33,6 +33,7 @@ from ..runtime.backend import BackendError
 from ..runtime.bundle import Bundle, random_weights_note, read_bundle
 from ..runtime.onnx_backend import cuda_device_count, resolve_providers
 from ..runtime.tensorrt_backend import CUDA_INSTALL_HINT, TRT_INSTALL_HINT, cuda_call, import_cudart, import_tensorrt
+from ..errors import UsageError
 
 DRIVER_HINT = ("install the NVIDIA driver (servers/desktops: the distribution's nvidia-driver package or "
                "NVIDIA's installer; Jetson: it comes with JetPack)")
@@ -308,9 +309,9 @@ def run_doctor(*, steps: int = 20, full: bool = True, precision: str = "fp32", d
                progress: Callable[[str], None] = lambda s: None) -> DoctorReport:
     """Inventory, then the demo export and (``full``) a full-size random export, checked."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, not {steps}")
+        raise UsageError(f"steps must be >= 1, not {steps}")
     if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
+        raise UsageError(f"precision must be fp32 or fp16, not {precision!r}")
     findings, machine = inventory()
     report = DoctorReport(findings, require_gpu)
     with ExitStack() as stack:

@@ -24,6 +24,7 @@ from .stages import (
 from .stats import Plan, Stats
 from ..runtime.bundle import random_weights_note, read_bundle
 from .system import Tegrastats, system_info
+from ..errors import UsageError
 
 TARGET_STEP_MS = 35.0  # issue 6, 2-core CPU, full size, batch 1, onnxruntime CPU
 TARGET_SPEEDUP = 20.0  # vs the window-recompute reference
@@ -167,9 +168,9 @@ def run_bench(target: str | Path | Sequence[str | Path], *, backends: Sequence[s
     several exports of one model (e.g. fp32 and int8) side by side: every backend runs on each,
     the first gives the stages and the references."""
     if streams < 1:
-        raise ValueError(f"streams must be >= 1, not {streams}")
+        raise UsageError(f"streams must be >= 1, not {streams}")
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, not {threads}")
+        raise UsageError(f"threads must be >= 1, not {threads}")
     for b in backends:
         check_backend(b)
     with tempfile.TemporaryDirectory(prefix="soundloc-bench-") as tmp, Tegrastats() as tegra:

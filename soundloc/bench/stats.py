@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+from ..errors import UsageError
 
 Clock = Callable[[], float]
 
@@ -70,9 +71,9 @@ class Plan:
 
     def __post_init__(self) -> None:
         if self.warmup_s < 0 or self.duration_s < 0:
-            raise ValueError(f"warm-up and duration must be >= 0 s, not {self.warmup_s}, {self.duration_s}")
+            raise UsageError(f"warm-up and duration must be >= 0 s, not {self.warmup_s}, {self.duration_s}")
         if self.min_iters < 1:
-            raise ValueError(f"min_iters must be >= 1, not {self.min_iters}")
+            raise UsageError(f"min_iters must be >= 1, not {self.min_iters}")
 
     def scaled(self, min_iters: int) -> Plan:
         """The same times with another iteration floor (references whose calls take seconds)."""

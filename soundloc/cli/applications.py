@@ -47,7 +47,10 @@ def annotate_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write counts here."),
 ) -> None:
     """Pseudo bounding boxes for a whole dataset, at each clip's top-1 moment."""
-    from ..fileio import write_json
+    from ..config import ConfigError
+    from ..data.annotations import AnnotationError
+    from ..errors import UsageError
+    from ..fileio import OutputError, write_json
     from ..model.inference import annotate
 
     if not 0 <= threshold < 1:
@@ -55,7 +58,7 @@ def annotate_command(
     check_paths([out, json_out], [ckpt, folder])  # --out is also read: the clips done so far
     try:
         entries, skipped = annotate(ckpt, folder, out, threshold=threshold, resume=resume)
-    except ValueError as e:
+    except (UsageError, AnnotationError, ConfigError, OutputError) as e:  # not any ValueError: mid-run is exit 1
         raise fail(str(e))
     boxed = sum(1 for e in entries if e["bbox"])
     typer.echo(f"{len(entries)} clips, {boxed} with a box -> {out}")

@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+from ..config import ConfigError
+from ..errors import UsageError
+from ..fileio import OutputError
 from .app import app, check_paths, fail
 
 
@@ -44,7 +47,7 @@ def export(
                                    workspace_gib=workspace_gib, timing_cache=timing_cache, dla_core=dla_core,
                                    preset=preset, seed=seed, calib=calib,
                                    verify_clip=(clip or True) if verify else False, progress=console.print)
-    except ValueError as e:
+    except (UsageError, ConfigError, OutputError) as e:  # not any ValueError: a failure mid-run is exit 1
         raise fail(str(e))
     from ..runtime.bundle import random_weights_note
 

@@ -35,6 +35,7 @@ from ..model.streaming import INPUT_NAMES, OUTPUT_NAMES, StreamingModel
 from ..runtime.bundle import MAGIC, Bundle, file_record, read_bundle, write_manifest
 from ..deploy.tensorrt import ExportError
 from ..deploy.trt_ops import check_tensorrt_compat
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def export_model(model: AVClassifier, out_dir: str | Path, *, precision: str = "
                  progress: Callable[[str], None] | None = None) -> Bundle:
     """Write the three ONNX graphs and ``soundloc.json`` for ``model`` into ``out_dir``."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()

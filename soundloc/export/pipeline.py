@@ -13,6 +13,7 @@ from ..fileio import sha256_file
 from ..model.checkpoint import load_checkpoint
 from ..runtime.bundle import Bundle
 from .onnx import OPSET, export_model, random_model, random_weights_record
+from ..errors import UsageError
 
 # One table of formats and what each accepts (Ultralytics-style, minus the flag soup).
 FORMATS: dict[str, dict[str, Any]] = {
@@ -43,18 +44,18 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
     """
     if precision == "int8":
         if calib is None:
-            raise ValueError("--precision int8 needs --calib: a folder of videos to calibrate on")
+            raise UsageError("--precision int8 needs --calib: a folder of videos to calibrate on")
     elif calib is not None:
-        raise ValueError("--calib applies to --precision int8 only")
+        raise UsageError("--calib applies to --precision int8 only")
     if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+        raise UsageError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
     max_batch = (1 if dla_core is not None else 16) if max_batch is None else max_batch
     if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, not {max_batch}")
+        raise UsageError(f"max_batch must be >= 1, not {max_batch}")
     if format != "engine" and (dla_core is not None or timing_cache is not None):
-        raise ValueError("--dla-core and --timing-cache apply to --format engine only")
+        raise UsageError("--dla-core and --timing-cache apply to --format engine only")
     if (ckpt is None) == (preset is None):
-        raise ValueError("give a checkpoint to export, or --preset NAME for random weights (not both)")
+        raise UsageError("give a checkpoint to export, or --preset NAME for random weights (not both)")
     if format == "engine":
         from ..deploy.tensorrt import _import_trt
 
@@ -66,7 +67,7 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
         record, gate = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}, data.get("gate")
     if precision == "int8":
         if not family_of(model.config).quantizable:
-            raise ValueError(f"--precision int8 is not available for the {model.config.family} family yet (fp32, fp16)")
+            raise UsageError(f"--precision int8 is not available for the {model.config.family} family yet (fp32, fp16)")
         from .quantize import export_int8
 
         bundle = export_int8(model, out_dir, calib, opset=opset, checkpoint=record, gate=gate,

@@ -38,6 +38,7 @@ from ..runtime.engine import StepModel
 from ..deploy.tensorrt import ExportError
 from ..deploy.trt_ops import check_tensorrt_compat
 from .verify import stream_inputs
+from ..errors import UsageError
 
 TRT_SUFFIX = ".trt.onnx"
 # What must stay float, by operator: the final map and score (alpha = V . z^A, S_av = z^V . z^A)
@@ -78,7 +79,7 @@ def load_calibration(folder: str | Path, config, max_clips: int = CALIB_MAX_CLIP
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"--calib {folder}: not a folder of videos")
+        raise UsageError(f"--calib {folder}: not a folder of videos")
     calib = CalibrationSet(folder)
     for name, path in list_videos(folder):
         if len(calib.clips) >= max_clips:
@@ -92,7 +93,7 @@ def load_calibration(folder: str | Path, config, max_clips: int = CALIB_MAX_CLIP
         calib.clips.append((path.name, video, mel))
     if not calib.clips:
         why = f"; {len(calib.skipped)} file(s) would not decode" if calib.skipped else ""
-        raise ValueError(f"--calib {folder}: no decodable video clips to calibrate on{why}")
+        raise UsageError(f"--calib {folder}: no decodable video clips to calibrate on{why}")
     return calib
 
 

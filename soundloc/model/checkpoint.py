@@ -19,11 +19,12 @@ from ..families import family_of
 from ..fileio import atomic_write
 from .classifier import AVClassifier
 from .video import load_torchvision_mc3
+from ..errors import SoundlocError
 
 MAGIC = "soundloc-checkpoint"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SoundlocError, RuntimeError):
     """A checkpoint that cannot be read: unsafe, corrupt, or of another format or config."""
 
 

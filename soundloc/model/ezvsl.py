@@ -29,6 +29,7 @@ from torch import nn
 
 from ..config import EZVSL_IMAGE_SIZE, EZVSL_PRIOR_ALPHA, NORM_EPS, Config
 from .classifier import Features
+from ..errors import SoundlocError
 
 EMBED_DIM = 512  # the published models' out_dim (EZ-VSL's default)
 
@@ -176,7 +177,7 @@ def networks(model: EZVSL, config: Config, steps: int = 1) -> dict[str, tuple[nn
 
 # -- importing the authors' checkpoints ---------------------------------------------------------
 
-class ModelImportError(ValueError):
+class ModelImportError(SoundlocError, ValueError):
     """A checkpoint that is not EZ-VSL's format; the message names the first offending key."""
 
 

@@ -20,6 +20,7 @@ import torch
 from ..config import EVAL_SIZE
 from ..data.annotations import find_video, list_videos
 from ..dependence import AudioDependence, audio_dependence, check_steps, other_clips
+from ..errors import UsageError
 from ..families import blend_prior, family_of
 from ..fileio import write_json
 from ..localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_map
@@ -183,9 +184,9 @@ def _read_existing(path: Path) -> list[dict]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: cannot resume from a corrupt file ({e}); move it away") from None
+        raise UsageError(f"{path}: cannot resume from a corrupt file ({e}); move it away") from None
     if not isinstance(data, list):
-        raise ValueError(f"{path}: not a VGG-SS style list; move it away")
+        raise UsageError(f"{path}: not a VGG-SS style list; move it away")
     return data
 
 

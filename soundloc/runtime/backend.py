@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
+from ..errors import SoundlocError
 
 
-class BackendError(RuntimeError):
+class BackendError(SoundlocError, RuntimeError):
     """A backend that cannot load or run; the message says what to install or rebuild."""
 
 

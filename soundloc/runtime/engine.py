@@ -17,6 +17,7 @@ from ..config import check_backend
 from ..families import family_of
 from .backend import Backend, BackendError
 from .bundle import Bundle, read_bundle
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
     ``device``: the CUDA device of every GPU backend. On an onnxruntime GPU provider the step
     graph's state stays on that device between calls (I/O binding)."""
     if check_backend(backend) == "torch":
-        raise ValueError("an export directory does not run on the torch backend (that needs a checkpoint)")
+        raise UsageError("an export directory does not run on the torch backend (that needs a checkpoint)")
     if backend in ("auto", "tensorrt") and "engine" in bundle.graph(graph)["files"]:
         try:
             from .tensorrt_backend import TensorRTBackend
@@ -90,14 +91,14 @@ class StepModel:
         target = Path(target)
         if target.is_file():
             if backend not in ("auto", "torch"):
-                raise ValueError(f"{target} is a checkpoint: it runs on the torch backend only; "
+                raise UsageError(f"{target} is a checkpoint: it runs on the torch backend only; "
                                  "export it (`soundloc export`) for onnxruntime or TensorRT")
             from .torch_backend import TorchBackend
 
             tb = TorchBackend(target, threads=threads)
             return cls(tb, tb.config, tb.lookahead, tb.state_specs, tb.gate_score)
         if backend == "torch":
-            raise ValueError("--backend torch needs a checkpoint (.pt), not an export directory")
+            raise UsageError("--backend torch needs a checkpoint (.pt), not an export directory")
         return cls.from_export(target, backend, threads)
 
     @property

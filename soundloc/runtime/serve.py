@@ -30,6 +30,7 @@ from ..fileio import check_outputs
 from .engine import StepModel, StepOutput
 from .run import StreamSummary, stop_on_signals, stream_source
 from .stream import StreamOptions
+from ..errors import SoundlocError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -40,7 +41,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SOURCE_KEYS = ("name", "video", "audio", "out", "events", "video_only")
 
 
-class ServeError(ValueError):
+class ServeError(SoundlocError, ValueError):
     """A sources list that cannot be served; the message is one line for the user."""
 
 

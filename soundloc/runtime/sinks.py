@@ -39,6 +39,7 @@ from ..fileio import Staged
 from ..media import add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
 from .render import Labeler, render_step
 from .results import StepResult
+from ..errors import SoundlocError
 
 AAC_PRIMING = 1024  # samples the AAC encoder emits before the signal (its initial padding)
 KEPT = "any previous file of that name is unchanged"
@@ -50,7 +51,7 @@ MP4_OPTIONS = {
 }
 
 
-class SinkError(RuntimeError):
+class SinkError(SoundlocError, RuntimeError):
     """A sink cannot go on; the message is one line meant for the user."""
 
 

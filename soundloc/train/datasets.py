@@ -34,12 +34,13 @@ from ..data.annotations import (AnnotationError, find_video, read_path_label_csv
 from ..media import MediaError, load_clip
 from ..mel import log_mel
 from ..preprocess import normalise_frames
+from ..errors import SoundlocError
 
 
 Row = TypeVar("Row")
 
 
-class DatasetError(ValueError):
+class DatasetError(SoundlocError, ValueError):
     """An annotation file or dataset folder that cannot be used; the message is one line."""
 
 

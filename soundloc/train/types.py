@@ -12,6 +12,7 @@ from torch import nn
 
 from .distributed import DistInfo
 from ..model.classifier import MODALITIES, AVClassifier
+from ..errors import SoundlocError
 
 
 MONITOR = "av"  # the head whose validation accuracy drives the plateau schedule and best.pt
@@ -20,7 +21,7 @@ LOSS_PARTS = (*MODALITIES, "contrastive")
 LOG_REASONS = 50  # skipped (id, reason) pairs kept per epoch in log.jsonl; the count is exact
 
 
-class TrainError(ValueError):
+class TrainError(SoundlocError, ValueError):
     """A training run that cannot start or continue as asked (one line for the user)."""
 
 
