@@ -27,13 +27,13 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import UsageError
 from .system import command_output, system_info
 from ..config import MELS_PER_STEP
 from ..runtime.backend import BackendError
 from ..runtime.bundle import Bundle, random_weights_note, read_bundle
 from ..runtime.onnx_backend import cuda_device_count, resolve_providers
 from ..runtime.tensorrt_backend import CUDA_INSTALL_HINT, TRT_INSTALL_HINT, cuda_call, import_cudart, import_tensorrt
-from ..errors import UsageError
 
 DRIVER_HINT = ("install the NVIDIA driver (servers/desktops: the distribution's nvidia-driver package or "
                "NVIDIA's installer; Jetson: it comes with JetPack)")

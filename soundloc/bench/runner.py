@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import FPS, check_backend
+from ..errors import UsageError
 from .backends import Target, load_model, resolve_target, runtime_of
 from .references import matmul_peak, model_macs, time_floor, time_window_recompute
 from .stages import (
@@ -24,7 +25,6 @@ from .stages import (
 from .stats import Plan, Stats
 from ..runtime.bundle import random_weights_note, read_bundle
 from .system import Tegrastats, system_info
-from ..errors import UsageError
 
 TARGET_STEP_MS = 35.0  # issue 6, 2-core CPU, full size, batch 1, onnxruntime CPU
 TARGET_SPEEDUP = 20.0  # vs the window-recompute reference

@@ -52,8 +52,8 @@ import numpy as np
 
 from ..config import FPS, SAMPLE_RATE, is_whole_steps, seconds_to_steps, steps_to_seconds
 from ..fileio import atomic_write_bytes, check_outputs
-from .annotations import clip_id
 from ..errors import SoundlocError
+from .annotations import clip_id
 
 SHAPES = ("disc", "square", "triangle", "diamond", "ring", "cross", "octagon", "hourglass")
 COLOURS = {

@@ -12,8 +12,8 @@ from ..families import family_of
 from ..fileio import sha256_file
 from ..model.checkpoint import load_checkpoint
 from ..runtime.bundle import Bundle
-from .onnx import OPSET, export_model, random_model, random_weights_record
 from ..errors import UsageError
+from .onnx import OPSET, export_model, random_model, random_weights_record
 
 # One table of formats and what each accepts (Ultralytics-style, minus the flag soup).
 FORMATS: dict[str, dict[str, Any]] = {

@@ -37,8 +37,8 @@ from ..runtime.bundle import Bundle, file_record, read_bundle, write_manifest
 from ..runtime.engine import StepModel
 from ..deploy.tensorrt import ExportError
 from ..deploy.trt_ops import check_tensorrt_compat
-from .verify import stream_inputs
 from ..errors import UsageError
+from .verify import stream_inputs
 
 TRT_SUFFIX = ".trt.onnx"
 # What must stay float, by operator: the final map and score (alpha = V . z^A, S_av = z^V . z^A)

@@ -17,9 +17,9 @@ from .. import __version__
 from ..config import FORMAT_VERSION, Config, ConfigError
 from ..families import family_of
 from ..fileio import atomic_write
+from ..errors import SoundlocError
 from .classifier import AVClassifier
 from .video import load_torchvision_mc3
-from ..errors import SoundlocError
 
 MAGIC = "soundloc-checkpoint"
 

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import EZVSL_IMAGE_SIZE, EZVSL_PRIOR_ALPHA, NORM_EPS, Config
-from .classifier import Features
 from ..errors import SoundlocError
+from .classifier import Features
 
 EMBED_DIM = 512  # the published models' out_dim (EZ-VSL's default)
 

@@ -15,9 +15,9 @@ import logging
 
 from ..config import check_backend
 from ..families import family_of
+from ..errors import UsageError
 from .backend import Backend, BackendError
 from .bundle import Bundle, read_bundle
-from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 

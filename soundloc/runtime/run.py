@@ -18,6 +18,7 @@ import numpy as np
 from ..config import stop_signals
 from ..fileio import check_outputs
 from ..media import MediaError
+from ..percentiles import summary_percentile
 from .engine import StepModel
 from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, TerminalStatus
 from .sources import StepInput, StepSource
@@ -58,14 +59,11 @@ class StreamSummary:
     latency_ms: list[float] = field(default_factory=list)  # capture -> output, lookahead included
 
     def as_dict(self) -> dict:
-        def pct(xs: list[float], q: float) -> float:
-            return round(float(np.percentile(xs, q)), 3) if xs else 0.0
-
         return {"backend": self.backend, "steps": self.steps, "gated": self.gated, "dropped": self.dropped,
                 "reconnects": self.reconnects, "seconds": round(self.seconds, 3), "end_reason": self.end_reason,
                 "error": self.error, "signal": self.signal,
-                "outputs": self.outputs, "model_ms_p50": pct(self.model_ms, 50), "model_ms_p99": pct(self.model_ms, 99),
-                "latency_ms_p50": pct(self.latency_ms, 50), "latency_ms_p99": pct(self.latency_ms, 99),
+                "outputs": self.outputs, "model_ms_p50": summary_percentile(self.model_ms, 50), "model_ms_p99": summary_percentile(self.model_ms, 99),
+                "latency_ms_p50": summary_percentile(self.latency_ms, 50), "latency_ms_p99": summary_percentile(self.latency_ms, 99),
                 "realtime_factor": round(float(np.mean(self.model_ms)) / 100.0, 4) if self.model_ms else 0.0}
 
 

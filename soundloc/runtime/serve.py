@@ -27,10 +27,11 @@ import numpy as np
 
 from ..config import SERVE_BATCH_WAIT_S
 from ..fileio import check_outputs
+from ..percentiles import summary_percentile
+from ..errors import SoundlocError
 from .engine import StepModel, StepOutput
 from .run import StreamSummary, stop_on_signals, stream_source
 from .stream import StreamOptions
-from ..errors import SoundlocError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -158,7 +159,7 @@ class BatchStats:
     def as_dict(self) -> dict:
         return {"calls": self.calls, "steps": self.steps,
                 "mean_batch": round(self.steps / self.calls, 3) if self.calls else 0.0,
-                "call_ms_p50": round(float(np.percentile(self.call_ms, 50)), 3) if self.call_ms else 0.0,
+                "call_ms_p50": summary_percentile(self.call_ms, 50),
                 "behind": dict(self.behind)}
 
 

@@ -37,9 +37,9 @@ import numpy as np
 from ..config import SAMPLE_RATE, stop_signals
 from ..fileio import Staged
 from ..media import add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
+from ..errors import SoundlocError
 from .render import Labeler, render_step
 from .results import StepResult
-from ..errors import SoundlocError
 
 AAC_PRIMING = 1024  # samples the AAC encoder emits before the signal (its initial padding)
 KEPT = "any previous file of that name is unchanged"

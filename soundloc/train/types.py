@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import SoundlocError
 from .distributed import DistInfo
 from ..model.classifier import MODALITIES, AVClassifier
-from ..errors import SoundlocError
 
 
 MONITOR = "av"  # the head whose validation accuracy drives the plateau schedule and best.pt
