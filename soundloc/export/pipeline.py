@@ -11,7 +11,7 @@ from typing import Any, Callable
 from ..families import family_of
 from ..fileio import sha256_file
 from ..model.checkpoint import load_checkpoint
-from ..runtime.bundle import Bundle
+from ..runtime.bundle import Bundle, read_bundle, write_manifest
 from ..errors import UsageError
 from .onnx import OPSET, export_model, random_model, random_weights_record
 
@@ -39,8 +39,9 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
     ``max_batch``: the engine profile's max, default 16; with ``dla_core`` the static batch
     (default 1), as the DLA runs static shapes only.
     ``precision='int8'`` quantizes the fp32 graphs on the clips of the folder ``calib``
-    (``soundloc.export.quantize``); ``verify_clip`` (a video, or True for the first calibration
-    clip) then compares the int8 export with the fp32 one and records it in the manifest.
+    (``soundloc.export.quantize``). ``verify_clip`` (a video, or True: the first calibration clip
+    for int8, a generated clip otherwise) checks the export and records the report in the
+    manifest's ``verify``: int8 against the fp32 export, fp32/fp16 against PyTorch.
     """
     if precision == "int8":
         if calib is None:
@@ -84,4 +85,18 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
         from ..deploy.triton import write_repository
 
         write_repository(bundle, Path(out_dir) / "triton", max_batch)
+    if verify_clip and precision != "int8":  # int8 verified against the fp32 export inside export_int8
+        # a fresh copy: an fp16 export casts the model's modules in place
+        fresh = random_model(preset, seed) if preset is not None else load_checkpoint(ckpt)[0]
+        bundle = verify_export(bundle, fresh, None if verify_clip is True else verify_clip)
     return bundle
+
+
+def verify_export(bundle: Bundle, model: Any, clip: str | Path | None = None) -> Bundle:
+    """fp32/fp16 ``--verify``: the export against the PyTorch model it came from (on ``clip``, or
+    a generated 100-step clip), recorded in the manifest's ``verify`` as the int8 comparison is."""
+    family = family_of(model.config)
+    data = None if clip is None else family.part("features")(clip, model.config)
+    report = family.part("verify")(bundle, model, data)
+    write_manifest(bundle.root, {**bundle.manifest, "verify": report.as_dict()})
+    return read_bundle(bundle.root)
