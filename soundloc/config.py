@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -78,7 +77,6 @@ def check_backend(name: str, what: str = "backend") -> str:
 # Model families (soundloc.families says what each one's step needs): the paper's classifier,
 # and EZ-VSL (Mo & Morgado 2022), imported from its authors' checkpoints (`soundloc import ezvsl`).
 FAMILY_NAMES = ("classifier", "ezvsl")
-MAP_STRIDE = {"classifier": 16, "ezvsl": 32}  # input pixels per map cell
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's image-model normalisation (EZ-VSL's input)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EZVSL_IMAGE_SIZE = 224
@@ -178,10 +176,6 @@ class Config:
         return int(round(self.window_seconds * self.fps))
 
     @property
-    def map_size(self) -> int:
-        return self.image_size // MAP_STRIDE[self.family]
-
-    @property
     def lookahead_steps(self) -> int:
         """Steps a streaming model waits before a step is final: one per 3-tap temporal conv
         (the stem and two per layer-1 block: 5 for MC3-18), none when causal."""
@@ -208,9 +202,6 @@ class Config:
         if "class_names" in d:
             d["class_names"] = tuple(d["class_names"])
         return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -272,10 +263,6 @@ def is_whole_steps(seconds: float) -> bool:
 def steps_to_seconds(steps: int | float) -> float:
     return steps / FPS
 
-
-def samples_to_steps(samples: int) -> int:
-    """Whole model steps covered by ``samples`` audio samples."""
-    return samples // SAMPLES_PER_STEP
 
 # INT8 exports (soundloc/export/quantize.py): calibration (the agreement --verify asks of them is
 # the int8 row of soundloc/deploy/tolerance.py).

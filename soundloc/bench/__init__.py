@@ -33,7 +33,6 @@ from .backends import (
                      Target,
                      load_model,
                      resolve_target,
-                     runtime_of,
 )
 from .references import (
                      MATMUL_N,
@@ -110,7 +109,6 @@ __all__ = [
                      "resolve_target",
                      "run_bench",
                      "run_timed",
-                     "runtime_of",
                      "summary_lines",
                      "system_info",
                      "targets_table",

@@ -69,7 +69,3 @@ def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = N
         raise RuntimeError("needs an export directory (`soundloc export CKPT --out DIR`), not a checkpoint")
     return StepModel.load(tgt.export, backend, threads=threads)
 
-
-def runtime_of(model) -> str:
-    """The runtime family of a loaded model: torch, onnxruntime or tensorrt."""
-    return model.backend.name

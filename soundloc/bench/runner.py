@@ -12,7 +12,7 @@ from typing import Any
 
 from ..config import FPS, check_backend
 from ..errors import UsageError
-from .backends import Target, load_model, resolve_target, runtime_of
+from .backends import Target, load_model, resolve_target
 from .references import matmul_peak, model_macs, time_floor, time_window_recompute
 from .stages import (
     FLOOR_FRAMES,
@@ -104,7 +104,7 @@ def _streams(model, batch: int, plan: Plan) -> dict[str, Any]:
 
 
 def _peak_for(model, threads: int | None) -> dict[str, Any]:
-    runtime = runtime_of(model)
+    runtime = model.backend.name  # torch, onnxruntime or tensorrt
     if runtime == "tensorrt":
         from ..runtime.onnx_backend import resolve_providers
 
@@ -131,7 +131,7 @@ def bench_backend(tgt: Target, backend: str, *, streams: int, plan: Plan, thread
         batched = _measure(errors, "streams", lambda: _streams(model, streams, plan))
     if references:
         progress(f"{backend}: offline floor ({FLOOR_FRAMES} frames) and matmul peak")
-        floor_backend = "torch" if runtime_of(model) == "torch" else backend
+        floor_backend = "torch" if model.backend.name == "torch" else backend
         floor = _measure(errors, "floor", lambda: time_floor(tgt, floor_backend, plan.scaled(3), threads).stats())
         peak = _measure(errors, "peak", lambda: _peak_for(model, threads))
     return BackendResult(backend, True, name, None, step, batched, floor, peak, errors), model

@@ -15,14 +15,9 @@ from ..runtime.bundle import Bundle, read_bundle, write_manifest
 from ..errors import UsageError
 from .onnx import OPSET, export_model, random_model, random_weights_record
 
-# One table of formats and what each accepts (Ultralytics-style, minus the flag soup).
-FORMATS: dict[str, dict[str, Any]] = {
-    "onnx": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
-    "engine": {"suffix": ".engine", "options": {"precision", "max_batch", "opset", "workspace_gib",
-                                                "timing_cache", "dla_core"}},
-    # ONNX + a Triton model repository in OUT/triton (soundloc/deploy/triton.py)
-    "triton": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
-}
+# What `--format` takes: ONNX graphs; + TensorRT engines beside them (--workspace-gib,
+# --timing-cache, --dla-core apply); + a Triton model repository in OUT/triton (deploy/triton.py).
+FORMATS = ("onnx", "engine", "triton")
 
 
 def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: str = "onnx",

@@ -291,9 +291,6 @@ class SkipReport:
             if len(self.first) < self.keep:
                 self.first.append((clip_id, reason))
 
-    def reset(self) -> None:
-        self.count, self.first = 0, []
-
     def __bool__(self) -> bool:
         return self.count > 0
 
