@@ -131,11 +131,12 @@ def _tensor_info(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": info(model.graph.input), "outputs": info(model.graph.output)}
 
 
-def export_model(model: AVClassifier, out_dir: str | Path, *, precision: str = "fp32", opset: int = OPSET,
+def export_model(model: nn.Module, out_dir: str | Path, *, precision: str = "fp32", opset: int = OPSET,
                  checkpoint: dict[str, str] | None = None, gate: dict[str, float] | None = None,
                  graphs: tuple[str, ...] = ("step", "video", "audio"),
                  progress: Callable[[str], None] | None = None) -> Bundle:
-    """Write the three ONNX graphs and ``soundloc.json`` for ``model`` into ``out_dir``."""
+    """Write the three ONNX graphs and ``soundloc.json`` for ``model`` (any family's: its family says
+    which graphs) into ``out_dir``."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     out = Path(out_dir)

@@ -63,7 +63,7 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
 
 
 class StepModel:
-    """The exact streaming step: ``step(frames, mels, valid, state)`` on any backend.
+    """The exact streaming step: ``step(frames, audio, valid, state)`` on any backend.
 
     Build it with ``StepModel.load(target, backend)``: an export directory (TensorRT engine or
     onnxruntime) or a ``.pt`` checkpoint (PyTorch, for comparison; the only path that imports
@@ -109,25 +109,25 @@ class StepModel:
         """Zero state for ``batch`` streams: equals the offline model's zero padding."""
         return [np.zeros((batch, *s["shape"]), np.float32) for s in self._states]
 
-    def feed(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+    def feed(self, frames: np.ndarray, audio: np.ndarray, valid: np.ndarray,
              state: list[np.ndarray]) -> dict[str, np.ndarray]:
         """The step graph's named inputs for ``step``'s arguments (also what calibration feeds)."""
         b, family = frames.shape[0], family_of(self.config)  # the family says what its step takes
         feed = {
             "frame": np.ascontiguousarray(frames, np.float32).reshape(b, 3, 1, *frames.shape[-2:]),
-            family.audio_input: np.ascontiguousarray(mels, np.float32).reshape(b, *family.audio_shape(self.config)),
+            family.audio_input: np.ascontiguousarray(audio, np.float32).reshape(b, *family.audio_shape(self.config)),
             "valid": np.asarray(valid, np.float32).reshape(b, 1),
         }
         for spec, value in zip(self._states, state):
             feed[spec["input"]] = value
         return feed
 
-    def step(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+    def step(self, frames: np.ndarray, audio: np.ndarray, valid: np.ndarray,
              state: list[np.ndarray]) -> tuple[StepOutput, list[np.ndarray]]:
-        """frames (B, 3, H, W) normalised, mels (B, 10, 80) (or the family's audio input), valid
-        (B,) -> outputs, new state."""
+        """frames (B, 3, H, W) normalised; audio: the family's audio input (the classifier's mels (B, 10, 80),
+        EZ-VSL's spectrogram); valid (B,) -> outputs, new state."""
         b = frames.shape[0]
-        out = self.backend.run(self.feed(frames, mels, valid, state))
+        out = self.backend.run(self.feed(frames, audio, valid, state))
         new_state = [out[spec["output"]] for spec in self._states]
         result = StepOutput(alpha=out["alpha"], score=out["score"].reshape(b), zv=out["zv"], za=out["za"],
                             valid=out["valid_out"].reshape(b) > 0.5)

@@ -139,7 +139,7 @@ def check_sources(sources: list[ServeSource]) -> list[ServeSource]:
 class _Request:
     name: str
     frames: np.ndarray
-    mels: np.ndarray
+    audio: np.ndarray
     valid: np.ndarray
     state: list[np.ndarray]
     done: threading.Event = field(default_factory=threading.Event)
@@ -197,10 +197,10 @@ class Batcher:
             self._running.discard(name)
             self._cond.notify_all()
 
-    def submit(self, name: str, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+    def submit(self, name: str, frames: np.ndarray, audio: np.ndarray, valid: np.ndarray,
                state: list[np.ndarray]) -> tuple[StepOutput, list[np.ndarray]]:
         """One stream's step (batch 1) through the next tick; blocks until its row is back."""
-        req = _Request(name, frames, mels, valid, state)
+        req = _Request(name, frames, audio, valid, state)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
@@ -239,7 +239,7 @@ class Batcher:
             state = [np.concatenate([np.asarray(r.state[i]) for r in batch]) for i in range(n_state)]
             t0 = time.perf_counter()
             out, new = self.model.step(np.concatenate([r.frames for r in batch]),
-                                       np.concatenate([r.mels for r in batch]),
+                                       np.concatenate([r.audio for r in batch]),
                                        np.concatenate([r.valid for r in batch]), state)
             self.stats.call_ms.append((time.perf_counter() - t0) * 1000)
             new = [np.asarray(s) for s in new]  # a GPU-kept state comes back to the host to be split
@@ -274,9 +274,9 @@ class SharedModel:
     def behind(self) -> int:
         return self.batcher.stats.behind.get(self.stream, 0)
 
-    def step(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+    def step(self, frames: np.ndarray, audio: np.ndarray, valid: np.ndarray,
              state: list[np.ndarray]) -> tuple[StepOutput, list[np.ndarray]]:
-        return self.batcher.submit(self.stream, frames, mels, valid, state)
+        return self.batcher.submit(self.stream, frames, audio, valid, state)
 
     def close(self) -> None:
         self.batcher.release(self.stream)

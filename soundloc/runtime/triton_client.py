@@ -77,12 +77,12 @@ class TritonModel(StepModel):
         self.sequence = (os.getpid() << 20) + next(_IDS)  # unique among this server's clients' streams
         return []
 
-    def step(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+    def step(self, frames: np.ndarray, audio: np.ndarray, valid: np.ndarray,
              state: list[np.ndarray], end: bool = False) -> tuple[StepOutput, list[np.ndarray]]:
         if self.sequence is None:
             self.new_state(1)
         inputs = []
-        for name, value in self.feed(frames, mels, valid, []).items():
+        for name, value in self.feed(frames, audio, valid, []).items():
             tensor = self.grpc.InferInput(name, list(value.shape), "FP32")
             tensor.set_data_from_numpy(np.ascontiguousarray(value, np.float32))
             inputs.append(tensor)

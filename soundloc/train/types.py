@@ -71,7 +71,7 @@ class TrainResult:
     epochs: int
     resumed_from: int
     best_epoch: int
-    best_accuracy: float
+    best_monitored: float  # the best value of `monitor` (accuracy, or minus the loss)
     accuracy: dict[str, float]
     train_loss: float
     skipped: int
@@ -79,7 +79,7 @@ class TrainResult:
     world_size: int
     last_checkpoint: str
     best_checkpoint: str
-    monitor: str = ""  # what best_accuracy holds: e.g. val_accuracy_av (plateau) or val_minus_loss (cosine)
+    monitor: str = ""  # what best_monitored holds: e.g. val_accuracy_av (plateau) or val_minus_loss (cosine)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,5 +99,5 @@ class TrainState:
     dist: DistInfo
     schedule: str = "plateau"
     epoch: int = 0  # completed epochs
-    best_accuracy: float = -math.inf  # of the monitored value: accuracy, or minus the loss
+    best_monitored: float = -math.inf  # the best of the monitored value: accuracy, or minus the loss (cosine)
     best_epoch: int = 0
