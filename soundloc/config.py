@@ -12,7 +12,7 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from .errors import SoundlocError, UsageError
+from .errors import SoundlocError
 
 SAMPLE_RATE = 16_000  # Hz, mono
 HOP_LENGTH = 160  # samples between mel frames: 10 ms
@@ -62,17 +62,6 @@ FORMAT_VERSION = 1  # of checkpoints and export directories
 # trailing (the last steps up to now, what a live view can show).
 WINDOW_MODES = ("trailing", "centered")
 SILENCE_DB = -120.0  # audio level reported for digital silence (dBFS)
-
-# Where the model runs: "auto" picks a TensorRT engine when the export has one, else onnxruntime
-# with the best provider; "torch" runs a .pt checkpoint (the only backend that imports torch).
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch")
-
-
-def check_backend(name: str, what: str = "backend") -> str:
-    """``name`` if it is one of ``BACKENDS``, else a ValueError that lists them."""
-    if name not in BACKENDS:
-        raise UsageError(f"{what} must be one of {', '.join(BACKENDS)}, not {name!r}")
-    return name
 
 # Model families (soundloc.families says what each one's step needs): the paper's classifier,
 # and EZ-VSL (Mo & Morgado 2022), imported from its authors' checkpoints (`soundloc import ezvsl`).

@@ -35,7 +35,9 @@ from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
 from soundloc.deploy.triton import model_config, write_repository  # noqa: E402
-from soundloc.runtime.triton_client import MODEL_NAME  # noqa: E402
+from soundloc.runtime.backend_spec import load_step_model  # noqa: E402
+from soundloc.runtime.triton_client import MODEL_NAME, MODELS  # noqa: E402
+from soundloc.errors import UsageError  # noqa: E402
 from soundloc.runtime.backend import BackendError  # noqa: E402
 from soundloc.runtime.engine import StepModel  # noqa: E402
 from soundloc.runtime.run import run_stream  # noqa: E402
@@ -102,6 +104,7 @@ class StandIn(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.model, self.forget_after = model, forget_after
         self.states: dict[int, list[np.ndarray]] = {}
         self.requests: dict[int, int] = {}
+        self.served: set[str] = set()  # the model names requests asked for
         self.lock = threading.Lock()
 
     def ServerLive(self, request, context):  # noqa: N802 - the protocol's names
@@ -121,6 +124,7 @@ class StandIn(service_pb2_grpc.GRPCInferenceServiceServicer):
                               f"inference request for sequence {seq} to model '{self.model}' must specify the "
                               "START flag on the first request of the sequence")
             self.requests[seq] = self.requests.get(seq, 0) + 1
+            self.served.add(request.model_name)
             arrays = {i.name: np.frombuffer(raw, np.float32).reshape(list(i.shape))
                       for i, raw in zip(request.inputs, request.raw_input_contents)}
             feed = dict(arrays)
@@ -175,6 +179,36 @@ def test_concurrent_sequences_equal_local_runs_and_end_frees_the_state(tiny, cli
             assert a.gated == b.gated and a.box == b.box
             if a.heatmap is not None:
                 np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-5)
+
+
+@pytest.mark.parametrize("stand_in", [{"model": name} for name in MODELS.values()], indirect=True,
+                         ids=list(MODELS.values()))
+def test_triton_reaches_each_model_the_export_writes(tiny, clips, stand_in, tmp_path):
+    """soundloc_step, soundloc_step_trt and soundloc_step_py (every model `--format triton` may
+    write) through `soundloc stream --triton HOST:PORT/MODEL` and the spec triton://HOST:PORT/MODEL;
+    the stand-in serves that one name only, so a request to another model would fail."""
+    assert {p.name for p in write_repository(tiny.bundle, tmp_path / "repo", python=True)} <= set(MODELS.values())
+    ev = tmp_path / "e.jsonl"
+    r = run_cli("stream", tiny.export, "--video", clips[0], "--triton", f"{stand_in.url}/{stand_in.model}",
+                "--events", ev, "--gate-db", "-30")
+    assert r.returncode == 0, r.stderr
+    assert stand_in.served == {stand_in.model} and stand_in.states == {} and len(events(ev)) > 0
+    model = load_step_model(tiny.export, f"triton://{stand_in.url}/{stand_in.model}")
+    try:
+        assert model.model == stand_in.model and model.name == f"triton ({stand_in.url}, {stand_in.model})"
+    finally:
+        model.close()
+
+
+def test_triton_spec_without_a_model_is_soundloc_step_and_a_bad_one_is_usage(tiny, stand_in):
+    model = load_step_model(tiny.bundle, f"triton://{stand_in.url}")  # what --triton HOST:PORT means
+    try:
+        assert model.model == MODEL_NAME
+    finally:
+        model.close()
+    for bad in ("triton://nohost", "triton://:8001", "triton://host:port/x", "triton://h:1/a/b", "onnx"):
+        with pytest.raises(UsageError):
+            load_step_model(tiny.bundle, bad)
 
 
 def _free_port() -> int:
@@ -299,7 +333,7 @@ def test_real_triton_server_concurrent_sequences_equal_local_runs(tiny, clips, t
 
     def remote(k: int, clip: Path) -> None:
         try:
-            model = TritonModel(tiny.bundle, triton_server.url, model=MODEL_NAME + "_py")
+            model = TritonModel(tiny.bundle, triton_server.url, model=MODELS["python"])
             with StepSource(str(clip)) as source:
                 results[k] = list(localize_stream(source, model, OPTIONS))
             model.close()  # END: the slot is free again

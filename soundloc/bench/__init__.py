@@ -28,7 +28,7 @@ floor, matmul peak, MACs), ``system`` (the machine), ``runner`` (``run_bench``) 
 from __future__ import annotations
 
 from ..config import Config
-from .backends import (
+from .targets import (
                      COMPARE_ALL,
                      Target,
                      load_model,

@@ -202,10 +202,9 @@ def step_inputs(bundle: Bundle, steps: int, seed: int = 0) -> list[tuple[np.ndar
 
 def run_steps(bundle: Bundle, backend: str, inputs: list, device: int = 0) -> tuple[dict[str, np.ndarray], float, str]:
     """Every step's alpha and score with the state fed back; median ms per step; backend name."""
-    from ..runtime.engine import StepModel, open_backend
+    from ..runtime.backend_spec import load_step_model
 
-    model = StepModel(open_backend(bundle, "step", backend, device=device), bundle.config,
-                      bundle.lookahead_steps, bundle.state_specs, None, bundle)
+    model = load_step_model(bundle, backend, device=device)
     try:
         state, alphas, scores, times = model.new_state(1), [], [], []
         for frames, mels, valid in inputs:

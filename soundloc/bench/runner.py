@@ -10,9 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import FPS, check_backend
+from ..config import FPS
+from ..runtime.backend import check_backend
 from ..errors import UsageError
-from .backends import Target, load_model, resolve_target
+from .targets import Target, load_model, resolve_target
 from .references import matmul_peak, model_macs, time_floor, time_window_recompute
 from .stages import (
     FLOOR_FRAMES,

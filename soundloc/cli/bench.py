@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
-from ..config import BACKENDS, ConfigError
+from ..config import ConfigError
 from ..errors import UsageError
 from ..fileio import OutputError
+from ..runtime.backend import BACKENDS
 from .app import app, check_paths, check_range, fail
 
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..config import BACKENDS
+from ..runtime.backend import BACKENDS
 from .app import app, check_paths, check_range, fail
 
 

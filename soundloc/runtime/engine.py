@@ -9,14 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 import logging
 
-from ..config import check_backend
-from ..families import family_of
+import numpy as np
+
 from ..errors import UsageError
-from .backend import Backend, BackendError
+from ..families import family_of
+from .backend import Backend, BackendError, check_backend
 from .bundle import Bundle, read_bundle
 
 log = logging.getLogger(__name__)
@@ -65,9 +64,9 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
 class StepModel:
     """The exact streaming step: ``step(frames, audio, valid, state)`` on any backend.
 
-    Build it with ``StepModel.load(target, backend)``: an export directory (TensorRT engine or
-    onnxruntime) or a ``.pt`` checkpoint (PyTorch, for comparison; the only path that imports
-    torch).
+    Build it with ``runtime.backend_spec.load_step_model(target, spec)``: an export directory
+    (TensorRT engine or onnxruntime), a ``.pt`` checkpoint (PyTorch, for comparison; the only
+    path that imports torch), or a Triton server.
     """
 
     def __init__(self, backend: Backend, config, lookahead: int, state_specs: list[dict],
@@ -79,27 +78,12 @@ class StepModel:
 
     @classmethod
     def from_export(cls, export_dir: str | Path | Bundle, backend: str = "auto",
-                    threads: int | None = None) -> "StepModel":
+                    threads: int | None = None, device: int = 0) -> "StepModel":
+        """An export's step on a local backend (``open_backend``'s names)."""
         bundle = export_dir if isinstance(export_dir, Bundle) else read_bundle(export_dir)
         gate = bundle.manifest.get("gate", {}).get("score")
-        return cls(open_backend(bundle, "step", backend, threads), bundle.config, bundle.lookahead_steps,
+        return cls(open_backend(bundle, "step", backend, threads, device), bundle.config, bundle.lookahead_steps,
                    bundle.state_specs, gate, bundle)
-
-    @classmethod
-    def load(cls, target: str | Path, backend: str = "auto", threads: int | None = None) -> "StepModel":
-        """An export directory, or a checkpoint file (``backend`` auto/torch) for PyTorch."""
-        target = Path(target)
-        if target.is_file():
-            if backend not in ("auto", "torch"):
-                raise UsageError(f"{target} is a checkpoint: it runs on the torch backend only; "
-                                 "export it (`soundloc export`) for onnxruntime or TensorRT")
-            from .torch_backend import TorchBackend
-
-            tb = TorchBackend(target, threads=threads)
-            return cls(tb, tb.config, tb.lookahead, tb.state_specs, tb.gate_score)
-        if backend == "torch":
-            raise UsageError("--backend torch needs a checkpoint (.pt), not an export directory")
-        return cls.from_export(target, backend, threads)
 
     @property
     def name(self) -> str:

@@ -19,6 +19,7 @@ from ..config import stop_signals
 from ..fileio import check_outputs
 from ..media import MediaError
 from ..percentiles import summary_percentile
+from .backend_spec import load_step_model, triton_spec
 from .engine import StepModel
 from .sinks import JsonlSink, MultiSink, Mp4Sink, Sink, TerminalStatus
 from .sources import StepInput, StepSource
@@ -152,8 +153,9 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
                status: bool = True, threads: int | None = None, triton: str | None = None) -> StreamSummary:
     """Stream ``video`` (+ ``audio``) through the model at ``target`` into the chosen sinks.
 
-    ``triton``: HOST:PORT of a Triton server that runs the step (``target`` is then the export
-    whose repository it serves, read for its config; see ``triton_client``).
+    ``backend``: a spec (``runtime.backend_spec``). ``triton``: HOST:PORT[/MODEL] of a Triton
+    server that runs the step (``target`` is then the export whose repository it serves, read
+    for its config; see ``triton_client``).
 
     ``reconnect``: how many times to reopen a source that failed or stalled (live sources),
     or that could not be opened at all; each reopen starts a fresh model state, and the sinks
@@ -163,7 +165,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     opened.
     """
     check_outputs([out, events], [target, video, audio])
-    model = StepModel.load(target, backend, threads) if triton is None else _triton_model(target, triton)
+    model = load_step_model(target, backend if triton is None else triton_spec(triton), threads)
     if status:
         print(f"backend: {model.name}; lookahead {model.lookahead / model.config.fps:.1f} s", flush=True)
     try:
@@ -206,13 +208,6 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
     finally:
         summary.seconds = time.monotonic() - start
     return summary
-
-
-def _triton_model(target: str | Path, url: str) -> StepModel:
-    from .bundle import read_bundle
-    from .triton_client import TritonModel
-
-    return TritonModel(read_bundle(target), url)
 
 
 def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOptions, realtime, video_only: bool,

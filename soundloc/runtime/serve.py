@@ -29,6 +29,7 @@ from ..config import SERVE_BATCH_WAIT_S
 from ..fileio import check_outputs
 from ..percentiles import summary_percentile
 from ..errors import SoundlocError
+from .backend_spec import load_step_model
 from .engine import StepModel, StepOutput
 from .run import StreamSummary, stop_on_signals, stream_source
 from .stream import StreamOptions
@@ -313,7 +314,7 @@ def run_serve(target: str | Path, sources: Sequence[ServeSource], *, backend: st
     sources = check_sources(list(sources))
     check_outputs([p for s in sources for p in (s.out, s.events)],
                   [target, *(x for s in sources for x in (s.video, s.audio))])
-    model = StepModel.load(target, backend, threads)
+    model = load_step_model(target, backend, threads)
     batcher = Batcher(model, wait_s, max_batch) if batching else Batcher(model, 0.0, 1)
     summary = ServeSummary(backend=model.name, batching=batching, batch=batcher.stats)
     grid = None
