@@ -63,18 +63,15 @@ FORMAT_VERSION = 1  # of checkpoints and export directories
 WINDOW_MODES = ("trailing", "centered")
 SILENCE_DB = -120.0  # audio level reported for digital silence (dBFS)
 
-# Model families (soundloc.families says what each one's step needs): the paper's classifier,
-# and EZ-VSL (Mo & Morgado 2022), imported from its authors' checkpoints (`soundloc import ezvsl`).
+# Model families (soundloc.families says what each one's step needs, with each family's own
+# constants): the paper's classifier, and EZ-VSL (Mo & Morgado 2022), imported from its authors'
+# checkpoints (`soundloc import ezvsl`). The names are here because a Config checks its family.
 FAMILY_NAMES = ("classifier", "ezvsl")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's image-model normalisation (EZ-VSL's input)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-EZVSL_IMAGE_SIZE = 224
-EZVSL_AUDIO_SECONDS = 3.0  # the audio net's window, at SAMPLE_RATE (VGGSound's wavs are 16 kHz mono)
+# EZ-VSL's log spectrogram (mel.log_spectrogram computes it): scipy.signal.spectrogram's settings.
 SPEC_NPERSEG = 512  # EZ-VSL's scipy.signal.spectrogram: Tukey(0.25) window, PSD, constant detrend
 SPEC_NOVERLAP = 274
 SPEC_FLOOR = 1e-7  # log(spectrogram + floor) / scale
 SPEC_SCALE = 12.0
-EZVSL_PRIOR_ALPHA = 0.4  # weight of the audio-visual map against the object prior (EZ-VSL's test.py)
 
 # Signals that end a run cleanly (outputs finalised, finished work kept): Ctrl-C, a kill, a
 # closed terminal. SIGHUP does not exist on Windows.

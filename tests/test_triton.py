@@ -93,6 +93,14 @@ def test_repository_holds_the_step_graph_and_its_config(tiny, tmp_path):
     assert "class TritonPythonModel" in (py / "1" / "model.py").read_text()
 
 
+def test_python_backend_model_takes_the_inputs_its_config_declares_and_equals_local_steps(tiny, tmp_path):
+    """The Python-backend model (run with a stand-in for Triton's stub module) reads its request
+    inputs from the repository's config, keeps state per sequence, and equals the local step."""
+    from triton_stub import python_model_vs_local
+
+    assert python_model_vs_local(tiny.bundle, tmp_path / "repo") < 1e-4
+
+
 # -- the client, against a stand-in server speaking Triton's gRPC protocol ------------------------
 class StandIn(service_pb2_grpc.GRPCInferenceServiceServicer):
     """Triton's protocol, one model, per-sequence state as implicit state keeps it (zero at START,

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import EZVSL_IMAGE_SIZE, EZVSL_PRIOR_ALPHA, NORM_EPS, Config
+from ..config import NORM_EPS, Config
+from ..families import EZVSL_IMAGE_SIZE, EZVSL_PRIOR_ALPHA
 from ..errors import SoundlocError
 from .classifier import Features
 

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from ..families import family_of
 from .backend import BackendError
 from .bundle import Bundle
 from .engine import StepModel, StepOutput
@@ -101,10 +102,9 @@ class TritonModel(StepModel):
         """Send END with a padding step (valid 0: describes nothing) so the server frees the slot."""
         if not self.started:
             return
-        cfg = self.config
+        frames, audio = family_of(self.config).blank_step(self.config)  # the family's shapes (mel or spectrogram)
         try:
-            self.step(np.zeros((1, 3, cfg.image_size, cfg.image_size), np.float32),
-                      np.zeros((1, 10, cfg.n_mels), np.float32), np.zeros(1, np.float32), [], end=True)
+            self.step(frames, audio, np.zeros(1, np.float32), [], end=True)
         except BackendError:
             pass  # the server already dropped it (idle timeout): nothing left to free
         finally:
