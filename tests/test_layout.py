@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import pkgutil
 import subprocess
 import sys
@@ -131,3 +132,25 @@ def test_no_import_circle_between_modules() -> None:
 ])
 def test_the_reconnect_decision_reads_the_end_as_a_value(end: End, live: bool, again: bool) -> None:
     assert end.worth_reconnecting(live) is again
+
+
+def test_every_error_class_of_the_package_derives_from_the_one_base() -> None:
+    """The CLI recognises the package's errors by class (SoundlocError: one line, exit 1;
+    UsageError: exit 2), so every exception class defined here must derive from the base."""
+    from soundloc.errors import SoundlocError
+
+    script = ("import importlib, inspect, json\n"
+              f"mods = {deployable_modules()!r} + {[m for m in _modules() if _folder(m) in TORCH_FOLDERS]!r}\n"
+              "found = {}\n"
+              "for m in mods:\n"
+              "    mod = importlib.import_module(m)\n"
+              "    for name, obj in vars(mod).items():\n"
+              "        if inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == m:\n"
+              "            found[f'{m}.{name}'] = [c.__module__ + '.' + c.__name__ for c in obj.__mro__]\n"
+              "print(json.dumps(found))\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr.strip().splitlines()[-1]
+    found = json.loads(r.stdout)
+    assert len(found) >= 17
+    base = f"{SoundlocError.__module__}.{SoundlocError.__name__}"
+    assert [name for name, mro in found.items() if base not in mro and name != base] == []
