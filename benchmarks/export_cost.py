@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from soundloc.config import Config
-from soundloc.export.onnx import export_checkpoint
+from soundloc.export.pipeline import export_checkpoint
 from soundloc.export.verify import randomise_batchnorm, verify
 from soundloc.fileio import write_json
 from soundloc.model.checkpoint import save_checkpoint

@@ -27,7 +27,7 @@ from soundloc.bench import Plan, onnx_macs, run_timed
 from soundloc.export.verify import map_figures
 from soundloc.families import family_of
 from soundloc.fileio import write_json
-from soundloc.inference import Analyzer, list_videos
+from soundloc.model.inference import Analyzer, list_videos
 from soundloc.localize import normalise
 from soundloc.runtime.bundle import read_bundle
 from soundloc.runtime.engine import StepModel, open_backend

@@ -33,7 +33,7 @@ from soundloc.config import EVAL_SIZE, MAP_KINDS
 from soundloc.data.annotations import find_video, read_annotations, read_vggss
 from soundloc.dependence import other_clips
 from soundloc.fileio import write_json
-from soundloc.inference import Analyzer, Skipped, clip_dependence
+from soundloc.model.inference import Analyzer, Skipped, clip_dependence
 from soundloc.localize import top_k_moments, upsample, window_map
 from synthetic_benchmark import active
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from soundloc.bench.backends import Target
+from soundloc.bench.targets import Target
 from soundloc.bench.references import model_macs
 from soundloc.fileio import write_json
 from soundloc.runtime.bundle import random_weights_note, read_bundle

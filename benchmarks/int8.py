@@ -243,7 +243,7 @@ def demo_accuracy(data: Path, max_clips: int | None) -> dict:
 
     from soundloc import evaluate
     from soundloc.data.annotations import read_vggss
-    from soundloc.inference import find_video
+    from soundloc.model.inference import find_video
     from soundloc.localize import window_map
 
     fp32 = read_bundle(DEMO)

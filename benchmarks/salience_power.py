@@ -20,7 +20,7 @@ from generalisation import score
 from soundloc.data.annotations import find_video, read_vggss
 from soundloc.dependence import other_clips
 from soundloc.fileio import write_json
-from soundloc.inference import Analyzer, Skipped
+from soundloc.model.inference import Analyzer, Skipped
 from soundloc.localize import powered_cosine_maps, window_map
 
 POWERS = (0.0, 0.25, 0.5, 0.75, 1.0)

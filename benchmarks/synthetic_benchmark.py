@@ -25,7 +25,7 @@ from soundloc import evaluate
 from soundloc.config import EVAL_SIZE
 from soundloc.data.annotations import find_video, read_vggss
 from soundloc.fileio import write_json
-from soundloc.inference import Analyzer, Skipped
+from soundloc.model.inference import Analyzer, Skipped
 from soundloc.localize import pseudo_box, top_k_moments, window_map
 
 
@@ -81,13 +81,13 @@ def moments_and_boxes(feats: list, tracks: dict, intervals: dict, steps: int) ->
 
 def gating(ckpt: Path, data: Path, ids: list[str], intervals: dict, gate_db: float) -> dict:
     """Stream each clip through an exported step graph with the live defaults; score the gate."""
-    from soundloc.export.onnx import export_checkpoint
-    from soundloc.runtime.engine import StepModel
+    from soundloc.export.pipeline import export_checkpoint
+    from soundloc.runtime.backend_spec import load_step_model
     from soundloc.runtime.sources import StepSource
     from soundloc.runtime.stream import StreamOptions, localize_stream
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = StepModel.load(export_checkpoint(ckpt, Path(tmp) / "export").root, "onnxruntime-cpu")
+        model = load_step_model(export_checkpoint(ckpt, Path(tmp) / "export").root, "onnxruntime-cpu")
         fp = fn = silent = sounding = settled = fp_settled = 0
         for clip_id in ids:
             ivs = intervals[clip_id]

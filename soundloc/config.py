@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from .errors import SoundlocError
 
 SAMPLE_RATE = 16_000  # Hz, mono
 HOP_LENGTH = 160  # samples between mel frames: 10 ms
@@ -64,30 +64,15 @@ FORMAT_VERSION = 1  # of checkpoints and export directories
 WINDOW_MODES = ("trailing", "centered")
 SILENCE_DB = -120.0  # audio level reported for digital silence (dBFS)
 
-# Where the model runs: "auto" picks a TensorRT engine when the export has one, else onnxruntime
-# with the best provider; "torch" runs a .pt checkpoint (the only backend that imports torch).
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch")
-
-
-def check_backend(name: str, what: str = "backend") -> str:
-    """``name`` if it is one of ``BACKENDS``, else a ValueError that lists them."""
-    if name not in BACKENDS:
-        raise ValueError(f"{what} must be one of {', '.join(BACKENDS)}, not {name!r}")
-    return name
-
-# Model families (soundloc.families says what each one's step needs): the paper's classifier,
-# and EZ-VSL (Mo & Morgado 2022), imported from its authors' checkpoints (`soundloc import ezvsl`).
+# Model families (soundloc.families says what each one's step needs, with each family's own
+# constants): the paper's classifier, and EZ-VSL (Mo & Morgado 2022), imported from its authors'
+# checkpoints (`soundloc import ezvsl`). The names are here because a Config checks its family.
 FAMILY_NAMES = ("classifier", "ezvsl")
-MAP_STRIDE = {"classifier": 16, "ezvsl": 32}  # input pixels per map cell
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's image-model normalisation (EZ-VSL's input)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-EZVSL_IMAGE_SIZE = 224
-EZVSL_AUDIO_SECONDS = 3.0  # the audio net's window, at SAMPLE_RATE (VGGSound's wavs are 16 kHz mono)
+# EZ-VSL's log spectrogram (mel.log_spectrogram computes it): scipy.signal.spectrogram's settings.
 SPEC_NPERSEG = 512  # EZ-VSL's scipy.signal.spectrogram: Tukey(0.25) window, PSD, constant detrend
 SPEC_NOVERLAP = 274
 SPEC_FLOOR = 1e-7  # log(spectrogram + floor) / scale
 SPEC_SCALE = 12.0
-EZVSL_PRIOR_ALPHA = 0.4  # weight of the audio-visual map against the object prior (EZ-VSL's test.py)
 
 # Signals that end a run cleanly (outputs finalised, finished work kept): Ctrl-C, a kill, a
 # closed terminal. SIGHUP does not exist on Windows.
@@ -99,7 +84,7 @@ def stop_signals() -> list[signal.Signals]:
     return [getattr(signal, n) for n in STOP_SIGNAL_NAMES if hasattr(signal, n)]
 
 
-class ConfigError(ValueError):
+class ConfigError(SoundlocError, ValueError):
     """A config that cannot be built or does not match what it is loaded into."""
 
 
@@ -178,10 +163,6 @@ class Config:
         return int(round(self.window_seconds * self.fps))
 
     @property
-    def map_size(self) -> int:
-        return self.image_size // MAP_STRIDE[self.family]
-
-    @property
     def lookahead_steps(self) -> int:
         """Steps a streaming model waits before a step is final: one per 3-tap temporal conv
         (the stem and two per layer-1 block: 5 for MC3-18), none when causal."""
@@ -208,9 +189,6 @@ class Config:
         if "class_names" in d:
             d["class_names"] = tuple(d["class_names"])
         return cls(**d)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -276,12 +254,8 @@ def steps_to_seconds(steps: int | float) -> float:
     return steps / FPS
 
 
-def samples_to_steps(samples: int) -> int:
-    """Whole model steps covered by ``samples`` audio samples."""
-    return samples // SAMPLES_PER_STEP
-
 # INT8 exports (soundloc/export/quantize.py): calibration (the agreement --verify asks of them is
-# the int8 row of soundloc/export/tolerance.py).
+# the int8 row of soundloc/deploy/tolerance.py).
 CALIB_MAX_CLIPS = 16  # calibration clips used at most (the first by name): ranges settle well before
 
 # `soundloc serve` (soundloc/runtime/serve.py): many streams, one batched step call per tick.

@@ -4,7 +4,7 @@ Every source of maps ends in :func:`score_maps`: a ``{clip_id: (h, w) map}`` dic
 ``.npz`` file (:func:`load_maps_npz`, any method's maps), from a baseline
 (:func:`center_maps`), or from a checkpoint run over videos. So all are scored by one code path.
 
-The model path (``soundloc.inference.maps_from_checkpoint``, torch) gives maps at the
+The model path (``soundloc.model.inference.maps_from_checkpoint``, torch) gives maps at the
 annotated frame with the 3 s centred window, and the shuffled-audio baseline.
 
 Clips with annotation but no map are *missing*: left out of the summary and counted (videos
@@ -26,11 +26,12 @@ from numpy.lib.npyio import NpzFile
 from . import fileio, metrics
 from .config import EVAL_SIZE
 from .data.annotations import Annotation, Annotations
+from .errors import SoundlocError
 
-BASELINES = ("center", "shuffled")  # shuffled needs a checkpoint (soundloc.inference)
+BASELINES = ("center", "shuffled")  # shuffled needs a checkpoint (soundloc.model.inference)
 
 
-class EvalError(ValueError):
+class EvalError(SoundlocError, ValueError):
     """Inputs that cannot be evaluated together (unreadable maps, no clip in common, ...)."""
 
 

@@ -25,8 +25,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .config import (EZVSL_AUDIO_SECONDS, IMAGENET_MEAN, IMAGENET_STD, MELS_PER_STEP, SAMPLE_RATE, SAMPLES_PER_STEP,
-                     NORM_EPS, VIDEO_MEAN, VIDEO_STD, Config, ConfigError)
+from .config import MELS_PER_STEP, NORM_EPS, SAMPLE_RATE, SAMPLES_PER_STEP, VIDEO_MEAN, VIDEO_STD, Config, ConfigError
+
+# EZ-VSL's facts (its authors' test code): ImageNet normalisation at 224 px, a 3 s audio window,
+# the object prior's blend weight.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's image-model normalisation (EZ-VSL's input)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EZVSL_IMAGE_SIZE = 224
+EZVSL_AUDIO_SECONDS = 3.0  # the audio net's window, at SAMPLE_RATE (VGGSound's wavs are 16 kHz mono)
+EZVSL_PRIOR_ALPHA = 0.4  # weight of the audio-visual map against the object prior (EZ-VSL's test.py)
 
 
 class Feeder(Protocol):
@@ -65,13 +72,19 @@ class Family:
     def audio_shape(self, config: Config) -> tuple[int, ...]:
         """One stream's step audio input, without the batch axis."""
         if self.audio_input == "mel":
-            return (1, 10, config.n_mels)
+            return (1, MELS_PER_STEP, config.n_mels)
         from .mel import spectrogram_shape
 
         return (1, *spectrogram_shape(EZVSL_AUDIO_SECONDS, config.sample_rate))
 
     def frame_shape(self, config: Config) -> tuple[int, ...]:
         return (3, 1, config.image_size, config.image_size)
+
+    def blank_step(self, config: Config) -> tuple[np.ndarray, np.ndarray]:
+        """One stream's padding step, batch of 1: a zero frame (1, 3, S, S) and zero audio of this
+        family's input shape (sent with valid 0: it describes nothing, e.g. to end a sequence)."""
+        s = config.image_size
+        return np.zeros((1, 3, s, s), np.float32), np.zeros((1, *self.audio_shape(config)[1:]), np.float32)
 
     def feeder(self, config: Config, window: str = "trailing") -> Feeder:
         """A new stream's feeder (``window``: where EZ-VSL's audio window sits)."""
@@ -132,8 +145,7 @@ class MelFeeder:
         return []
 
     def blank(self) -> tuple[np.ndarray, np.ndarray]:
-        s = self.config.image_size
-        return np.zeros((1, 3, s, s), np.float32), np.zeros((1, MELS_PER_STEP, self.config.n_mels), np.float32)
+        return self.family.blank_step(self.config)
 
 
 class WindowFeeder:
@@ -160,9 +172,9 @@ class WindowFeeder:
         self.received += len(samples)
         self.frames.append((self.received // SAMPLES_PER_STEP - 1, inp.small))
         ready = []
-        while self.frames and self._first(self.frames[0][0]) + self.length <= self.received:
+        while self.frames and self.first_sample(self.frames[0][0]) + self.length <= self.received:
             ready.append(self._pair(*self.frames.popleft()))
-        keep = self._first(self.frames[0][0]) if self.frames else self.received - self.length
+        keep = self.first_sample(self.frames[0][0]) if self.frames else self.received - self.length
         cut = max(0, min(keep, self.received) - self.start)
         self.audio, self.start = self.audio[cut:], self.start + cut
         return ready
@@ -174,17 +186,16 @@ class WindowFeeder:
         return ready
 
     def blank(self) -> tuple[np.ndarray, np.ndarray]:
-        s = self.config.image_size
-        shape = self.family.audio_shape(self.config)
-        return np.zeros((1, 3, s, s), np.float32), np.zeros((1, *shape[1:]), np.float32)
+        return self.family.blank_step(self.config)
 
-    def _first(self, step: int) -> int:
+    def first_sample(self, step: int) -> int:
+        """Stream sample index where step ``step``'s audio window starts."""
         return step * SAMPLES_PER_STEP + self.offset
 
     def _pair(self, step: int, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         from .mel import audio_window, log_spectrogram
 
-        audio = audio_window(self.audio, self._first(step) - self.start, self.length)
+        audio = audio_window(self.audio, self.first_sample(step) - self.start, self.length)
         return self.family.normalise(small[None])[:, 0][None], log_spectrogram(audio)[None]
 
 
@@ -198,7 +209,7 @@ def ezvsl_file_inputs(path: str | Path, config: Config, seconds: float | None = 
     clip = load_clip(path, seconds=seconds, size=config.image_size)
     feeder = WindowFeeder(config, FAMILIES["ezvsl"], "centered")
     audio = np.asarray(clip.audio, np.float32)
-    specs = [log_spectrogram(audio_window(audio, feeder._first(t), feeder.length)) for t in range(len(clip.frames))]
+    specs = [log_spectrogram(audio_window(audio, feeder.first_sample(t), feeder.length)) for t in range(len(clip.frames))]
     return FAMILIES["ezvsl"].normalise(clip.frames)[None], np.stack(specs)[None]
 
 

@@ -26,11 +26,12 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
+from .errors import SoundlocError
 
 PathLike = str | os.PathLike
 
 
-class OutputError(ValueError):
+class OutputError(SoundlocError, ValueError):
     """An output that would destroy an input or another output, or cannot be one; one line."""
 
 

@@ -4,7 +4,7 @@ informative moments, pseudo boxes.
 numpy only. Every path drives this one core: the live runtime (``soundloc.runtime.stream``,
 through ``StepLocalizer``), the benchmark's localization stage (the runtime's own
 ``Localizer``), export verification and the offline analysis of whole clips
-(``soundloc.inference``: ``window_map``, ``moment_scores``, ``pseudo_box``). The per-step
+(``soundloc.model.inference``: ``window_map``, ``moment_scores``, ``pseudo_box``). The per-step
 features themselves come from the model or an exported graph.
 """
 

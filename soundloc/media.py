@@ -27,13 +27,14 @@ import numpy as np
 
 from .config import FPS, IMAGE_SIZE, SAMPLE_RATE
 from .fileio import Staged
+from .errors import SoundlocError
 
 T = TypeVar("T")
 PTS_EPS = 1e-6  # seconds: a frame stamped within 1 us of a grid point counts as at that point
 SMALL_AUDIO_FRAME = 256  # decoded audio frames shorter than this are coalesced before resampling
 
 
-class MediaError(Exception):
+class MediaError(SoundlocError):
     """A file or device that cannot be decoded; the message is one line naming the input and why."""
 
 

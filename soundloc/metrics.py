@@ -38,13 +38,14 @@ from .config import EVAL_SIZE
 from .data.annotations import Box
 from .fileio import atomic_write_bytes
 from .localize import normalise, upsample
+from .errors import SoundlocError
 
 PROTOCOLS = ("lvs", "ezvsl")
 DEFAULT_PROTOCOL = "lvs"
 THRESHOLDS = tuple(0.05 * i for i in range(21))  # success-curve thresholds, as the reference code builds them
 
 
-class MetricError(ValueError):
+class MetricError(SoundlocError, ValueError):
     """A map or protocol the metrics cannot score (wrong shape, unknown protocol)."""
 
 

@@ -24,11 +24,6 @@ def normalise_frames(frames: np.ndarray, mean: tuple[float, ...] | None = None,
     return (x - m) / s
 
 
-def normalise_frame(frame: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (3, H, W) float32."""
-    return normalise_frames(frame[None])[:, 0]
-
-
 def model_inputs(frames: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Frames (T, H, W, 3) uint8 and 16 kHz audio -> video (3, T, H, W) and mel (1, 10T, 80).
 

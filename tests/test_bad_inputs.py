@@ -577,7 +577,7 @@ def test_engine_from_another_tensorrt_is_refused_or_skipped_by_auto(tmp_path, ti
     pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
     from soundloc.runtime.backend import BackendError
     from soundloc.runtime.bundle import file_record, read_bundle, write_manifest
-    from soundloc.runtime.engine import StepModel
+    from soundloc.runtime.backend_spec import load_step_model
 
     root = tmp_path / "exp"
     shutil.copytree(tiny.export, root)
@@ -588,10 +588,10 @@ def test_engine_from_another_tensorrt_is_refused_or_skipped_by_auto(tmp_path, ti
     write_manifest(root, m)
     _fake_tensorrt(monkeypatch, "11.4.0")
     with pytest.raises(BackendError) as e:
-        StepModel.load(root, "tensorrt")
+        load_step_model(root, "tensorrt")
     msg = str(e.value)
     assert "\n" not in msg and "10.3.0" in msg and "11.4.0" in msg and "rebuild" in msg
-    model = StepModel.load(root, "auto")  # documented fallback: auto uses onnxruntime instead
+    model = load_step_model(root, "auto")  # documented fallback: auto uses onnxruntime instead
     try:
         assert model.backend.name.startswith("onnxruntime")
     finally:

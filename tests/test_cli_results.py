@@ -205,6 +205,16 @@ def test_impossible_option_values_are_one_line_usage_errors(tmp_path, tiny, opti
     assert r.returncode == 2 and not (tmp_path / "ev.jsonl").exists()
 
 
+def test_a_usage_error_from_the_library_is_exit_2_and_the_cli_maps_classes_not_module_names(tmp_path, tiny):
+    """A request the library refuses (UsageError: --backend torch on an export dir) is a one-line
+    usage error, exit 2, with no class name and no "unexpected" note."""
+    clip = write_media(tmp_path / "clip.mp4", n=10)
+    r = run_cli("stream", tiny.export, "--video", clip, "--events", tmp_path / "ev.jsonl", "--backend", "torch")
+    line = assert_one_line_error(r, "--backend torch needs a checkpoint")
+    assert r.returncode == 2 and "UsageError" not in line and "unexpected" not in r.stderr
+    assert not (tmp_path / "ev.jsonl").exists()
+
+
 def test_no_audio_error_names_the_cli_option(tmp_path, tiny):
     clip = write_media(tmp_path / "silent.mp4", n=10, audio=False)
     r = run_cli("stream", tiny.export, "--video", clip)

@@ -21,7 +21,7 @@ def _frames(path) -> list[np.ndarray]:
 
 def test_demo_writes_annotated_mp4_and_events_without_torch(tmp_path):
     script = (
-        "import sys; from soundloc.demo import run_demo; "
+        "import sys; from soundloc.runtime.demo import run_demo; "
         f"s = run_demo({str(tmp_path)!r}, seconds=4.0, status=False); "
         "assert 'torch' not in sys.modules, 'the runtime imported torch'; "
         "h = s.hit_rates; print(s.steps, s.gated, h.steps, h.model, h.shuffled, h.centre)")
@@ -53,7 +53,7 @@ def test_demo_writes_annotated_mp4_and_events_without_torch(tmp_path):
 def test_runtime_and_cli_never_import_torch():
     mods = ["soundloc.cli", "soundloc.runtime.run", "soundloc.runtime.engine", "soundloc.runtime.stream",
             "soundloc.runtime.sources", "soundloc.runtime.sinks", "soundloc.runtime.preview",
-            "soundloc.runtime.tensorrt_backend", "soundloc.runtime.onnx_backend", "soundloc.demo",
+            "soundloc.runtime.tensorrt_backend", "soundloc.runtime.onnx_backend", "soundloc.runtime.demo",
             "soundloc.evaluate", "soundloc.metrics", "soundloc.bench"]
     script = "import sys, importlib\n" + "".join(f"importlib.import_module({m!r})\n" for m in mods) + \
              "print('torch' in sys.modules)"

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
 
-from soundloc import doctor  # noqa: E402
+from soundloc.bench import doctor  # noqa: E402
 from soundloc.cli import app  # noqa: E402
 from soundloc.runtime.backend import BackendError  # noqa: E402
 
@@ -75,7 +75,7 @@ def test_gpu_results_are_judged_against_the_cpu_reference(cpu_only, tmp_path, mo
         return {k: v + noise[backend] * scale for k, v in ref.items()}, 0.5, f"fake {backend}"
 
     monkeypatch.setattr(doctor, "run_steps", fake_run)
-    monkeypatch.setattr("soundloc.export.trt_engines.build_engines", lambda b, **kw: b)
+    monkeypatch.setattr("soundloc.deploy.trt_engines.build_engines", lambda b, **kw: b)
     machine = doctor.Machine(gpus=1, tensorrt="10.3.0", ort_gpu=("TensorrtExecutionProvider", "CUDAExecutionProvider"))
     found = {f.name: f for f in doctor.check_export("demo", bundle, 4, machine)}
     assert found["demo: onnxruntime-cuda"].status == "pass"

@@ -170,7 +170,7 @@ def test_cli_eval_checkpoint_seam(cli_inputs, tmp_path, monkeypatch):
     ann, _ = cli_inputs
     calls = []
 
-    inference = pytest.importorskip("soundloc.inference", reason="torch (the train extra) not installed")
+    inference = pytest.importorskip("soundloc.model.inference", reason="torch (the train extra) not installed")
 
     from soundloc.dependence import audio_dependence
 

@@ -10,8 +10,9 @@ torch = pytest.importorskip("torch", reason="torch (the train extra) not install
 pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
 
 from soundloc.config import Config, preset  # noqa: E402
-from soundloc.export.onnx import export_checkpoint, export_model  # noqa: E402
-from soundloc.export.trt_ops import check_tensorrt_compat  # noqa: E402
+from soundloc.export.onnx import export_model  # noqa: E402
+from soundloc.export.pipeline import export_checkpoint  # noqa: E402
+from soundloc.deploy.trt_ops import check_tensorrt_compat  # noqa: E402
 from soundloc.export.verify import map_agreement, offline_onnx, random_clip, stream_onnx, verify  # noqa: E402
 from soundloc.model.checkpoint import save_checkpoint  # noqa: E402
 from soundloc.model.classifier import AVClassifier  # noqa: E402
@@ -178,7 +179,7 @@ def test_failed_reexport_keeps_the_previous_export(fp32, model, tmp_path, monkey
 
 
 def test_tolerance_scales_with_what_is_compared():
-    from soundloc.export.tolerance import TOLERANCES, tolerance_for
+    from soundloc.deploy.tolerance import TOLERANCES, tolerance_for
 
     fp32 = tolerance_for("fp32")
     # the issue's case: streaming alpha off by 1.07e-4 where alpha reaches 114.7 (9e-7 of it)
@@ -194,7 +195,7 @@ def test_verify_failure_names_the_scale(fp32, model, monkeypatch):
     """Held to an impossible tolerance, the export fails, and the message says how the allowance
     was derived from the values' scale."""
     from soundloc.export import verify as verify_mod
-    from soundloc.export.tolerance import Tolerance
+    from soundloc.deploy.tolerance import Tolerance
 
     monkeypatch.setattr(verify_mod, "tolerance_for", lambda precision: Tolerance(rel=1e-12))
     report = verify(fp32, model, steps=12)

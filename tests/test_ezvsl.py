@@ -369,3 +369,22 @@ def test_nan_weights_are_refused_on_import(tmp_path):
     assert r.returncode != 0 and "'aud_proj.weight'" in r.stderr and "NaN" in r.stderr, r.stderr
     assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) == 1
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_triton_python_model_and_the_blank_step_follow_the_family(exported, tmp_path):
+    """An EZ-VSL export over Triton: the Python-backend model takes the ``spec`` input its config
+    declares (run with a stand-in for Triton's stub module) and equals the local step; the padding
+    step that ends a Triton sequence has the spectrogram's shape, not the classifier's mel."""
+    pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] (the triton extra) parses the config")
+    from triton_stub import python_model_vs_local
+
+    from soundloc.runtime.bundle import read_bundle
+    from soundloc.runtime.engine import StepModel
+
+    bundle = read_bundle(exported)
+    assert python_model_vs_local(bundle, tmp_path / "repo", lengths=(3, 2)) < 1e-4
+    model = StepModel.from_export(bundle, backend="onnxruntime-cpu")
+    frames, audio = family_of(bundle.config).blank_step(bundle.config)
+    assert audio.shape == (1, *spectrogram_shape(3.0, bundle.config.sample_rate))
+    out, _ = model.step(frames, audio, np.zeros(1, np.float32), model.new_state(1))
+    assert out.valid.tolist() == [False]

@@ -142,7 +142,7 @@ def test_model_trained_with_the_objective_exports_and_verifies(tmp_path):
     assert bundle.config.map_kind == RECIPES["default"][0]["map_kind"] == "salient"
     import onnx
 
-    from soundloc.export.trt_ops import check_tensorrt_compat
+    from soundloc.deploy.trt_ops import check_tensorrt_compat
 
     assert check_tensorrt_compat(onnx.load(bundle.path("step"))) == []  # the normalisation too
     report = verify(bundle, model, steps=40)

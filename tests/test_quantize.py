@@ -17,7 +17,7 @@ from soundloc.cli import run_app  # noqa: E402
 from soundloc.config import preset  # noqa: E402
 from soundloc.data.synth import make_synthetic_dataset  # noqa: E402
 from soundloc.export.quantize import load_calibration  # noqa: E402
-from soundloc.export.trt_ops import check_tensorrt_compat  # noqa: E402
+from soundloc.deploy.trt_ops import check_tensorrt_compat  # noqa: E402
 from soundloc.export.verify import offline_onnx, stream_onnx  # noqa: E402
 from soundloc.model.checkpoint import save_checkpoint  # noqa: E402
 from soundloc.model.classifier import AVClassifier  # noqa: E402
@@ -130,7 +130,7 @@ def test_verify_judges_int8_by_the_int8_tolerance_row(exported, monkeypatch):
     """--verify's bounds are the int8 row of the one tolerance policy: the issue's targets, and
     held to bounds no int8 export can meet, the same comparison names each one it misses."""
     from soundloc.export import verify as verify_mod
-    from soundloc.export.tolerance import Tolerance, tolerance_for
+    from soundloc.deploy.tolerance import Tolerance, tolerance_for
 
     row = tolerance_for("int8")
     assert (row.min_peak_agreement, row.min_map_ciou_median) == (0.95, 0.95) and MAX_REL_ERROR <= row.rel < 0.2
@@ -219,8 +219,8 @@ def test_bench_runs_fp32_and_int8_side_by_side(exported, tmp_path):
 def test_engine_build_uses_the_tensorrt_flavour(exported, tmp_path, monkeypatch):
     """--format engine --precision int8 builds from <graph>.trt.onnx. TensorRT cannot be installed
     here, so build_engine is replaced by a recorder (its own logic is tested in test_tensorrt)."""
-    from soundloc.export import trt_engines as engines
-    from soundloc.export.tensorrt import EngineInfo
+    from soundloc.deploy import trt_engines as engines
+    from soundloc.deploy.tensorrt import EngineInfo
 
     root = tmp_path / "int8"
     shutil.copytree(exported[0].root, root)
@@ -265,7 +265,7 @@ def test_int8_default_recipe_model_is_judged_by_the_int8_row(default_run, tmp_pa
     """A trained default-recipe model (tied-fc, salient maps, `soundloc train` with no recipe
     flags): its int8 export verified against its fp32 export meets the int8 tolerance row."""
     from conftest import soundloc_cli
-    from soundloc.export.tolerance import tolerance_for
+    from soundloc.deploy.tolerance import tolerance_for
 
     r = soundloc_cli("export", default_run.ckpt, "--out", tmp_path / "int8", "--precision", "int8",
                      "--calib", default_run.data / "videos", "--verify", "--json", tmp_path / "x.json")

@@ -68,12 +68,12 @@ def test_payload_really_runs_under_plain_pickle(tmp_path):
 def test_library_loaders_refuse_the_payload(tmp_path, tiny):
     from soundloc.config import preset
     from soundloc.model.classifier import AVClassifier
-    from soundloc.runtime.engine import StepModel
+    from soundloc.runtime.backend_spec import load_step_model
 
     marker = tmp_path / "pwned"
     path = evil_checkpoint(tmp_path / "evil.pt", marker, like=tiny.ckpt)
     for load in (read_checkpoint, lambda p: load_video_weights(AVClassifier(preset("tiny", num_classes=4)), p),
-                 lambda p: StepModel.load(p, "torch")):
+                 lambda p: load_step_model(p, "torch")):
         with pytest.raises(CheckpointError, match="refused") as e:
             load(path)
         assert "\n" not in str(e.value)

@@ -16,9 +16,9 @@ from onnx import TensorProto as T
 from onnx import helper as h
 from onnx import numpy_helper
 
-from soundloc.export import tensorrt as trt_export
+from soundloc.deploy import tensorrt as trt_export
 from soundloc.fileio import atomic_write_bytes
-from soundloc.export.tensorrt import (
+from soundloc.deploy.tensorrt import (
     EngineInfo, ExportError, engine_info_from_metadata, engine_metadata, onnx_input_dims,
     onnx_is_fp16, plan_build, profile_shapes,
 )
@@ -373,7 +373,7 @@ def test_unreadable_timing_cache_falls_back_to_a_fresh_one(tmp_path, monkeypatch
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"\x00garbage")
     fake.corrupt_caches.add(b"\x00garbage")
-    with caplog.at_level("WARNING", logger="soundloc.export.tensorrt"):
+    with caplog.at_level("WARNING", logger="soundloc.deploy.tensorrt"):
         build()
     assert ("cache_set", None) not in fake.calls  # never handed None to TensorRT
     assert [c for c in fake.calls if c[0] == "cache_in"] == [("cache_in", b"\x00garbage"), ("cache_in", b"")]
@@ -555,7 +555,7 @@ def test_import_error_says_what_to_install(monkeypatch):
 
 def test_engine_export_without_tensorrt_fails_before_exporting(tmp_path, monkeypatch):
     pytest.importorskip("torch", reason="export needs torch")
-    from soundloc.export.onnx import export_checkpoint
+    from soundloc.export.pipeline import export_checkpoint
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     with pytest.raises(ExportError, match="TensorRT is not installed"):

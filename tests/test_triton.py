@@ -34,7 +34,10 @@ import grpc  # noqa: E402
 from google.protobuf import text_format  # noqa: E402
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
-from soundloc.export.triton import MODEL_NAME, model_config, write_repository  # noqa: E402
+from soundloc.deploy.triton import model_config, write_repository  # noqa: E402
+from soundloc.runtime.backend_spec import load_step_model  # noqa: E402
+from soundloc.runtime.triton_client import MODEL_NAME, MODELS  # noqa: E402
+from soundloc.errors import UsageError  # noqa: E402
 from soundloc.runtime.backend import BackendError  # noqa: E402
 from soundloc.runtime.engine import StepModel  # noqa: E402
 from soundloc.runtime.run import run_stream  # noqa: E402
@@ -90,6 +93,14 @@ def test_repository_holds_the_step_graph_and_its_config(tiny, tmp_path):
     assert "class TritonPythonModel" in (py / "1" / "model.py").read_text()
 
 
+def test_python_backend_model_takes_the_inputs_its_config_declares_and_equals_local_steps(tiny, tmp_path):
+    """The Python-backend model (run with a stand-in for Triton's stub module) reads its request
+    inputs from the repository's config, keeps state per sequence, and equals the local step."""
+    from triton_stub import python_model_vs_local
+
+    assert python_model_vs_local(tiny.bundle, tmp_path / "repo") < 1e-4
+
+
 # -- the client, against a stand-in server speaking Triton's gRPC protocol ------------------------
 class StandIn(service_pb2_grpc.GRPCInferenceServiceServicer):
     """Triton's protocol, one model, per-sequence state as implicit state keeps it (zero at START,
@@ -101,6 +112,7 @@ class StandIn(service_pb2_grpc.GRPCInferenceServiceServicer):
         self.model, self.forget_after = model, forget_after
         self.states: dict[int, list[np.ndarray]] = {}
         self.requests: dict[int, int] = {}
+        self.served: set[str] = set()  # the model names requests asked for
         self.lock = threading.Lock()
 
     def ServerLive(self, request, context):  # noqa: N802 - the protocol's names
@@ -120,6 +132,7 @@ class StandIn(service_pb2_grpc.GRPCInferenceServiceServicer):
                               f"inference request for sequence {seq} to model '{self.model}' must specify the "
                               "START flag on the first request of the sequence")
             self.requests[seq] = self.requests.get(seq, 0) + 1
+            self.served.add(request.model_name)
             arrays = {i.name: np.frombuffer(raw, np.float32).reshape(list(i.shape))
                       for i, raw in zip(request.inputs, request.raw_input_contents)}
             feed = dict(arrays)
@@ -176,6 +189,36 @@ def test_concurrent_sequences_equal_local_runs_and_end_frees_the_state(tiny, cli
                 np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-5)
 
 
+@pytest.mark.parametrize("stand_in", [{"model": name} for name in MODELS.values()], indirect=True,
+                         ids=list(MODELS.values()))
+def test_triton_reaches_each_model_the_export_writes(tiny, clips, stand_in, tmp_path):
+    """soundloc_step, soundloc_step_trt and soundloc_step_py (every model `--format triton` may
+    write) through `soundloc stream --triton HOST:PORT/MODEL` and the spec triton://HOST:PORT/MODEL;
+    the stand-in serves that one name only, so a request to another model would fail."""
+    assert {p.name for p in write_repository(tiny.bundle, tmp_path / "repo", python=True)} <= set(MODELS.values())
+    ev = tmp_path / "e.jsonl"
+    r = run_cli("stream", tiny.export, "--video", clips[0], "--triton", f"{stand_in.url}/{stand_in.model}",
+                "--events", ev, "--gate-db", "-30")
+    assert r.returncode == 0, r.stderr
+    assert stand_in.served == {stand_in.model} and stand_in.states == {} and len(events(ev)) > 0
+    model = load_step_model(tiny.export, f"triton://{stand_in.url}/{stand_in.model}")
+    try:
+        assert model.model == stand_in.model and model.name == f"triton ({stand_in.url}, {stand_in.model})"
+    finally:
+        model.close()
+
+
+def test_triton_spec_without_a_model_is_soundloc_step_and_a_bad_one_is_usage(tiny, stand_in):
+    model = load_step_model(tiny.bundle, f"triton://{stand_in.url}")  # what --triton HOST:PORT means
+    try:
+        assert model.model == MODEL_NAME
+    finally:
+        model.close()
+    for bad in ("triton://nohost", "triton://:8001", "triton://host:port/x", "triton://h:1/a/b", "onnx"):
+        with pytest.raises(UsageError):
+            load_step_model(tiny.bundle, bad)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -209,7 +252,7 @@ def test_sequence_timed_out_by_the_server_is_one_line_with_outputs_finalised(tin
 
 
 def test_client_modules_never_import_torch():
-    script = ("import sys; import soundloc.runtime.triton_client, soundloc.export.triton, soundloc.runtime.serve; "
+    script = ("import sys; import soundloc.runtime.triton_client, soundloc.deploy.triton, soundloc.runtime.serve; "
               "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
@@ -298,7 +341,7 @@ def test_real_triton_server_concurrent_sequences_equal_local_runs(tiny, clips, t
 
     def remote(k: int, clip: Path) -> None:
         try:
-            model = TritonModel(tiny.bundle, triton_server.url, model=MODEL_NAME + "_py")
+            model = TritonModel(tiny.bundle, triton_server.url, model=MODELS["python"])
             with StepSource(str(clip)) as source:
                 results[k] = list(localize_stream(source, model, OPTIONS))
             model.close()  # END: the slot is free again

@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 
-from soundloc.export.trt_ops import _RULES, check_tensorrt_compat, load_table, operators_used, opset_range
+from soundloc.deploy.trt_ops import _RULES, check_tensorrt_compat, load_table, operators_used, opset_range
 
 
 def _model(nodes, inputs, outputs, inits=(), opset=18) -> onnx.ModelProto:

@@ -28,12 +28,11 @@ floor, matmul peak, MACs), ``system`` (the machine), ``runner`` (``run_bench``) 
 from __future__ import annotations
 
 from ..config import Config
-from .backends import (
+from .targets import (
                      COMPARE_ALL,
                      Target,
                      load_model,
                      resolve_target,
-                     runtime_of,
 )
 from .references import (
                      MATMUL_N,
@@ -110,7 +109,6 @@ __all__ = [
                      "resolve_target",
                      "run_bench",
                      "run_timed",
-                     "runtime_of",
                      "summary_lines",
                      "system_info",
                      "targets_table",

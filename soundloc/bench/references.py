@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..config import MELS_PER_STEP, Config
-from .backends import Target
+from .targets import Target
 from .stages import FLOOR_FRAMES
 from .stats import Clock, Laps, Plan, Timing, run_timed
 

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..config import FPS, check_backend
-from .backends import Target, load_model, resolve_target, runtime_of
+from ..config import FPS
+from ..runtime.backend import check_backend
+from ..errors import UsageError
+from .targets import Target, load_model, resolve_target
 from .references import matmul_peak, model_macs, time_floor, time_window_recompute
 from .stages import (
     FLOOR_FRAMES,
@@ -103,7 +105,7 @@ def _streams(model, batch: int, plan: Plan) -> dict[str, Any]:
 
 
 def _peak_for(model, threads: int | None) -> dict[str, Any]:
-    runtime = runtime_of(model)
+    runtime = model.backend.name  # torch, onnxruntime or tensorrt
     if runtime == "tensorrt":
         from ..runtime.onnx_backend import resolve_providers
 
@@ -130,7 +132,7 @@ def bench_backend(tgt: Target, backend: str, *, streams: int, plan: Plan, thread
         batched = _measure(errors, "streams", lambda: _streams(model, streams, plan))
     if references:
         progress(f"{backend}: offline floor ({FLOOR_FRAMES} frames) and matmul peak")
-        floor_backend = "torch" if runtime_of(model) == "torch" else backend
+        floor_backend = "torch" if model.backend.name == "torch" else backend
         floor = _measure(errors, "floor", lambda: time_floor(tgt, floor_backend, plan.scaled(3), threads).stats())
         peak = _measure(errors, "peak", lambda: _peak_for(model, threads))
     return BackendResult(backend, True, name, None, step, batched, floor, peak, errors), model
@@ -167,9 +169,9 @@ def run_bench(target: str | Path | Sequence[str | Path], *, backends: Sequence[s
     several exports of one model (e.g. fp32 and int8) side by side: every backend runs on each,
     the first gives the stages and the references."""
     if streams < 1:
-        raise ValueError(f"streams must be >= 1, not {streams}")
+        raise UsageError(f"streams must be >= 1, not {streams}")
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, not {threads}")
+        raise UsageError(f"threads must be >= 1, not {threads}")
     for b in backends:
         check_backend(b)
     with tempfile.TemporaryDirectory(prefix="soundloc-bench-") as tmp, Tegrastats() as tegra:

@@ -3,32 +3,19 @@ rule), the ``Laps`` stage stopwatch and ``run_timed``."""
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from ..errors import UsageError
+from ..percentiles import percentile
 
 Clock = Callable[[], float]
 
 
 # -- statistics ---------------------------------------------------------------------------------
 
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100) by linear interpolation between order statistics: with the
-    samples sorted as x_0..x_{n-1} and h = (n-1) q / 100, it is x_floor(h) + (h - floor(h)) *
-    (x_floor(h)+1 - x_floor(h)). This is numpy's default ``method="linear"`` (Hyndman-Fan type
-    7); unlike trtexec's nearest rank it does not jump between samples on short runs."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be in [0, 100], not {q}")
-    xs = sorted(float(x) for x in samples)
-    if not xs:
-        raise ValueError("percentile of no samples")
-    h = (len(xs) - 1) * q / 100.0
-    lo = math.floor(h)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (h - lo) * (xs[hi] - xs[lo])
 
 
 @dataclass(frozen=True)
@@ -70,9 +57,9 @@ class Plan:
 
     def __post_init__(self) -> None:
         if self.warmup_s < 0 or self.duration_s < 0:
-            raise ValueError(f"warm-up and duration must be >= 0 s, not {self.warmup_s}, {self.duration_s}")
+            raise UsageError(f"warm-up and duration must be >= 0 s, not {self.warmup_s}, {self.duration_s}")
         if self.min_iters < 1:
-            raise ValueError(f"min_iters must be >= 1, not {self.min_iters}")
+            raise UsageError(f"min_iters must be >= 1, not {self.min_iters}")
 
     def scaled(self, min_iters: int) -> Plan:
         """The same times with another iteration floor (references whose calls take seconds)."""

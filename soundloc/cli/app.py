@@ -11,6 +11,8 @@ from typing import Any
 
 import typer
 
+from ..errors import SoundlocError, UsageError
+
 app = typer.Typer(
     name="soundloc",
     help="Real-time sound source localization: train, evaluate, export, stream, benchmark.",
@@ -96,7 +98,10 @@ def _run(args: list[str] | None, prog_name: str) -> None:
         if os.environ.get("SOUNDLOC_DEBUG") or "--debug" in (args if args is not None else sys.argv):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        ours = type(e).__module__.startswith("soundloc")  # our errors say what to do; others are bugs
+        if isinstance(e, UsageError):  # a request that cannot be done as asked: like a bad option
+            typer.echo(f"error: {msg}", err=True)
+            sys.exit(2)
+        ours = isinstance(e, SoundlocError)  # our errors say what to do; others are bugs
         typer.echo(f"error: {type(e).__name__}: {msg}" if msg else f"error: {type(e).__name__}", err=True)
         if not ours:
             typer.echo("(unexpected: run with --debug for the full traceback)", err=True)

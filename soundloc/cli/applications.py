@@ -26,7 +26,7 @@ def moments_command(
 ) -> None:
     """Top-k informative moments per clip (highest audio-visual score S_av)."""
     from ..fileio import write_json
-    from ..inference import moments
+    from ..model.inference import moments
 
     if k < 1:
         raise fail("--top-k must be >= 1")
@@ -49,8 +49,11 @@ def annotate_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write counts here."),
 ) -> None:
     """Pseudo bounding boxes for a whole dataset, at each clip's top-1 moment, with the model's predicted class."""
-    from ..fileio import write_json
-    from ..inference import annotate
+    from ..config import ConfigError
+    from ..data.annotations import AnnotationError
+    from ..errors import UsageError
+    from ..fileio import OutputError, write_json
+    from ..model.inference import annotate
 
     if not 0 <= threshold < 1:
         raise fail("--threshold must be in [0, 1)")
@@ -58,7 +61,7 @@ def annotate_command(
     existed = out.exists()
     try:
         entries, skipped = annotate(ckpt, folder, out, threshold=threshold, resume=resume)
-    except ValueError as e:
+    except (UsageError, AnnotationError, ConfigError, OutputError) as e:  # not any ValueError: mid-run is exit 1
         raise fail(str(e))
     boxed = sum(1 for e in entries if e.get("bbox"))
     if not entries and existed:

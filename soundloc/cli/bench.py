@@ -9,7 +9,10 @@ from typing import Optional
 
 import typer
 
-from ..config import BACKENDS
+from ..config import ConfigError
+from ..errors import UsageError
+from ..fileio import OutputError
+from ..runtime.backend import BACKENDS
 from .app import app, check_paths, check_range, fail
 
 
@@ -20,7 +23,7 @@ def parse_compare(compare: str) -> list[str]:
     names = list(COMPARE_ALL) if compare.strip() == "all" else [c.strip() for c in compare.split(",") if c.strip()]
     bad = [n for n in names if n not in BACKENDS]
     if bad or not names:
-        raise ValueError(f"--compare takes backends from {', '.join(BACKENDS)} (or 'all'), not {compare!r}")
+        raise UsageError(f"--compare takes backends from {', '.join(BACKENDS)} (or 'all'), not {compare!r}")
     return names
 
 
@@ -53,7 +56,7 @@ def bench(
         plan = lib.Plan(warmup, duration, min_iters)
         report = lib.run_bench(target, backends=backends, streams=streams, plan=plan, threads=threads, clip=clip,
                                references=references, progress=lambda s: err.print(f"[dim]{escape(s)}[/dim]"))
-    except ValueError as e:
+    except (UsageError, ConfigError, OutputError) as e:  # not any ValueError: a failure mid-run is exit 1
         raise fail(str(e))
     console.print(lib.report_table(report))
     for line in lib.notes_lines(report):

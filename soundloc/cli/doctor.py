@@ -27,13 +27,14 @@ def doctor(
     from rich.console import Console
     from rich.markup import escape
 
-    from ..doctor import run_doctor
+    from ..bench.doctor import run_doctor
+    from ..errors import UsageError
 
     console, err = Console(), Console(stderr=True)
     try:
         report = run_doctor(steps=steps, full=full, precision=precision, device=device, workdir=workdir,
                             require_gpu=require_gpu, progress=lambda s: err.print(f"[dim]{escape(s)}[/dim]"))
-    except ValueError as e:
+    except UsageError as e:  # not any ValueError: a failure mid-run is exit 1
         raise fail(str(e))
     for note in report.notes:
         console.print(f"[bold yellow]{escape(note)}[/bold yellow]")

@@ -80,7 +80,7 @@ def _checkpoint_maps(ckpt: Path, videos: Optional[Path], gt: "Annotations",
     if videos is None:
         raise evaluate.EvalError("a checkpoint needs --videos DIR (the <clip_id>.mp4 files)")
     try:
-        from ..inference import maps_from_checkpoint
+        from ..model.inference import maps_from_checkpoint
     except ImportError as e:
         raise evaluate.EvalError(f"evaluating a checkpoint needs torch: pip install 'soundloc[train]' ({e})") from None
     labels = {a.id: a.label for a in gt if a.label}

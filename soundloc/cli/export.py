@@ -9,6 +9,9 @@ from typing import Optional
 
 import typer
 
+from ..config import ConfigError
+from ..errors import UsageError
+from ..fileio import OutputError
 from .app import app, check_paths, fail
 
 
@@ -37,7 +40,7 @@ def export(
     from rich.console import Console
 
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    from ..export.onnx import export_checkpoint
+    from ..export.pipeline import export_checkpoint
 
     check_paths([json_out, *([out / "soundloc.json"] if not out.is_file() else [])], [ckpt, clip], dirs=[out])
     console = Console(stderr=True)
@@ -46,7 +49,7 @@ def export(
                                    workspace_gib=workspace_gib, timing_cache=timing_cache, dla_core=dla_core,
                                    preset=preset, seed=seed, calib=calib,
                                    verify_clip=(clip or True) if verify else False, progress=lambda s: console.print(s, markup=False, highlight=False))
-    except ValueError as e:
+    except (UsageError, ConfigError, OutputError) as e:  # not any ValueError: a failure mid-run is exit 1
         raise fail(str(e))
     from ..runtime.bundle import random_weights_note
 
@@ -62,7 +65,7 @@ def export(
     if verify and precision == "int8":
         figures["verify"] = _print_int8(bundle.manifest["verify"], console)
     elif verify:
-        figures["verify"] = _verify(bundle, ckpt, preset, seed, clip, console)
+        figures["verify"] = _print_verify(bundle.manifest["verify"], console)
     if json_out:
         from ..fileio import write_json
 
@@ -72,26 +75,19 @@ def export(
         raise typer.Exit(1)
 
 
-def _verify(bundle, ckpt: Optional[Path], preset: Optional[str], seed: int, clip: Optional[Path], console) -> dict:
-    from ..export.onnx import random_model
-    from ..families import family_of
-    from ..model.checkpoint import load_checkpoint
-
-    model = random_model(preset, seed) if preset is not None else load_checkpoint(ckpt)[0]
-    family = family_of(model.config)
-    data = None if clip is None else family.part("features")(clip, model.config)
-    report = family.part("verify")(bundle, model, data)
-    console.print(f"verify ({report.precision}, {report.steps} steps): max abs error")
-    for k, e in report.offline_vs_torch.items():
-        console.print(f"  offline {k:>5} vs PyTorch : {e:.2e}   (|ref| max {report.scale[k]:.2e}, "
-                      f"allowed {report.allowed[k]:.2e})")
-    for k, e in report.stream_vs_offline.items():
-        console.print(f"  stream  {k:>5} vs offline: {e:.2e}   (allowed {report.allowed[k]:.2e})")
-    if report.map_ciou_min is not None:
-        console.print(f"  binarised maps vs fp32: min cIoU {report.map_ciou_min:.3f}")
-    for f in report.failures:
+def _print_verify(report: dict, console) -> dict:
+    """The fp32/fp16 export's comparison with PyTorch (recorded in its soundloc.json)."""
+    console.print(f"verify ({report['precision']}, {report['steps']} steps): max abs error")
+    for k, e in report["offline_vs_torch"].items():
+        console.print(f"  offline {k:>5} vs PyTorch : {e:.2e}   (|ref| max {report['scale'][k]:.2e}, "
+                      f"allowed {report['allowed'][k]:.2e})")
+    for k, e in report["stream_vs_offline"].items():
+        console.print(f"  stream  {k:>5} vs offline: {e:.2e}   (allowed {report['allowed'][k]:.2e})")
+    if report["map_ciou_min"] is not None:
+        console.print(f"  binarised maps vs fp32: min cIoU {report['map_ciou_min']:.3f}")
+    for f in report["failures"]:
         console.print(f"[red]FAIL[/red] {escape(f)}")
-    return report.as_dict()
+    return report
 
 
 def _print_int8(report: dict, console) -> dict:

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ..config import EZVSL_PRIOR_ALPHA
+from ..families import EZVSL_PRIOR_ALPHA
 from .app import app, check_paths, check_range
 
 importer = typer.Typer(help="Import a published localizer's checkpoint (ezvsl).", no_args_is_help=True)

@@ -11,7 +11,8 @@ from typing import Any
 
 import typer
 
-from ..config import BACKENDS, WINDOW_MODES
+from ..config import WINDOW_MODES
+from ..runtime.backend import BACKENDS
 
 
 def library_default(name: str) -> Any:

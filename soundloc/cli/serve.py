@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from ..config import BACKENDS, SERVE_BATCH_WAIT_S
+from ..config import SERVE_BATCH_WAIT_S
+from ..runtime.backend import BACKENDS
 from . import options as O
 from .app import app, check_paths, check_range, fail
 

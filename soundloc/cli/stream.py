@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..config import BACKENDS
+from ..runtime.backend import BACKENDS
 from . import options as O
 from .app import app, check_paths, check_range, fail
 
@@ -85,7 +85,7 @@ def _report(d: dict, json_out: Optional[Path]) -> None:
 def _demo_default(name: str):
     import inspect
 
-    from ..demo import run_demo
+    from ..runtime.demo import run_demo
 
     default = inspect.signature(run_demo).parameters[name].default
     return Path(default) if name == "out_dir" else default
@@ -101,7 +101,7 @@ def demo(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
     """Generate a synthetic clip and localize its sounding object with the bundled demo model."""
-    from ..demo import run_demo
+    from ..runtime.demo import run_demo
 
     check_paths([json_out], [model], dirs=[out])
     summary = run_demo(out, seconds=seconds, seed=seed, backend=backend, model=model)

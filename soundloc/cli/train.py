@@ -80,8 +80,8 @@ def train_command(
 def _best(result: Any) -> str:
     """The best epoch's monitored value in words (the schedule decides what is monitored)."""
     if result.monitor.endswith("minus_loss"):
-        return f"best {result.monitor.split('_')[0]} loss {-result.best_accuracy:.3f}"
-    return f"best av {result.best_accuracy:.3f}"
+        return f"best {result.monitor.split('_')[0]} loss {-result.best_monitored:.3f}"
+    return f"best av {result.best_monitored:.3f}"
 
 
 def _is_main() -> bool:

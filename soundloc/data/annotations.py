@@ -27,6 +27,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Iterator, Sequence
 
 from ..config import VIDEO_FOLDERS, VIDEO_SUFFIXES
+from ..errors import SoundlocError
 
 Box = tuple[float, float, float, float]  # normalised (xmin, ymin, xmax, ymax)
 
@@ -35,7 +36,7 @@ FLICKR_FRAME = 256  # Flickr-SoundNet boxes are pixels of a 256x256 frame
 KINDS = ("vggss", "flickr")  # vggss: one annotator, union of boxes; flickr: 3-annotator consensus
 
 
-class AnnotationError(ValueError):
+class AnnotationError(SoundlocError, ValueError):
     """An annotation or list file that cannot be read; the message is one line."""
 
 

@@ -52,6 +52,7 @@ import numpy as np
 
 from ..config import FPS, SAMPLE_RATE, is_whole_steps, seconds_to_steps, steps_to_seconds
 from ..fileio import atomic_write_bytes, check_outputs
+from ..errors import SoundlocError
 from .annotations import clip_id
 
 SHAPES = ("disc", "square", "triangle", "diamond", "ring", "cross", "octagon", "hourglass")
@@ -96,7 +97,7 @@ PROFILES = {
 }
 
 
-class SynthError(ValueError):
+class SynthError(SoundlocError, ValueError):
     """Settings for which no synthetic dataset can be made."""
 
 

@@ -21,7 +21,7 @@ from ..model.streaming import OUTPUT_NAMES
 from ..runtime.bundle import Bundle
 from ..runtime.engine import StepModel
 from ..runtime.onnx_backend import OnnxRuntimeBackend
-from .tolerance import tolerance_for
+from ..deploy.tolerance import tolerance_for
 from .verify import VerifyReport, judge, map_agreement
 
 

@@ -29,28 +29,18 @@ from torch import nn
 from .. import __version__
 from ..config import FORMAT_VERSION, MELS_PER_STEP
 from ..families import family_of
-from ..fileio import Staged, sha256_file
-from ..model.checkpoint import load_checkpoint
+from ..fileio import Staged
 from ..model.classifier import AVClassifier
 from ..model.streaming import INPUT_NAMES, OUTPUT_NAMES, StreamingModel
 from ..runtime.bundle import MAGIC, Bundle, file_record, read_bundle, write_manifest
-from .tensorrt import ExportError
-from .trt_ops import check_tensorrt_compat
+from ..deploy.tensorrt import ExportError
+from ..deploy.trt_ops import check_tensorrt_compat
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
 OPSET = 18  # torch 2.13's exporter may raise it (it writes what it needs); recorded as written
 PRECISIONS = ("fp32", "fp16")
-# One table of formats and what each accepts (Ultralytics-style, minus the flag soup).
-FORMATS: dict[str, dict[str, Any]] = {
-    "onnx": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
-    "engine": {"suffix": ".engine", "options": {"precision", "max_batch", "opset", "workspace_gib",
-                                                "timing_cache", "dla_core"}},
-    # ONNX + a Triton model repository in OUT/triton (soundloc/export/triton.py)
-    "triton": {"suffix": ".onnx", "options": {"precision", "max_batch", "opset"}},
-}
-
-
 class _VideoGraph(nn.Module):
     def __init__(self, model: AVClassifier) -> None:
         super().__init__()
@@ -144,13 +134,14 @@ def _tensor_info(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": info(model.graph.input), "outputs": info(model.graph.output)}
 
 
-def export_model(model: AVClassifier, out_dir: str | Path, *, precision: str = "fp32", opset: int = OPSET,
+def export_model(model: nn.Module, out_dir: str | Path, *, precision: str = "fp32", opset: int = OPSET,
                  checkpoint: dict[str, str] | None = None, gate: dict[str, float] | None = None,
                  graphs: tuple[str, ...] = ("step", "video", "audio"),
                  progress: Callable[[str], None] | None = None) -> Bundle:
-    """Write the three ONNX graphs and ``soundloc.json`` for ``model`` into ``out_dir``."""
+    """Write the three ONNX graphs and ``soundloc.json`` for ``model`` (any family's: its family says
+    which graphs) into ``out_dir``."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
@@ -194,12 +185,12 @@ def _export_entry(spec: GraphSpec, path: Path, manifest: dict[str, Any], opset: 
     if spec.name == "step":
         entry["state"] = [{"name": n, "input": f"state_in.{n}", "output": f"state_out.{n}", "shape": list(s)}
                           for n, s in zip(spec.module.state_names, spec.module.state_shapes)]
-    _embed_metadata(graph, manifest, spec.name, path)
+    embed_metadata(graph, manifest, spec.name, path)
     manifest["export_seconds"][spec.name] = round(time.perf_counter() - t0, 2)
     return entry
 
 
-def _embed_metadata(graph: onnx.ModelProto, manifest: dict[str, Any], name: str, path: Path) -> None:
+def embed_metadata(graph: onnx.ModelProto, manifest: dict[str, Any], name: str, path: Path) -> None:
     """Copy the manifest's description into the graph's ``metadata_props`` (keys ``soundloc.*``)."""
     props = {"soundloc.graph": name, "soundloc.format_version": str(FORMAT_VERSION),
              "soundloc.version": __version__, "soundloc.precision": manifest["precision"],
@@ -211,68 +202,6 @@ def _embed_metadata(graph: onnx.ModelProto, manifest: dict[str, Any], name: str,
         graph.metadata_props.add(key=k, value=v)
     graph.producer_name, graph.producer_version = "soundloc", __version__
     onnx.save(graph, str(path))
-
-
-def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: str = "onnx",
-                      precision: str = "fp32", opset: int = OPSET, max_batch: int | None = None,
-                      workspace_gib: float = 2.0, timing_cache: str | Path | None = None,
-                      dla_core: int | None = None, preset: str | None = None, seed: int = 0,
-                      calib: str | Path | None = None, verify_clip: str | Path | bool = False,
-                      progress: Callable[[str], None] | None = None) -> Bundle:
-    """`soundloc export`: ONNX graphs, and for ``format='engine'`` TensorRT engines beside them.
-
-    ``preset`` instead of ``ckpt``: a model of that architecture with random weights (seed
-    ``seed``, BatchNorm statistics randomised too), to benchmark before anything is trained;
-    the manifest says so (``checkpoint.random_weights``) and every report repeats it.
-    ``max_batch``: the engine profile's max, default 16; with ``dla_core`` the static batch
-    (default 1), as the DLA runs static shapes only.
-    ``precision='int8'`` quantizes the fp32 graphs on the clips of the folder ``calib``
-    (``soundloc.export.quantize``); ``verify_clip`` (a video, or True for the first calibration
-    clip) then compares the int8 export with the fp32 one and records it in the manifest.
-    """
-    if precision == "int8":
-        if calib is None:
-            raise ValueError("--precision int8 needs --calib: a folder of videos to calibrate on")
-    elif calib is not None:
-        raise ValueError("--calib applies to --precision int8 only")
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
-    max_batch = (1 if dla_core is not None else 16) if max_batch is None else max_batch
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, not {max_batch}")
-    if format != "engine" and (dla_core is not None or timing_cache is not None):
-        raise ValueError("--dla-core and --timing-cache apply to --format engine only")
-    if (ckpt is None) == (preset is None):
-        raise ValueError("give a checkpoint to export, or --preset NAME for random weights (not both)")
-    if format == "engine":
-        from .tensorrt import _import_trt
-
-        _import_trt()  # no TensorRT here: say so before minutes of ONNX export, not after
-    if preset is not None:
-        model, record, gate = random_model(preset, seed), random_weights_record(preset, seed), None
-    else:
-        model, data = load_checkpoint(ckpt)
-        record, gate = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}, data.get("gate")
-    if precision == "int8":
-        if not family_of(model.config).quantizable:
-            raise ValueError(f"--precision int8 is not available for the {model.config.family} family yet (fp32, fp16)")
-        from .quantize import export_int8
-
-        bundle = export_int8(model, out_dir, calib, opset=opset, checkpoint=record, gate=gate,
-                             verify_clip=verify_clip, progress=progress or (lambda s: None))
-    else:
-        bundle = export_model(model, out_dir, precision=precision, opset=opset, checkpoint=record,
-                              gate=gate, progress=progress)
-    if format == "engine":
-        from .trt_engines import build_engines
-
-        bundle = build_engines(bundle, precision=precision, max_batch=max_batch, workspace_gib=workspace_gib,
-                               timing_cache=timing_cache, dla_core=dla_core)
-    if format == "triton":
-        from .triton import write_repository
-
-        write_repository(bundle, Path(out_dir) / "triton", max_batch)
-    return bundle
 
 
 def random_model(preset_name: str, seed: int = 0) -> AVClassifier:

@@ -36,8 +36,9 @@ from ..fileio import atomic_write_bytes
 from ..media import MediaError
 from ..runtime.bundle import Bundle, file_record, read_bundle, write_manifest
 from ..runtime.engine import StepModel
-from .tensorrt import ExportError
-from .trt_ops import check_tensorrt_compat
+from ..deploy.tensorrt import ExportError
+from ..deploy.trt_ops import check_tensorrt_compat
+from ..errors import UsageError
 from .verify import stream_inputs
 
 TRT_SUFFIX = ".trt.onnx"
@@ -74,12 +75,12 @@ def load_calibration(folder: str | Path, config, max_clips: int = CALIB_MAX_CLIP
 
     A file that does not decode is skipped and said; a folder with no usable clip is refused.
     """
-    from ..inference import list_videos
+    from ..data.annotations import list_videos
     from ..preprocess import file_inputs
 
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"--calib {folder}: not a folder of videos")
+        raise UsageError(f"--calib {folder}: not a folder of videos")
     calib = CalibrationSet(folder)
     for name, path in list_videos(folder):
         if len(calib.clips) >= max_clips:
@@ -93,7 +94,7 @@ def load_calibration(folder: str | Path, config, max_clips: int = CALIB_MAX_CLIP
         calib.clips.append((path.name, video, mel))
     if not calib.clips:
         why = f"; {len(calib.skipped)} file(s) would not decode" if calib.skipped else ""
-        raise ValueError(f"--calib {folder}: no decodable video clips to calibrate on{why}")
+        raise UsageError(f"--calib {folder}: no decodable video clips to calibrate on{why}")
     return calib
 
 
@@ -252,7 +253,7 @@ def quantize_export(fp32: Bundle, out_dir: str | Path, calib: CalibrationSet, *,
 
 def _stage(files: dict[str, Path], stage: Path, name: str, manifest: dict[str, Any]) -> dict[str, Any]:
     """Check the TensorRT flavour, stamp both with the manifest's metadata, move into ``stage``."""
-    from .onnx import _embed_metadata
+    from .onnx import embed_metadata
 
     trt = onnx.load(str(files["onnx_trt"]))
     problems = check_tensorrt_compat(trt)
@@ -262,7 +263,7 @@ def _stage(files: dict[str, Path], stage: Path, name: str, manifest: dict[str, A
     records = {}
     for kind, src in files.items():
         final = stage / (f"{name}.onnx" if kind == "onnx" else f"{name}{TRT_SUFFIX}")
-        _embed_metadata(onnx.load(str(src)), manifest, name, final)
+        embed_metadata(onnx.load(str(src)), manifest, name, final)
         records[kind] = file_record(final)
     return records
 

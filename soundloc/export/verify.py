@@ -3,7 +3,7 @@
 Per output, the max abs error of (1) the offline graphs vs the PyTorch model and (2) the
 streaming step graph, fed frame by frame and flushed, vs the offline graphs, on every step of
 a clip. Errors are judged against the magnitude of what is compared, by the one tolerance
-policy (``soundloc.export.tolerance``: a fraction of the reference's max |value| per
+policy (``soundloc.deploy.tolerance``: a fraction of the reference's max |value| per
 precision). fp16 exports are compared with the fp32 PyTorch model; besides raw errors they
 are judged by what a user sees: the binarised maps (docs/design.md §2 thresholding) must agree with
 fp32 at the row's cIoU.
@@ -24,7 +24,7 @@ from ..runtime.bundle import Bundle
 from ..runtime.engine import StepModel
 from ..runtime.onnx_backend import OnnxRuntimeBackend
 from ..runtime.stream import StepDriver
-from .tolerance import tolerance_for
+from ..deploy.tolerance import tolerance_for
 
 
 @dataclass

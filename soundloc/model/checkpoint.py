@@ -17,13 +17,14 @@ from .. import __version__
 from ..config import FORMAT_VERSION, Config, ConfigError
 from ..families import family_of
 from ..fileio import atomic_write
+from ..errors import SoundlocError
 from .classifier import AVClassifier
 from .video import load_torchvision_mc3
 
 MAGIC = "soundloc-checkpoint"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SoundlocError, RuntimeError):
     """A checkpoint that cannot be read: unsafe, corrupt, or of another format or config."""
 
 

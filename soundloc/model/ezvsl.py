@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import EZVSL_IMAGE_SIZE, EZVSL_PRIOR_ALPHA, NORM_EPS, Config
+from ..config import NORM_EPS, Config
+from ..families import EZVSL_IMAGE_SIZE, EZVSL_PRIOR_ALPHA
+from ..errors import SoundlocError
 from .classifier import Features
 
 EMBED_DIM = 512  # the published models' out_dim (EZ-VSL's default)
@@ -176,7 +178,7 @@ def networks(model: EZVSL, config: Config, steps: int = 1) -> dict[str, tuple[nn
 
 # -- importing the authors' checkpoints ---------------------------------------------------------
 
-class ModelImportError(ValueError):
+class ModelImportError(SoundlocError, ValueError):
     """A checkpoint that is not EZ-VSL's format; the message names the first offending key."""
 
 

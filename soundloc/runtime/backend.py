@@ -6,8 +6,22 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import SoundlocError, UsageError
 
-class BackendError(RuntimeError):
+# Where the model runs on this machine: "auto" picks a TensorRT engine when the export has one,
+# else onnxruntime with the best provider; "torch" runs a .pt checkpoint (the only backend that
+# imports torch). A Triton server is the spec ``triton://HOST:PORT[/MODEL]`` (runtime.backend_spec).
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "torch")
+
+
+def check_backend(name: str, what: str = "backend") -> str:
+    """``name`` if it is one of ``BACKENDS``, else a one-line usage error that lists them."""
+    if name not in BACKENDS:
+        raise UsageError(f"{what} must be one of {', '.join(BACKENDS)}, not {name!r}")
+    return name
+
+
+class BackendError(SoundlocError, RuntimeError):
     """A backend that cannot load or run; the message says what to install or rebuild."""
 
 

@@ -12,13 +12,14 @@ from typing import Any
 
 from ..config import FORMAT_VERSION, Config, ConfigError
 from ..fileio import atomic_write_bytes, sha256_file
+from ..errors import SoundlocError
 
 MANIFEST = "soundloc.json"
 MAGIC = "soundloc-export"
 GRAPHS = ("step", "video", "audio")  # streaming step; offline video and audio
 
 
-class BundleError(RuntimeError):
+class BundleError(SoundlocError, RuntimeError):
     """An export directory that is missing, altered or of another format; one-line message."""
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 import logging
 
-from ..config import check_backend
+import numpy as np
+
+from ..errors import UsageError
 from ..families import family_of
-from .backend import Backend, BackendError
+from .backend import Backend, BackendError, check_backend
 from .bundle import Bundle, read_bundle
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
     ``device``: the CUDA device of every GPU backend. On an onnxruntime GPU provider the step
     graph's state stays on that device between calls (I/O binding)."""
     if check_backend(backend) == "torch":
-        raise ValueError("an export directory does not run on the torch backend (that needs a checkpoint)")
+        raise UsageError("an export directory does not run on the torch backend (that needs a checkpoint)")
     if backend in ("auto", "tensorrt") and "engine" in bundle.graph(graph)["files"]:
         try:
             from .tensorrt_backend import TensorRTBackend
@@ -62,11 +62,11 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
 
 
 class StepModel:
-    """The exact streaming step: ``step(frames, mels, valid, state)`` on any backend.
+    """The exact streaming step: ``step(frames, audio, valid, state)`` on any backend.
 
-    Build it with ``StepModel.load(target, backend)``: an export directory (TensorRT engine or
-    onnxruntime) or a ``.pt`` checkpoint (PyTorch, for comparison; the only path that imports
-    torch).
+    Build it with ``runtime.backend_spec.load_step_model(target, spec)``: an export directory
+    (TensorRT engine or onnxruntime), a ``.pt`` checkpoint (PyTorch, for comparison; the only
+    path that imports torch), or a Triton server.
     """
 
     def __init__(self, backend: Backend, config, lookahead: int, state_specs: list[dict],
@@ -78,27 +78,12 @@ class StepModel:
 
     @classmethod
     def from_export(cls, export_dir: str | Path | Bundle, backend: str = "auto",
-                    threads: int | None = None) -> "StepModel":
+                    threads: int | None = None, device: int = 0) -> "StepModel":
+        """An export's step on a local backend (``open_backend``'s names)."""
         bundle = export_dir if isinstance(export_dir, Bundle) else read_bundle(export_dir)
         gate = bundle.manifest.get("gate", {}).get("score")
-        return cls(open_backend(bundle, "step", backend, threads), bundle.config, bundle.lookahead_steps,
+        return cls(open_backend(bundle, "step", backend, threads, device), bundle.config, bundle.lookahead_steps,
                    bundle.state_specs, gate, bundle)
-
-    @classmethod
-    def load(cls, target: str | Path, backend: str = "auto", threads: int | None = None) -> "StepModel":
-        """An export directory, or a checkpoint file (``backend`` auto/torch) for PyTorch."""
-        target = Path(target)
-        if target.is_file():
-            if backend not in ("auto", "torch"):
-                raise ValueError(f"{target} is a checkpoint: it runs on the torch backend only; "
-                                 "export it (`soundloc export`) for onnxruntime or TensorRT")
-            from .torch_backend import TorchBackend
-
-            tb = TorchBackend(target, threads=threads)
-            return cls(tb, tb.config, tb.lookahead, tb.state_specs, tb.gate_score)
-        if backend == "torch":
-            raise ValueError("--backend torch needs a checkpoint (.pt), not an export directory")
-        return cls.from_export(target, backend, threads)
 
     @property
     def name(self) -> str:
@@ -108,25 +93,25 @@ class StepModel:
         """Zero state for ``batch`` streams: equals the offline model's zero padding."""
         return [np.zeros((batch, *s["shape"]), np.float32) for s in self._states]
 
-    def feed(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+    def feed(self, frames: np.ndarray, audio: np.ndarray, valid: np.ndarray,
              state: list[np.ndarray]) -> dict[str, np.ndarray]:
         """The step graph's named inputs for ``step``'s arguments (also what calibration feeds)."""
         b, family = frames.shape[0], family_of(self.config)  # the family says what its step takes
         feed = {
             "frame": np.ascontiguousarray(frames, np.float32).reshape(b, 3, 1, *frames.shape[-2:]),
-            family.audio_input: np.ascontiguousarray(mels, np.float32).reshape(b, *family.audio_shape(self.config)),
+            family.audio_input: np.ascontiguousarray(audio, np.float32).reshape(b, *family.audio_shape(self.config)),
             "valid": np.asarray(valid, np.float32).reshape(b, 1),
         }
         for spec, value in zip(self._states, state):
             feed[spec["input"]] = value
         return feed
 
-    def step(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+    def step(self, frames: np.ndarray, audio: np.ndarray, valid: np.ndarray,
              state: list[np.ndarray]) -> tuple[StepOutput, list[np.ndarray]]:
-        """frames (B, 3, H, W) normalised, mels (B, 10, 80) (or the family's audio input), valid
-        (B,) -> outputs, new state."""
+        """frames (B, 3, H, W) normalised; audio: the family's audio input (the classifier's mels (B, 10, 80),
+        EZ-VSL's spectrogram); valid (B,) -> outputs, new state."""
         b = frames.shape[0]
-        out = self.backend.run(self.feed(frames, mels, valid, state))
+        out = self.backend.run(self.feed(frames, audio, valid, state))
         new_state = [out[spec["output"]] for spec in self._states]
         result = StepOutput(alpha=out["alpha"], score=out["score"].reshape(b), zv=out["zv"], za=out["za"],
                             valid=out["valid_out"].reshape(b) > 0.5)

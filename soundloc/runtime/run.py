@@ -20,6 +20,8 @@ import numpy as np
 from ..config import stop_signals
 from ..fileio import check_outputs
 from ..media import MediaError
+from ..percentiles import summary_percentile
+from .backend_spec import load_step_model, triton_spec
 from .engine import StepModel
 from .render import Labeler
 from .results import StepResult
@@ -63,14 +65,11 @@ class StreamSummary:
     latency_ms: list[float] = field(default_factory=list)  # capture -> output, lookahead included
 
     def as_dict(self) -> dict:
-        def pct(xs: list[float], q: float) -> float:
-            return round(float(np.percentile(xs, q)), 3) if xs else 0.0
-
         return {"backend": self.backend, "steps": self.steps, "gated": self.gated, "dropped": self.dropped,
                 "reconnects": self.reconnects, "seconds": round(self.seconds, 3), "end_reason": self.end_reason,
                 "error": self.error, "signal": self.signal,
-                "outputs": self.outputs, "model_ms_p50": pct(self.model_ms, 50), "model_ms_p99": pct(self.model_ms, 99),
-                "latency_ms_p50": pct(self.latency_ms, 50), "latency_ms_p99": pct(self.latency_ms, 99),
+                "outputs": self.outputs, "model_ms_p50": summary_percentile(self.model_ms, 50), "model_ms_p99": summary_percentile(self.model_ms, 99),
+                "latency_ms_p50": summary_percentile(self.latency_ms, 50), "latency_ms_p99": summary_percentile(self.latency_ms, 99),
                 "realtime_factor": round(float(np.mean(self.model_ms)) / 100.0, 4) if self.model_ms else 0.0,
                 **({"hit_rates": dataclasses.asdict(self.hit_rates)} if self.hit_rates is not None else {})}
 
@@ -175,8 +174,9 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     drawn on every original frame (``sinks.SourceMp4Sink``); for a live source or a separate
     ``audio`` it is the 10 fps, 16 kHz mono stream the model saw.
 
-    ``triton``: HOST:PORT of a Triton server that runs the step (``target`` is then the export
-    whose repository it serves, read for its config; see ``triton_client``).
+    ``backend``: a spec (``runtime.backend_spec``). ``triton``: HOST:PORT[/MODEL] of a Triton
+    server that runs the step (``target`` is then the export whose repository it serves, read
+    for its config; see ``triton_client``).
 
     ``reconnect``: how many times to reopen a source that failed or stalled (live sources),
     or that could not be opened at all; each reopen starts a fresh model state, and the sinks
@@ -187,7 +187,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     """
     target = model_path(target)
     check_outputs([out, events], [target, *spec_inputs(video), *spec_inputs(audio)])
-    model = StepModel.load(target, backend, threads) if triton is None else _triton_model(target, triton)
+    model = load_step_model(target, backend if triton is None else triton_spec(triton), threads)
     if status:  # the same delay events.jsonl's lookahead_s states: step graph, window and feeder
         print(f"backend: {model.name}; lookahead {Localizer(model, options).lookahead_s:.1f} s", flush=True)
     try:
@@ -252,7 +252,7 @@ def iter_steps(video: str, target: str | Path | None = None, *, audio: str | Non
         for r in iter_steps("clip.mp4"):
             print(r.pts, r.score, r.gated, r.box)
     """
-    model = StepModel.load(model_path(target), backend, threads)
+    model = load_step_model(model_path(target), backend, threads)
     try:
         with StepSource(video, audio, realtime=realtime, video_only=video_only,
                         size=model.config.image_size) as source:
@@ -277,7 +277,7 @@ def model_path(target: str | Path | None) -> Path:
     """What a user names as the model: an export directory or checkpoint, or None / ``"demo"``
     for the demo model bundled with the package (when no file of that name exists here)."""
     if target is None or (str(target) == "demo" and not Path("demo").exists()):
-        from ..demo import demo_model_dir
+        from .demo import demo_model_dir
 
         return demo_model_dir()
     return Path(target)
@@ -293,13 +293,6 @@ def plain_file(video: str, audio: str | None, reconnect: int) -> Path | None:
     if audio is None and spec.format is None and not spec.live and not reconnect and path.is_file():
         return path
     return None
-
-
-def _triton_model(target: str | Path, url: str) -> StepModel:
-    from .bundle import read_bundle
-    from .triton_client import TritonModel
-
-    return TritonModel(read_bundle(target), url)
 
 
 def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOptions, realtime, video_only: bool,

@@ -27,6 +27,9 @@ import numpy as np
 
 from ..config import SERVE_BATCH_WAIT_S
 from ..fileio import check_outputs
+from ..percentiles import summary_percentile
+from ..errors import SoundlocError
+from .backend_spec import load_step_model
 from .engine import StepModel, StepOutput
 from .run import StreamSummary, stop_on_signals, stream_source
 from .sources import spec_inputs
@@ -41,7 +44,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 SOURCE_KEYS = ("name", "video", "audio", "out", "events", "video_only")
 
 
-class ServeError(ValueError):
+class ServeError(SoundlocError, ValueError):
     """A sources list that cannot be served; the message is one line for the user."""
 
 
@@ -138,7 +141,7 @@ def check_sources(sources: list[ServeSource]) -> list[ServeSource]:
 class _Request:
     name: str
     frames: np.ndarray
-    mels: np.ndarray
+    audio: np.ndarray
     valid: np.ndarray
     state: list[np.ndarray]
     done: threading.Event = field(default_factory=threading.Event)
@@ -158,7 +161,7 @@ class BatchStats:
     def as_dict(self) -> dict:
         return {"calls": self.calls, "steps": self.steps,
                 "mean_batch": round(self.steps / self.calls, 3) if self.calls else 0.0,
-                "call_ms_p50": round(float(np.percentile(self.call_ms, 50)), 3) if self.call_ms else 0.0,
+                "call_ms_p50": summary_percentile(self.call_ms, 50),
                 "behind": dict(self.behind)}
 
 
@@ -196,10 +199,10 @@ class Batcher:
             self._running.discard(name)
             self._cond.notify_all()
 
-    def submit(self, name: str, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+    def submit(self, name: str, frames: np.ndarray, audio: np.ndarray, valid: np.ndarray,
                state: list[np.ndarray]) -> tuple[StepOutput, list[np.ndarray]]:
         """One stream's step (batch 1) through the next tick; blocks until its row is back."""
-        req = _Request(name, frames, mels, valid, state)
+        req = _Request(name, frames, audio, valid, state)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the batcher is closed")
@@ -238,7 +241,7 @@ class Batcher:
             state = [np.concatenate([np.asarray(r.state[i]) for r in batch]) for i in range(n_state)]
             t0 = time.perf_counter()
             out, new = self.model.step(np.concatenate([r.frames for r in batch]),
-                                       np.concatenate([r.mels for r in batch]),
+                                       np.concatenate([r.audio for r in batch]),
                                        np.concatenate([r.valid for r in batch]), state)
             self.stats.call_ms.append((time.perf_counter() - t0) * 1000)
             new = [np.asarray(s) for s in new]  # a GPU-kept state comes back to the host to be split
@@ -273,9 +276,9 @@ class SharedModel:
     def behind(self) -> int:
         return self.batcher.stats.behind.get(self.stream, 0)
 
-    def step(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+    def step(self, frames: np.ndarray, audio: np.ndarray, valid: np.ndarray,
              state: list[np.ndarray]) -> tuple[StepOutput, list[np.ndarray]]:
-        return self.batcher.submit(self.stream, frames, mels, valid, state)
+        return self.batcher.submit(self.stream, frames, audio, valid, state)
 
     def close(self) -> None:
         self.batcher.release(self.stream)
@@ -315,7 +318,7 @@ def run_serve(target: str | Path, sources: Sequence[ServeSource], *, backend: st
     target = model_path(target)
     check_outputs([p for s in sources for p in (s.out, s.events)],
                   [target, *(x for s in sources for spec in (s.video, s.audio) for x in spec_inputs(spec))])
-    model = StepModel.load(target, backend, threads)
+    model = load_step_model(target, backend, threads)
     batcher = Batcher(model, wait_s, max_batch) if batching else Batcher(model, 0.0, 1)
     summary = ServeSummary(backend=model.name, batching=batching, batch=batcher.stats)
     grid = None

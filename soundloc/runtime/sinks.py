@@ -43,6 +43,7 @@ from PIL import Image
 
 from ..config import SAMPLE_RATE, stop_signals
 from ..fileio import Staged
+from ..errors import SoundlocError
 from ..media import video_rgb, add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
 from .render import Labeler, render_on, render_step
 from .results import StepResult
@@ -60,7 +61,7 @@ MP4_OPTIONS = {
 FIFO_POLL_S = 0.1  # how often a FIFO without a reader (or a full one) checks the stop event
 
 
-class SinkError(RuntimeError):
+class SinkError(SoundlocError, RuntimeError):
     """A sink cannot go on; the message is one line meant for the user."""
 
 

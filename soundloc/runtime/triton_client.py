@@ -16,10 +16,15 @@ import os
 
 import numpy as np
 
-from ..export.triton import MODEL_NAME
+from ..families import family_of
 from .backend import BackendError
 from .bundle import Bundle
 from .engine import StepModel, StepOutput
+
+MODEL_NAME = "soundloc_step"  # the ONNX Runtime model: what --triton HOST:PORT addresses
+# Every model `soundloc export --format triton` may write, by the Triton backend that runs it
+# (soundloc.deploy.triton names its folders from this table).
+MODELS = {"onnxruntime": MODEL_NAME, "tensorrt": MODEL_NAME + "_trt", "python": MODEL_NAME + "_py"}
 
 _IDS = itertools.count(1)
 
@@ -73,12 +78,12 @@ class TritonModel(StepModel):
         self.sequence = (os.getpid() << 20) + next(_IDS)  # unique among this server's clients' streams
         return []
 
-    def step(self, frames: np.ndarray, mels: np.ndarray, valid: np.ndarray,
+    def step(self, frames: np.ndarray, audio: np.ndarray, valid: np.ndarray,
              state: list[np.ndarray], end: bool = False) -> tuple[StepOutput, list[np.ndarray]]:
         if self.sequence is None:
             self.new_state(1)
         inputs = []
-        for name, value in self.feed(frames, mels, valid, []).items():
+        for name, value in self.feed(frames, audio, valid, []).items():
             tensor = self.grpc.InferInput(name, list(value.shape), "FP32")
             tensor.set_data_from_numpy(np.ascontiguousarray(value, np.float32))
             inputs.append(tensor)
@@ -97,10 +102,9 @@ class TritonModel(StepModel):
         """Send END with a padding step (valid 0: describes nothing) so the server frees the slot."""
         if not self.started:
             return
-        cfg = self.config
+        frames, audio = family_of(self.config).blank_step(self.config)  # the family's shapes (mel or spectrogram)
         try:
-            self.step(np.zeros((1, 3, cfg.image_size, cfg.image_size), np.float32),
-                      np.zeros((1, 10, cfg.n_mels), np.float32), np.zeros(1, np.float32), [], end=True)
+            self.step(frames, audio, np.zeros(1, np.float32), [], end=True)
         except BackendError:
             pass  # the server already dropped it (idle timeout): nothing left to free
         finally:

@@ -34,12 +34,13 @@ from ..data.annotations import (AnnotationError, find_video, read_path_label_csv
 from ..media import MediaError, load_clip
 from ..mel import log_mel
 from ..preprocess import normalise_frames
+from ..errors import SoundlocError
 
 
 Row = TypeVar("Row")
 
 
-class DatasetError(ValueError):
+class DatasetError(SoundlocError, ValueError):
     """An annotation file or dataset folder that cannot be used; the message is one line."""
 
 
@@ -289,9 +290,6 @@ class SkipReport:
             self.count += 1
             if len(self.first) < self.keep:
                 self.first.append((clip_id, reason))
-
-    def reset(self) -> None:
-        self.count, self.first = 0, []
 
     def __bool__(self) -> bool:
         return self.count > 0

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
+from ..errors import SoundlocError
 
 
-class DistributedError(ValueError):
+class DistributedError(SoundlocError, ValueError):
     """A torchrun environment or device request that cannot work here."""
 
 

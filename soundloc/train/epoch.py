@@ -187,9 +187,9 @@ def run_epoch(state: TrainState, train_loader: DataLoader, val_loader: DataLoade
         monitor, monitor_name = -summary["loss"], "minus_loss"
         state.scheduler.step()
     state.epoch = epoch
-    best = monitor > state.best_accuracy
+    best = monitor > state.best_monitored
     if best:
-        state.best_accuracy, state.best_epoch = monitor, epoch
+        state.best_monitored, state.best_epoch = monitor, epoch
     return {"epoch": epoch, "lr": lr, "train": totals.summary(heads), "val": val.summary(heads) if val else None,
             "monitor": f"{'val' if val else 'train'}_{monitor_name}", "monitor_value": monitor, "best": best,
             "audio_dependence": dependence.to_dict() if dependence else None,

@@ -125,7 +125,7 @@ def _loop(state: TrainState, options: TrainOptions, out: Path, train_set: Datase
         record = read_last_record(out)
     acc = (record["val"] or record["train"])["accuracy"] if record else {}
     return TrainResult(out_dir=str(out), epochs=state.epoch, resumed_from=resumed_from, best_epoch=state.best_epoch,
-                       best_accuracy=state.best_accuracy, accuracy=acc,
+                       best_monitored=state.best_monitored, accuracy=acc,
                        train_loss=record["train"]["loss"] if record else float("nan"), skipped=skipped,
                        seconds=time.perf_counter() - started, world_size=info.world_size,
                        last_checkpoint=str(out / "last.pt"), best_checkpoint=str(out / "best.pt"),

@@ -42,8 +42,9 @@ def set_rng_state(s: dict[str, Any]) -> None:
 def save_epoch(out: Path, state: TrainState, record: dict[str, Any], keep_epochs: bool) -> None:
     """last.pt (+ best.pt, epoch_XXX.pt), each atomic, then the log line. A kill between the
     two is repaired on resume from the checkpoint's own copy of the record."""
+    # "best_accuracy": the checkpoint key stays (checkpoints already written resume); it holds best_monitored
     extra = {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-             "scaler": state.scaler.state_dict(), "epoch": state.epoch, "best_accuracy": state.best_accuracy,
+             "scaler": state.scaler.state_dict(), "epoch": state.epoch, "best_accuracy": state.best_monitored,
              "best_epoch": state.best_epoch, "rng": rng_state(), "metrics": record, "schedule": state.schedule}
     save_checkpoint(out / "last.pt", state.module, **extra)
     if record["best"]:
@@ -80,7 +81,7 @@ def restore(state: TrainState, path: Path, config: Config) -> dict[str, Any]:
     state.scheduler.load_state_dict(data["scheduler"])
     if data.get("scaler") and state.scaler.is_enabled():
         state.scaler.load_state_dict(data["scaler"])
-    state.epoch, state.best_accuracy, state.best_epoch = int(data["epoch"]), float(data["best_accuracy"]), int(data["best_epoch"])
+    state.epoch, state.best_monitored, state.best_epoch = int(data["epoch"]), float(data["best_accuracy"]), int(data["best_epoch"])
     set_rng_state(data["rng"])
     return data
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import SoundlocError
 from .distributed import DistInfo
 from ..model.classifier import MODALITIES, AVClassifier
 
@@ -20,7 +21,7 @@ LOSS_PARTS = (*MODALITIES, "contrastive")
 LOG_REASONS = 50  # skipped (id, reason) pairs kept per epoch in log.jsonl; the count is exact
 
 
-class TrainError(ValueError):
+class TrainError(SoundlocError, ValueError):
     """A training run that cannot start or continue as asked (one line for the user)."""
 
 
@@ -70,7 +71,7 @@ class TrainResult:
     epochs: int
     resumed_from: int
     best_epoch: int
-    best_accuracy: float
+    best_monitored: float  # the best value of `monitor` (accuracy, or minus the loss)
     accuracy: dict[str, float]
     train_loss: float
     skipped: int
@@ -78,7 +79,7 @@ class TrainResult:
     world_size: int
     last_checkpoint: str
     best_checkpoint: str
-    monitor: str = ""  # what best_accuracy holds: e.g. val_accuracy_av (plateau) or val_minus_loss (cosine)
+    monitor: str = ""  # what best_monitored holds: e.g. val_accuracy_av (plateau) or val_minus_loss (cosine)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,5 +99,5 @@ class TrainState:
     dist: DistInfo
     schedule: str = "plateau"
     epoch: int = 0  # completed epochs
-    best_accuracy: float = -math.inf  # of the monitored value: accuracy, or minus the loss
+    best_monitored: float = -math.inf  # the best of the monitored value: accuracy, or minus the loss (cosine)
     best_epoch: int = 0

@@ -18,14 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import EVAL_SIZE, steps_to_seconds
-from .data.annotations import find_video, list_videos
-from .dependence import AudioDependence, audio_dependence, check_steps, other_clips
-from .families import blend_prior, family_of
-from .fileio import write_json
-from .localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_map
-from .media import MediaError
-from .model.checkpoint import load_checkpoint
+from ..config import EVAL_SIZE, steps_to_seconds
+from ..data.annotations import find_video, list_videos
+from ..dependence import AudioDependence, audio_dependence, check_steps, other_clips
+from ..errors import UsageError
+from ..families import blend_prior, family_of
+from ..fileio import write_json
+from ..localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_map
+from ..media import MediaError
+from .checkpoint import load_checkpoint
 
 @dataclass
 class ClipFeatures:
@@ -191,9 +192,9 @@ def _read_existing(path: Path) -> list[dict]:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: cannot resume from a corrupt file ({e}); move it away") from None
+        raise UsageError(f"{path}: cannot resume from a corrupt file ({e}); move it away") from None
     if not isinstance(data, list) or not all(isinstance(e, dict) and isinstance(e.get("file"), str) for e in data):
-        raise ValueError(f"{path}: not a VGG-SS style list of {{\"file\": ...}} entries; cannot resume from it, "
+        raise UsageError(f"{path}: not a VGG-SS style list of {{\"file\": ...}} entries; cannot resume from it, "
                          "move it away")
     return data
 

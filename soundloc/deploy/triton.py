@@ -25,10 +25,12 @@ from pathlib import Path
 from ..config import SERVE_BATCH_WAIT_S
 from ..fileio import atomic_write, atomic_write_bytes
 from ..runtime.bundle import Bundle
+from ..runtime.triton_client import MODELS
 
-MODEL_NAME = "soundloc_step"
-BACKENDS = {"onnxruntime": ("onnx", "model.onnx", ""), "tensorrt": ("engine", "model.plan", "_trt"),
-            "python": ("onnx", "model.onnx", "_py")}
+# Triton backend -> (the export's step file it serves, its name in the model version folder); the
+# model's name is the client's (runtime.triton_client.MODELS), so every one is reachable by --triton.
+SERVED_FILES = {"onnxruntime": ("onnx", "model.onnx"), "tensorrt": ("engine", "model.plan"),
+                "python": ("onnx", "model.onnx")}
 PLATFORMS = {"onnxruntime": 'backend: "onnxruntime"', "tensorrt": 'platform: "tensorrt_plan"',
              "python": 'backend: "python"'}
 PYTHON_MODEL = Path(__file__).with_name("triton_python_model.py")
@@ -38,11 +40,10 @@ CONTROLS = [("START", "kind: CONTROL_SEQUENCE_START fp32_false_true: [ 0, 1 ]"),
             ("CORRID", "kind: CONTROL_SEQUENCE_CORRID data_type: TYPE_UINT64")]
 TYPES = {"float": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 IDLE_US = 5_000_000  # a sequence without a step for 5 s is ended by the server (its slot freed)
-REQUEST_INPUTS = ("frame", "mel", "valid")
 
 
 def model_name(backend: str = "onnxruntime") -> str:
-    return MODEL_NAME + BACKENDS[backend][2]
+    return MODELS[backend]
 
 
 def model_config(bundle: Bundle, backend: str = "onnxruntime", max_batch: int = 16,
@@ -56,8 +57,8 @@ def model_config(bundle: Bundle, backend: str = "onnxruntime", max_batch: int = 
     ``idle_us``: a sequence idle this long is ended by the server; ``python_path`` (python):
     where the stub's interpreter finds numpy and onnxruntime.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend not in SERVED_FILES:
+        raise ValueError(f"backend must be one of {', '.join(SERVED_FILES)}, not {backend!r}")
     graph = bundle.graph("step")
     states = {s["input"] for s in bundle.state_specs} | {s["output"] for s in bundle.state_specs}
     inputs = [t for t in graph["inputs"] if t["name"] not in states]
@@ -113,7 +114,7 @@ def write_repository(bundle: Bundle, root: str | Path, max_batch: int = 16, pyth
     model folders written."""
     root = Path(root)
     written = []
-    for backend, (kind, filename, _) in BACKENDS.items():
+    for backend, (kind, filename) in SERVED_FILES.items():
         if kind not in bundle.graph("step")["files"] or (backend == "python" and not python):
             continue
         folder = root / model_name(backend)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from .runtime.bundle import BundleError
-from .runtime.run import StreamSummary, run_stream
-from .runtime.stream import StreamOptions
+from .bundle import BundleError
+from .run import StreamSummary, run_stream
+from .stream import StreamOptions
 
 DEMO_CLASSES = 10  # the synthetic class table the demo model was trained on
 
@@ -67,7 +67,7 @@ def make_demo_clip(out_dir: Path, seconds: float = 10.0, seed: int = 0,
     """One synthetic clip (H.264 + AAC mp4) of the classes the demo model knows, as
     ``out_dir/input.mp4``, and its truth; with ``other``, a second clip (another class: its
     sound is the shuffled-audio baseline) is kept there."""
-    from .data.synth import make_synthetic_dataset
+    from ..data.synth import make_synthetic_dataset
 
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
         make_synthetic_dataset(tmp, num_clips=2, seed=seed, seconds=seconds, num_classes=DEMO_CLASSES,

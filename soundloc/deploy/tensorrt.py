@@ -40,12 +40,14 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import onnx
 from onnx import TensorProto
 
-from soundloc.export.trt_ops import check_tensorrt_compat
+from soundloc.deploy.trt_ops import check_tensorrt_compat
 from soundloc.fileio import atomic_write_bytes
 from soundloc.runtime.backend import BackendError
 from soundloc.runtime.tensorrt_backend import (
     GpuInfo, cuda_call, import_cudart, import_tensorrt, normalize_cc, parse_version, query_gpu,
 )
+from ..errors import SoundlocError
+from soundloc.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ ProgressCallback = Callable[[str, int, int], None]  # (phase name, steps done, s
 Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]  # name -> min/opt/max
 
 
-class ExportError(RuntimeError):
+class ExportError(SoundlocError, RuntimeError):
     """An export that cannot be done as asked; the message says what to do instead."""
 
 
@@ -80,9 +82,9 @@ def plan_build(trt_version: str, precision: str, onnx_is_fp16: bool,
     version can build as asked.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if dla_core is not None and (not isinstance(dla_core, int) or dla_core < 0):
-        raise ValueError(f"dla_core must be a non-negative int or None, not {dla_core!r}")
+        raise UsageError(f"dla_core must be a non-negative int or None, not {dla_core!r}")
     major, minor, _ = parse_version(trt_version)
     if major < 10:
         raise ExportError(f"TensorRT {trt_version} is too old: soundloc needs TensorRT 10 or newer "
@@ -187,7 +189,7 @@ def profile_shapes(input_dims: Mapping[str, Sequence[int | None]], batch: tuple[
 def _check_batch(batch: Sequence[int]) -> tuple[int, int, int]:
     ints = len(batch) == 3 and all(isinstance(b, int) for b in batch)
     if not ints or not 1 <= batch[0] <= batch[1] <= batch[2]:
-        raise ValueError(f"batch must be (min, opt, max) ints with 1 <= min <= opt <= max, not {batch!r}")
+        raise UsageError(f"batch must be (min, opt, max) ints with 1 <= min <= opt <= max, not {batch!r}")
     return int(batch[0]), int(batch[1]), int(batch[2])
 
 
@@ -292,7 +294,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, precision: s
     does): expect ~1e-3 relative differences from onnxruntime's fp32, not 1e-6.
     """
     if not workspace_gib > 0:
-        raise ValueError(f"workspace_gib must be > 0, not {workspace_gib!r}")
+        raise UsageError(f"workspace_gib must be > 0, not {workspace_gib!r}")
     if dla_core is not None and not batch[0] == batch[1] == batch[2]:
         raise ExportError(f"the DLA runs static shapes only: a DLA build needs min = opt = max batch, not "
                           f"{tuple(batch)} (e.g. batch=({batch[2]}, {batch[2]}, {batch[2]}), `--max-batch N`)")

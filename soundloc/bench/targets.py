@@ -7,7 +7,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Config, check_backend
+from ..config import Config
+from ..errors import UsageError
 
 COMPARE_ALL = ("onnxruntime-cpu", "onnxruntime-cuda", "onnxruntime-tensorrt", "tensorrt", "torch")  # first that loads: stages
 
@@ -39,7 +40,7 @@ def resolve_target(target: Path) -> Target:
         from ..model.checkpoint import read_checkpoint
 
         return Target(None, target, Config.from_dict(read_checkpoint(target)["config"]))
-    raise ValueError(f"{target}: no such export directory or checkpoint")
+    raise UsageError(f"{target}: no such export directory or checkpoint")
 
 
 def _scratch_checkpoint(config: Config, scratch: Path) -> Path:
@@ -57,18 +58,15 @@ def _scratch_checkpoint(config: Config, scratch: Path) -> Path:
 
 def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = None):
     """A ``StepModel`` on ``backend``; raises with the reason it cannot load here."""
-    from ..runtime.engine import StepModel
+    from ..runtime.backend import check_backend
+    from ..runtime.backend_spec import load_step_model
 
     if check_backend(backend) == "torch" or (backend == "auto" and tgt.export is None):
         if importlib.util.find_spec("torch") is None:
             raise RuntimeError("PyTorch is not installed (`pip install 'soundloc[train]'`)")
         ckpt = tgt.checkpoint or _scratch_checkpoint(tgt.config, scratch)
-        return StepModel.load(ckpt, "torch", threads=threads)
+        return load_step_model(ckpt, "torch", threads=threads)
     if tgt.export is None:
         raise RuntimeError("needs an export directory (`soundloc export CKPT --out DIR`), not a checkpoint")
-    return StepModel.load(tgt.export, backend, threads=threads)
+    return load_step_model(tgt.export, backend, threads=threads)
 
-
-def runtime_of(model) -> str:
-    """The runtime family of a loaded model: torch, onnxruntime or tensorrt."""
-    return model.backend.name

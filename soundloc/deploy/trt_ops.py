@@ -47,7 +47,7 @@ _TYPE_NAMES = {
 @lru_cache(maxsize=1)
 def load_table() -> dict[str, Any]:
     """The operator table with its source, opset range and checked restrictions (cached)."""
-    text = resources.files("soundloc.export").joinpath("tensorrt_onnx_ops.json").read_text()
+    text = resources.files("soundloc.deploy").joinpath("tensorrt_onnx_ops.json").read_text()
     return json.loads(text)
 
 

@@ -6,7 +6,7 @@ bundled demo export and on a full-size export with random weights (the paper's M
 here; needs PyTorch), ``steps`` streaming steps on onnxruntime's CPU provider (the reference)
 and on every GPU backend this machine can run: onnxruntime's CUDA and TensorRT providers and
 TensorRT engines built here, each fed the same inputs with its own state fed back, its error
-against the reference judged by the one tolerance policy (``soundloc.export.tolerance``).
+against the reference judged by the one tolerance policy (``soundloc.deploy.tolerance``).
 
 Statuses: ``pass``/``fail`` for checks that ran, ``missing`` for an absent piece, ``skip`` for a
 check that needs one, ``info`` for facts. A run fails on any ``fail``, and with
@@ -27,12 +27,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bench.system import command_output, system_info
-from .config import MELS_PER_STEP
-from .runtime.backend import BackendError
-from .runtime.bundle import Bundle, random_weights_note, read_bundle
-from .runtime.onnx_backend import cuda_device_count, resolve_providers
-from .runtime.tensorrt_backend import CUDA_INSTALL_HINT, TRT_INSTALL_HINT, cuda_call, import_cudart, import_tensorrt
+from ..errors import UsageError
+from .system import command_output, system_info
+from ..config import MELS_PER_STEP
+from ..runtime.backend import BackendError
+from ..runtime.bundle import Bundle, random_weights_note, read_bundle
+from ..runtime.onnx_backend import cuda_device_count, resolve_providers
+from ..runtime.tensorrt_backend import CUDA_INSTALL_HINT, TRT_INSTALL_HINT, cuda_call, import_cudart, import_tensorrt
 
 DRIVER_HINT = ("install the NVIDIA driver (servers/desktops: the distribution's nvidia-driver package or "
                "NVIDIA's installer; Jetson: it comes with JetPack)")
@@ -185,7 +186,7 @@ def demo_export(into: Path) -> Bundle:
 
 def full_size_export(into: Path, precision: str) -> Bundle:
     """The paper's full-size model with random weights, exported (PyTorch, ~1 min on 2 cores)."""
-    from .export.onnx import export_model, random_model, random_weights_record
+    from ..export.onnx import export_model, random_model, random_weights_record
 
     return export_model(random_model("paper", 0), into, precision=precision,
                         checkpoint=random_weights_record("paper", 0))
@@ -201,10 +202,9 @@ def step_inputs(bundle: Bundle, steps: int, seed: int = 0) -> list[tuple[np.ndar
 
 def run_steps(bundle: Bundle, backend: str, inputs: list, device: int = 0) -> tuple[dict[str, np.ndarray], float, str]:
     """Every step's alpha and score with the state fed back; median ms per step; backend name."""
-    from .runtime.engine import StepModel, open_backend
+    from ..runtime.backend_spec import load_step_model
 
-    model = StepModel(open_backend(bundle, "step", backend, device=device), bundle.config,
-                      bundle.lookahead_steps, bundle.state_specs, None, bundle)
+    model = load_step_model(bundle, backend, device=device)
     try:
         state, alphas, scores, times = model.new_state(1), [], [], []
         for frames, mels, valid in inputs:
@@ -220,7 +220,7 @@ def run_steps(bundle: Bundle, backend: str, inputs: list, device: int = 0) -> tu
 
 def compare(got: dict[str, np.ndarray], ref: dict[str, np.ndarray], precision: str) -> tuple[bool, str, dict]:
     """Max abs error per output against the reference, judged by ``precision``'s tolerance."""
-    from .export.tolerance import tolerance_for
+    from ..deploy.tolerance import tolerance_for
 
     tol, ok, parts, figures = tolerance_for(precision), True, [], {}
     for key in ref:
@@ -265,7 +265,7 @@ def _engine_checks(label: str, bundle: Bundle, inputs: list, ref: dict, machine:
         fix = TRT_INSTALL_HINT if machine.tensorrt is None else DRIVER_HINT
         return [Finding(f"{label}: TensorRT engine build", "skip", why, fix),
                 Finding(f"{label}: tensorrt", "skip", why, fix)]
-    from .export.trt_engines import build_engines
+    from ..deploy.trt_engines import build_engines
 
     progress(f"{label}: building TensorRT engines ({precision})")
     start = time.monotonic()
@@ -309,9 +309,9 @@ def _check_workdir(workdir: str | Path | None) -> None:
         return
     path = Path(workdir)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"--workdir {path} exists and is not a folder; give a new or empty folder")
+        raise UsageError(f"--workdir {path} exists and is not a folder; give a new or empty folder")
     if path.is_dir() and any(path.iterdir()):
-        raise ValueError(f"--workdir {path} is not empty; give a new or empty folder (the doctor writes "
+        raise UsageError(f"--workdir {path} is not empty; give a new or empty folder (the doctor writes "
                          "random-weight exports there)")
 
 
@@ -321,9 +321,9 @@ def run_doctor(*, steps: int = 20, full: bool = True, precision: str = "fp32", d
                progress: Callable[[str], None] = lambda s: None) -> DoctorReport:
     """Inventory, then the demo export and (``full``) a full-size random export, checked."""
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, not {steps}")
+        raise UsageError(f"steps must be >= 1, not {steps}")
     if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
+        raise UsageError(f"precision must be fp32 or fp16, not {precision!r}")
     _check_workdir(workdir)
     findings, machine = inventory()
     report = DoctorReport(findings, require_gpu)

@@ -21,14 +21,17 @@ import triton_python_backend_utils as pb_utils
 
 np = ort = None  # imported in initialize(), after the config's python_path
 
-INPUTS = ("frame", "mel", "valid")
 OUTPUTS = ("alpha", "score", "zv", "za", "valid_out")
 
 
 class TritonPythonModel:
     def initialize(self, args):
         global np, ort
-        extra = json.loads(args["model_config"]).get("parameters", {}).get("python_path", {}).get("string_value")
+        config = json.loads(args["model_config"])
+        extra = config.get("parameters", {}).get("python_path", {}).get("string_value")
+        # the request's inputs as the repository's config declares them (the export's family names
+        # its audio input: "mel" for the classifier, "spec" for EZ-VSL)
+        self.inputs = [tensor["name"] for tensor in config["input"]]
         if extra:
             sys.path[:0] = extra.split(os.pathsep)
         import numpy as np
@@ -40,7 +43,7 @@ class TritonPythonModel:
         self.states = {}
 
     def execute(self, requests):
-        ids, ends, feed = [], [], {name: [] for name in INPUTS}
+        ids, ends, feed = [], [], {name: [] for name in self.inputs}
         for request in requests:
             def tensor(name):
                 return np.from_dlpack(pb_utils.get_input_tensor_by_name(request, name))
@@ -50,7 +53,7 @@ class TritonPythonModel:
                 self.states[corr] = [np.zeros((1, *s["shape"]), np.float32) for s in self.specs]
             ids.append(corr)
             ends.append(tensor("END").ravel()[0] > 0.5)
-            for name in INPUTS:
+            for name in self.inputs:
                 feed[name].append(tensor(name))
         inputs = {name: np.concatenate(values) for name, values in feed.items()}
         for k, spec in enumerate(self.specs):
