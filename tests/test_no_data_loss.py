@@ -273,6 +273,13 @@ def test_sighup_finalises_the_mp4_and_events(export, clip, tmp_path):
     assert not list(tmp_path.glob("*partial*"))
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C's default action, even when the test run was started as a background
+    job of a shell without job control (which starts it, and so every child, with SIGINT ignored:
+    Python then installs no KeyboardInterrupt handler and the command rightly ignores Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _opened(pid: int, path: Path) -> bool:
     """Whether process ``pid`` has ``path`` open (Linux /proc)."""
     try:
@@ -302,7 +309,8 @@ def test_annotate_interrupted_keeps_finished_clips_and_resumes(tiny, tmp_path, s
     for _ in range(3):  # the file is open only while it is decoded: a starved poll can miss it; try again
         out.unlink(missing_ok=True)
         proc = subprocess.Popen([sys.executable, "-m", "soundloc", "annotate", str(tiny.ckpt), str(folder),
-                                 "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_default_sigint)
         deadline = time.monotonic() + 120
         while not (seen := _opened(proc.pid, long.resolve())) and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.005)
