@@ -32,6 +32,7 @@ def stream(
     reconnect: int = typer.Option(0, help="Reopen a failed or stalled source up to N times."),
     stall: float = typer.Option(10.0, help="Seconds without input before a source counts as stalled."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for the model."),
+    decoder: str = typer.Option("auto", help="Video decoder: auto (the platform's hardware decoder if any, else FFmpeg's threads), software, cuda, vaapi, videotoolbox, qsv, d3d11va."),
     triton: Optional[str] = typer.Option(None, help="HOST:PORT of a Triton server (gRPC) that runs the model of TARGET's `--format triton` repository."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
@@ -48,6 +49,10 @@ def stream(
     check_range("--reconnect", reconnect, 0)
     check_range("--stall", stall, 0.1)
     check_range("--seconds", seconds, 0.1)
+    from ..media import DECODERS
+
+    if decoder not in DECODERS:
+        raise fail(f"--decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     if out is None and events is None and not preview:
         typer.echo("note: no --out, --events or --preview: the maps are shown in the status line only and "
                    "nothing of them is kept")
@@ -58,7 +63,7 @@ def stream(
     summary = run_stream(target, video, audio, out=out, events=events, preview=(host, port) if preview else None,
                          backend=backend, options=options, realtime=realtime, video_only=video_only,
                          max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads,
-                         triton=triton)
+                         triton=triton, decoder=decoder)
     _report(summary.as_dict(), json_out)
     if summary.signal:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
         raise typer.Exit(128 + summary.signal)
