@@ -43,6 +43,9 @@ def resolve_target(target: Path) -> Target:
 
 
 def _scratch_checkpoint(config: Config, scratch: Path) -> Path:
+    from ..runtime.torch_backend import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch loads OpenMP: the torch backend's threads sleep when idle
     import torch
 
     from ..model.checkpoint import save_checkpoint
