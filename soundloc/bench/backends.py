@@ -58,15 +58,21 @@ def _scratch_checkpoint(config: Config, scratch: Path) -> Path:
     return path
 
 
-def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = None):
-    """A ``StepModel`` on ``backend``; raises with the reason it cannot load here."""
+def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = None, torch_dtype: str = "fp32"):
+    """A ``StepModel`` on ``backend``; raises with the reason it cannot load here. torch runs
+    in ``torch_dtype`` (fp16/bf16 for a GPU), its state kept on a GPU between steps."""
     from ..runtime.engine import StepModel
 
     if check_backend(backend) == "torch" or (backend == "auto" and tgt.export is None):
         if importlib.util.find_spec("torch") is None:
             raise RuntimeError("PyTorch is not installed (`pip install 'soundloc[train]'`)")
         ckpt = tgt.checkpoint or _scratch_checkpoint(tgt.config, scratch)
-        return StepModel.load(ckpt, "torch", threads=threads)
+        if torch_dtype == "fp32":
+            return StepModel.load(ckpt, "torch", threads=threads)
+        from ..runtime.torch_backend import TorchBackend
+
+        tb = TorchBackend(ckpt, threads=threads, dtype=torch_dtype)
+        return StepModel(tb, tb.config, tb.lookahead, tb.state_specs, tb.gate_score)
     if tgt.export is None:
         raise RuntimeError("needs an export directory (`soundloc export CKPT --out DIR`), not a checkpoint")
     return StepModel.load(tgt.export, backend, threads=threads)

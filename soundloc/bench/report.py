@@ -118,7 +118,8 @@ def notes_lines(report: BenchReport) -> list[str]:
     """What each table row ran on, why a backend is missing, and the derived figures."""
     lines = [report.weights] if report.weights else []
     lines.append(f"model step stage measured on {report.stages_backend}; decode: {report.clip['width']}x"
-                 f"{report.clip['height']} H.264+AAC through StepSource ({report.clip['path']})")
+                 f"{report.clip['height']} H.264+AAC through StepSource ({report.clip.get('generated') or report.clip['path']}; "
+                 f"decoder: {report.clip.get('decoder') or 'not recorded'})")
     for r in report.backends:
         if not r.available:
             lines.append(f"{r.label}: unavailable: {r.reason}")

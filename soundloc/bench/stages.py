@@ -113,6 +113,7 @@ class _LoopedSource:
         from ..runtime.sources import StepSource
 
         self.source = StepSource(str(self.clip), realtime=False, live=False, size=self.size)
+        self.decoder = self.source.decoder
         self.it = iter(self.source)
 
     def next(self):
@@ -128,10 +129,11 @@ class _LoopedSource:
 
 
 def time_decode(clip: Path, plan: Plan, clock: Clock = time.perf_counter,
-                size: int = IMAGE_SIZE) -> tuple[Timing, list]:
+                size: int = IMAGE_SIZE, info: dict | None = None) -> tuple[Timing, list]:
     """Decode stage: the wait for each next step while the consumer is idle, i.e. the capture
     thread's cost per step (file re-opens every clip length included). Also returns the first
-    100 decoded steps, the inputs of the other stages."""
+    100 decoded steps, the inputs of the other stages; ``info["decoder"]`` gets the line
+    saying which video decoder ran."""
     src = _LoopedSource(clip, size)  # frames at the model's size (the family's)
     kept: list = []
 
@@ -145,6 +147,8 @@ def time_decode(clip: Path, plan: Plan, clock: Clock = time.perf_counter,
         timing = run_timed(body, plan, clock)
     finally:
         src.close()
+    if info is not None:
+        info["decoder"] = src.decoder
     return timing, kept
 
 
