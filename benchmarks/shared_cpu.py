@@ -96,6 +96,33 @@ def child(target: Path, ckpt: Path, name: str, rounds: int, seconds: float) -> d
             "ratio": round(p50(sum(busy, [])) / p50(sum(quiet, [])), 2)}
 
 
+def stream_beside_busy(target: Path, seconds: float, tmp: Path, before: bool) -> dict:
+    """`soundloc stream` of a 480p camera-like clip paced at 1x (``--realtime``: what a camera
+    does) with one busy process beside it; keeps real time when the capture-to-output latency
+    does not grow: the median of the last 10 steps within 100 ms of the first 10's."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from camera_decode import BEFORE, STREAM
+
+    from soundloc.bench.stages import ClipSpec, make_clip
+
+    clip = make_clip(tmp / f"480p-{seconds:g}s.mp4", ClipSpec(seconds=seconds, bitrate=2_000_000))
+    events = tmp / f"ev-{before}.jsonl"
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        subprocess.run([sys.executable, "-c", (BEFORE if before else "") + STREAM, "stream", str(target), "--video",
+                        str(clip), "--realtime", "--events", str(events)], check=True, capture_output=True)
+    finally:
+        hog.kill()
+        hog.wait()
+    lat = [json.loads(line)["latency_ms"] for line in events.read_text().splitlines()]
+    model = [json.loads(line)["model_ms"] for line in events.read_text().splitlines()]
+    drift = float(np.median(lat[-10:]) - np.median(lat[:10]))
+    return {"setting": "before" if before else "after", "steps": len(lat), "latency_ms_p50": round(float(np.median(lat)), 1),
+            "latency_ms_p99": round(float(np.percentile(lat, 99)), 1), "drift_ms": round(drift, 1),
+            "model_ms_p50": round(float(np.median(model)), 1), "keeps_real_time": drift <= 100.0,
+            "load_avg": [round(x, 2) for x in os.getloadavg()]}
+
+
 def scratch_checkpoint(target: Path, where: Path) -> Path:
     from soundloc.bench.backends import _scratch_checkpoint
     from soundloc.runtime.bundle import read_bundle
@@ -111,12 +138,14 @@ def main() -> None:
     ap.add_argument("--settings", default="all", help="comma-separated names of SETTINGS (default: all)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ckpt", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--stream-seconds", type=float, default=0.0,
+                    help="also: `soundloc stream --realtime` of a 480p clip this long beside a busy process, before/after")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(args.target, args.ckpt, args.child, args.rounds, args.seconds)))
         return
-    names = list(SETTINGS) if args.settings == "all" else [n.strip() for n in args.settings.split(",")]
+    names = [] if args.settings == "none" else list(SETTINGS) if args.settings == "all" else [n.strip() for n in args.settings.split(",")]
     rows = []
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,7 +161,11 @@ def main() -> None:
             rows.append(row)
             print(f"| {name} | {row['quiet_p50_ms']} | {row['busy_p50_ms']} | {row['ratio']}x | {row['load_avg'][0]} |",
                   flush=True)
-    result = {"target": str(args.target), "cpus": os.cpu_count(), "load_avg_start": load_start,
+        streams = []
+        for before in ([True, False] if args.stream_seconds else []):
+            streams.append(stream_beside_busy(args.target, args.stream_seconds, Path(tmp), before))
+            print(streams[-1], flush=True)
+    result = {"target": str(args.target), "streams": streams, "cpus": os.cpu_count(), "load_avg_start": load_start,
               "load_avg_end": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "rows": rows}
     if args.json:
         from soundloc.fileio import write_json
