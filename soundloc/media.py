@@ -186,7 +186,10 @@ def open_decoding(url: str, format: str | None = None, options: dict[str, str] |
         except (av.error.FFmpegError, OSError, RuntimeError, ValueError) as e:
             why = f"{device} decoding unavailable ({_one_line(e)})"
             continue
-        return container, _decoder_line(container, live, why)
+        video = container.streams.video
+        if not (video and getattr(video[0].codec_context, "is_hwaccel", False)):
+            why = f"{device} cannot decode this stream"  # PyAV fell back to software itself
+        return container, _decoder_line(container, live, why, device)
     container = open_container(url, format, options, timeout)
     return container, _decoder_line(container, live, why)
 
@@ -205,13 +208,13 @@ def tune_decoder(stream: Any, live: bool) -> str:
     return f"software, {os.cpu_count() or 1} cores ({'slice' if live else 'frame+slice'} threads)"
 
 
-def _decoder_line(container: Any, live: bool, why: str) -> str:
+def _decoder_line(container: Any, live: bool, why: str, device: str | None = None) -> str:
     if not container.streams.video:
         return "none (no video stream)"
     stream = container.streams.video[0]
     ctx = stream.codec_context
     if getattr(ctx, "is_hwaccel", False):
-        how = f"hardware ({ctx.hwaccel.device_type.name if ctx.hwaccel is not None else 'device'})"
+        how = f"hardware ({device})"
     else:
         how = tune_decoder(stream, live)
     line = f"{ctx.name} {ctx.width}x{ctx.height} {how}"
