@@ -185,6 +185,9 @@ def run_bench(target: str | Path | Sequence[str | Path], *, backends: Sequence[s
 def _collect(targets: list[Path], backends: list[str], streams: int, plan: Plan, threads: int | None,
              clip: Path | None, references: bool, scratch: Path, progress: Callable[[str], None],
              clip_spec: ClipSpec = ClipSpec(), torch_dtype: str = "fp32") -> dict[str, Any]:
+    from ..runtime.torch_backend import prefer_passive_openmp
+
+    prefer_passive_openmp()  # every torch figure of the run (backend, references) under one OpenMP policy
     tgts = [resolve_target(t) for t in targets]
     tgt = tgts[0]
     weights = random_weights_note(read_bundle(tgt.export).manifest) if tgt.export is not None else None
