@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-from fractions import Fraction
 
 import av
 import numpy as np
