@@ -40,6 +40,15 @@ def make_clip(root: Path, seconds: float) -> Path:
     return next((root / "videos").glob("*.mp4"))
 
 
+def camera_clip(name: str, root: Path) -> Path:
+    """A file path as it is, or a camera-like bench clip (``CLIP_PRESETS``) written into ``root``."""
+    from soundloc.bench.stages import CLIP_PRESETS, make_clip as make_bench_clip
+
+    if name not in CLIP_PRESETS:
+        return Path(name)
+    return make_bench_clip(root / f"{name}.mp4", CLIP_PRESETS[name])
+
+
 def serve_run(target: Path, clip: Path, n: int, batching: bool, realtime: bool, threads: int | None) -> dict:
     sources = [ServeSource(f"s{i}", str(clip)) for i in range(n)]
     summary = run_serve(target, sources, options=StreamOptions(), batching=batching, realtime=realtime,
@@ -112,6 +121,8 @@ def main() -> None:
     ap.add_argument("--streams", default="1,4,16", help="stream counts, comma-separated")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of the synthetic clip each stream reads")
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads per process")
+    ap.add_argument("--clip", default=None, help="read this clip instead of the synthetic one, or a bench clip "
+                    "preset (480p-camera, 720p, 1080p: soundloc.bench.stages.CLIP_PRESETS, made in the temp dir)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     from soundloc.runtime.bundle import read_bundle
@@ -119,11 +130,11 @@ def main() -> None:
     bundle = read_bundle(args.target)
     lookahead_ms = bundle.lookahead_steps * STEP_MS
     with tempfile.TemporaryDirectory() as tmp:
-        clip = make_clip(Path(tmp) / "clip", args.seconds)
+        clip = make_clip(Path(tmp) / "clip", args.seconds) if args.clip is None else camera_clip(args.clip, Path(tmp))
         rows = [measure(args.target, clip, int(n), args.threads, Path(tmp),
                         lambda s: print(s, file=sys.stderr, flush=True)) for n in args.streams.split(",")]
     print(table(rows))
-    out = {"target": str(args.target), "config": bundle.manifest.get("config", {}), "clip_seconds": args.seconds,
+    out = {"target": str(args.target), "clip": args.clip or "synthetic", "config": bundle.manifest.get("config", {}), "clip_seconds": args.seconds,
            "lookahead_ms": lookahead_ms, "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows}
     if args.json:
         write_json(out, args.json)

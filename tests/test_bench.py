@@ -169,7 +169,8 @@ def test_cli_bench_tiny_export(tiny_export, tmp_path):
     out = tmp_path / "bench.json"
     with pytest.raises(SystemExit) as e:
         run_app(["bench", str(tiny_export), "--compare", "onnxruntime-cpu,tensorrt", "--streams", "2",
-                 "--warmup", "0.1", "--duration", "0.5", "--min-iters", "3", "--json", str(out)])
+                 "--warmup", "0.1", "--duration", "0.5", "--min-iters", "3", "--clip-size", "480p-camera",
+                 "--json", str(out)])
     assert e.value.code in (0, None)
     d = json.loads(out.read_text())
     for stage in (*bench.STAGES, "pipeline"):
@@ -181,6 +182,8 @@ def test_cli_bench_tiny_export(tiny_export, tmp_path):
     assert d["references"]["window_recompute"]["step"]["n"] >= 1
     assert d["model_cost"]["macs_per_step"] > 0
     assert {t["backend"] for t in d["targets"]} == {"onnxruntime-cpu"}
+    assert d["clip"]["generated"] == "640x480p30-2M" and d["clip"]["bitrate"] == 2_000_000
+    assert d["clip"]["decoder"].startswith("h264 640x480 software")  # which decoder the stage ran
 
 
 def _steps(n: int, loud: int) -> list:
@@ -246,3 +249,21 @@ def test_random_weights_are_said_first_in_every_bench_report():
     assert bench.notes_lines(report)[0] == note
     assert bench.report_dict(report)["weights"] == note
     assert bench.report_dict(_report([ok]))["weights"] == "from a checkpoint"
+
+
+def test_bench_torch_backend_in_bf16_says_its_precision(tiny, tmp_path):
+    """The torch backend at the GPU's reduced precision (run here on the CPU: bf16 is the one
+    both have); on a GPU the same command keeps the state on the device (not tested here)."""
+    pytest.importorskip("torch", reason="the torch backend")
+    from soundloc.cli import run_app
+
+    out = tmp_path / "bench.json"
+    with pytest.raises(SystemExit) as e:
+        run_app(["bench", str(tiny.ckpt), "--backend", "torch", "--torch-dtype", "bf16", "--no-references",
+                 "--warmup", "0.1", "--duration", "0.3", "--min-iters", "3", "--json", str(out)])
+    assert e.value.code in (0, None)
+    (row,) = json.loads(out.read_text())["backends"]
+    assert row["available"] and "cpu bf16" in row["name"] and row["step"]["n"] >= 3
+    with pytest.raises(SystemExit) as e:
+        run_app(["bench", str(tiny.ckpt), "--backend", "torch", "--torch-dtype", "int4"])
+    assert e.value.code not in (0, None)

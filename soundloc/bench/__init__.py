@@ -63,6 +63,7 @@ from .runner import (
                      run_bench,
 )
 from .stages import (
+                     CLIP_PRESETS,
                      FLOOR_FRAMES,
                      STAGES,
                      ClipSpec,
@@ -75,6 +76,7 @@ from .stats import Clock, Laps, Plan, Stats, Timing, percentile, run_timed
 from .system import Tegrastats, system_info
 
 __all__ = [
+                     "CLIP_PRESETS",
                      "COMPARE_ALL",
                      "FLOOR_FRAMES",
                      "MATMUL_N",

@@ -120,7 +120,8 @@ def notes_lines(report: BenchReport) -> list[str]:
     lines.append(f"the stage rows (decode ... render) are one pass of the whole pipeline on {report.stages_backend}; "
                  f"each backend's 'step' row times the model step alone, so the two model-step figures differ; "
                  f"decode: {report.clip['width']}x{report.clip['height']} H.264+AAC through StepSource "
-                 f"({report.clip['path']})")
+                 f"({report.clip.get('generated') or report.clip['path']}; "
+                 f"decoder: {report.clip.get('decoder') or 'not recorded'})")
     for r in report.backends:
         if not r.available:
             lines.append(f"{r.label}: unavailable: {r.reason}")

@@ -17,6 +17,7 @@ from .targets import Target, load_model, resolve_target
 from .references import matmul_peak, model_macs, time_floor, time_window_recompute
 from .stages import (
     FLOOR_FRAMES,
+    ClipSpec,
     STAGES,
     make_clip,
     time_decode,
@@ -115,11 +116,11 @@ def _peak_for(model, threads: int | None) -> dict[str, Any]:
 
 
 def bench_backend(tgt: Target, backend: str, *, streams: int, plan: Plan, threads: int | None,
-                  scratch: Path, references: bool, progress: Callable[[str], None]):
+                  scratch: Path, references: bool, progress: Callable[[str], None], torch_dtype: str = "fp32"):
     """Load ``backend`` and measure its step (batch 1 and ``streams``), floor and matmul peak.
     Returns (result, model or None); a backend that does not load gives its reason."""
     try:
-        model = load_model(tgt, backend, scratch, threads)
+        model = load_model(tgt, backend, scratch, threads, torch_dtype)
     except Exception as e:  # any load failure is a row of the table, not a crash
         return BackendResult(backend, False, reason=_one_line(e)), None
     name = model.name
@@ -164,10 +165,11 @@ def checks_for(results: Sequence[BackendResult], recompute: Stats | None) -> tup
 
 def run_bench(target: str | Path | Sequence[str | Path], *, backends: Sequence[str] = ("auto",), streams: int = 1, plan: Plan = Plan(),
               threads: int | None = None, clip: Path | None = None, references: bool = True,
-              progress: Callable[[str], None] = lambda s: None) -> BenchReport:
+              clip_spec: ClipSpec = ClipSpec(), torch_dtype: str = "fp32", progress: Callable[[str], None] = lambda s: None) -> BenchReport:
     """Every figure of ``soundloc bench`` for ``target`` (export directory or checkpoint), or for
     several exports of one model (e.g. fp32 and int8) side by side: every backend runs on each,
-    the first gives the stages and the references."""
+    the first gives the stages and the references. ``clip_spec``: the generated decode clip
+    (resolution, camera bit rate); ``torch_dtype``: the torch backend's precision."""
     if streams < 1:
         raise UsageError(f"streams must be >= 1, not {streams}")
     if threads is not None and threads < 1:
@@ -176,26 +178,32 @@ def run_bench(target: str | Path | Sequence[str | Path], *, backends: Sequence[s
         check_backend(b)
     with tempfile.TemporaryDirectory(prefix="soundloc-bench-") as tmp, Tegrastats() as tegra:
         targets = [Path(t) for t in target] if isinstance(target, (list, tuple)) else [Path(target)]
-        parts = _collect(targets, list(backends), streams, plan, threads, clip, references, Path(tmp), progress)
+        parts = _collect(targets, list(backends), streams, plan, threads, clip, references, Path(tmp), progress,
+                         clip_spec, torch_dtype)
     parts["system"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return BenchReport(**parts, tegrastats=tuple(tegra.lines))
 
 
 def _collect(targets: list[Path], backends: list[str], streams: int, plan: Plan, threads: int | None,
-             clip: Path | None, references: bool, scratch: Path, progress: Callable[[str], None]) -> dict[str, Any]:
+             clip: Path | None, references: bool, scratch: Path, progress: Callable[[str], None],
+             clip_spec: ClipSpec = ClipSpec(), torch_dtype: str = "fp32") -> dict[str, Any]:
+    from ..runtime.torch_backend import prefer_passive_openmp
+
+    prefer_passive_openmp()  # every torch figure of the run (backend, references) under one OpenMP policy
     tgts = [resolve_target(t) for t in targets]
     tgt = tgts[0]
     weights = random_weights_note(read_bundle(tgt.export).manifest) if tgt.export is not None else None
     if weights:
         progress(weights)
     system = system_info()
-    clip_path = Path(clip) if clip else make_clip(scratch / "clip.mp4")
-    progress(f"decode: {clip_path.name} through StepSource")
-    decode, inputs = time_decode(clip_path, plan, size=tgt.config.image_size)
+    clip_path = Path(clip) if clip else make_clip(scratch / "clip.mp4", clip_spec)
+    progress(f"decode: {clip_path.name if clip else clip_spec.name} through StepSource")
+    decode_info: dict = {}
+    decode, inputs = time_decode(clip_path, plan, size=tgt.config.image_size, info=decode_info)
     stages, stages_backend, results = {"decode": decode.stats("decode")}, None, []
     for one, b in [(t, b) for t in tgts for b in backends]:
         res, model = bench_backend(one, b, streams=streams, plan=plan, threads=threads, scratch=scratch,
-                                   references=references, progress=progress)
+                                   references=references, progress=progress, torch_dtype=torch_dtype)
         res = replace(res, precision=one.precision) if len(tgts) > 1 else res
         if model is not None and stages_backend is None:
             progress(f"pipeline stages on {res.name}")
@@ -217,6 +225,8 @@ def _collect(targets: list[Path], backends: list[str], streams: int, plan: Plan,
     first = inputs[0].frame.shape if inputs else (0, 0)
     return dict(target=", ".join(str(t) for t in targets), config=tgt.config.to_dict() | {"class_names": len(tgt.config.class_names)},
                 plan=plan, threads=threads, system=system, cost=cost,
-                clip={"path": str(clip) if clip else "generated", "height": first[0], "width": first[1]},
+                clip={"path": str(clip) if clip else "generated", "height": first[0], "width": first[1],
+                      "decoder": decode_info.get("decoder", ""),
+                      **({} if clip else {"generated": clip_spec.name, "bitrate": clip_spec.bitrate})},
                 stages_backend=stages_backend, stages=stages, backends=tuple(results),
                 recompute=recompute, recompute_reason=why, checks=checks_for(results, recompute), weights=weights)

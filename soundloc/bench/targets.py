@@ -44,6 +44,9 @@ def resolve_target(target: Path) -> Target:
 
 
 def _scratch_checkpoint(config: Config, scratch: Path) -> Path:
+    from ..runtime.torch_backend import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch loads OpenMP: the torch backend's threads sleep when idle
     import torch
 
     from ..model.checkpoint import save_checkpoint
@@ -56,8 +59,9 @@ def _scratch_checkpoint(config: Config, scratch: Path) -> Path:
     return path
 
 
-def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = None):
-    """A ``StepModel`` on ``backend``; raises with the reason it cannot load here."""
+def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = None, torch_dtype: str = "fp32"):
+    """A ``StepModel`` on ``backend``; raises with the reason it cannot load here. torch runs
+    in ``torch_dtype`` (fp16/bf16 for a GPU), its state kept on a GPU between steps."""
     from ..runtime.backend import check_backend
     from ..runtime.backend_spec import load_step_model
 
@@ -65,7 +69,13 @@ def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = N
         if importlib.util.find_spec("torch") is None:
             raise RuntimeError("PyTorch is not installed (`pip install 'soundloc[train]'`)")
         ckpt = tgt.checkpoint or _scratch_checkpoint(tgt.config, scratch)
-        return load_step_model(ckpt, "torch", threads=threads)
+        if torch_dtype == "fp32":
+            return load_step_model(ckpt, "torch", threads=threads)
+        from ..runtime.engine import StepModel
+        from ..runtime.torch_backend import TorchBackend
+
+        tb = TorchBackend(ckpt, threads=threads, dtype=torch_dtype)
+        return StepModel(tb, tb.config, tb.lookahead, tb.state_specs, tb.gate_score)
     if tgt.export is None:
         raise RuntimeError("needs an export directory (`soundloc export CKPT --out DIR`), not a checkpoint")
     return load_step_model(tgt.export, backend, threads=threads)

@@ -38,6 +38,8 @@ def bench(
     min_iters: int = typer.Option(50, help="Iterations each measurement runs at least."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for every runtime (default: the runtime's)."),
     clip: Optional[Path] = typer.Option(None, help="H.264+AAC file for the decode stage (default: a generated 640x480 30 fps clip)."),
+    clip_size: str = typer.Option("480p", help="The generated clip: 480p (webcam), 480p-camera, 720p or 1080p (30 fps, an IP camera's 5 Mbit/s, no B-frames)."),
+    torch_dtype: str = typer.Option("fp32", help="torch backend precision: fp32, fp16 or bf16 (fp16/bf16 for a GPU; the state stays on the GPU)."),
     references: bool = typer.Option(True, "--references/--no-references", help="Window-recompute, offline floor, matmul peak."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write every figure here."),
 ) -> None:
@@ -53,9 +55,13 @@ def bench(
     err = Console(stderr=True)
     try:
         backends = parse_compare(compare) if compare else [backend]
+        if torch_dtype not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"--torch-dtype must be one of fp32, fp16, bf16, not {torch_dtype!r}")
+        if clip_size not in lib.CLIP_PRESETS:
+            raise ValueError(f"--clip-size must be one of {', '.join(lib.CLIP_PRESETS)}, not {clip_size!r}")
         plan = lib.Plan(warmup, duration, min_iters)
         report = lib.run_bench(target, backends=backends, streams=streams, plan=plan, threads=threads, clip=clip,
-                               references=references, progress=lambda s: err.print(f"[dim]{escape(s)}[/dim]"))
+                               clip_spec=lib.CLIP_PRESETS[clip_size], torch_dtype=torch_dtype, references=references, progress=lambda s: err.print(f"[dim]{escape(s)}[/dim]"))
     except (UsageError, ConfigError, OutputError) as e:  # not any ValueError: a failure mid-run is exit 1
         raise fail(str(e))
     console.print(lib.report_table(report))

@@ -91,3 +91,11 @@ def threads_option() -> Any:
 
 def json_option() -> Any:
     return typer.Option(None, "--json", help="Write the run summary here.")
+
+
+def decoder_option() -> Any:
+    from ..media import DECODERS
+
+    return typer.Option(library_default("decoder"),
+                        help=f"Video decoder: {', '.join(DECODERS)} (auto: the platform's hardware decoder if "
+                             "there is one, else FFmpeg's threads).")

@@ -34,6 +34,7 @@ def stream(
     reconnect: int = O.reconnect_option(),
     stall: float = O.stall_option(),
     threads: Optional[int] = O.threads_option(),
+    decoder: str = O.decoder_option(),
     triton: Optional[str] = typer.Option(None, help="HOST:PORT of a Triton server (gRPC) that runs the model of TARGET's `--format triton` repository."),
     json_out: Optional[Path] = O.json_option(),
 ) -> None:
@@ -52,6 +53,10 @@ def stream(
     check_range("--stall", stall, 0.1)
     check_range("--seconds", seconds, 0.1)
     check_range("--size", size, 16, 4320)
+    from ..media import DECODERS
+
+    if decoder not in DECODERS:
+        raise fail(f"--decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
     if out is None and events is None and not preview:
         typer.echo("note: no --out, --events or --preview: the maps are shown in the status line only and "
                    "nothing of them is kept")
@@ -62,7 +67,7 @@ def stream(
     summary = run_stream(target, video, audio, out=out, events=events, preview=(host, port) if preview else None,
                          backend=backend, options=options, realtime=realtime, video_only=video_only,
                          max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads,
-                         triton=triton, size=size)
+                         triton=triton, size=size, decoder=decoder)
     _report(summary.as_dict(), json_out)
     if summary.signal:  # the shell's convention: 130 after Ctrl-C, 143 after SIGTERM
         raise typer.Exit(128 + summary.signal)

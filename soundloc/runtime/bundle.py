@@ -6,6 +6,7 @@ lookahead, precision, checksums). numpy/json only: an edge box needs no torch to
 from __future__ import annotations
 
 import json
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,12 @@ def print_export(desc: dict[str, Any]) -> None:
         console.print(line if line.startswith("[bold]") else escape(line))
     if desc["random_weights"]:
         console.print("[bold red]warning:[/bold red] this export has random weights")
+
+
+def demo_model_dir() -> Path:
+    """The export directory of the model that ships inside the package."""
+    path = Path(str(resources.files("soundloc") / "assets" / "demo"))
+    if not (path / "soundloc.json").is_file():
+        raise BundleError(f"{path}: the bundled demo model is missing; reinstall soundloc or run "
+                          "benchmarks/train_demo.py to rebuild it")
+    return path

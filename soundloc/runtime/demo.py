@@ -12,23 +12,13 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-from .bundle import BundleError
+from .bundle import demo_model_dir
 from .run import StreamSummary, run_stream
 from .stream import StreamOptions
 
 DEMO_CLASSES = 10  # the synthetic class table the demo model was trained on
-
-
-def demo_model_dir() -> Path:
-    """The export directory of the model that ships inside the package."""
-    path = Path(str(resources.files("soundloc") / "assets" / "demo"))
-    if not (path / "soundloc.json").is_file():
-        raise BundleError(f"{path}: the bundled demo model is missing; reinstall soundloc or run "
-                          "benchmarks/train_demo.py to rebuild it")
-    return path
 
 
 DEMO_HEIGHT = 480  # the annotated demo video's height (the synthetic clip is 160 px)

@@ -123,17 +123,25 @@ class OnnxRuntimeBackend:
     ``io_binding``: None binds through I/O binding exactly when a GPU provider is in use;
     True/False force it (True on the CPU provider binds CPU memory: same path, no GPU).
     ``device``: the CUDA device of the GPU providers.
+    ``spin``: let onnxruntime's intra-op threads busy-wait for work between operators (its
+    default). Off here: on a CPU shared with the capture, render and other processes a
+    spinning thread burns the core those need (with the bundled model, 1.5 of the 4.4 CPU
+    seconds of a 10 s 1080p stream) and, beside a busy process, waits on a descheduled
+    thread; benchmarks/shared_cpu.py measures both ways.
     """
 
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: str = "auto", threads: int | None = None, *,
-                 device: int = 0, keep_on_device: tuple[str, ...] = (), io_binding: bool | None = None) -> None:
+                 device: int = 0, keep_on_device: tuple[str, ...] = (), io_binding: bool | None = None,
+                 spin: bool = False) -> None:
         ort = _import_ort()
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        for pool in ("intra_op", "inter_op"):
+            opts.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spin else "0")
         opts.log_severity_level = 3  # errors only: no provider banners for CPU users
         chain = resolve_providers(providers)
         provider_options = [_provider_options(p, Path(path), device) for p in chain]

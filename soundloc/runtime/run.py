@@ -22,6 +22,7 @@ from ..fileio import check_outputs
 from ..media import MediaError
 from ..percentiles import summary_percentile
 from .backend_spec import load_step_model, triton_spec
+from .bundle import demo_model_dir
 from .engine import StepModel
 from .render import Labeler
 from .results import StepResult
@@ -62,12 +63,13 @@ class StreamSummary:
     outputs: list[str] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
     hit_rates: object = None  # the demo's hit rates against its ground truth (demo.HitRates)
+    decoder: str = ""  # the source's one line saying which video decoder runs (media.open_decoding)
     latency_ms: list[float] = field(default_factory=list)  # capture -> output, lookahead included
 
     def as_dict(self) -> dict:
         return {"backend": self.backend, "steps": self.steps, "gated": self.gated, "dropped": self.dropped,
                 "reconnects": self.reconnects, "seconds": round(self.seconds, 3), "end_reason": self.end_reason,
-                "error": self.error, "signal": self.signal,
+                "error": self.error, "signal": self.signal, "decoder": self.decoder,
                 "outputs": self.outputs, "model_ms_p50": summary_percentile(self.model_ms, 50), "model_ms_p99": summary_percentile(self.model_ms, 99),
                 "latency_ms_p50": summary_percentile(self.latency_ms, 50), "latency_ms_p99": summary_percentile(self.latency_ms, 99),
                 "realtime_factor": round(float(np.mean(self.model_ms)) / 100.0, 4) if self.model_ms else 0.0,
@@ -165,7 +167,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
                options: StreamOptions = StreamOptions(), realtime: bool | None = None, video_only: bool = False,
                max_seconds: float | None = None, stall_seconds: float = 10.0, reconnect: int = 0,
                status: bool = True, threads: int | None = None, triton: str | None = None,
-               size: int | None = None, labeler: Labeler | None = None) -> StreamSummary:
+               size: int | None = None, labeler: Labeler | None = None, decoder: str = "auto") -> StreamSummary:
     """Stream ``video`` (+ ``audio``) through the model at ``target`` into the chosen sinks.
 
     ``target``: an export directory, a checkpoint, or None / ``"demo"`` for the bundled demo
@@ -174,6 +176,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     drawn on every original frame (``sinks.SourceMp4Sink``); for a live source or a separate
     ``audio`` it is the 10 fps, 16 kHz mono stream the model saw.
 
+    ``decoder``: the video decoder asked for (``media.DECODERS``); the start lines say which runs.
     ``backend``: a spec (``runtime.backend_spec``). ``triton``: HOST:PORT[/MODEL] of a Triton
     server that runs the step (``target`` is then the export whose repository it serves, read
     for its config; see ``triton_client``).
@@ -196,7 +199,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
                                  options=options, realtime=realtime, video_only=video_only,
                                  max_seconds=max_seconds, stall_seconds=stall_seconds, reconnect=reconnect,
                                  status=status, source_file=plain_file(video, audio, reconnect), size=size,
-                                 labeler=labeler)
+                                 labeler=labeler, decoder=decoder)
     finally:
         model.close()
 
@@ -207,11 +210,12 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
                   realtime: bool | None = None, video_only: bool = False, max_seconds: float | None = None,
                   stall_seconds: float = 10.0, reconnect: int = 0, status: bool = True,
                   source_file: Path | None = None, size: int | None = None,
-                  labeler: Labeler | None = None) -> StreamSummary:
+                  labeler: Labeler | None = None, decoder: str = "auto") -> StreamSummary:
     """One stream through an already loaded ``model`` until it ends or ``stop`` is set: what
     ``run_stream`` does once the model is loaded, and what ``soundloc serve`` runs per source
     (``model`` then a stream's handle on the shared batched model). ``sinks``: more sinks fed
-    beside the ones named (closed with them)."""
+    beside the ones named (closed with them). The first event names the video decoder
+    (``decoder``), and with ``status`` its line is printed when the source opens."""
     summary = StreamSummary(backend=model.name)
     start = time.monotonic()
     deadline = start + max_seconds if max_seconds is not None else None
@@ -222,7 +226,7 @@ def stream_source(model: StepModel, video: str, audio: str | None, stop: StopReq
             while True:
                 live = _run_once(model, video, audio, options, realtime, video_only, sink, summary, stop,
                                  stall_s=stall_seconds, deadline=deadline, max_seconds=max_seconds,
-                                 can_retry=attempts < reconnect)
+                                 can_retry=attempts < reconnect, decoder=decoder, status=status)
                 retry = summary.end is not None and summary.end.worth_reconnecting(live)
                 if not (reconnect and retry and attempts < reconnect and not stop.is_set()):
                     break
@@ -277,8 +281,6 @@ def model_path(target: str | Path | None) -> Path:
     """What a user names as the model: an export directory or checkpoint, or None / ``"demo"``
     for the demo model bundled with the package (when no file of that name exists here)."""
     if target is None or (str(target) == "demo" and not Path("demo").exists()):
-        from .demo import demo_model_dir
-
         return demo_model_dir()
     return Path(target)
 
@@ -297,18 +299,23 @@ def plain_file(video: str, audio: str | None, reconnect: int) -> Path | None:
 
 def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOptions, realtime, video_only: bool,
               sink: MultiSink, summary: StreamSummary, stop: threading.Event, stall_s: float,
-              deadline: float | None, max_seconds: float | None, can_retry: bool) -> bool:
+              deadline: float | None, max_seconds: float | None, can_retry: bool, decoder: str = "auto",
+              status: bool = False) -> bool:
     """One connection to the source; returns whether it was a live source. A source that
     cannot be opened raises if nothing was streamed yet and no attempt follows (``can_retry``);
     after some steps, the failure becomes ``summary.error``."""
     try:
-        source = StepSource(video, audio, realtime=realtime, video_only=video_only, size=model.config.image_size)
+        source = StepSource(video, audio, realtime=realtime, video_only=video_only, size=model.config.image_size,
+                            decoder=decoder)
     except MediaError as e:
         if not can_retry and summary.steps == 0:
             raise
         summary.end, summary.end_reason = End.OPEN_FAILED, f"{End.OPEN_FAILED.value} (error): {e}"
         summary.error = "" if can_retry else str(e)
         return True
+    if status and source.decoder != summary.decoder:
+        print(f"decoder: {source.decoder}", flush=True)
+    summary.decoder = source.decoder
     loc = Localizer(model, options)
     max_steps = None if max_seconds is None else round(max_seconds * model.config.fps)
     with source:
@@ -324,6 +331,8 @@ def _run_once(model: StepModel, video: str, audio: str | None, options: StreamOp
 
 def _emit(result, source: StepSource, sink: MultiSink, summary: StreamSummary) -> None:
     result.stats["drops"] = summary.dropped + source.stats.dropped
+    if summary.steps == 0:  # the events file's first line says how its video was decoded
+        result.stats["decoder"] = source.decoder
     sink.write(result)
     summary.steps += 1
     summary.gated += result.gated

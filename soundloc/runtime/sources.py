@@ -38,7 +38,7 @@ import numpy as np
 
 from ..config import END_GRACE_S, FPS, IMAGE_SIZE, SAMPLES_PER_STEP
 from ..media import (AudioChunk, FrameGrid, MediaError, VideoChunk, frame_duration, iter_av,
-                     open_container, video_rgb)
+                     open_container, open_decoding, video_rgb)
 
 DEVICE_FORMATS = {"v4l2": "v4l2", "alsa": "alsa", "avfoundation": "avfoundation", "dshow": "dshow",
                   "lavfi": "lavfi"}
@@ -268,11 +268,14 @@ class StepSource:
     Iteration ends when the video ends (once its frames have their audio), when a live input
     ends, or when an input fails; ``stats.end_reason`` says why. Every frame captured before
     the end comes out; an audio file shorter than the video leaves zeros (``has_audio`` False).
+    ``decoder``: the video decoder to ask for (``media.DECODERS``; ``auto``: the platform's
+    hardware decoder if it has one, else FFmpeg's threaded software decoder);
+    ``self.decoder`` is the one line saying which runs.
     """
 
     def __init__(self, video: str, audio: str | None = None, *, video_only: bool = False,
                  realtime: bool | None = None, live: bool | None = None, queue_size: int = 8,
-                 size: int = IMAGE_SIZE) -> None:
+                 size: int = IMAGE_SIZE, decoder: str = "auto") -> None:
         vspec = parse_spec(video)
         aspec = parse_spec(audio, audio=True) if audio else None
         self.live = live if live is not None else (vspec.live or bool(aspec and aspec.live))
@@ -285,6 +288,8 @@ class StepSource:
         self._threads: list[threading.Thread] = []
         self._containers: list[Any] = []
         self._pending = 0
+        self._decoder = decoder
+        self.decoder = ""
         try:
             self._open(vspec, aspec, video_only, realtime)
         except BaseException:
@@ -293,7 +298,7 @@ class StepSource:
 
     def _open(self, vspec: SourceSpec, aspec: SourceSpec | None, video_only: bool,
               realtime: bool | None) -> None:
-        vc = self._open_container(vspec)
+        vc = self._open_container(vspec, video=True)
         if not vc.streams.video:
             raise MediaError(f"{vspec.name}: no video stream")
         want_audio = not video_only
@@ -320,9 +325,13 @@ class StepSource:
         # under that read, a segfault once the read returns.
         self._containers = []
 
-    def _open_container(self, spec: SourceSpec) -> Any:
+    def _open_container(self, spec: SourceSpec, video: bool = False) -> Any:
         timeout = (10.0, 10.0) if "://" in spec.url and spec.format is None else None
-        container = open_container(spec.url, spec.format, spec.options, timeout=timeout)
+        if video:
+            container, self.decoder = open_decoding(spec.url, spec.format, spec.options, timeout,
+                                                    decoder=self._decoder, live=self.live)
+        else:
+            container = open_container(spec.url, spec.format, spec.options, timeout=timeout)
         self._containers.append(container)
         return container
 
