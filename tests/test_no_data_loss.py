@@ -295,6 +295,24 @@ def _opened(pid: int, path: Path) -> bool:
     return False
 
 
+def _annotate_once_clip_is_open(args: list, clip: Path, before_retry=lambda: None) -> subprocess.Popen:
+    """``soundloc annotate ARGS`` in a child, returned once it is seen decoding ``clip``. The clip
+    is open only while it is decoded, so a starved poll can miss it: up to three runs
+    (``before_retry`` after each missed one)."""
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "soundloc", "annotate", *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_default_sigint)
+        deadline = time.monotonic() + 120
+        while not (seen := _opened(proc.pid, clip.resolve())) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.005)
+        if seen:
+            return proc
+        proc.communicate(timeout=120)
+        before_retry()
+    raise AssertionError(f"never saw {clip.name} open in three runs")
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs Linux /proc to see which clip is open")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_annotate_interrupted_keeps_finished_clips_and_resumes(tiny, tmp_path, signum):
@@ -306,18 +324,8 @@ def test_annotate_interrupted_keeps_finished_clips_and_resumes(tiny, tmp_path, s
         write_video(folder / f"{name}.mp4", 2.0)
     long = write_video(folder / "c_000000.mp4", 180.0)  # open for a while: decoding 1,800 frames
     out = tmp_path / "boxes.json"
-    for _ in range(3):  # the file is open only while it is decoded: a starved poll can miss it; try again
-        out.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, "-m", "soundloc", "annotate", str(tiny.ckpt), str(folder),
-                                 "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=_default_sigint)
-        deadline = time.monotonic() + 120
-        while not (seen := _opened(proc.pid, long.resolve())) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
-        if seen:
-            break
-        proc.communicate(timeout=120)
-    assert seen, "never saw the long clip open in three runs"
+    proc = _annotate_once_clip_is_open([tiny.ckpt, folder, "--out", out], long,
+                                       before_retry=lambda: out.unlink(missing_ok=True))
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, err
@@ -666,6 +674,77 @@ def test_events_into_a_fifo_whose_reader_stopped_reading_end_on_stop(tmp_path):
     assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
 
 
+def test_mp4_into_a_fifo_whose_reader_stopped_reading_ends_on_stop(tmp_path):
+    """The mp4 sink writes a FIFO through a non-blocking writer of its own: once the pipe is full
+    and a stop signal has come, ``write`` raises ``SinkStopped`` (FFmpeg's own blocking write
+    held the signal off), and ``close`` then returns at once, leaving the FIFO a FIFO."""
+    from soundloc.runtime.results import StepResult
+    from soundloc.runtime.sinks import Mp4Sink, SinkStopped
+
+    fifo = tmp_path / "o.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    stop = threading.Event()
+    stop.set()
+    rng = np.random.default_rng(0)
+    try:
+        sink = Mp4Sink(fifo, stop=stop)
+        with pytest.raises(SinkStopped, match="not reading"):
+            for i in range(1000):  # noise compresses badly: the 64 KiB pipe fills within a few steps
+                noise = rng.integers(0, 256, (240, 320, 3), np.uint8)
+                sink.write(StepResult(i, i / 10, noise, None, None, 0.0, None, True, 0.0, 0.0, 0.0, {}))
+        assert sink.frames_written >= 1
+        sink.close()
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
+def test_sigterm_ends_a_stream_whose_mp4_fifo_reader_stopped_reading(export, tmp_path):
+    """Through the real command: the reader opens the mp4 FIFO and never reads; once the pipe is
+    full the stream waits in its write, and SIGTERM still ends it (exit 143, no traceback)."""
+    import fcntl
+    import termios
+
+    noisy = tmp_path / "noise.mp4"
+    rng = np.random.default_rng(1)
+    with av.open(str(noisy), "w") as c:
+        vs = c.add_stream("libx264", rate=10, options={"preset": "ultrafast"})
+        vs.width, vs.height, vs.pix_fmt = 320, 240, "yuv420p"
+        for i in range(200):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 256, (240, 320, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            c.mux(vs.encode(frame))
+        c.mux(vs.encode())
+    fifo = tmp_path / "o.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "soundloc", "stream", str(export), "--video", str(noisy),
+                                 "--backend", "onnxruntime-cpu", "--video-only", "--out", str(fifo)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Wait until the pipe is full: bytes are waiting unread and their count stopped growing
+        # for 2 s (the stream runs faster than real time, so it is stuck in its write).
+        deadline = time.monotonic() + 120  # a hang guard
+        last, since, pending = -1, time.monotonic(), bytearray(4)
+        while time.monotonic() < deadline and proc.poll() is None:
+            fcntl.ioctl(reader, termios.FIONREAD, pending)
+            now = int.from_bytes(pending, sys.byteorder)
+            if now != last:
+                last, since = now, time.monotonic()
+            elif now > 0 and time.monotonic() - since > 2.0:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)  # before: blocked in FFmpeg's write until SIGKILL
+    finally:
+        os.close(reader)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+
+
 # -- issue 21, case 3: annotate --restart replaces the old result only with finished clips ------------
 def test_annotate_restart_with_no_clip_keeps_the_old_result(tiny, tmp_path):
     out, empty = tmp_path / "boxes.json", tmp_path / "empty"
@@ -684,19 +763,13 @@ def test_annotate_restart_stopped_before_its_first_clip_keeps_the_old_result(tin
     long = write_video(folder / "a_000000.mp4", 120.0)  # open for a while: decoding 1,200 frames
     out.write_text('[{"file": "old_000000", "bbox": []}]\n')
     before = digest(out)
-    for _ in range(3):  # the file is open only while it is decoded: a starved poll can miss it; try again
-        proc = subprocess.Popen([sys.executable, "-m", "soundloc", "annotate", str(tiny.ckpt), str(folder),
-                                 "--out", str(out), "--restart"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
-        deadline = time.monotonic() + 120
-        while not (seen := _opened(proc.pid, long.resolve())) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
-        if seen:
-            break
-        proc.communicate(timeout=120)
+
+    def finished_then_reset() -> None:
         assert digest(out) != before  # it finished the clip: now it may replace the old result
         out.write_text('[{"file": "old_000000", "bbox": []}]\n')
-    assert seen, "never saw the clip open in three runs"
+
+    proc = _annotate_once_clip_is_open([tiny.ckpt, folder, "--out", out, "--restart"], long,
+                                       before_retry=finished_then_reset)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err

@@ -124,8 +124,11 @@ class Mp4Sink:
         # beyond a stop signal's reach) and hold it open until the end, so the reader does not
         # see an end of file before FFmpeg opens it.
         self._fifo = _wait_for_reader(self.temp_path, stop)
+        # FFmpeg writes a FIFO through a non-blocking writer of ours: a reader that stops reading
+        # cannot hold a stop signal off (FFmpeg's own blocking write could).
+        target = str(self.temp_path) if self._fifo is None else _FifoWriter(self._fifo, stop, self.path)
         try:
-            self._container = av.open(str(self.temp_path), "w", format="mp4", options=MP4_OPTIONS)
+            self._container = av.open(target, "w", format="mp4", options=MP4_OPTIONS)
         except (OSError, av.error.FFmpegError) as exc:
             self._release_fifo()
             self._staged.discard()
@@ -145,6 +148,9 @@ class Mp4Sink:
             self._writer = threading.get_ident()
             try:
                 self._encode_step(result)
+            except SinkStopped:  # a FIFO's reader stopped reading and a stop signal came: what it
+                self._abort()    # read is all it gets (no trailer can reach it); the run ends as signalled
+                raise
             except (OSError, av.error.FFmpegError) as exc:
                 self._abort()
                 raise SinkError(_failure_message(self.path, exc, KEPT)) from exc
@@ -288,15 +294,7 @@ class JsonlSink:
         self.lines_written += 1
 
     def _write_some(self, data: bytes) -> int:
-        """``os.write``; a FIFO (non-blocking) whose reader does not read is polled, so a stop
-        signal still ends the run (``SinkStopped``)."""
-        while True:
-            try:
-                return os.write(self._fd, data)
-            except BlockingIOError:
-                if self._stop is not None and self._stop.is_set():
-                    raise SinkStopped(f"stopped while {self.path}'s reader was not reading") from None
-                select.select([], [self._fd], [], FIFO_POLL_S)
+        return _write_polled(self._fd, data, self._stop, self.path)
 
     def close(self) -> None:
         """Publish the lines written (none written: any previous file is left as it was)."""
@@ -421,6 +419,33 @@ def _each(sinks: list[Sink], call) -> None:
             first = first or exc
     if first is not None:
         raise first
+
+
+def _write_polled(fd: int, data: bytes, stop: threading.Event | None, path: Path) -> int:
+    """``os.write``; a FIFO (non-blocking) whose reader does not read is polled, so a stop
+    signal still ends the run (``SinkStopped``)."""
+    while True:
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            if stop is not None and stop.is_set():
+                raise SinkStopped(f"stopped while {path}'s reader was not reading") from None
+            select.select([], [fd], [], FIFO_POLL_S)
+
+
+class _FifoWriter:
+    """The file object PyAV writes an mp4 into when the output is a FIFO: whole writes on the
+    non-blocking descriptor, polled against the stop event."""
+
+    def __init__(self, fd: int, stop: threading.Event | None, path: Path) -> None:
+        self.fd, self.stop, self.path = fd, stop, path
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        written = 0
+        while written < len(view):
+            written += _write_polled(self.fd, view[written:], self.stop, self.path)
+        return written
 
 
 def _wait_for_reader(path: Path, stop: threading.Event | None) -> int | None:
