@@ -231,6 +231,7 @@ PRESETS: dict[str, Config] = {
 
 
 DEFAULT_PRESET = "small"  # what `soundloc train` (and `soundloc info`) use without --preset
+DEFAULT_RECIPE = "default"  # what a fresh `soundloc train` (and `soundloc info`) use without --recipe
 
 
 def preset(name: str, **overrides: Any) -> Config:

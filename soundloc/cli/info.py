@@ -3,20 +3,12 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from .app import app, check_paths, fail
-
-
-def _train_default(name: str):
-    """A default of ``soundloc.train.train`` (read, not restated: info describes what train trains)."""
-    from ..train.start import train
-
-    return inspect.signature(train).parameters[name].default
 
 
 @app.command("info")
@@ -43,10 +35,10 @@ def info(
             raise fail(str(e), 1)
         print_export(desc)
     else:
-        from ..config import DEFAULT_PRESET, RECIPES, ConfigError
+        from ..config import DEFAULT_PRESET, DEFAULT_RECIPE, RECIPES, ConfigError
         from ..model.summary import describe, print_description
 
-        recipe = recipe or _train_default("recipe")
+        recipe = recipe or DEFAULT_RECIPE
         if recipe not in RECIPES:
             raise fail(f"--recipe must be one of {', '.join(RECIPES)}, not {recipe!r}")
         try:

@@ -9,14 +9,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..config import DEFAULT_PRESET, RECIPES, preset
+from ..config import DEFAULT_PRESET, DEFAULT_RECIPE, RECIPES, preset
 from ..families import family_of
 from .checkpoint import load_checkpoint
 from .classifier import AVClassifier, count_parameters
 from .cost import macs_per_step
 
 
-def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe: str = "default") -> dict[str, Any]:
+def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe: str = DEFAULT_RECIPE) -> dict[str, Any]:
     """A checkpoint's description, or (without one) that of the model `soundloc train --preset
     preset_name --recipe recipe` starts from (untrained)."""
     if ckpt is not None:

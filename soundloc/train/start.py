@@ -9,8 +9,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from ..config import RECIPES, Config, ConfigError
-from ..config import DEFAULT_PRESET
+from ..config import DEFAULT_PRESET, DEFAULT_RECIPE, RECIPES, Config, ConfigError
 from ..config import preset as config_preset
 from ..data.annotations import AnnotationError, read_class_names
 from .datasets import collate
@@ -70,7 +69,7 @@ def recipe_settings(name: str | None, out: Path, preset: str | None,
             raise TrainError(f"{out / 'last.pt'} was not trained with the {name} recipe and --resume cannot "
                              f"change it; resume without --recipe, or train afresh into another --out")
         return {}, {"schedule": saved.get("schedule", "plateau")}
-    config_fields, option_fields = RECIPES[name or "default"]
+    config_fields, option_fields = RECIPES[name or DEFAULT_RECIPE]
     return dict(config_fields), dict(option_fields)
 
 
