@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from soundloc.data import synth
+from soundloc.data import scenes, synth
 from soundloc.data.synth import (
     AREA_RANGE,
     SynthError,
@@ -90,7 +90,7 @@ def test_boxes_are_vggss_format_and_match_tracks(made) -> None:
 def test_sizes_cover_the_vggss_range() -> None:
     """Object areas over many layouts span the VGG-SS quartiles (12-46 %), never below 10 %."""
     rng = np.random.default_rng(0)
-    layouts = [synth._place_objects(rng, 3)[0].prod(1) for _ in range(300)]
+    layouts = [scenes.place_objects(rng, 3)[0].prod(1) for _ in range(300)]
     areas = np.concatenate(layouts)
     assert areas.min() >= AREA_RANGE[0] - 1e-9 and areas.max() <= AREA_RANGE[1] + 1e-9
     source = np.array([a[0] for a in layouts])
