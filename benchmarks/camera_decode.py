@@ -9,7 +9,7 @@ Clips: ``soundloc.bench.stages.CLIP_PRESETS`` (10 s, 30 fps, H.264 without B-fra
 camera's bit rate, 48 kHz AAC), made once in ``--cache``. Each measurement is a fresh
 process; its CPU time (user + sys, every thread, start-up included) comes from ``wait4``.
 "before" reproduces the code before issue 28 in that process: PyAV's default decoder
-threads (``media.tune_decoder`` left out) and onnxruntime's spinning threads. The machine is
+threads (``decoders.tune_decoder`` left out) and onnxruntime's spinning threads. The machine is
 shared: compare before and after within one run; the load average is recorded per row.
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 from soundloc.bench.stages import CLIP_PRESETS, make_clip
 
 BEFORE = """
-import functools, soundloc.media as m, soundloc.runtime.onnx_backend as o
-m.tune_decoder = lambda stream, live: "PyAV default threads"
+import functools, soundloc.decoders as d, soundloc.runtime.onnx_backend as o
+d.tune_decoder = lambda stream, live: "PyAV default threads"
 o.OnnxRuntimeBackend.__init__ = functools.partialmethod(o.OnnxRuntimeBackend.__init__, spin=True)
 """
 STREAM = "import sys; from soundloc.cli import main; sys.argv = ['soundloc'] + sys.argv[1:]; main()"

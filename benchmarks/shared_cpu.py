@@ -127,7 +127,6 @@ def stream_beside_busy(target: Path, seconds: float, tmp: Path, before: bool) ->
 def scratch_checkpoint(target: Path, where: Path) -> Path:
     from soundloc.bench.targets import _scratch_checkpoint
     from soundloc.runtime.bundle import read_bundle
-    from soundloc.runtime.engine import StepModel
 
     return _scratch_checkpoint(read_bundle(target).config, where)
 

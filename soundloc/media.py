@@ -1,5 +1,5 @@
-"""Media with PyAV: decoding files and device streams to 10 fps frames and 16 kHz mono audio,
-and the one H.264 + AAC encoder setup every written mp4 uses (``write_mp4`` for a whole clip).
+"""Media with PyAV: decoding files and device streams to 10 fps frames and 16 kHz mono audio
+(``soundloc.encode`` is the writing side).
 
 Shared by the training datasets (``load_clip``) and the runtime sources (``iter_av`` +
 ``FrameGrid``), so there is one definition of "10 fps by timestamps" and one audio path:
@@ -7,7 +7,8 @@ Shared by the training datasets (``load_clip``) and the runtime sources (``iter_
 * Video: output frame ``k`` shows the source frame *displayed* at ``start + k/10`` s, i.e. the
   latest frame whose pts is <= that time. Any source rate works (29.97, 25, 60, variable);
   frames are never interpolated, and the whole frame is resized (no crop) so maps cover it.
-* Audio: ``av.AudioResampler(format="flt", layout="mono", rate=16000)``; sample ``i`` of the
+* Audio: resampled to 16 kHz with ``av.AudioResampler`` and mixed to mono as the mean of the
+  channels ((L+R)/2, as VGGSound's mono files are); sample ``i`` of the
   output is at time ``start + i/16000``, so samples ``[1600k, 1600(k+1))`` belong to step ``k``.
 
 Nothing here holds more of a file than the window asked for: ``iter_av`` streams packets, and
@@ -18,17 +19,13 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any, Generic, Iterator, TypeVar
 
 import av
-import av.codec.hwaccel
 import numpy as np
 
 from .config import FPS, IMAGE_SIZE, SAMPLE_RATE
-from .fileio import Staged
 from .errors import SoundlocError
 
 T = TypeVar("T")
@@ -141,89 +138,11 @@ def open_container(url: str, format: str | None = None, options: dict[str, str] 
         why = _network_failure(e, timeout) if "://" in url and format is None else _why_unopenable(url, format, e)
         raise MediaError(f"{url}: {why}") from None
     except (OSError, ValueError) as e:  # av.open can raise plain OSError/ValueError too
-        raise MediaError(f"{url}: cannot open ({_one_line(e)})") from None
-
-
-# --------------------------------------------------------------------------------------------
-# Which video decoder runs: FFmpeg's threads, or the platform's hardware through PyAV's hwaccel
-
-DECODERS = ("auto", "software", "cuda", "vaapi", "videotoolbox", "qsv", "d3d11va")
-_HW_PRESENT = {  # what says the platform has the device behind each hardware decoder
-    "cuda": lambda: os.path.exists("/dev/nvidiactl") or sys.platform.startswith("win"),
-    "vaapi": lambda: os.path.exists("/dev/dri/renderD128"),
-    "videotoolbox": lambda: sys.platform == "darwin",
-}
-
-
-def hardware_decoders() -> list[str]:
-    """Hardware decoders this FFmpeg build has *and* this machine's devices suggest can run,
-    in the order ``auto`` tries them."""
-    built = set(av.codec.hwaccel.hwdevices_available())
-    return [name for name, present in _HW_PRESENT.items() if name in built and present()]
-
-
-def open_decoding(url: str, format: str | None = None, options: dict[str, str] | None = None,
-                  timeout: float | tuple[float, float] | None = None, *, decoder: str = "auto",
-                  live: bool = False) -> tuple[Any, str]:
-    """``open_container`` with the cheapest video decoder the platform offers, and the words
-    that say which runs (``h264 1920x1080 software, 2 cores (frame+slice threads)``).
-
-    ``decoder``: ``auto`` takes the first of ``hardware_decoders()`` (none: software), a device
-    type insists on trying it, ``software`` never tries. A hardware decoder that cannot be
-    opened (not in this FFmpeg build, no device, no driver) falls back to software; the line
-    then says what was asked and why it did not run. Software decoding gets FFmpeg's threads
-    (``tune_decoder``)."""
-    if decoder not in DECODERS:
-        raise MediaError(f"decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")
-    tries = hardware_decoders()[:1] if decoder == "auto" else [] if decoder == "software" else [decoder]
-    why = ""
-    for device in tries:
-        if device not in av.codec.hwaccel.hwdevices_available():
-            why = f"{device} decoding is not in this FFmpeg build"
-            continue
-        try:
-            hw = av.codec.hwaccel.HWAccel(device_type=device, allow_software_fallback=True)
-            container = av.open(url, format=format, options=options or {}, timeout=timeout, hwaccel=hw)
-        except (av.error.FFmpegError, OSError, RuntimeError, ValueError) as e:
-            why = f"{device} decoding unavailable ({_one_line(e)})"
-            continue
-        video = container.streams.video
-        if not (video and getattr(video[0].codec_context, "is_hwaccel", False)):
-            why = f"{device} cannot decode this stream"  # PyAV fell back to software itself
-        return container, _decoder_line(container, live, why, device)
-    container = open_container(url, format, options, timeout)
-    return container, _decoder_line(container, live, why)
-
-
-def tune_decoder(stream: Any, live: bool) -> str:
-    """FFmpeg threads for a software video decoder; returns how it runs, in words.
-
-    A file: frame and slice threads on every core (frame threads decode the next frames while
-    the model works; it costs no more CPU per frame, measured). A live source: slice threads
-    only, because frame threads hold back one frame per thread (33 ms each at 30 fps) of
-    latency a camera's viewer would see, and one core decodes a 1080p30 camera stream anyway.
-    """
-    ctx = stream.codec_context
-    ctx.thread_count = 0  # FFmpeg's choice: one per core
-    ctx.thread_type = "SLICE" if live else "AUTO"
-    return f"software, {os.cpu_count() or 1} cores ({'slice' if live else 'frame+slice'} threads)"
-
-
-def _decoder_line(container: Any, live: bool, why: str, device: str | None = None) -> str:
-    if not container.streams.video:
-        return "none (no video stream)"
-    stream = container.streams.video[0]
-    ctx = stream.codec_context
-    if getattr(ctx, "is_hwaccel", False):
-        how = f"hardware ({device})"
-    else:
-        how = tune_decoder(stream, live)
-    line = f"{ctx.name} {ctx.width}x{ctx.height} {how}"
-    return f"{line}; {why}, so software runs" if why and not getattr(ctx, "is_hwaccel", False) else line
+        raise MediaError(f"{url}: cannot open ({one_line(e)})") from None
 
 
 def _why_unopenable(url: str, format: str | None, err: Exception) -> str:
-    msg = _one_line(err)
+    msg = one_line(err)
     if format is not None:
         return f"cannot open {format} input ({msg})"
     if "moov atom not found" in msg or _looks_like_mp4(url):
@@ -233,7 +152,7 @@ def _why_unopenable(url: str, format: str | None, err: Exception) -> str:
 
 def _network_failure(err: Exception, timeout: float | tuple[float, float] | None) -> str:
     """What happened when a URL would not open, in the words a user can act on."""
-    msg = _one_line(err)
+    msg = one_line(err)
     if isinstance(err, ConnectionRefusedError):
         return f"connection refused: nothing is listening at that address ({msg})"
     if isinstance(err, (av.error.HTTPClientError, av.error.HTTPServerError, av.error.HTTPError)):
@@ -254,18 +173,23 @@ def _looks_like_mp4(path: str) -> bool:
         return False
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     text = str(getattr(err, "strerror", None) or err) or type(err).__name__
     return " ".join(text.split())
 
 
 def _resampler(rate: int = SAMPLE_RATE) -> av.AudioResampler:
-    return av.AudioResampler(format="flt", layout="mono", rate=rate)
+    """Planar float at ``rate``, channels kept: ``_resample`` mixes them to mono itself, because
+    libswresample's own float downmix gives (L+R)/sqrt(2) (it normalises the mix only for
+    integer output), 3 dB louder than the mean VGGSound's mono files and every author's loader
+    use, and past +-1 where both channels are loud."""
+    return av.AudioResampler(format="fltp", layout=None, rate=rate)
 
 
 def _resample(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> np.ndarray:
-    """Feed one frame (None = flush) and return what came out, (N,) float32."""
-    parts = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    """Feed one frame (None = flush) and return what came out as mono, the mean of the
+    channels, (N,) float32."""
+    parts = [f.to_ndarray().mean(axis=0, dtype=np.float32) for f in resampler.resample(frame)]
     return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
 
 
@@ -454,7 +378,7 @@ def _demux(container: Any, path: str, start: float, video: bool, audio: bool, ra
                     if chunk is not None:
                         yield chunk
     except av.error.FFmpegError as e:
-        raise MediaError(f"{path}: truncated or corrupt at {last_time:.2f} s ({_one_line(e)})") from None
+        raise MediaError(f"{path}: truncated or corrupt at {last_time:.2f} s ({one_line(e)})") from None
     block = pcm.flush() if pcm is not None else None
     tail = _concat_chunks(counter.push(block) if block is not None else None, counter.flush())
     if tail is not None:
@@ -473,7 +397,7 @@ def _seek(container: Any, path: str, start: float) -> None:
     try:
         container.seek(int(start * av.time_base), backward=True, any_frame=False)
     except av.error.FFmpegError as e:
-        raise MediaError(f"{path}: cannot seek to {start:.2f} s ({_one_line(e)})") from None
+        raise MediaError(f"{path}: cannot seek to {start:.2f} s ({one_line(e)})") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -598,72 +522,3 @@ def _fit(audio: np.ndarray, n: int) -> np.ndarray:
     if len(audio) >= n:
         return audio[:n]
     return np.concatenate([audio, np.zeros(n - len(audio), np.float32)])
-
-
-# --------------------------------------------------------------------------------------------
-# H.264 + AAC writing: the one encoder setup for every mp4 soundloc writes (synthetic clips,
-# benchmark clips, the stream's annotated output)
-
-
-def add_h264(container: Any, rate: int | Fraction, width: int, height: int, options: dict[str, str],
-             time_base: Fraction | None = None) -> Any:
-    """Add a libx264 yuv420p stream (even ``width`` x ``height``) to an output container;
-    ``time_base``: the one its frames' pts count in (default 1/``rate``)."""
-    stream = container.add_stream("libx264", rate=rate, options=options)
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-    if time_base is not None:
-        stream.codec_context.time_base = time_base
-    return stream
-
-
-def add_aac(container: Any, sample_rate: int, channels: int = 1, bit_rate: int | None = None) -> Any:
-    """Add an AAC stream, mono or stereo."""
-    stream = container.add_stream("aac", rate=sample_rate, layout="stereo" if channels == 2 else "mono")
-    if bit_rate is not None:
-        stream.codec_context.bit_rate = bit_rate
-    return stream
-
-
-def encode_rgb(container: Any, stream: Any, image: np.ndarray, pts: int, time_base: Fraction) -> None:
-    """Encode one (H, W, 3) uint8 RGB image at ``pts`` (in ``time_base``) and mux its packets."""
-    frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-    frame.pts, frame.time_base = pts, time_base
-    container.mux(stream.encode(frame))
-
-
-def encode_pcm(container: Any, stream: Any, samples: np.ndarray, pts: int, sample_rate: int) -> None:
-    """Encode float32 samples, (N,) mono or (2, N) stereo, starting at sample ``pts``."""
-    if samples.ndim == 2:
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout="stereo")
-    else:
-        frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
-    frame.sample_rate, frame.pts, frame.time_base = sample_rate, pts, Fraction(1, sample_rate)
-    container.mux(stream.encode(frame))
-
-
-def flush_encoders(container: Any, *streams: Any) -> None:
-    """Drain each encoder's delayed packets into the container (before it is closed)."""
-    for stream in streams:
-        if stream is not None:
-            container.mux(stream.encode(None))
-
-
-def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: int | Fraction, audio: np.ndarray, sample_rate: int,
-              *, crf: int = 20, preset: str = "veryfast") -> None:
-    """Write a whole clip as H.264 + AAC to ``path`` atomically (``fileio.Staged``). frames
-    (T, H, W, 3) uint8 RGB with even H, W; audio (N,) float32 mono or (2, N) stereo."""
-    with Staged(path, prefix=".tmp-", suffix=".mp4") as staged, av.open(str(staged.temp), "w", format="mp4") as out:
-        # One thread: a pool runs one clip per core. mbtree off: with it, this x264 build gave
-        # different bytes for the same frames in about 1 run in 5 (measured); without it the
-        # files are reproducible, which the determinism test checks.
-        video = add_h264(out, fps, frames.shape[2], frames.shape[1],
-                         {"crf": str(crf), "preset": preset, "x264-params": "threads=1:mbtree=0"})
-        video.codec_context.thread_count = 1
-        sound = add_aac(out, sample_rate, 2 if audio.ndim == 2 else 1)
-        for k, image in enumerate(frames):
-            encode_rgb(out, video, image, k, Fraction(1) / fps)
-        flush_encoders(out, video)
-        chunk = sample_rate // 10
-        for i in range(0, audio.shape[-1], chunk):
-            encode_pcm(out, sound, audio[..., i: i + chunk], i, sample_rate)
-        flush_encoders(out, sound)

@@ -25,7 +25,7 @@ from soundloc.train.datasets import (
     zoom_out,
 )
 from soundloc.data.synth import make_synthetic_dataset
-from soundloc.media import write_mp4
+from soundloc.encode import write_mp4
 from soundloc.preprocess import normalise_frames
 
 CONFIG = preset("tiny")  # 2 s clips: T = 20 frames, 200 mel frames

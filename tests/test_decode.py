@@ -15,8 +15,9 @@ import pytest
 
 from soundloc.bench.stages import ClipSpec, make_clip
 from soundloc.config import IMAGE_SIZE
-from soundloc.media import (DECODERS, FrameGrid, VideoChunk, hardware_decoders, iter_av, open_container,
-                            open_decoding, video_rgb, write_mp4)
+from soundloc.decoders import DECODERS, hardware_decoders, open_decoding
+from soundloc.media import FrameGrid, VideoChunk, iter_av, open_container, video_rgb
+from soundloc.encode import write_mp4
 from soundloc.runtime.sources import StepSource
 
 # A hardware decoder that cannot exist on this platform (VideoToolbox is macOS only).

@@ -16,7 +16,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
 
 from conftest import soundloc_cli  # noqa: E402
-from soundloc.media import write_mp4  # noqa: E402
+from soundloc.encode import write_mp4  # noqa: E402
 
 
 def clip(path: Path, fps: int, rate: int, size=(176, 144), seconds: float = 1.5) -> Path:

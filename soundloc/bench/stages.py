@@ -11,7 +11,7 @@ import numpy as np
 
 from ..config import IMAGE_SIZE
 from ..families import family_of
-from ..media import write_mp4
+from ..encode import write_mp4
 from .stats import Clock, Laps, Plan, Timing, run_timed
 
 STAGES = ("decode", "preprocess+mel", "model step", "localization+box", "render")
@@ -81,7 +81,7 @@ def _write_camera_clip(path: Path, spec: ClipSpec) -> None:
     import av
 
     from ..fileio import Staged
-    from ..media import add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
+    from ..encode import add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
 
     rng = np.random.default_rng(0)
     noise = rng.integers(-12, 13, (8, spec.height, spec.width, 1), dtype=np.int16)  # reused: cheap to make

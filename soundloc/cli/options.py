@@ -94,7 +94,7 @@ def json_option() -> Any:
 
 
 def decoder_option() -> Any:
-    from ..media import DECODERS
+    from ..decoders import DECODERS
 
     return typer.Option(library_default("decoder"),
                         help=f"Video decoder: {', '.join(DECODERS)} (auto: the platform's hardware decoder if "

@@ -53,7 +53,7 @@ def stream(
     check_range("--stall", stall, 0.1)
     check_range("--seconds", seconds, 0.1)
     check_range("--size", size, 16, 4320)
-    from ..media import DECODERS
+    from ..decoders import DECODERS
 
     if decoder not in DECODERS:
         raise fail(f"--decoder must be one of {', '.join(DECODERS)}, not {decoder!r}")

@@ -144,7 +144,7 @@ def _make_clip(job: _ClipJob) -> dict:
         gains = np.array([[0.4], [1.0]])[:: 1 if extra.random() < 0.5 else -1]
         audio = np.clip(gains * audio + BACKGROUND_NOISE * extra.standard_normal((2, len(audio))), -1, 1)
         audio = audio.astype(np.float32)
-    from ..media import write_mp4  # PyAV: imported here to keep ``import soundloc.data`` light
+    from ..encode import write_mp4  # PyAV: imported here to keep ``import soundloc.data`` light
 
     cid = clip_id(job.ytid, job.start)
     write_mp4(Path(job.videos_dir) / f"{cid}.mp4", frames, fps, audio, rate)

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bundle import demo_model_dir
 from .run import StreamSummary, run_stream
 from .stream import StreamOptions
 

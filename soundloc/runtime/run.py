@@ -63,7 +63,7 @@ class StreamSummary:
     outputs: list[str] = field(default_factory=list)
     model_ms: list[float] = field(default_factory=list)
     hit_rates: object = None  # the demo's hit rates against its ground truth (demo.HitRates)
-    decoder: str = ""  # the source's one line saying which video decoder runs (media.open_decoding)
+    decoder: str = ""  # the source's one line saying which video decoder runs (decoders.open_decoding)
     latency_ms: list[float] = field(default_factory=list)  # capture -> output, lookahead included
 
     def as_dict(self) -> dict:
@@ -176,7 +176,7 @@ def run_stream(target: str | Path, video: str, audio: str | None = None, *, out:
     drawn on every original frame (``sinks.SourceMp4Sink``); for a live source or a separate
     ``audio`` it is the 10 fps, 16 kHz mono stream the model saw.
 
-    ``decoder``: the video decoder asked for (``media.DECODERS``); the start lines say which runs.
+    ``decoder``: the video decoder asked for (``decoders.DECODERS``); the start lines say which runs.
     ``backend``: a spec (``runtime.backend_spec``). ``triton``: HOST:PORT[/MODEL] of a Triton
     server that runs the step (``target`` is then the export whose repository it serves, read
     for its config; see ``triton_client``).

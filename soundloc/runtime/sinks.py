@@ -44,7 +44,8 @@ from PIL import Image
 from ..config import SAMPLE_RATE, stop_signals
 from ..fileio import Staged
 from ..errors import SoundlocError
-from ..media import video_rgb, add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
+from ..encode import add_aac, add_h264, encode_pcm, encode_rgb, flush_encoders
+from ..media import video_rgb
 from .render import Labeler, render_on, render_step
 from .results import StepResult
 

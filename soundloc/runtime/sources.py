@@ -37,8 +37,9 @@ import av
 import numpy as np
 
 from ..config import END_GRACE_S, FPS, IMAGE_SIZE, SAMPLES_PER_STEP
+from ..decoders import open_decoding
 from ..media import (AudioChunk, FrameGrid, MediaError, VideoChunk, frame_duration, iter_av,
-                     open_container, open_decoding, video_rgb)
+                     open_container, video_rgb)
 
 DEVICE_FORMATS = {"v4l2": "v4l2", "alsa": "alsa", "avfoundation": "avfoundation", "dshow": "dshow",
                   "lavfi": "lavfi"}
@@ -268,7 +269,7 @@ class StepSource:
     Iteration ends when the video ends (once its frames have their audio), when a live input
     ends, or when an input fails; ``stats.end_reason`` says why. Every frame captured before
     the end comes out; an audio file shorter than the video leaves zeros (``has_audio`` False).
-    ``decoder``: the video decoder to ask for (``media.DECODERS``; ``auto``: the platform's
+    ``decoder``: the video decoder to ask for (``decoders.DECODERS``; ``auto``: the platform's
     hardware decoder if it has one, else FFmpeg's threaded software decoder);
     ``self.decoder`` is the one line saying which runs.
     """
