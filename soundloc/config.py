@@ -62,6 +62,7 @@ FORMAT_VERSION = 1  # of checkpoints and export directories
 # How per-step maps are averaged over the 3 s window: centred (the paper's Eq. 4, for files) or
 # trailing (the last steps up to now, what a live view can show).
 WINDOW_MODES = ("trailing", "centered")
+PREPROCESSING = ("soundloc", "authors")  # offline input paths (soundloc.authors is the second)
 SILENCE_DB = -120.0  # audio level reported for digital silence (dBFS)
 
 # Model families (soundloc.families says what each one's step needs, with each family's own
@@ -115,10 +116,18 @@ class Config:
     class_names: tuple[str, ...] = field(default=(), compare=False)
     family: str = "classifier"  # a name in families.FAMILIES (checked there); checkpoints written before it are the classifier
     prior_alpha: float | None = None  # ezvsl: blend alpha * map + (1 - alpha) * object prior; None: no prior
+    # offline inputs (eval, moments, annotate): soundloc's default path, or "authors" (soundloc.authors:
+    # a published family's own frame resize, audio loading and map upsampling); streams always use the default
+    preprocess: str = "soundloc"
+    variant: str = ""  # a published family's map variant (soundloc.families.Family.variants), "" = its first
 
     def __post_init__(self) -> None:
-        if self.prior_alpha is not None and (self.family != "ezvsl" or not 0 <= self.prior_alpha <= 1):
-            raise ConfigError(f"prior_alpha applies to the ezvsl family, in [0, 1] (got {self.prior_alpha})")
+        if self.prior_alpha is not None and (self.family == "classifier" or not 0 <= self.prior_alpha <= 1):
+            raise ConfigError(f"prior_alpha applies to a published family (ezvsl, fnac, slavc), in [0, 1] "
+                              f"(got {self.prior_alpha})")
+        if self.preprocess not in PREPROCESSING or (self.preprocess != "soundloc" and self.family == "classifier"):
+            raise ConfigError(f"preprocess must be one of {', '.join(PREPROCESSING)} (authors: for a published "
+                              f"family, not the classifier), not {self.preprocess!r}")
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
         if self.map_kind not in MAP_KINDS:

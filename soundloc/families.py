@@ -20,12 +20,13 @@ A new family is one entry here, one in each of those two tables, and its model m
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from .authors import MapRule
 from .preprocess import file_inputs
 from .config import MELS_PER_STEP, NORM_EPS, SAMPLE_RATE, SAMPLES_PER_STEP, VIDEO_MEAN, VIDEO_STD, Config, ConfigError
 
@@ -67,6 +68,30 @@ class Family:
     # a media file -> the offline inputs at every step: (frames, audio) arrays with a batch axis of 1
     file_inputs: Callable[..., tuple[np.ndarray, np.ndarray]]
     lookahead: Callable[[Config], int]  # steps the step graph waits before a step is final
+    # map variants its authors report (config.variant; the first is the default) -> how their test
+    # code upsamples and normalises the map it scores (`--preprocess authors`); none for soundloc's own
+    variants: dict[str, MapRule] = field(default_factory=dict)
+
+    def variant(self, config: Config) -> str:
+        """The config's map variant, checked (its first when the config names none)."""
+        if not self.variants:
+            return ""
+        name = config.variant or next(iter(self.variants))
+        if name not in self.variants:
+            raise ConfigError(f"{self.name} has map variants {', '.join(self.variants)}, not {name!r}")
+        return name
+
+    def map_rule(self, config: Config) -> MapRule | None:
+        """How its authors' test code makes the 224x224 map it scores (None: soundloc's own)."""
+        return self.variants.get(self.variant(config)) if config.preprocess == "authors" else None
+
+    def summary(self, config: Config) -> str:
+        """One line: family, map variant, preprocessing (what `soundloc info` prints)."""
+        variant = self.variant(config)
+        prior = f", object prior alpha {config.prior_alpha:g}" if config.prior_alpha is not None else ""
+        pre = ("authors' (PIL bicubic frame, their audio loader and map upsampling; streams use soundloc's)"
+               if config.preprocess == "authors" else "soundloc's default")
+        return f"{self.name}" + (f", variant {variant}" if variant else "") + f"{prior}; preprocessing {pre}"
 
     def lookahead_steps(self, config: Config) -> int:
         """Steps a streaming model of this family waits before a step's map is final."""
@@ -185,19 +210,60 @@ class WindowFeeder:
         return self.family.normalise(small[None])[:, 0][None], log_spectrogram(audio)[None]
 
 
-def ezvsl_file_inputs(path: str | Path, config: Config, seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A media file -> EZ-VSL's offline inputs for every step: frames (1, 3, T, 224, 224) and
-    the spectrogram of the 3 s centred on each frame (1, T, 257, 200): what its authors' test
-    code computes for one frame, at every frame."""
+def ezvsl_file_inputs(path: Any, config: Config, seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A media file (or a ``stills.StillClip``) -> EZ-VSL's offline inputs for every step:
+    frames (1, 3, T, 224, 224) and the spectrogram of the 3 s centred on each frame
+    (1, T, 257, 200): what its authors' test code computes for one frame, at every frame.
+    ``config.preprocess == "authors"``: their frame resize and audio loader (``soundloc.authors``)."""
     from .mel import audio_window, log_spectrogram
     from .media import load_clip
+    from .stills import StillClip
 
     family = family_of(config)
+    if isinstance(path, StillClip):
+        return _still_inputs(path, config)
+    if config.preprocess == "authors":
+        return _authors_video_inputs(path, config, seconds)
     clip = load_clip(path, seconds=seconds, size=config.image_size)
     feeder = WindowFeeder(config, family, "centered")
     audio = np.asarray(clip.audio, np.float32)
     specs = [log_spectrogram(audio_window(audio, feeder.first_sample(t), feeder.length)) for t in range(len(clip.frames))]
     return family.normalise(clip.frames)[None], np.stack(specs)[None]
+
+
+def _still_inputs(clip: Any, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """One frame and its wav (the authors' layout): the window centred on the audio's middle."""
+    from . import authors
+    from .mel import audio_window, log_spectrogram
+    from .stills import still_audio, still_frame
+
+    size, length = config.image_size, int(round(EZVSL_AUDIO_SECONDS * SAMPLE_RATE))
+    if config.preprocess == "authors":
+        frame = authors.resize_frame(authors.load_image(clip.frame), size)
+        track = authors.read_track(clip.audio)
+        audio = authors.window(track, authors.centre_start(track, EZVSL_AUDIO_SECONDS), EZVSL_AUDIO_SECONDS)
+    else:
+        frame, samples = still_frame(clip.frame, size), still_audio(clip.audio)
+        audio = audio_window(samples, len(samples) // 2 - length // 2, length)
+    return family_of(config).normalise(frame[None])[None], log_spectrogram(audio)[None, None]
+
+
+def _authors_video_inputs(path: Any, config: Config, seconds: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """A video the authors' way: each full-size frame resized by PIL; the middle frame's audio
+    window centred on the audio stream's own duration / 2 (their loader on the clip's wav), the
+    others 0.1 s apart from it, each read by their loader."""
+    from . import authors
+    from .media import load_clip
+    from .mel import log_spectrogram
+
+    clip = load_clip(path, seconds=seconds, size=None)
+    frames = np.stack([authors.resize_frame(f, config.image_size) for f in clip.frames])
+    track = authors.read_track(path)
+    middle = authors.centre_start(track, EZVSL_AUDIO_SECONDS)
+    T = len(frames)
+    specs = [log_spectrogram(authors.window(track, middle + (t - T // 2) / config.fps, EZVSL_AUDIO_SECONDS))
+             for t in range(T)]
+    return family_of(config).normalise(frames)[None], np.stack(specs)[None]
 
 
 def classifier_lookahead(config: Config) -> int:
@@ -232,5 +298,14 @@ FAMILIES: dict[str, Family] = {
     "ezvsl": Family(
         "ezvsl", "EZ-VSL (ResNet-18 image and audio nets, cosine map; optional object prior)",
         audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
-        std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead),
+        std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead,
+        variants={"cosine": MapRule("bilinear", align_corners=True)}),
+    # FNAC-AVL (Sun et al., CVPR 2023): EZ-VSL's networks and key names (its dropouts hold no
+    # weights); its test.py scores the map twice: bilinear (validate) and bicubic (validate2) upsampling
+    "fnac": Family(
+        "fnac", "FNAC-AVL (EZ-VSL's networks trained with false-negative-aware losses; cosine map)",
+        audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead,
+        variants={"bilinear": MapRule("bilinear", align_corners=True),
+                  "bicubic": MapRule("bicubic", align_corners=False)}),
 }

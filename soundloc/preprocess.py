@@ -4,6 +4,7 @@ cut into steps, shared by training data, evaluation, export checks and the runti
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,10 +36,16 @@ def model_inputs(frames: np.ndarray, audio: np.ndarray) -> tuple[np.ndarray, np.
     return normalise_frames(frames), log_mel(audio)[None]
 
 
-def file_inputs(path: str | Path, config: Config, seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """A media file -> batched model inputs video (1, 3, T, S, S), mel (1, 1, 10T, 80)."""
+def file_inputs(path: str | Path | Any, config: Config, seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A media file -> batched model inputs video (1, 3, T, S, S), mel (1, 1, 10T, 80). A
+    ``stills.StillClip`` (one frame and its wav) is the frame held over the whole audio."""
     from .media import load_clip
+    from .stills import StillClip, still_as_video
 
-    clip = load_clip(path, seconds=seconds, size=config.image_size)
-    video, mel = model_inputs(clip.frames, clip.audio)
+    if isinstance(path, StillClip):
+        frames, audio = still_as_video(path, config.image_size)
+    else:
+        clip = load_clip(path, seconds=seconds, size=config.image_size)
+        frames, audio = clip.frames, clip.audio
+    video, mel = model_inputs(frames, audio)
     return video[None], mel[None]

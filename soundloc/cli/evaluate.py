@@ -23,18 +23,25 @@ def eval_command(
     ckpt: Optional[Path] = typer.Argument(None, help="Checkpoint to compute maps with (needs --videos and torch)."),
     annotations: Path = typer.Option(..., "--annotations", help="VGG-SS json file, or a Flickr-SoundNet folder of <id>.xml."),
     maps: Optional[Path] = typer.Option(None, "--maps", help="Precomputed maps: .npz with one 2-D array per clip id."),
-    videos: Optional[Path] = typer.Option(None, "--videos", help="Folder of <clip_id>.mp4 (with a checkpoint)."),
+    videos: Optional[Path] = typer.Option(None, "--videos", help="Folder of <clip_id>.mp4 (with a checkpoint), or "
+                                          "the authors' layout: frames/<clip_id>.jpg + audio/<clip_id>.wav."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="center (a centred Gaussian), or shuffled (with CKPT: each clip's video with another clip's audio)."),
     protocol: str = typer.Option("lvs", "--protocol", help="lvs (OpenCV resize, P > median) or ezvsl (align_corners, P >= median)."),
     ids: Optional[Path] = typer.Option(None, "--ids", help="CSV whose first column lists the clip ids to evaluate (e.g. flickr_test.csv)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary and per-clip results here."),
     curve: Optional[Path] = typer.Option(None, "--curve", help="Write the success curve as a PNG here."),
+    preprocess: Optional[str] = typer.Option(None, "--preprocess", help="With a checkpoint: soundloc (the default "
+                                             "path) or authors (a published family's own frame resize, audio loader "
+                                             "and map upsampling); default: what the model recorded at import."),
 ) -> None:
     """Score maps with cIoU AP50, AUC, mean cIoU and the pointing game."""
     from .. import evaluate, metrics
     from ..data.annotations import AnnotationError, read_annotations, read_id_list
 
+    from .applications import check_preprocess
+
     check_paths([json_out, curve], [ckpt, annotations, maps, videos, ids])
+    check_preprocess(preprocess)
     try:
         metrics.check_protocol(protocol)
         model_baseline = baseline == "shuffled"
@@ -50,7 +57,7 @@ def eval_command(
             source, clip_maps = f"baseline:{baseline}", evaluate.baseline_maps(baseline, gt)
         else:
             source = f"{ckpt}" + (" (shuffled audio)" if model_baseline else "")
-            clip_maps, dependence = _checkpoint_maps(ckpt, videos, gt, baseline)
+            clip_maps, dependence = _checkpoint_maps(ckpt, videos, gt, baseline, preprocess)
         result = evaluate.score_maps(clip_maps, gt, protocol, source=source)
         if dependence is not None:
             result = dataclasses.replace(result, extra={**result.extra, "audio_dependence": dependence.to_dict()})
@@ -71,8 +78,8 @@ def eval_command(
             typer.echo(dependence.warning())
 
 
-def _checkpoint_maps(ckpt: Path, videos: Optional[Path], gt: "Annotations",
-                     baseline: Optional[str]) -> tuple[dict[str, "np.ndarray"], "AudioDependence"]:
+def _checkpoint_maps(ckpt: Path, videos: Optional[Path], gt: "Annotations", baseline: Optional[str],
+                     preprocess: Optional[str] = None) -> tuple[dict[str, "np.ndarray"], "AudioDependence"]:
     """Maps from a checkpoint at each clip's middle frame (3 s centred window) and the
     audio-dependence check on them; needs torch."""
     from .. import evaluate
@@ -84,7 +91,8 @@ def _checkpoint_maps(ckpt: Path, videos: Optional[Path], gt: "Annotations",
     except ImportError as e:
         raise evaluate.EvalError(f"evaluating a checkpoint needs torch: pip install 'soundloc[train]' ({e})") from None
     labels = {a.id: a.label for a in gt if a.label}
-    maps, skipped, dependence = maps_from_checkpoint(ckpt, videos, gt.ids, baseline=baseline, labels=labels or None)
+    maps, skipped, dependence = maps_from_checkpoint(ckpt, videos, gt.ids, baseline=baseline, labels=labels or None,
+                                                     preprocess=preprocess)
     for clip_id, reason in skipped.items[:10]:
         typer.echo(f"skipped {clip_id}: {reason}", err=True)
     return maps, dependence

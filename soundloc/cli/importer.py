@@ -8,11 +8,31 @@ from typing import Optional
 
 import typer
 
-from ..families import EZVSL_PRIOR_ALPHA
-from .app import app, check_paths, check_range
+from ..families import EZVSL_PRIOR_ALPHA, FAMILIES
+from .app import app, check_paths, check_range, fail
 
-importer = typer.Typer(help="Import a published localizer's checkpoint (ezvsl).", no_args_is_help=True)
+importer = typer.Typer(help="Import a published localizer's checkpoint (ezvsl, fnac).", no_args_is_help=True)
 app.add_typer(importer, name="import")
+
+PREPROCESS_HELP = ("soundloc (default: the fastest faithful path) or authors (their PIL bicubic frame resize, audio "
+                   "loader and map upsampling) for eval, moments and annotate; recorded in the model.")
+
+
+def _import(family: str, ckpt: Path, out: Path, object_prior: Optional[Path], alpha: float, preprocess: str,
+            variant: str) -> None:
+    from ..config import PREPROCESSING
+    from ..model.published import TITLES, import_ezvsl
+
+    check_range("--alpha", alpha, 0.0, 1.0)
+    if preprocess not in PREPROCESSING:
+        raise fail(f"--preprocess must be one of {', '.join(PREPROCESSING)}, not {preprocess!r}")
+    if variant and variant not in FAMILIES[family].variants:
+        raise fail(f"--variant must be one of {', '.join(FAMILIES[family].variants)}, not {variant!r}")
+    check_paths([out], [ckpt, object_prior])
+    source = import_ezvsl(ckpt, out, object_prior, alpha, family, preprocess, variant)
+    prior = f", object prior {source['object_prior']['file']} (alpha {alpha:g})" if object_prior else ""
+    typer.echo(f"wrote {out}: {TITLES[family]} from {source['file']} (sha256 {source['sha256'][:12]}){prior}; "
+               f"variant {source['variant']}, preprocessing {source['preprocess']}")
 
 
 @importer.command("ezvsl")
@@ -22,12 +42,22 @@ def ezvsl(
     object_prior: Optional[Path] = typer.Option(None, help="torchvision's ImageNet resnet18 weights (.pth): blend "
                                                 "EZ-VSL's object prior into the maps, as its best numbers do."),
     alpha: float = typer.Option(EZVSL_PRIOR_ALPHA, help="With --object-prior: alpha * map + (1 - alpha) * prior."),
+    preprocess: str = typer.Option("soundloc", help=PREPROCESS_HELP),
 ) -> None:
     """Convert an EZ-VSL checkpoint (16 kHz audio, 224 px frames) into a soundloc model."""
-    from ..model.published import import_ezvsl
+    _import("ezvsl", ckpt, out, object_prior, alpha, preprocess, "")
 
-    check_range("--alpha", alpha, 0.0, 1.0)
-    check_paths([out], [ckpt, object_prior])
-    source = import_ezvsl(ckpt, out, object_prior, alpha)
-    prior = f", object prior {source['object_prior']['file']} (alpha {alpha:g})" if object_prior else ""
-    typer.echo(f"wrote {out}: EZ-VSL from {source['file']}{prior}")
+
+@importer.command("fnac")
+def fnac(
+    ckpt: Path = typer.Argument(..., help="FNAC-AVL checkpoint from its authors (best.pth: {'model': state_dict, ...})."),
+    out: Path = typer.Option(..., "--out", "-o", help="soundloc checkpoint (.pt) to write."),
+    object_prior: Optional[Path] = typer.Option(None, help="torchvision's ImageNet resnet18 weights (.pth): blend "
+                                                "the object prior into the maps, as its test.py does (AV_Obj)."),
+    alpha: float = typer.Option(EZVSL_PRIOR_ALPHA, help="With --object-prior: alpha * map + (1 - alpha) * prior."),
+    variant: str = typer.Option("bilinear", help="The map its test.py scores: bilinear (validate) or bicubic "
+                                                 "(validate2) upsampling of the 7x7 map (with --preprocess authors)."),
+    preprocess: str = typer.Option("soundloc", help=PREPROCESS_HELP),
+) -> None:
+    """Convert a FNAC-AVL checkpoint (EZ-VSL's networks; 16 kHz audio, 224 px frames) into a soundloc model."""
+    _import("fnac", ckpt, out, object_prior, alpha, preprocess, variant)

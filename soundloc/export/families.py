@@ -23,6 +23,7 @@ class ExportParts:
 PARTS: dict[str, ExportParts] = {
     "classifier": ExportParts(graphs.graph_specs, verify.verify),
     "ezvsl": ExportParts(ezvsl.graph_specs, ezvsl.verify),
+    "fnac": ExportParts(ezvsl.graph_specs, ezvsl.verify),
 }
 assert set(PARTS) == set(FAMILIES), "every family has its export parts"
 

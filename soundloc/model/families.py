@@ -28,6 +28,7 @@ class ModelParts:
 PARTS: dict[str, ModelParts] = {
     "classifier": ModelParts(classifier.AVClassifier, StreamingModel, classifier.networks),
     "ezvsl": ModelParts(ezvsl.EZVSL, ezvsl.EZVSLStep, ezvsl.networks),
+    "fnac": ModelParts(ezvsl.EZVSL, ezvsl.EZVSLStep, ezvsl.networks),  # EZ-VSL's networks, its own maps' rule
 }
 assert set(PARTS) == set(FAMILIES), "every family has its PyTorch parts"
 

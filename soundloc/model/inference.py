@@ -9,6 +9,7 @@ box at the best moment, the map with another clip's audio -- is answered from th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,13 +20,14 @@ import numpy as np
 import torch
 
 from ..config import EVAL_SIZE, steps_to_seconds
-from ..data.annotations import find_video, list_videos
+from ..authors import MapRule, eval_map
 from ..dependence import AudioDependence, audio_dependence, check_steps, other_clips
 from ..errors import UsageError
 from ..families import blend_prior, family_of
 from ..fileio import write_json
 from ..localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_map
 from ..media import MediaError
+from ..stills import StillClip, find_clip, list_clips
 from .checkpoint import load_checkpoint
 
 @dataclass
@@ -54,6 +56,13 @@ class ClipFeatures:
     def scores(self) -> np.ndarray:
         return moment_scores(self.zv, self.za)
 
+    def authors_map(self, t: int, rule: MapRule, za: np.ndarray | None = None) -> np.ndarray:
+        """Step ``t``'s (224, 224) map the way its family's authors' test code makes it
+        (``soundloc.authors.eval_map``: upsample, normalise, blend with the prior, normalise)."""
+        za = self.za if za is None else za
+        cos = step_maps(self.V[:, t:t + 1], za[min(t, len(za) - 1)][None], self.map_kind)[0]
+        return eval_map(cos, None if self.prior is None else self.prior[t], self.prior_alpha, rule)
+
 
 @dataclass
 class Skipped:
@@ -66,13 +75,16 @@ class Skipped:
 class Analyzer:
     """A checkpoint ready to turn video files into ``ClipFeatures``."""
 
-    def __init__(self, ckpt: str | Path, device: str = "auto") -> None:
+    def __init__(self, ckpt: str | Path, device: str = "auto", preprocess: str | None = None) -> None:
         dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         self.model, self.checkpoint = load_checkpoint(ckpt, map_location=dev)
         self.device = torch.device(dev)
         self.config = self.model.config
+        if preprocess is not None:  # the command's choice over the one recorded at import
+            self.config = dataclasses.replace(self.config, preprocess=preprocess)
+        self.rule = family_of(self.config).map_rule(self.config)
 
-    def features(self, path: Path, clip_id: str | None = None) -> ClipFeatures:
+    def features(self, path: Path | StillClip, clip_id: str | None = None) -> ClipFeatures:
         video, audio = family_of(self.config).file_inputs(path, self.config)
         with torch.inference_mode():
             f = self.model.features(torch.from_numpy(video).to(self.device), torch.from_numpy(audio).to(self.device))
@@ -117,35 +129,42 @@ def clip_dependence(feats: list[ClipFeatures], steps: int, labels: Mapping[str, 
 
 
 def maps_from_checkpoint(ckpt: Path, videos: Path, ids: Iterable[str], baseline: str | None = None,
-                         progress: bool = True, labels: Mapping[str, str] | None = None
-                         ) -> tuple[dict[str, np.ndarray], Skipped, AudioDependence]:
+                         progress: bool = True, labels: Mapping[str, str] | None = None,
+                         preprocess: str | None = None) -> tuple[dict[str, np.ndarray], Skipped, AudioDependence]:
     """Each clip's map at its middle frame (VGG-SS's annotated frame) with the 3 s centred
     window, and the audio-dependence check on the same clips (``labels``: class per id).
+    ``videos`` may be the authors' ``frames/`` + ``audio/`` layout (``soundloc.stills``); with the
+    authors' preprocessing (``preprocess``, else the model's) each map is made at 224x224 by their
+    test code's rule (``ClipFeatures.authors_map``).
 
     ``baseline="shuffled"``: each clip's visual features with the *next* clip's audio, which
     tells whether the audio drives the map at all.
     """
     if baseline not in (None, "shuffled"):
         raise ValueError(f"checkpoint baseline must be 'shuffled' or none, not {baseline!r}")
-    an = Analyzer(ckpt)
+    an = Analyzer(ckpt, preprocess=preprocess)
     skipped = Skipped()
-    clips = [(i, find_video(videos, i)) for i in ids]
+    clips = [(i, find_clip(videos, i)) for i in ids]
     feats = list(an.each(_progress(clips, "maps", progress), skipped))
     steps = an.config.window_steps
     maps = {}
     for k, f in enumerate(feats):
         za = feats[(k + 1) % len(feats)].za if baseline == "shuffled" and len(feats) > 1 else None
-        maps[f.clip_id] = window_map(f.alpha(za), f.steps // 2, steps)
+        if an.rule is not None:
+            maps[f.clip_id] = f.authors_map(f.steps // 2, an.rule, za)
+        else:
+            maps[f.clip_id] = window_map(f.alpha(za), f.steps // 2, steps)
     return maps, skipped, clip_dependence(feats, steps, labels)
 
 
-def moments(ckpt: Path, folder: Path, k: int = 1, progress: bool = True) -> tuple[dict[str, list[dict]], Skipped]:
+def moments(ckpt: Path, folder: Path, k: int = 1, progress: bool = True,
+            preprocess: str | None = None) -> tuple[dict[str, list[dict]], Skipped]:
     """Top-k informative moments per clip, best first (§5.1): each ``{"time_s": seconds from the
     clip's start, "frame": the step (10 fps frame) index, "score": its S_av}``."""
-    an = Analyzer(ckpt)
+    an = Analyzer(ckpt, preprocess=preprocess)
     skipped = Skipped()
     out = {}
-    for f in an.each(_progress(list_videos(folder), "moments", progress), skipped):
+    for f in an.each(_progress(list_clips(folder), "moments", progress), skipped):
         scores = f.scores()
         out[f.clip_id] = [{"time_s": round(steps_to_seconds(t), 2), "frame": int(t), "score": round(float(scores[t]), 4)}
                           for t in top_k_moments(scores, k)]
@@ -153,7 +172,7 @@ def moments(ckpt: Path, folder: Path, k: int = 1, progress: bool = True) -> tupl
 
 
 def annotate(ckpt: Path, folder: Path, out_json: Path, threshold: float = 0.5, resume: bool = True,
-             save_every: int = 20, progress: bool = True) -> tuple[list[dict], Skipped]:
+             save_every: int = 20, progress: bool = True, preprocess: str | None = None) -> tuple[list[dict], Skipped]:
     """Pseudo boxes for every clip in VGG-SS format (§5.2): at the top-1 moment, the centred
     3 s map -> threshold -> largest component -> box. Resumable: clips already in ``out_json``
     are kept and skipped. The file is rewritten atomically (valid json at every moment) every
@@ -163,9 +182,9 @@ def annotate(ckpt: Path, folder: Path, out_json: Path, threshold: float = 0.5, r
     a clip: a run stopped before its first clip, or one that finds none, leaves it as it was."""
     entries = _read_existing(out_json) if resume else []
     done = {e["file"] for e in entries}
-    an = Analyzer(ckpt)
+    an = Analyzer(ckpt, preprocess=preprocess)
     skipped = Skipped()
-    todo = [(i, p) for i, p in list_videos(folder) if i not in done]
+    todo = [(i, p) for i, p in list_clips(folder) if i not in done]
     try:
         for n, f in enumerate(an.each(_progress(todo, "annotate", progress), skipped), start=1):
             entries.append(_pseudo_entry(an, f, threshold))
@@ -180,7 +199,7 @@ def annotate(ckpt: Path, folder: Path, out_json: Path, threshold: float = 0.5, r
 def _pseudo_entry(an: Analyzer, f, threshold: float) -> dict:
     """One clip's VGG-SS entry: its top-1 moment's centred 3 s map -> box (none if empty)."""
     t = top_k_moments(f.scores(), 1)[0]
-    m = window_map(f.alpha(), t, an.config.window_steps)
+    m = f.authors_map(t, an.rule) if an.rule is not None else window_map(f.alpha(), t, an.config.window_steps)
     box = pseudo_box(m, EVAL_SIZE, EVAL_SIZE, threshold)
     return {"file": f.clip_id, "class": an.classify(f), "class_source": "predicted", "frame": t,
             "score": round(float(f.scores()[t]), 4), "bbox": [] if box is None else [list(box)]}

@@ -15,13 +15,13 @@ from torch import nn
 
 from ..config import Config
 from ..errors import SoundlocError
-from ..families import EZVSL_IMAGE_SIZE, EZVSL_PRIOR_ALPHA
+from ..families import EZVSL_IMAGE_SIZE, EZVSL_PRIOR_ALPHA, family_of
 from ..fileio import sha256_file
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .ezvsl import EZVSL
 
 class ModelImportError(SoundlocError, ValueError):
-    """A checkpoint that is not EZ-VSL's format; the message names the first offending key."""
+    """A checkpoint that is not its family's format; the message names the first offending key."""
 
 
 def _numpy_scalar_globals() -> list:
@@ -63,14 +63,20 @@ def match_state(module: nn.Module, state: dict[str, torch.Tensor], source: str, 
     module.load_state_dict(state)
 
 
+TITLES = {"ezvsl": "EZ-VSL", "fnac": "FNAC-AVL"}  # the families whose networks are EZ-VSL's (model.ezvsl)
+
+
 def convert(ckpt: str | Path, object_prior: str | Path | None = None,
-            prior_alpha: float = EZVSL_PRIOR_ALPHA) -> EZVSL:
-    """An EZ-VSL checkpoint (and, for the object prior, torchvision's ImageNet ``resnet18``
-    weights) -> the model, in eval mode."""
-    config = Config(family="ezvsl", image_size=EZVSL_IMAGE_SIZE, num_classes=0, window_seconds=0.1, map_kind="cosine",
-                    prior_alpha=prior_alpha if object_prior is not None else None)
+            prior_alpha: float = EZVSL_PRIOR_ALPHA, family: str = "ezvsl", preprocess: str = "soundloc",
+            variant: str = "") -> EZVSL:
+    """An EZ-VSL-architecture checkpoint (EZ-VSL's or FNAC-AVL's best.pth; and, for the object
+    prior, torchvision's ImageNet ``resnet18`` weights) -> the model, in eval mode."""
+    config = Config(family=family, image_size=EZVSL_IMAGE_SIZE, num_classes=0, window_seconds=0.1, map_kind="cosine",
+                    prior_alpha=prior_alpha if object_prior is not None else None, preprocess=preprocess,
+                    variant=variant)
+    family_of(config).variant(config)  # refuses an unknown variant by name
     model = EZVSL(config)
-    state = read_state_dict(ckpt, "an EZ-VSL checkpoint")
+    state = read_state_dict(ckpt, f"an {TITLES[family]} checkpoint")
     trunks = {k: v for k, v in state.items() if not k.startswith("objnet.")}
     match_state(nn.ModuleDict({n: getattr(model, n) for n in ("imgnet", "img_proj", "audnet", "aud_proj")}),
                 trunks, f"{ckpt}")
@@ -81,13 +87,21 @@ def convert(ckpt: str | Path, object_prior: str | Path | None = None,
 
 
 def import_ezvsl(ckpt: str | Path, out: str | Path, object_prior: str | Path | None = None,
-                 prior_alpha: float = EZVSL_PRIOR_ALPHA) -> dict[str, Any]:
-    """`soundloc import ezvsl`: write a soundloc checkpoint of the EZ-VSL model in ``ckpt``
-    (atomically); returns what was recorded about its sources."""
+                 prior_alpha: float = EZVSL_PRIOR_ALPHA, family: str = "ezvsl", preprocess: str = "soundloc",
+                 variant: str = "") -> dict[str, Any]:
+    """`soundloc import ezvsl|fnac`: write a soundloc checkpoint of the model in ``ckpt``
+    (atomically); returns what was recorded about its sources (the file's sha256 among them)."""
     if not 0 <= prior_alpha <= 1:
         raise ValueError(f"--alpha must be in [0, 1], not {prior_alpha}")
-    model = convert(ckpt, object_prior, prior_alpha)
-    source = {"family": "ezvsl", "file": Path(ckpt).name, "sha256": sha256_file(ckpt)}
+    model = convert(ckpt, object_prior, prior_alpha, family, preprocess, variant)
+    return _save(model, ckpt, out, object_prior, prior_alpha)
+
+
+def _save(model: nn.Module, ckpt: str | Path, out: str | Path, object_prior: str | Path | None,
+          prior_alpha: float) -> dict[str, Any]:
+    cfg = model.config
+    source = {"family": cfg.family, "variant": family_of(cfg).variant(cfg), "preprocess": cfg.preprocess,
+              "file": Path(ckpt).name, "sha256": sha256_file(ckpt)}
     if object_prior is not None:
         source["object_prior"] = {"file": Path(object_prior).name, "sha256": sha256_file(object_prior),
                                   "alpha": prior_alpha}

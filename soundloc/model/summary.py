@@ -42,12 +42,18 @@ def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe
         "parameters": {**{name: count_parameters(net) for name, (net, _, _) in nets.items()},
                        "heads": heads, "total": count_parameters(model)},
         "gmac_per_frame": {k: round(v / 1e9, 4) for k, v in macs.items()},
+        "model": family_of(cfg).summary(cfg),
+        "imported": data.get("imported") if ckpt is not None else None,
     }
 
 
 def print_description(desc: dict[str, Any]) -> None:
     console = Console()
     console.print(f"[bold]{escape(desc['source'])}[/bold]" + (f", epoch {desc['epoch']}" if desc["epoch"] is not None else ""))
+    console.print(f"model: {escape(desc['model'])}", highlight=False, soft_wrap=True)
+    if desc.get("imported"):
+        console.print(f"imported: {escape(str(desc['imported'].get('file')))} sha256 {desc['imported'].get('sha256')}",
+                      highlight=False, soft_wrap=True)
     table = Table("setting", "value", box=None)
     for k, v in desc["config"].items():
         table.add_row(k, escape(str(v)))

@@ -158,6 +158,8 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
 def describe_export(root: str | Path) -> dict[str, Any]:
     """What `soundloc info` says of an export directory (or the bundled demo model): family,
     precision, classes, graphs, and where the weights came from (random ones said loudly)."""
+    from ..families import family_of
+
     bundle = read_bundle(root, verify_files=False)
     m, cfg = bundle.manifest, bundle.config
     ckpt = m.get("checkpoint") or {}
@@ -167,7 +169,7 @@ def describe_export(root: str | Path) -> dict[str, Any]:
             "graphs": sorted(m.get("graphs", {})), "lookahead_seconds": m.get("lookahead_seconds"),
             "created": m.get("created"), "soundloc_version": m.get("soundloc_version"),
             "checkpoint": ckpt, "random_weights": bool(ckpt.get("random_weights")),
-            "gate_score": (m.get("gate") or {}).get("score")}
+            "gate_score": (m.get("gate") or {}).get("score"), "model": family_of(cfg).summary(cfg)}
 
 
 def print_export(desc: dict[str, Any]) -> None:
@@ -187,9 +189,13 @@ def print_export(desc: dict[str, Any]) -> None:
              f"layers {desc['layers']})",
              f"precision  {desc['precision']}; graphs: {', '.join(desc['graphs'])}",
              f"classes    {desc['num_classes']}" + (f": {shown}" if names else " (no names recorded)"),
+             f"model      {desc['model']}",
              f"weights    {origin}",
              f"made       {desc['created']} by soundloc {desc['soundloc_version']}; lookahead "
              f"{desc['lookahead_seconds']} s"]
+    imported = ckpt.get("imported")
+    if imported:
+        lines.append(f"imported   {imported.get('file')} sha256 {imported.get('sha256')}")
     for line in lines:
         console.print(line if line.startswith("[bold]") else escape(line))
     if desc["random_weights"]:

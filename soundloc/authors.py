@@ -1,0 +1,193 @@
+"""The published localizers' own preprocessing (`--preprocess authors`), in numpy + PIL + PyAV.
+
+EZ-VSL, FNAC-AVL and SLAVC share one ``datasets.py`` loader (their test code, read for this):
+
+- **frame**: ``PIL.Image.open(jpg).convert('RGB')`` resized to 224x224 with PIL's bicubic
+  (which antialiases: its kernel widens with the shrink factor), from the full-size frame;
+  ``ToTensor`` and ImageNet normalisation. soundloc's default path lets swscale scale the
+  decoded YUV straight to 224 px (bilinear), faster and within a few grey levels.
+- **audio**: the file decoded by PyAV as s16 mono at its own rate (for 16-bit PCM the mono mix
+  is the channel mean), divided by 32767, clipped to [-1, 1]; the 3 s window starts at
+  ``max(duration / 2 - 1.5, 0)`` where ``duration`` is the audio stream's own; a window that runs
+  past the end is shorter and the whole window is *repeated* to 3 s (soundloc's default path
+  pads with zeros, the silence a live stream would have).
+- **maps at evaluation**: the 7x7 map upsampled to 224x224 (bilinear with ``align_corners``
+  for EZ-VSL and FNAC's first test, bicubic for FNAC's second and for SLAVC), min-max
+  normalised, blended with the object prior (each normalised), normalised again.
+
+What this module does not do: resample. The authors' wavs are 16 kHz; a file at another rate
+is resampled to 16 kHz by libswresample first (the models' spectrogram is 257x200 only there).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .config import NORM_EPS, PREPROCESSING, SAMPLE_RATE
+
+INT16_MAX = 32767  # their loader divides s16 samples by np.iinfo(int16).max
+WINDOW_SECONDS = 3.0
+
+
+def check_preprocess(name: str) -> str:
+    if name not in PREPROCESSING:
+        raise ValueError(f"--preprocess must be one of {', '.join(PREPROCESSING)}, not {name!r}")
+    return name
+
+
+# -- frames ------------------------------------------------------------------------------------
+def load_image(path: str | Path) -> np.ndarray:
+    """A still frame (jpg/png) as (H, W, 3) uint8 RGB, read as their ``load_image`` reads it."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def resize_frame(rgb: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8 with PIL's antialiased bicubic, as
+    ``transforms.Resize((size, size), Image.BICUBIC)`` does on a PIL image."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((size, size), Image.BICUBIC))
+
+
+# -- audio -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AudioTrack:
+    """A file's audio as their loader sees it: int16 mono samples from ``first`` (seconds, the
+    first decoded chunk's time), the stream's own ``duration`` and its end ``end`` (start + duration)."""
+
+    samples: np.ndarray
+    rate: int
+    first: float
+    duration: float
+    end: float
+
+
+def read_track(path: str | os.PathLike, rate: int = SAMPLE_RATE) -> AudioTrack:
+    """Decode the first audio stream the way their ``load_audio_av`` does (s16 mono)."""
+    import av
+
+    from .media import MediaError, one_line
+
+    try:
+        container = av.open(os.fspath(path))
+    except (av.FFmpegError, OSError) as e:
+        raise MediaError(f"{path}: cannot open ({one_line(e)})") from None
+    with container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        tb = stream.time_base
+        start = stream.start_time * tb if stream.start_time is not None else Fraction(0)
+        duration = stream.duration * tb if stream.duration is not None else \
+            Fraction(container.duration or 0, av.time_base)
+        resampler = av.AudioResampler(format="s16p", layout="mono", rate=rate)
+        chunks, first = [], None
+        try:
+            for frame in container.decode(audio=0):
+                if first is None and frame.pts is not None:
+                    first = frame.pts * frame.time_base
+                frame.pts = None
+                chunks += [f.to_ndarray()[0] for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
+        except av.FFmpegError as e:
+            raise MediaError(f"{path}: corrupt audio ({one_line(e)})") from None
+    if not chunks:
+        raise MediaError(f"{path}: no decodable audio")
+    first = float(first if first is not None else start)
+    return AudioTrack(np.concatenate(chunks).astype(np.int16), rate, first, float(duration), float(start + duration))
+
+
+def centre_start(track: AudioTrack, seconds: float = WINDOW_SECONDS) -> float:
+    """Where their window starts: the middle of the stream's own duration, minus half a window."""
+    return max(track.duration / 2 - seconds / 2, 0.0)
+
+
+def window(track: AudioTrack, start: float, seconds: float = WINDOW_SECONDS) -> np.ndarray:
+    """Their ``load_spectrogram`` up to the spectrogram: ``seconds`` of audio from ``start``
+    (float64, /32767, clipped, a short window repeated to length), zeros before the file."""
+    duration = min(seconds, track.end - start)
+    ss, n = int((start - track.first) * track.rate), int(duration * track.rate)
+    audio = track.samples
+    if ss < 0:
+        audio, ss = np.concatenate([np.zeros(-ss, np.int16), audio]), 0
+    audio = np.clip(audio[ss:ss + max(n, 0)] / INT16_MAX, -1.0, 1.0)
+    want = int(track.rate * seconds)
+    if 0 < len(audio) < want:
+        audio = np.tile(audio, int(want / len(audio)) + 1)
+    return np.pad(audio, (0, max(0, want - len(audio))))[:want]
+
+
+# -- maps at evaluation --------------------------------------------------------------------------
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """torch's cubic convolution weights (A = -0.75) of the 4 taps around each position."""
+    def near(x):
+        return ((a + 2) * x - (a + 3)) * x * x + 1
+
+    def far(x):
+        return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+
+    return np.stack([far(t + 1), near(t), near(1 - t), far(2 - t)], axis=-1)
+
+
+def _axis(n_in: int, n_out: int, mode: str, align_corners: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(indices (n_out, taps), weights (n_out, taps)) of one axis of ``F.interpolate``."""
+    x = np.arange(n_out, dtype=np.float64)
+    if align_corners:
+        src = x * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    else:
+        src = (x + 0.5) * (n_in / n_out) - 0.5
+    if mode == "bilinear":
+        src = np.maximum(src, 0.0) if not align_corners else src
+        i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+        t = src - i0
+        idx = np.stack([i0, np.minimum(i0 + 1, n_in - 1)], axis=-1)
+        return idx, np.stack([1 - t, t], axis=-1)
+    if mode == "bicubic":
+        i0 = np.floor(src).astype(int)
+        idx = np.clip(i0[:, None] + np.arange(-1, 3)[None], 0, n_in - 1)
+        return idx, _cubic_weights(src - i0)
+    raise ValueError(f"unknown upsampling {mode!r}")
+
+
+def upsample(m: np.ndarray, size: int, mode: str, align_corners: bool) -> np.ndarray:
+    """A (h, w) map -> (size, size) float64, as ``F.interpolate(mode=..., align_corners=...)``."""
+    m = np.asarray(m, np.float64)
+    yi, yw = _axis(m.shape[0], size, mode, align_corners)
+    xi, xw = _axis(m.shape[1], size, mode, align_corners)
+    rows = (m[yi] * yw[..., None]).sum(axis=1)
+    return (rows[:, xi] * xw[None]).sum(axis=2)
+
+
+def normalize_img(m: np.ndarray) -> np.ndarray:
+    """Their ``utils.normalize_img``: min-max, a flat map left as it is."""
+    lo, hi = m.min(), m.max()
+    return (m - lo) / (hi - lo) if hi - lo > NORM_EPS else m
+
+
+@dataclass(frozen=True)
+class MapRule:
+    """How a family's test code turns its 7x7 maps into the 224x224 map it scores."""
+
+    mode: str  # F.interpolate mode of the audio-visual map
+    align_corners: bool
+    prior_mode: str = "bilinear"  # ... and of the object prior
+    prior_align_corners: bool = True
+
+
+def eval_map(cos: np.ndarray, prior: np.ndarray | None, alpha: float | None, rule: MapRule,
+             size: int = 224) -> np.ndarray:
+    """The map their test code scores: upsampled, normalised, blended with the prior (each
+    normalised), normalised again."""
+    av = normalize_img(upsample(cos, size, rule.mode, rule.align_corners))
+    if prior is None or alpha is None:
+        return av
+    obj = normalize_img(upsample(prior, size, rule.prior_mode, rule.prior_align_corners))
+    return normalize_img(av * alpha + obj * (1 - alpha))
