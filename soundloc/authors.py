@@ -180,14 +180,30 @@ class MapRule:
     align_corners: bool
     prior_mode: str = "bilinear"  # ... and of the object prior
     prior_align_corners: bool = True
+    # SLAVC: fixed ranges instead of each map's min-max (the cosine's [-1, 1], i.e. its [-1/tau, 1/tau]
+    # on logits; the prior's [0, 2.5]) and no normalisation after the blend
+    cos_range: tuple[float, float] | None = None
+    prior_range: tuple[float, float] | None = None
+
+
+def _scale(m: np.ndarray, rng: tuple[float, float] | None) -> np.ndarray:
+    return normalize_img(m) if rng is None else (m - rng[0]) / (rng[1] - rng[0])
 
 
 def eval_map(cos: np.ndarray, prior: np.ndarray | None, alpha: float | None, rule: MapRule,
              size: int = 224) -> np.ndarray:
-    """The map their test code scores: upsampled, normalised, blended with the prior (each
-    normalised), normalised again."""
-    av = normalize_img(upsample(cos, size, rule.mode, rule.align_corners))
+    """The map their test code scores: upsampled, normalised (min-max, or SLAVC's fixed range),
+    blended with the prior (normalised the same way), min-max normalised again (not SLAVC)."""
+    av = _scale(upsample(cos, size, rule.mode, rule.align_corners), rule.cos_range)
     if prior is None or alpha is None:
         return av
-    obj = normalize_img(upsample(prior, size, rule.prior_mode, rule.prior_align_corners))
-    return normalize_img(av * alpha + obj * (1 - alpha))
+    obj = _scale(upsample(prior, size, rule.prior_mode, rule.prior_align_corners), rule.prior_range)
+    blend = av * alpha + obj * (1 - alpha)
+    return blend if rule.cos_range is not None else normalize_img(blend)
+
+
+def slavc_confidence(scores: np.ndarray) -> float:
+    """SLAVC's per-clip confidence that a sounding object is in view (its test.py): the mean of
+    the top quarter of the fixed-range map (``eval_map`` with SLAVC's rule)."""
+    flat = np.sort(np.asarray(scores, np.float64).ravel())
+    return float(flat[-(flat.size // 4):].mean())

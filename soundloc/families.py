@@ -308,4 +308,12 @@ FAMILIES: dict[str, Family] = {
         std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead,
         variants={"bilinear": MapRule("bilinear", align_corners=True),
                   "bicubic": MapRule("bicubic", align_corners=False)}),
+    # SLAVC (Mo & Morgado, NeurIPS 2022): two projection heads per side, the map their mean; its
+    # test.py upsamples bicubic (align_corners) and scales by fixed ranges; online or momentum encoders
+    "slavc": Family(
+        "slavc", "SLAVC (EZ-VSL's trunks, two projection heads averaged; confidence from the map)",
+        audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead,
+        variants={v: MapRule("bicubic", True, "bicubic", True, cos_range=(-1.0, 1.0), prior_range=(0.0, 2.5))
+                  for v in ("online", "momentum")}),
 }

@@ -11,7 +11,7 @@ import typer
 from ..families import EZVSL_PRIOR_ALPHA, FAMILIES
 from .app import app, check_paths, check_range, fail
 
-importer = typer.Typer(help="Import a published localizer's checkpoint (ezvsl, fnac).", no_args_is_help=True)
+importer = typer.Typer(help="Import a published localizer's checkpoint (ezvsl, fnac, slavc).", no_args_is_help=True)
 app.add_typer(importer, name="import")
 
 PREPROCESS_HELP = ("soundloc (default: the fastest faithful path) or authors (their PIL bicubic frame resize, audio "
@@ -61,3 +61,19 @@ def fnac(
 ) -> None:
     """Convert a FNAC-AVL checkpoint (EZ-VSL's networks; 16 kHz audio, 224 px frames) into a soundloc model."""
     _import("fnac", ckpt, out, object_prior, alpha, preprocess, variant)
+
+
+@importer.command("slavc")
+def slavc(
+    ckpt: Path = typer.Argument(..., help="SLAVC checkpoint from its authors (latest.pth: {'model': state_dict, ...}, "
+                                          "online and momentum encoders)."),
+    out: Path = typer.Option(..., "--out", "-o", help="soundloc checkpoint (.pt) to write."),
+    object_prior: Optional[Path] = typer.Option(None, help="torchvision's ImageNet resnet18 weights (.pth): blend "
+                                                "the object prior into the maps, as its test.py does (av_obj)."),
+    alpha: float = typer.Option(EZVSL_PRIOR_ALPHA, help="With --object-prior: alpha * map + (1 - alpha) * prior."),
+    variant: str = typer.Option("online", help="Which encoders make the maps: online, or momentum (its test.py's "
+                                               "--use_mom_eval)."),
+    preprocess: str = typer.Option("soundloc", help=PREPROCESS_HELP),
+) -> None:
+    """Convert a SLAVC checkpoint (two heads averaged; 16 kHz audio, 224 px frames) into a soundloc model."""
+    _import("slavc", ckpt, out, object_prior, alpha, preprocess, variant)

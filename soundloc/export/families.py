@@ -24,6 +24,7 @@ PARTS: dict[str, ExportParts] = {
     "classifier": ExportParts(graphs.graph_specs, verify.verify),
     "ezvsl": ExportParts(ezvsl.graph_specs, ezvsl.verify),
     "fnac": ExportParts(ezvsl.graph_specs, ezvsl.verify),
+    "slavc": ExportParts(ezvsl.graph_specs, ezvsl.verify),
 }
 assert set(PARTS) == set(FAMILIES), "every family has its export parts"
 

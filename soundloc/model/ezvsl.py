@@ -80,6 +80,10 @@ def minmax(m: torch.Tensor) -> torch.Tensor:
 class EZVSL(nn.Module):
     """EZ-VSL's two encoders (and the optional object-prior net); see the module docstring."""
 
+    # the modules that hold the authors' weights, by the authors' names (image side, audio side)
+    image_parts: tuple[str, ...] = ("imgnet", "img_proj")
+    audio_parts: tuple[str, ...] = ("audnet", "aud_proj")
+
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = config
@@ -124,6 +128,42 @@ class EZVSL(nn.Module):
         return Features(V=V, zv=V.mean(dim=(3, 4)).transpose(1, 2), za=za, prior=prior)
 
 
+class SLAVC(EZVSL):
+    """SLAVC (Mo & Morgado, NeurIPS 2022): EZ-VSL's trunks with two projection heads per side; its
+    map is the mean of the two heads' cosine maps. Here each side's embedding is the two unit
+    heads concatenated and scaled by 1/sqrt(2), so the one dot product of the step graph is
+    exactly ``(cos_1 + cos_2) / 2`` and every EZ-VSL graph, feeder and verification applies."""
+
+    image_parts = ("imgnet", "img_proj1", "img_proj2")
+    audio_parts = ("audnet", "aud_proj1", "aud_proj2")
+
+    def __init__(self, config: Config) -> None:
+        nn.Module.__init__(self)
+        self.config = config
+        self.imgnet = ResNet18Trunk(3)
+        self.img_proj1 = nn.Conv2d(512, EMBED_DIM, kernel_size=1)
+        self.img_proj2 = nn.Conv2d(512, EMBED_DIM, kernel_size=1)
+        self.audnet = ResNet18Trunk(1)
+        self.aud_proj1 = nn.Linear(512, EMBED_DIM)
+        self.aud_proj2 = nn.Linear(512, EMBED_DIM)
+        self.objnet = ResNet18Trunk(3) if config.prior_alpha is not None else None
+
+    def image(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 224, 224) -> V (B, 2D, 7, 7): both heads, unit length each, over sqrt(2)."""
+        x = self.imgnet(frames)
+        heads = [F.normalize(self.img_proj1(x), dim=1, eps=NORM_EPS), F.normalize(self.img_proj2(x), dim=1, eps=NORM_EPS)]
+        return torch.cat(heads, dim=1) * HALF_SQRT2
+
+    def audio(self, spec: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 257, 200) -> z^A (B, 2D): both heads, unit length each, over sqrt(2)."""
+        x = F.adaptive_max_pool2d(self.audnet(spec), 1).flatten(1)
+        heads = [F.normalize(self.aud_proj1(x), dim=1, eps=NORM_EPS), F.normalize(self.aud_proj2(x), dim=1, eps=NORM_EPS)]
+        return torch.cat(heads, dim=1) * HALF_SQRT2
+
+
+HALF_SQRT2 = 0.5 ** 0.5  # (a1, a2)/sqrt(2) . (v1, v2)/sqrt(2) = (a1.v1 + a2.v2) / 2
+
+
 class EZVSLStep(nn.Module):
     """The step graph: one frame and its audio window in, the frame's map out. No state: the
     3 s context is in the spectrogram. Same outputs as the classifier's step (``alpha``,
@@ -165,6 +205,7 @@ def networks(model: EZVSL, config: Config, steps: int = 1) -> dict[str, tuple[nn
     one step's zero input (what ``soundloc info`` counts)."""
     frame = torch.zeros(1, 3, config.image_size, config.image_size)
     spec = torch.zeros(1, *family_of(config).audio_shape(config))
-    return {"video": (_Network(lambda x: (model.image(x), model.prior(x)), model.imgnet, model.img_proj,
-                               model.objnet), (frame,), 1),
-            "audio": (_Network(model.audio, model.audnet, model.aud_proj), (spec,), 1)}
+    image = [getattr(model, n) for n in model.image_parts] + [model.objnet]
+    audio = [getattr(model, n) for n in model.audio_parts]
+    return {"video": (_Network(lambda x: (model.image(x), model.prior(x)), *image), (frame,), 1),
+            "audio": (_Network(model.audio, *audio), (spec,), 1)}

@@ -29,6 +29,7 @@ PARTS: dict[str, ModelParts] = {
     "classifier": ModelParts(classifier.AVClassifier, StreamingModel, classifier.networks),
     "ezvsl": ModelParts(ezvsl.EZVSL, ezvsl.EZVSLStep, ezvsl.networks),
     "fnac": ModelParts(ezvsl.EZVSL, ezvsl.EZVSLStep, ezvsl.networks),  # EZ-VSL's networks, its own maps' rule
+    "slavc": ModelParts(ezvsl.SLAVC, ezvsl.EZVSLStep, ezvsl.networks),
 }
 assert set(PARTS) == set(FAMILIES), "every family has its PyTorch parts"
 

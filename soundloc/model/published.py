@@ -6,6 +6,7 @@ non-finite key refused by name), and write a soundloc checkpoint that records th
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..errors import SoundlocError
 from ..families import EZVSL_IMAGE_SIZE, EZVSL_PRIOR_ALPHA, family_of
 from ..fileio import sha256_file
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from .ezvsl import EZVSL
+from .ezvsl import EZVSL, SLAVC
 
 class ModelImportError(SoundlocError, ValueError):
     """A checkpoint that is not its family's format; the message names the first offending key."""
@@ -63,23 +64,34 @@ def match_state(module: nn.Module, state: dict[str, torch.Tensor], source: str, 
     module.load_state_dict(state)
 
 
-TITLES = {"ezvsl": "EZ-VSL", "fnac": "FNAC-AVL"}  # the families whose networks are EZ-VSL's (model.ezvsl)
+TITLES = {"ezvsl": "EZ-VSL", "fnac": "FNAC-AVL", "slavc": "SLAVC"}  # families whose networks are model.ezvsl's
+MOMENTUM = "momentum_"  # SLAVC's momentum encoders' key prefix (its `--use_mom_eval` maps)
 
 
 def convert(ckpt: str | Path, object_prior: str | Path | None = None,
             prior_alpha: float = EZVSL_PRIOR_ALPHA, family: str = "ezvsl", preprocess: str = "soundloc",
             variant: str = "") -> EZVSL:
-    """An EZ-VSL-architecture checkpoint (EZ-VSL's or FNAC-AVL's best.pth; and, for the object
-    prior, torchvision's ImageNet ``resnet18`` weights) -> the model, in eval mode."""
+    """A published checkpoint of EZ-VSL's architecture (EZ-VSL's or FNAC-AVL's best.pth, SLAVC's
+    two-head latest.pth; and, for the object prior, torchvision's ImageNet ``resnet18`` weights)
+    -> the model, in eval mode. SLAVC's ``variant`` picks its online or momentum encoders; both
+    sets must be whole (each key checked by name), the other set is not kept."""
     config = Config(family=family, image_size=EZVSL_IMAGE_SIZE, num_classes=0, window_seconds=0.1, map_kind="cosine",
                     prior_alpha=prior_alpha if object_prior is not None else None, preprocess=preprocess,
                     variant=variant)
-    family_of(config).variant(config)  # refuses an unknown variant by name
-    model = EZVSL(config)
-    state = read_state_dict(ckpt, f"an {TITLES[family]} checkpoint")
+    chosen = family_of(config).variant(config)  # refuses an unknown variant by name
+    model = (SLAVC if family == "slavc" else EZVSL)(config)
+    state = read_state_dict(ckpt, f"a {TITLES[family]} checkpoint")
     trunks = {k: v for k, v in state.items() if not k.startswith("objnet.")}
-    match_state(nn.ModuleDict({n: getattr(model, n) for n in ("imgnet", "img_proj", "audnet", "aud_proj")}),
-                trunks, f"{ckpt}")
+    names = model.image_parts + model.audio_parts
+    parts = nn.ModuleDict({n: getattr(model, n) for n in names})
+    if family == "slavc":
+        online = {k: v for k, v in trunks.items() if not k.startswith(MOMENTUM)}
+        momentum = {k[len(MOMENTUM):]: v for k, v in trunks.items() if k.startswith(MOMENTUM)}
+        other = copy.deepcopy(parts)
+        match_state(other if chosen == "momentum" else parts, online, f"{ckpt}")
+        match_state(parts if chosen == "momentum" else other, momentum, f"{ckpt} ({MOMENTUM}*)")
+    else:
+        match_state(parts, trunks, f"{ckpt}")
     if model.objnet is not None:
         match_state(model.objnet, read_state_dict(object_prior, "torchvision resnet18 weights"),
                     f"{object_prior}", ignore=("fc.",))
@@ -89,7 +101,7 @@ def convert(ckpt: str | Path, object_prior: str | Path | None = None,
 def import_ezvsl(ckpt: str | Path, out: str | Path, object_prior: str | Path | None = None,
                  prior_alpha: float = EZVSL_PRIOR_ALPHA, family: str = "ezvsl", preprocess: str = "soundloc",
                  variant: str = "") -> dict[str, Any]:
-    """`soundloc import ezvsl|fnac`: write a soundloc checkpoint of the model in ``ckpt``
+    """`soundloc import ezvsl|fnac|slavc`: write a soundloc checkpoint of the model in ``ckpt``
     (atomically); returns what was recorded about its sources (the file's sha256 among them)."""
     if not 0 <= prior_alpha <= 1:
         raise ValueError(f"--alpha must be in [0, 1], not {prior_alpha}")
