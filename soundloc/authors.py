@@ -45,8 +45,13 @@ def load_image(path: str | Path) -> np.ndarray:
     """A still frame (jpg/png) as (H, W, 3) uint8 RGB, read as their ``load_image`` reads it."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    from .media import MediaError, one_line
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+        raise MediaError(f"{path}: not a readable image ({one_line(e)})") from None
 
 
 def resize_frame(rgb: np.ndarray, size: int) -> np.ndarray:

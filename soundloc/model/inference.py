@@ -21,6 +21,7 @@ import torch
 
 from ..config import EVAL_SIZE, steps_to_seconds
 from ..authors import MapRule, eval_map
+from ..data.annotations import find_video, list_videos  # noqa: F401  (benchmarks import them from here)
 from ..dependence import AudioDependence, audio_dependence, check_steps, other_clips
 from ..errors import UsageError
 from ..families import blend_prior, family_of
