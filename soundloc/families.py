@@ -13,6 +13,9 @@ graphs and their verification), so this module never imports torch:
   224 px with ImageNet normalisation and the log spectrogram of 3 s of audio, trailing (ending
   with the step) or centred on the frame (1.4 s later); the step graph has no state, and the
   map is the frame's own (the 3 s window is the audio net's input, not an average of maps).
+- ``fnac`` (FNAC-AVL) and ``slavc`` (SLAVC, two heads averaged): EZ-VSL's inputs and step; they
+  differ in their networks (``model.ezvsl``) and in how their authors' test code upsamples and
+  scales the map it scores (``variants``, used with ``config.preprocess == "authors"``).
 
 A new family is one entry here, one in each of those two tables, and its model module.
 """

@@ -102,7 +102,11 @@ def test_layout_lists_clips_with_both_files(still_folder):
     clips = list_clips(still_folder)
     assert [c for c, _ in clips] == ["FwVYUHKoLtQ_000034", "b_000001"]
     assert all(isinstance(p, StillClip) for _, p in clips)
-    assert find_clip(still_folder, "lonely") is None and find_clip(still_folder, "../frames/b_000001") is None
+    from soundloc.data.annotations import AnnotationError
+
+    assert find_clip(still_folder, "lonely") is None
+    with pytest.raises(AnnotationError, match="escapes"):  # as for videos: an id never leaves the folder
+        find_clip(still_folder, "../frames/b_000001")
 
 
 @pytest.fixture(scope="module")
