@@ -35,6 +35,9 @@ from .config import MELS_PER_STEP, NORM_EPS, SAMPLE_RATE, SAMPLES_PER_STEP, VIDE
 
 # EZ-VSL's facts (its authors' test code): ImageNet normalisation at 224 px, a 3 s audio window,
 # the object prior's blend weight.
+PriorRanges = tuple[tuple[float, float], tuple[float, float]]
+# SLAVC's test.py scales its logits by [-1/tau, 1/tau] (the cosine's [-1, 1]) and the prior by [0, 2.5]
+SLAVC_RANGES: PriorRanges = ((-1.0, 1.0), (0.0, 2.5))
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's image-model normalisation (EZ-VSL's input)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 EZVSL_IMAGE_SIZE = 224
@@ -74,6 +77,8 @@ class Family:
     # map variants its authors report (config.variant; the first is the default) -> how their test
     # code upsamples and normalises the map it scores (`--preprocess authors`); none for soundloc's own
     variants: dict[str, MapRule] = field(default_factory=dict)
+    # the object-prior blend: None = each map min-max normalised (EZ-VSL); else fixed (cosine, prior) ranges
+    prior_ranges: PriorRanges | None = None
 
     def variant(self, config: Config) -> str:
         """The config's map variant, checked (its first when the config names none)."""
@@ -280,11 +285,16 @@ def no_lookahead(config: Config) -> int:
     return 0
 
 
-def blend_prior(maps: np.ndarray, prior: np.ndarray | None, alpha: float | None) -> np.ndarray:
-    """EZ-VSL's object-prior blend in numpy (``model.ezvsl.EZVSL.maps`` is the torch twin):
-    maps and prior (..., h, w) each min-max normalised, then ``alpha * map + (1 - alpha) * prior``."""
+def blend_prior(maps: np.ndarray, prior: np.ndarray | None, alpha: float | None,
+                ranges: PriorRanges | None = None) -> np.ndarray:
+    """The object-prior blend in numpy (``model.ezvsl.EZVSL.maps`` is the torch twin): maps and
+    prior (..., h, w) each min-max normalised (EZ-VSL, FNAC), or scaled by fixed ``ranges`` (SLAVC),
+    then ``alpha * map + (1 - alpha) * prior``."""
     if prior is None or alpha is None:
         return maps
+    if ranges is not None:
+        (c0, c1), (p0, p1) = ranges
+        return alpha * (maps - c0) / (c1 - c0) + (1 - alpha) * (prior - p0) / (p1 - p0)
 
     def minmax(m: np.ndarray) -> np.ndarray:
         lo, hi = m.min(axis=(-2, -1), keepdims=True), m.max(axis=(-2, -1), keepdims=True)
@@ -317,6 +327,6 @@ FAMILIES: dict[str, Family] = {
         "slavc", "SLAVC (EZ-VSL's trunks, two projection heads averaged; confidence from the map)",
         audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
         std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead,
-        variants={v: MapRule("bicubic", True, "bicubic", True, cos_range=(-1.0, 1.0), prior_range=(0.0, 2.5))
-                  for v in ("online", "momentum")}),
+        variants={v: MapRule("bicubic", True, "bicubic", True, cos_range=SLAVC_RANGES[0], prior_range=SLAVC_RANGES[1])
+                  for v in ("online", "momentum")}, prior_ranges=SLAVC_RANGES),
 }

@@ -113,6 +113,14 @@ def test_model_maps_equal_the_authors_code(weights, family, variant, av_key, obj
     # the fixture keeps every third row and column of their 224x224 maps (README)
     np.testing.assert_allclose(av[::3, ::3], ref[av_key], atol=1e-4)
     np.testing.assert_allclose(av_obj[::3, ::3], ref[obj_key], atol=1e-4)
+    # the streamed (7x7) map: their logits and prior blended as their test code blends them
+    with torch.no_grad():
+        streamed = model.maps(model.image(image), model.audio(spec), model.prior(image))[0].numpy()
+    if family == "slavc":  # fixed ranges: the logits' [-1/tau, 1/tau], the prior's [0, 2.5]
+        want = 0.4 * (savl * TAU + 1) / 2 + 0.6 * ref["prior7"] / 2.5
+    else:
+        want = 0.4 * authors.normalize_img(savl) + 0.6 * authors.normalize_img(ref["prior7"])
+    np.testing.assert_allclose(streamed, want, atol=1e-4)
     if family == "slavc":
         assert authors.slavc_confidence(av) == pytest.approx(float(ref[f"conf_av_{variant}"]), abs=1e-4)
         assert authors.slavc_confidence(av_obj) == pytest.approx(float(ref[f"conf_av_obj_{variant}"]), abs=1e-4)

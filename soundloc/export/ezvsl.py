@@ -78,7 +78,7 @@ def offline(bundle: Bundle, video: np.ndarray, specs: np.ndarray) -> dict[str, n
         out = v.run({"frame": frames})
         out.update(a.run({family_of(cfg).audio_input: np.ascontiguousarray(specs[0][:, None])}))
     cos = np.einsum("tdhw,td->thw", out["V"], out["za"])
-    out["alpha"] = blend_prior(cos, out.get("prior"), cfg.prior_alpha)
+    out["alpha"] = blend_prior(cos, out.get("prior"), cfg.prior_alpha, family_of(cfg).prior_ranges)
     out["score"] = np.einsum("td,td->t", out["zv"], out["za"])
     return out
 

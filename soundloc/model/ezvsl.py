@@ -111,7 +111,10 @@ class EZVSL(nn.Module):
         cos = torch.einsum("bdhw,bd->bhw", V, za)
         if prior is None:
             return cos
-        a = self.config.prior_alpha
+        a, ranges = self.config.prior_alpha, family_of(self.config).prior_ranges
+        if ranges is not None:  # SLAVC: fixed ranges, not each map's extremes
+            (c0, c1), (p0, p1) = ranges
+            return a * (cos - c0) / (c1 - c0) + (1 - a) * (prior - p0) / (p1 - p0)
         return a * minmax(cos) + (1 - a) * minmax(prior)
 
     def features(self, video: torch.Tensor, specs: torch.Tensor, chunk: int = 16) -> Features:

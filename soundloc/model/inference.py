@@ -42,6 +42,7 @@ class ClipFeatures:
     map_kind: str = "dot"
     prior: np.ndarray | None = None  # (T, h, w) a family's object prior (EZ-VSL), blended by prior_alpha
     prior_alpha: float | None = None
+    prior_ranges: tuple | None = None  # the family's fixed blend ranges (SLAVC), None: min-max
 
     @property
     def steps(self) -> int:
@@ -52,7 +53,7 @@ class ClipFeatures:
         za = self.za if za is None else za
         T = min(self.steps, len(za))
         maps = step_maps(self.V[:, :T], za[:T], self.map_kind)
-        return blend_prior(maps, None if self.prior is None else self.prior[:T], self.prior_alpha)
+        return blend_prior(maps, None if self.prior is None else self.prior[:T], self.prior_alpha, self.prior_ranges)
 
     def scores(self) -> np.ndarray:
         return moment_scores(self.zv, self.za)
@@ -91,7 +92,8 @@ class Analyzer:
             f = self.model.features(torch.from_numpy(video).to(self.device), torch.from_numpy(audio).to(self.device))
         return ClipFeatures(clip_id or path.stem, f.V[0].float().cpu().numpy(), f.zv[0].float().cpu().numpy(),
                             f.za[0].float().cpu().numpy(), self.config.map_kind,
-                            None if f.prior is None else f.prior[0].float().cpu().numpy(), self.config.prior_alpha)
+                            None if f.prior is None else f.prior[0].float().cpu().numpy(), self.config.prior_alpha,
+                            family_of(self.config).prior_ranges)
 
     def classify(self, feats: ClipFeatures) -> str:
         """The audio-visual head's top class name (or index) for a clip ("" for a model without classes)."""
