@@ -78,7 +78,9 @@ def scored(m: np.ndarray) -> np.ndarray:
 
 
 def compare(a: np.ndarray, ref: np.ndarray) -> dict:
-    cell = lambda m: tuple(int(i) // 32 for i in np.unravel_index(np.argmax(m), m.shape))  # noqa: E731
+    def cell(m: np.ndarray) -> tuple[int, int]:
+        return tuple(int(i) // 32 for i in np.unravel_index(np.argmax(m), m.shape))
+
     return {"max_abs": round(float(np.abs(a - ref).max()), 4), "corr": round(float(np.corrcoef(a.ravel(), ref.ravel())[0, 1]), 5),
             "same_peak_cell": cell(a) == cell(ref), "peak_cell": cell(a), "ref_peak_cell": cell(ref)}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from test_ezvsl import ezvsl_state, random_state, resnet18_shapes  # noqa: F401  (re-exported)
 
 PRIOR_SEED = 7  # torchvision-style ImageNet resnet18 weights for the object prior

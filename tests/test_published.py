@@ -175,7 +175,7 @@ def test_checkpoint_as_saved_by_their_training_imports_by_name(weights, tmp_path
         variant = "momentum" if family == "slavc" else "bicubic"
         code, out = cli("import", family, tmp_path / "ck.pth", "--out", tmp_path / f"m{prefix}.pt", "--variant", variant)
         assert code == 0, out
-        model, data = load_checkpoint(tmp_path / f"m{prefix}.pt")
+        model, _ = load_checkpoint(tmp_path / f"m{prefix}.pt")
         assert model.config.family == family and model.config.variant == variant
         src = authors_state(family, "")
         own = model.state_dict()
@@ -268,6 +268,15 @@ def test_export_verifies_stream_vs_offline_and_onnx_vs_torch(weights, tmp_path, 
 
     src = weights / ("slavc.pth" if family == "slavc" else "ezvsl.pth")
     assert sha == hashlib.sha256(src.read_bytes()).hexdigest() and sha in text
+    # and it streams: `soundloc stream` on a real H.264 + AAC file, one event per step
+    from soundloc.data.synth import make_synthetic_dataset
+
+    make_synthetic_dataset(tmp_path / "synth", num_clips=1, seed=3, seconds=2.0, workers=1, size=64)
+    clip = next((tmp_path / "synth" / "videos").glob("*.mp4"))
+    code, text = cli("stream", tmp_path / "export", "--video", clip, "--events", tmp_path / "ev.jsonl", "--gate-db", "-200")
+    assert code == 0, text
+    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
+    assert len(events) == 20 and all(np.isfinite(e["score"]) and e["peak"] is not None for e in events)
 
 
 @pytest.mark.parametrize("family", ["fnac", "slavc"])

@@ -90,9 +90,9 @@ def still_folder(tmp_path_factory) -> Path:
     tone = (6000 * np.sin(np.arange(64_000) * 2 * np.pi * 440 / 16_000)).astype(np.int16)
     write_wav(root / "audio" / "b_000001.wav", np.stack([tone, tone // 2], axis=1))
     Image.fromarray(picture).save(root / "frames" / "lonely.jpg")
-    json.dump([{"file": CLIP, "class": "playing violin, fiddle", "bbox": [[0.496875, 0.0625, 0.903125, 0.825]]},
-               {"file": "b_000001", "class": "red square", "bbox": [[0.55, 0.2, 0.9, 0.66]]}],
-              open(root / "vggss.json", "w"))
+    (root / "vggss.json").write_text(json.dumps([
+        {"file": CLIP, "class": "playing violin, fiddle", "bbox": [[0.496875, 0.0625, 0.903125, 0.825]]},
+        {"file": "b_000001", "class": "red square", "bbox": [[0.55, 0.2, 0.9, 0.66]]}]))
     return root
 
 

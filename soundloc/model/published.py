@@ -21,6 +21,7 @@ from ..fileio import sha256_file
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .ezvsl import EZVSL, SLAVC
 
+
 class ModelImportError(SoundlocError, ValueError):
     """A checkpoint that is not its family's format; the message names the first offending key."""
 
