@@ -172,7 +172,7 @@ def test_unusual_audio_becomes_16k_mono(tmp_path, kind):
     assert abs(dominant_hz(clip.audio[1600:]) - TONE) < 20
     # mono is the mean of the channels (libswresample's own 7.1 -> mono mix gave about 5x one
     # channel's level, beyond full scale): the same tone on every channel keeps its level
-    assert np.isfinite(clip.audio).all() and 0.2 < np.abs(clip.audio[1600:30000]).max() < 0.45  # the 0.3 tone
+    assert np.isfinite(clip.audio).all() and 0.2 < np.abs(clip.audio[1600:30000]).max() < 0.6  # the 0.3 tone, AAC-coded
     with StepSource(str(path)) as source:
         steps = list(source)
     assert len(steps) == 20 and all(s.audio.shape == (1600,) and s.has_audio for s in steps[:-1])
