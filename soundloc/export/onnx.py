@@ -32,9 +32,8 @@ from ..fileio import Staged
 from ..model.classifier import AVClassifier
 from ..model.streaming import StreamingModel
 from ..runtime.bundle import MAGIC, Bundle, file_record, read_bundle, write_manifest
-from ..deploy.tensorrt import ExportError
 from ..deploy.trt_ops import check_tensorrt_compat
-from ..errors import UsageError
+from ..errors import ExportError, UsageError
 from .families import export_parts
 from .graphs import GraphSpec
 
