@@ -2,6 +2,7 @@
 size (issue 2's measure; docs/design.md §1 gives ~2.7 GMAC per frame).
 
     .venv/bin/python benchmarks/model_cost.py --json benchmarks/model_cost.json
+    .venv/bin/python benchmarks/model_cost.py --preset small --set fine_map=true   # the 14x14 map
 
 Each network runs a batch of 16 frames (one 16-step clip: T = 16) and a single frame (T = 1,
 what a streaming step costs), warm-up then timed by ``soundloc.bench.run_timed``.
@@ -40,16 +41,18 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--min-iters", type=int, default=5)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, as `soundloc train --set` (e.g. fine_map=true)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config: Config = preset(args.preset)
+    config: Config = preset(args.preset, **Config.parse_overrides(args.overrides))
     torch.manual_seed(0)
     model = AVClassifier(config).eval()
     plan = Plan(args.warmup, args.duration, args.min_iters)
     s, m = config.image_size, config.n_mels
-    out = {"preset": args.preset, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    out = {"preset": args.preset, "overrides": args.overrides, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "plan": asdict(plan), "system": system_info(), "networks": {}}
     for frames in (16, 1):
         for name, net, x in (("video", model.video, torch.randn(1, 3, frames, s, s)),

@@ -94,7 +94,9 @@ class Config:
     ``soundloc.model.classifier.contrastive_loss`` to the classification losses (training only).
     The defaults are the paper's, so checkpoints written before these fields load unchanged.
     ``causal`` pads the temporal convolutions on the past only: no lookahead when streaming,
-    but a different model that must be trained as such.
+    but a different model that must be trained as such. ``fine_map`` drops the spatial stride
+    of the last visual stage (as LVS does): V, and so the map, has twice the resolution (H/8,
+    14x14 at 112 px) for the same weights' shapes, at about twice the video network's cost.
     """
 
     num_classes: int = 309
@@ -105,6 +107,7 @@ class Config:
     contrastive_weight: float = 0.0  # weight of the class-aware multiple-instance contrastive term
     contrastive_temperature: float = 0.07
     causal: bool = False
+    fine_map: bool = False  # the last visual stage without its stride: V and the map at H/8 (14x14 at 112 px)
     clip_seconds: float = 10.0
     window_seconds: float = 3.0
     fps: int = FPS

@@ -235,11 +235,18 @@ def upsample(m: np.ndarray, height: int, width: int, align_corners: bool = False
     return rows[:, x0] * (1 - fx)[None, :] + rows[:, x1] * fx[None, :]
 
 
-def pseudo_box(m: np.ndarray, height: int, width: int, threshold: float = 0.5) -> Box | None:
+BOX_SEGMENTS = ("largest", "peak")  # which thresholded segment a box is drawn around
+
+
+def pseudo_box(m: np.ndarray, height: int, width: int, threshold: float = 0.5, segment: str = "largest") -> Box | None:
     """Paper §5.2: upsample to the frame, min-max normalise, threshold, keep the largest
-    connected component, box around it. Returns a normalised box, or None for a flat map."""
+    connected component, box around it. Returns a normalised box, or None for a flat map.
+    ``segment="peak"`` keeps the component around the map's maximum instead: the box follows
+    the object the map points at, not a larger stretch of background elsewhere."""
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must be in [0, 1), not {threshold}")
+    if segment not in BOX_SEGMENTS:
+        raise ValueError(f"segment must be one of {', '.join(BOX_SEGMENTS)}, not {segment!r}")
     small = normalise(m)
     if small is None:
         return None
@@ -249,6 +256,9 @@ def pseudo_box(m: np.ndarray, height: int, width: int, threshold: float = 0.5) -
     labels, count = ndimage.label(up > threshold)
     if count == 0:
         return None
-    sizes = ndimage.sum_labels(np.ones_like(up), labels, index=np.arange(1, count + 1))
-    ys, xs = ndimage.find_objects(labels)[int(np.argmax(sizes))]
+    if segment == "peak":
+        keep = int(labels.flat[int(np.argmax(up))]) - 1  # the maximum is 1 > threshold: always labelled
+    else:
+        keep = int(np.argmax(ndimage.sum_labels(np.ones_like(up), labels, index=np.arange(1, count + 1))))
+    ys, xs = ndimage.find_objects(labels)[keep]
     return (xs.start / width, ys.start / height, xs.stop / width, ys.stop / height)

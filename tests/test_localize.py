@@ -47,6 +47,21 @@ def test_pseudo_box_surrounds_larger_blob():
     assert 3 / 7 - 0.08 < y0 < 4 / 7 and y1 == 1.0
 
 
+def test_peak_segment_box_follows_the_peak_not_the_largest_segment():
+    """By hand: [1, 0, .8, .8] upsampled to 8 pixels is [1, .75, .25, .2, .6, .8, .8, .8],
+    normalised [1, .6875, .0625, 0, .5, .75, .75, .75]; above 0.5: pixels 0-1 (the peak) and
+    5-7 (the largest segment; pixel 4 sits exactly at the threshold and is out)."""
+    m = np.array([[1.0, 0.0, 0.8, 0.8]])
+    np.testing.assert_allclose(upsample(m, 1, 8)[0], [1, 0.75, 0.25, 0.2, 0.6, 0.8, 0.8, 0.8], atol=1e-6)
+    assert pseudo_box(m, 1, 8) == pseudo_box(m, 1, 8, segment="largest") == (5 / 8, 0.0, 1.0, 1.0)
+    assert pseudo_box(m, 1, 8, segment="peak") == (0.0, 0.0, 2 / 8, 1.0)
+    blob = np.zeros((7, 7))
+    blob[2:5, 2:5] = 1.0  # one segment: both rules give the same box
+    assert pseudo_box(blob, 224, 224, segment="peak") == pseudo_box(blob, 224, 224)
+    with pytest.raises(ValueError, match="segment must be one of largest, peak"):
+        pseudo_box(m, 1, 8, segment="biggest")
+
+
 @pytest.mark.parametrize("m", [np.zeros((7, 7)), np.full((7, 7), 3.0), np.full((7, 7), np.nan)])
 def test_flat_or_invalid_map_gives_no_box(m):
     assert pseudo_box(m, 112, 112) is None

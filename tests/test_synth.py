@@ -203,3 +203,108 @@ def test_shift_profile_changes_rates_channels_sizes_and_counts(tmp_path: Path) -
 def test_unknown_profile_raises(tmp_path: Path) -> None:
     with pytest.raises(SynthError, match="unknown profile 'nope'"):
         make_synthetic_dataset(tmp_path, num_clips=2, seconds=1.0, profile="nope")
+
+
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("heldout")
+    make_synthetic_dataset(out, num_clips=8, seed=3, seconds=2.0, num_classes=6, val_fraction=0.5,
+                           workers=1, size=96, profile="heldout")
+    return out
+
+
+def test_heldout_profile_differs_where_shift_does_not(heldout: Path) -> None:
+    """`heldout`: 15-35 % box heights, two or three objects, a third one a silent decoy of a
+    shape no class has, bursts/chirps/clicks, 25 fps and 44.1 kHz stereo; the sounding object is
+    always the clip's class and its track is the VGG-SS box."""
+    prof = synth.PROFILES["heldout"]
+    assert set(prof.decoy_shapes).isdisjoint(scenes.SHAPES) and set(prof.textures).isdisjoint(scenes.TEXTURES)
+    assert "steady" not in prof.sounds and set(prof.sounds) <= set(scenes.SOUND_FAMILIES)
+    tracks = json.loads((heldout / "tracks.json").read_text())
+    boxes = {b["file"]: b for b in json.loads((heldout / "vggss.json").read_text())}
+    names = {c.name for c in synth_classes(6)}
+    counts, decoys, sounds = [], 0, set()
+    for clip_id, track in tracks.items():
+        objects = track["objects"]
+        counts.append(len(objects))
+        assert objects[track["sounding"]]["class"] == track["label"] in names
+        for k, obj in enumerate(objects):
+            b = np.array(obj["boxes"])
+            assert np.all((b[:, 3] - b[:, 1] >= 0.15 - 1e-3) & (b[:, 3] - b[:, 1] <= 0.35 + 1e-3))
+            is_decoy = obj["class"].startswith("decoy ")
+            decoys += is_decoy
+            assert not is_decoy or (k == 2 and obj["class"][6:] in prof.decoy_shapes)
+        assert (len(objects) == 3) == objects[-1]["class"].startswith("decoy ")
+        sounds.add(track["sound"])
+        assert (track["source_fps"], track["source_sample_rate"]) == (25, 44_100)
+        if clip_id in boxes:
+            assert boxes[clip_id]["bbox"] == [objects[0]["boxes"][10]] and boxes[clip_id]["class"] == track["label"]
+        with av.open(str(heldout / "videos" / f"{clip_id}.mp4")) as c:
+            assert c.streams.audio[0].channels == 2 and c.streams.audio[0].sample_rate == 44_100
+            assert sum(1 for _ in c.decode(video=0)) == 50
+    assert set(counts) == {2, 3} and decoys >= 1 and len(sounds) >= 2  # seed 3: both counts, two families
+
+
+def test_heldout_pixels_show_the_sounding_object_in_its_class_colour(heldout: Path) -> None:
+    """Ground truth matches the pixels: at the middle frame, the sounding box holds the class's
+    colour (whatever held-out texture it wears), the background outside every box does not."""
+    tracks = json.loads((heldout / "tracks.json").read_text())
+    colours = {c.name: np.array(c.colour) for c in synth_classes(6)}
+    for clip_id, track in tracks.items():
+        with av.open(str(heldout / "videos" / f"{clip_id}.mp4")) as c:
+            frame = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)][25].astype(float) / 255
+        size = frame.shape[0]
+        chroma = frame / (frame.sum(-1, keepdims=True) + 1e-6)
+        target = colours[track["label"]] / colours[track["label"]].sum()
+        near = np.abs(chroma - target).sum(-1) < 0.12
+        x0, y0, x1, y1 = (np.array(track["objects"][0]["boxes"][10]) * size).round().astype(int)
+        outside = np.ones((size, size), bool)
+        for obj in track["objects"]:
+            a0, b0, a1, b1 = (np.array(obj["boxes"][10]) * size).round().astype(int)
+            outside[max(b0 - 2, 0): b1 + 2, max(a0 - 2, 0): a1 + 2] = False
+        assert near[y0:y1, x0:x1].mean() > 0.05, clip_id  # 0.10-0.57 here (shapes, textures, tints)
+        assert near[outside].mean() < 0.01, clip_id  # 0.0 here
+
+
+def test_heldout_profile_is_deterministic(heldout: Path, tmp_path: Path) -> None:
+    make_synthetic_dataset(tmp_path, num_clips=8, seed=3, seconds=2.0, num_classes=6, val_fraction=0.5,
+                           workers=2, size=96, profile="heldout")
+    for name in ("vggss.json", "tracks.json", "intervals.json", "vggsound.csv"):
+        assert (heldout / name).read_bytes() == (tmp_path / name).read_bytes(), name
+    clip = sorted((heldout / "videos").iterdir())[0].name
+    assert (heldout / "videos" / clip).read_bytes() == (tmp_path / "videos" / clip).read_bytes()
+
+
+@pytest.mark.parametrize("family", ["bursts", "chirp", "clicks"])
+def test_sound_families_keep_the_class_pitch_and_shape_it_in_time(family: str) -> None:
+    """Each held-out family keeps the class's fundamental as the strongest partial (within the
+    chirp's +-0.15 octave) and changes the envelope or pitch track that `steady` has."""
+    cls = synth_classes(10)[3]
+    rate, seconds = 16_000, 2.0
+    steady = scenes.render_audio(cls, [[0.0, seconds]], seconds, np.random.default_rng(0), rate)
+    other = scenes.render_audio(cls, [[0.0, seconds]], seconds, np.random.default_rng(0), rate, family)
+    spec = np.abs(np.fft.rfft(other))
+    freqs = np.fft.rfftfreq(len(other), 1 / rate)
+    strongest = freqs[np.argmax(spec)]
+    assert cls.f0 * 2 ** -0.2 < strongest < cls.f0 * 2 ** 0.2
+    env = np.sqrt(np.convolve(other.astype(float) ** 2, np.ones(800) / 800, mode="valid"))
+    env0 = np.sqrt(np.convolve(steady.astype(float) ** 2, np.ones(800) / 800, mode="valid"))
+    if family == "bursts":  # on and off: some 50 ms windows hold only the hiss
+        assert env.min() < 0.2 * np.median(env) and env0.min() > 0.2 * np.median(env0)
+    elif family == "chirp":  # the pitch moves: short-time peaks differ over the clip
+        peaks = [np.argmax(np.abs(np.fft.rfft(other[i: i + 2048]))) for i in range(0, len(other) - 2048, 4000)]
+        assert max(peaks) - min(peaks) >= 3
+    else:  # clicks: a spiky envelope (crest factor over 1 ms windows far above steady's)
+        short = np.sqrt(np.convolve(other.astype(float) ** 2, np.ones(16) / 16, mode="valid"))
+        short0 = np.sqrt(np.convolve(steady.astype(float) ** 2, np.ones(16) / 16, mode="valid"))
+        assert short.max() / np.median(short) > 2 * short0.max() / np.median(short0)
+    with pytest.raises(SynthError, match="unknown sound family"):
+        scenes.render_audio(cls, [[0.0, seconds]], seconds, np.random.default_rng(0), rate, "whoosh")
+
+
+def test_default_profile_clips_are_unchanged_by_the_heldout_options(made) -> None:
+    """The default profile draws nothing new: its tracks say `steady` and keep class textures."""
+    out, _ = made
+    tracks = json.loads((out / "tracks.json").read_text())
+    names = {c.name for c in synth_classes(5)}
+    assert all(t["sound"] == "steady" and {o["class"] for o in t["objects"]} <= names for t in tracks.values())

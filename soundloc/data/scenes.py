@@ -26,6 +26,11 @@ COLOURS = {
     "white": (0.97, 0.97, 0.97),
 }
 TEXTURES = ("solid", "stripes", "checker", "dots")
+# Only the held-out profile draws these (soundloc.data.synth.PROFILES["heldout"]): silent decoys
+# of shapes no class has, textures no class wears, and source sounds of other temporal families.
+HELDOUT_SHAPES = ("star", "crescent", "arrow")
+HELDOUT_TEXTURES = ("rings", "grid", "gradient")
+SOUND_FAMILIES = ("steady", "bursts", "chirp", "clicks")  # "steady": the class signature as it is
 SOUND_WORDS = ("hum", "buzz", "whistle", "drone", "chirp", "beep", "rumble", "trill")
 MAX_CLASSES = len(SHAPES) * len(COLOURS)
 AREA_RANGE = (0.10, 0.45)  # fraction of the frame covered by an object's box
@@ -79,19 +84,24 @@ def synth_classes(num_classes: int) -> tuple[SynthClass, ...]:
 # -- geometry -------------------------------------------------------------------------------
 
 
-def place_objects(rng: np.random.Generator, n: int, area_range: tuple[float, float] = AREA_RANGE
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def place_objects(rng: np.random.Generator, n: int, area_range: tuple[float, float] = AREA_RANGE,
+                  height_range: tuple[float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Sizes (m, 2) and start centres (m, 2) in frame units of m <= n objects whose boxes
-    overlap little; object 0 is the source.
+    overlap little; object 0 is the source. ``height_range``: draw each box's height (fraction
+    of the frame's) log-uniform in it instead of its area.
 
     Every area is drawn once, log-uniform in ``area_range`` (aspect ratio 0.75-1.33), and only
     positions are re-drawn until no box is more than 25 % covered: re-drawing or shrinking
     sizes would bias them small and make "the biggest object sounds" a shortcut. A layout too
     crowded to place drops its last distractor instead (down to two objects).
     """
-    area = np.exp(rng.uniform(np.log(area_range[0]), np.log(area_range[1]), n))
+    lo, hi = height_range or area_range
+    size = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
     aspect = np.exp(rng.uniform(np.log(0.75), np.log(1.33), n))
-    wh = np.stack([np.sqrt(area * aspect), np.sqrt(area / aspect)], axis=1)
+    if height_range is None:
+        wh = np.stack([np.sqrt(size * aspect), np.sqrt(size / aspect)], axis=1)
+    else:
+        wh = np.stack([size * aspect, size], axis=1)
     while True:
         for _ in range(100):
             centre = rng.uniform(wh / 2, 1 - wh / 2)
@@ -148,6 +158,13 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (au <= 0.35) | (av_ <= 0.35)
     if shape == "octagon":
         return au + av_ <= 1.4
+    if shape == "star":  # five points: the radius swings between 0.45 and 1 with the angle
+        ang = np.arctan2(u, -v)
+        return np.hypot(u, v) <= 0.45 + 0.55 * np.abs(np.cos(2.5 * ang)) ** 3
+    if shape == "crescent":
+        return (u * u + v * v <= 1.0) & ((u - 0.45) ** 2 + v * v > 0.55)
+    if shape == "arrow":  # pointing right: a shaft and a head
+        return ((av_ <= 0.3) & (u <= 0.1)) | ((u > 0.1) & (av_ <= (1 - u) / 0.9))
     return au >= av_ - 0.25  # hourglass on its side: a bow tie
 
 
@@ -157,6 +174,13 @@ def _texture(texture: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         return (np.sin(np.pi * 4 * (u + v)) > 0).astype(np.float32)
     if texture == "checker":
         return ((np.floor(2 * (u + 1)) + np.floor(2 * (v + 1))) % 2).astype(np.float32)
+    if texture == "rings":
+        return (np.sin(np.pi * 5 * np.hypot(u, v)) > 0).astype(np.float32)
+    if texture == "grid":
+        return ((np.abs(np.mod(3 * (u + 1), 1) - 0.5) < 0.38) & (np.abs(np.mod(3 * (v + 1), 1) - 0.5) < 0.38)
+                ).astype(np.float32)
+    if texture == "gradient":
+        return np.clip((u - v + 2) / 4, 0, 1).astype(np.float32)
     if texture == "dots":
         return (((np.mod(2.5 * (u + 1), 1) - 0.5) ** 2 + (np.mod(2.5 * (v + 1), 1) - 0.5) ** 2) > 0.09).astype(np.float32)
     return 0.75 + 0.25 * (1 - (u * u + v * v) / 2)  # solid, with a little shading
@@ -241,22 +265,46 @@ def _band_noise(rng: np.random.Generator, n: int, band: tuple[float, float], rat
     return out / (np.sqrt(np.mean(out**2)) + 1e-12)
 
 
+def _family_envelope(family: str, t: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(pitch factor, amplitude envelope) per sample of a sound family: ``bursts`` gates the
+    signature on and off (0.1-0.4 s on, 0.05-0.2 s off), ``chirp`` sweeps its pitch by +-0.15
+    octave at 0.5-1.5 Hz, ``clicks`` turns it into a train of 15 ms decaying pulses at 6-14 Hz."""
+    pitch, env = np.ones_like(t), np.ones_like(t)
+    if family == "bursts":
+        edges = np.cumsum(np.stack([rng.uniform(0.1, 0.4, 64), rng.uniform(0.05, 0.2, 64)], 1).ravel())
+        env = (np.searchsorted(edges, t - rng.uniform(0, 0.3), side="right") % 2 == 0).astype(float)
+    elif family == "chirp":
+        pitch = 2.0 ** (0.15 * np.sin(2 * np.pi * rng.uniform(0.5, 1.5) * t + rng.uniform(0, 2 * np.pi)))
+    elif family == "clicks":
+        env = np.exp(-np.mod(t + rng.uniform(0, 1), 1 / rng.uniform(6, 14)) / 0.015)
+        env /= np.sqrt(np.mean(env**2)) + 1e-12
+    elif family != "steady":
+        raise SynthError(f"unknown sound family {family!r}; choose from {', '.join(SOUND_FAMILIES)}")
+    return pitch, env
+
+
 def render_audio(cls: SynthClass, intervals: list[list[float]], seconds: float,
-                 rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+                 rng: np.random.Generator, sample_rate: int = SAMPLE_RATE, family: str = "steady") -> np.ndarray:
     """The clip's waveform (N,) float32: the source's signature inside ``intervals`` (with
-    10 ms fades) over a faint white hiss everywhere."""
+    10 ms fades) over a faint white hiss everywhere; ``family`` (``SOUND_FAMILIES``) shapes the
+    signature in time (the held-out profile's other kinds of sound)."""
     n = round(seconds * sample_rate)
     t = np.arange(n) / sample_rate
     f0 = cls.f0 * rng.uniform(0.98, 1.02)
+    pitch, env = _family_envelope(family, t, rng) if family != "steady" else (None, None)
+    cycles = t if pitch is None else np.cumsum(pitch) / sample_rate  # f0 * cycles: the phase in turns
+    top = 1.0 if pitch is None else float(pitch.max())
     tone = np.zeros(n)
     for k, amp in enumerate(cls.harmonics):
-        if amp and (k + 1) * f0 < sample_rate / 2 - 200:
-            tone += amp * np.sin(2 * np.pi * (k + 1) * f0 * t + rng.uniform(0, 2 * np.pi))
+        if amp and (k + 1) * f0 * top < sample_rate / 2 - 200:
+            tone += amp * np.sin(2 * np.pi * (k + 1) * f0 * cycles + rng.uniform(0, 2 * np.pi))
     tone /= np.sqrt(np.mean(tone**2)) + 1e-12
     if cls.noise_band is not None:
         tone += 0.6 * _band_noise(rng, n, cls.noise_band, sample_rate)
     if cls.am_rate:
         tone *= 0.55 + 0.45 * np.sin(2 * np.pi * cls.am_rate * t + rng.uniform(0, 2 * np.pi))
+    if env is not None:
+        tone *= env
     gate = np.zeros(n)
     for start, end in intervals:
         gate[int(start * sample_rate): int(end * sample_rate)] = 1.0
@@ -265,3 +313,15 @@ def render_audio(cls: SynthClass, intervals: list[list[float]], seconds: float,
     level = SOURCE_LEVEL / 3 * 10 ** (rng.uniform(-4, 2) / 20)
     audio = level * tone * gate + BACKGROUND_NOISE * rng.standard_normal(n)
     return np.clip(audio, -1, 1).astype(np.float32)
+
+
+def offscreen_bursts(rng: np.random.Generator, n: int, sample_rate: int, count: int) -> np.ndarray:
+    """``count`` white-noise bursts of 0.2-0.6 s at random times, about 12 dB under a typical
+    source: sound from nothing in view (the held-out profile's interference)."""
+    out = np.zeros(n)
+    for _ in range(count):
+        length = int(rng.uniform(0.2, 0.6) * sample_rate)
+        start = int(rng.integers(0, max(1, n - length)))
+        burst = rng.standard_normal(min(length, n - start)) * np.hanning(min(length, n - start))
+        out[start: start + len(burst)] += SOURCE_LEVEL / 12 * burst
+    return out

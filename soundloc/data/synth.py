@@ -32,8 +32,14 @@ Profiles (``PROFILES``, ``soundloc synth --profile``) change what a real distrib
 changes while keeping the class table: ``default`` is the benchmark above; ``shift`` has smaller
 objects (4-30 % of the frame), two to four per clip, faster motion, a cluttered background of
 static coloured blobs, source video at 24, 25 or 30 fps and 44.1 or 48 kHz stereo audio panned
-toward one side. Train on one profile and evaluate on another to see whether the maps follow
-the sound or what the model was tuned on.
+toward one side; ``heldout`` (for final figures only, never for choosing settings) differs in
+what ``shift`` keeps: box heights of 15-35 % of the frame, two or three objects, every object
+in a texture no class wears (rings, grid, gradient), a third object drawn as a silent decoy of
+a shape no class has (star, crescent, arrow) in another class's colour, the source's signature
+sounding in bursts, chirps or clicks instead of steadily, up to two noise bursts from nothing in
+view, 25 fps video and 44.1 kHz stereo. ``tracks.json`` names each clip's sound family
+(``sound``). Train on one profile and evaluate on another to see whether the maps follow the
+sound or what the model was tuned on.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +60,9 @@ from ..config import FPS, SAMPLE_RATE, is_whole_steps, seconds_to_steps, steps_t
 from ..fileio import atomic_write_bytes, check_outputs
 from .annotations import clip_id
 from .scenes import (  # noqa: F401  (SynthClass, SynthError, MAX_CLASSES: part of this module's API)
-    AREA_RANGE, BACKGROUND_NOISE, MAX_CLASSES, MAX_SPEED, SynthClass, SynthError, add_clutter, background_field,
-    place_objects, silent_gaps, object_boxes, render_audio, render_frames, synth_classes,
+    AREA_RANGE, BACKGROUND_NOISE, HELDOUT_SHAPES, HELDOUT_TEXTURES, MAX_CLASSES, MAX_SPEED, SynthClass, SynthError,
+    add_clutter, background_field, offscreen_bursts, place_objects, silent_gaps, object_boxes, render_audio,
+    render_frames, synth_classes,
 )
 
 @dataclass(frozen=True)
@@ -71,12 +78,21 @@ class SynthProfile:
     fps: tuple[int, ...] = ()
     sample_rates: tuple[int, ...] = (SAMPLE_RATE,)
     stereo: bool = False
+    height_range: tuple[float, float] | None = None  # draw box heights (frame fractions), not areas
+    textures: tuple[str, ...] = ()  # every object wears one of these instead of its class's texture
+    decoy_shapes: tuple[str, ...] = ()  # a third object becomes a silent decoy of one of these shapes
+    sounds: tuple[str, ...] = ("steady",)  # the source's sound family (scenes.SOUND_FAMILIES), per clip
+    offscreen: int = 0  # up to this many noise bursts per clip from nothing in view
 
 
 PROFILES = {
     "default": SynthProfile("default"),
     "shift": SynthProfile("shift", area_range=(0.04, 0.30), objects=(2, 4), max_speed=0.15, clutter=8,
                           fps=(24, 25, 30), sample_rates=(44_100, 48_000), stereo=True),
+    # For final figures only, never for choosing settings: what neither training nor `shift` shows.
+    "heldout": SynthProfile("heldout", height_range=(0.15, 0.35), objects=(2, 3), max_speed=0.06, fps=(25,),
+                            sample_rates=(44_100,), stereo=True, textures=HELDOUT_TEXTURES,
+                            decoy_shapes=HELDOUT_SHAPES, sounds=("bursts", "chirp", "clicks"), offscreen=2),
 }
 
 
@@ -127,8 +143,9 @@ def _make_clip(job: _ClipJob) -> dict:
     n_obj = int(rng.integers(prof.objects[0], min(prof.objects[1], job.num_classes) + 1))
     others = rng.permutation([c for c in range(job.num_classes) if c != job.label])[: n_obj - 1]
     obj_classes = [job.label, *map(int, others)]
-    wh, centre = place_objects(rng, n_obj, prof.area_range)
+    wh, centre = place_objects(rng, n_obj, prof.area_range, prof.height_range)
     n_obj, obj_classes = len(wh), obj_classes[: len(wh)]
+    looks = _looks(prof, [classes[c] for c in obj_classes], np.random.default_rng([job.seed, job.index, 3]))
     angle = rng.uniform(0, 2 * np.pi, n_obj)
     velocity = rng.uniform(0.005, prof.max_speed, n_obj)[:, None] * np.stack([np.cos(angle), np.sin(angle)], 1)
     n_steps = seconds_to_steps(job.seconds)
@@ -137,9 +154,14 @@ def _make_clip(job: _ClipJob) -> dict:
     boxes = object_boxes(wh, centre, velocity, render_times)
     tints = rng.uniform(0.85, 1.1, (n_obj, 3)).astype(np.float32)
     background = add_clutter(extra, background_field(rng, job.size), prof.clutter)
-    frames = render_frames(boxes, [classes[c] for c in obj_classes], tints, background, rng.permutation(n_obj), rng)
+    frames = render_frames(boxes, looks, tints, background, rng.permutation(n_obj), rng)
     intervals = silent_gaps(rng, job.seconds)
-    audio = render_audio(classes[job.label], intervals, job.seconds, rng, rate)
+    heard = np.random.default_rng([job.seed, job.index, 4])  # held-out sound choices
+    family = str(heard.choice(prof.sounds))
+    audio = render_audio(classes[job.label], intervals, job.seconds, rng, rate, family)
+    if prof.offscreen:
+        count = int(heard.integers(0, prof.offscreen + 1))
+        audio = np.clip(audio + offscreen_bursts(heard, len(audio), rate, count), -1, 1).astype(np.float32)
     if prof.stereo:  # panned toward one side, each channel with its own hiss
         gains = np.array([[0.4], [1.0]])[:: 1 if extra.random() < 0.5 else -1]
         audio = np.clip(gains * audio + BACKGROUND_NOISE * extra.standard_normal((2, len(audio))), -1, 1)
@@ -150,9 +172,19 @@ def _make_clip(job: _ClipJob) -> dict:
     write_mp4(Path(job.videos_dir) / f"{cid}.mp4", frames, fps, audio, rate)
     return {
         "id": cid, "index": job.index, "label": job.label, "intervals": intervals,
-        "source_fps": fps, "source_sample_rate": rate,
-        "objects": [{"class": classes[c].name, "boxes": track[k].tolist()} for k, c in enumerate(obj_classes)],
+        "source_fps": fps, "source_sample_rate": rate, "sound": family,
+        "objects": [{"class": look.name, "boxes": track[k].tolist()} for k, look in enumerate(looks)],
     }
+
+
+def _looks(prof: SynthProfile, looks: list[SynthClass], rng: np.random.Generator) -> list[SynthClass]:
+    """How each object is drawn: its class, with a profile's texture, and (three objects and
+    a profile with decoys) the last one a silent decoy of a shape no class has, in its colour."""
+    looks = [replace(c, texture=str(rng.choice(prof.textures))) if prof.textures else c for c in looks]
+    if prof.decoy_shapes and len(looks) >= 3:
+        shape = str(rng.choice(prof.decoy_shapes))
+        looks[-1] = replace(looks[-1], shape=shape, name=f"decoy {shape}")
+    return looks
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -257,7 +289,8 @@ def _write_annotations(out: Path, jobs: list[_ClipJob], splits: list[str], resul
         if split == "test":
             boxes.append({"file": r["id"], "class": name, "bbox": [r["objects"][0]["boxes"][mid]]})
         tracks[r["id"]] = {"fps": FPS, "label": name, "sounding": 0, "objects": r["objects"],
-                           "source_fps": r["source_fps"], "source_sample_rate": r["source_sample_rate"]}
+                           "source_fps": r["source_fps"], "source_sample_rate": r["source_sample_rate"],
+                           "sound": r["sound"]}
         intervals[r["id"]] = r["intervals"]
     counts = np.bincount([j.label for j in jobs], minlength=num_classes)
     stat = io.StringIO()

@@ -1,7 +1,8 @@
 """MC3-18 (Tran et al. 2018), the paper's video backbone, with torchvision's ``mc3_18`` layout.
 
 3-D convolutions in the stem and layer1, 2-D (1x3x3) ones in layers 2-4, spatial stride only:
-time is never downsampled, so (B, 3, T, 112, 112) -> V (B, 512, T, 7, 7). Parameter names and
+time is never downsampled, so (B, 3, T, 112, 112) -> V (B, 512, T, 7, 7) (14x14 with the
+config's ``fine_map``: layer4 without its spatial stride). Parameter names and
 shapes equal torchvision's, so a Kinetics ``mc3_18`` state dict loads (``fc.*`` aside).
 Variants are data (``width``, ``layers``, ``causal`` in the config), as in torchvision's builder.
 """
@@ -40,7 +41,8 @@ class BasicBlock(nn.Module):
 
 
 class VideoNet(nn.Module):
-    """(B, 3, T, H, W) normalised RGB -> V (B, D, T, H/16, W/16); ``pool`` gives z^V (B, T, D)."""
+    """(B, 3, T, H, W) normalised RGB -> V (B, D, T, H/16, W/16) (H/8 with ``fine_map``); ``pool``
+    gives z^V (B, T, D)."""
 
     def __init__(self, config: Config) -> None:
         super().__init__()
@@ -51,6 +53,8 @@ class VideoNet(nn.Module):
         cin = widths[0]
         for i, (cout, blocks) in enumerate(zip(widths, config.layers)):
             stride, temporal = (1, True) if i == 0 else (2, False)  # MC3: 3-D layer1, 2-D layers 2-4
+            if i == 3 and config.fine_map:
+                stride = 1  # a finer map: the last stage keeps layer3's resolution
             stage = []
             for b in range(blocks):
                 stage.append(BasicBlock(cin, cout, temporal, stride if b == 0 else 1, la))

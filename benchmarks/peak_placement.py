@@ -1,0 +1,164 @@
+"""Where does the map's peak land, and how well does the map point? (issue 24)
+
+For each checkpoint, on a `soundloc synth` folder's test clips, at the middle frame with the
+3 s centred window and the map kind the checkpoint exports, the peak of the map upsampled to
+224x224 is put in the first of these places that holds it:
+
+- ``sounding``: inside the sounding object's box;
+- ``silent``: inside another object's box (a silent object or decoy);
+- ``next_to_sounding``: background within 25 % of the sounding box's size around it;
+- ``between``: background inside the rectangle spanned by the sounding box and a silent one;
+- ``edge``: background within 10 % of the frame's side from its border;
+- ``elsewhere``: the rest of the background.
+
+Beside it, each figure for the same model with another clip's audio of another class
+(``shuffled``) and for a centred Gaussian (``center``), the scores of ``generalisation.py``
+(pointing, sounding-beats-silent, mean cIoU, AP50, AUC), and the live box
+(``localize.pseudo_box`` at threshold 0.5) around the largest thresholded segment and around
+the segment holding the peak: mean IoU with the sounding box and the share with IoU >= 0.5.
+
+    python benchmarks/peak_placement.py --data runs/heldout100 --run default=runs/default/last.pt \\
+        --json benchmarks/results/peak_placement.json
+
+Choose settings on the training profile's validation clips (``--data`` the training folder:
+its test split), never on the held-out profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from generalisation import score
+from soundloc import evaluate
+from soundloc.config import EVAL_SIZE
+from soundloc.data.annotations import find_video, read_vggss
+from soundloc.dependence import other_clips
+from soundloc.fileio import write_json
+from soundloc.localize import BOX_SEGMENTS, pseudo_box, upsample, window_map
+from soundloc.model.inference import Analyzer, Skipped
+
+PLACES = ("sounding", "silent", "next_to_sounding", "between", "edge", "elsewhere")
+NEXT_TO = 0.25  # of the sounding box's width / height, on each side
+EDGE = 0.10  # of the frame's side
+
+
+def _inside(x: float, y: float, box, grow: float = 0.0) -> bool:
+    x0, y0, x1, y1 = box
+    gw, gh = grow * (x1 - x0), grow * (y1 - y0)
+    return x0 - gw <= x <= x1 + gw and y0 - gh <= y <= y1 + gh
+
+
+def place(x: float, y: float, boxes: list, sounding: int) -> str:
+    """Which of ``PLACES`` the point (x, y) (frame fractions) is in; ``boxes``: every object's."""
+    src = boxes[sounding]
+    others = [b for k, b in enumerate(boxes) if k != sounding]
+    if _inside(x, y, src):
+        return "sounding"
+    if any(_inside(x, y, b) for b in others):
+        return "silent"
+    if _inside(x, y, src, NEXT_TO):
+        return "next_to_sounding"
+    spans = [(min(src[0], b[0]), min(src[1], b[1]), max(src[2], b[2]), max(src[3], b[3])) for b in others]
+    if any(_inside(x, y, s) for s in spans):
+        return "between"
+    if min(x, y, 1 - x, 1 - y) < EDGE:
+        return "edge"
+    return "elsewhere"
+
+
+def peak_xy(m: np.ndarray) -> tuple[float, float]:
+    """The peak of a map upsampled to the evaluation size, as frame fractions (pixel centres)."""
+    up = upsample(m, EVAL_SIZE, EVAL_SIZE, dtype=np.float64) if m.shape != (EVAL_SIZE, EVAL_SIZE) else m
+    r, c = np.unravel_index(int(np.argmax(up)), up.shape)
+    return (c + 0.5) / up.shape[1], (r + 0.5) / up.shape[0]
+
+
+def placements(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int]) -> dict[str, float]:
+    """Share of clips whose peak lands in each of ``PLACES``."""
+    counts = dict.fromkeys(PLACES, 0)
+    for clip_id, m in maps.items():
+        track = tracks[clip_id]
+        boxes = [o["boxes"][frame[clip_id]] for o in track["objects"]]
+        counts[place(*peak_xy(m), boxes, track["sounding"])] += 1
+    return {k: v / max(len(maps), 1) for k, v in counts.items()}
+
+
+def box_iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def boxes(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int]) -> dict[str, dict[str, float]]:
+    """The live box of each segment rule against the sounding object's box."""
+    out = {}
+    for segment in BOX_SEGMENTS:
+        ious = []
+        for clip_id, m in maps.items():
+            track = tracks[clip_id]
+            box = pseudo_box(m, EVAL_SIZE, EVAL_SIZE, 0.5, segment)
+            ious.append(0.0 if box is None else box_iou(box, track["objects"][track["sounding"]]["boxes"][frame[clip_id]]))
+        out[segment] = {"mean_iou": float(np.mean(ious)), "iou50": float(np.mean(np.array(ious) >= 0.5))}
+    return out
+
+
+def full(maps: dict[str, np.ndarray], gt, tracks: dict, frame: dict[str, int]) -> dict:
+    return {**score(maps, gt, tracks, frame), "placement": placements(maps, tracks, frame),
+            "boxes": boxes(maps, tracks, frame)}
+
+
+def evaluate_run(ckpt: Path, data: Path, gt, tracks: dict) -> dict:
+    an = Analyzer(ckpt)
+    feats = list(an.each([(i, find_video(data, i)) for i in gt.ids], Skipped()))
+    steps = an.config.window_steps
+    frame = {f.clip_id: f.steps // 2 for f in feats}
+    other = other_clips([tracks[f.clip_id]["label"] for f in feats], len(feats))
+    own = {f.clip_id: window_map(f.alpha(), frame[f.clip_id], steps) for f in feats}
+    shuffled = {f.clip_id: window_map(f.alpha(feats[j].za), frame[f.clip_id], steps) for f, j in zip(feats, other)}
+    cfg = an.config
+    return {"ckpt": str(ckpt), "clips": len(feats), "map_size": list(next(iter(own.values())).shape),
+            "config": {k: getattr(cfg, k) for k in ("head", "map_kind", "contrastive_weight", "fine_map")},
+            "map": full(own, gt, tracks, frame), "shuffled": full(shuffled, gt, tracks, frame)}
+
+
+def _line(name: str, r: dict) -> str:
+    p = r["placement"]
+    return (f"{name:>16}  pointing {r['pointing']:.2f}  sounding>silent {r['sounding_beats_silent']:.2f}  "
+            f"cIoU {r['mean_ciou']:.3f}  AP50 {r['ap50']:.2f}  | peak: " +
+            "  ".join(f"{k} {v:.2f}" for k, v in p.items()) +
+            "  | box IoU>=0.5: " + "  ".join(f"{k} {v['iou50']:.2f}" for k, v in r["boxes"].items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="a `soundloc synth` folder (its test split is scored)")
+    ap.add_argument("--run", action="append", default=[], help="NAME=CHECKPOINT (repeatable)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    t0 = time.time()
+    gt = read_vggss(args.data / "vggss.json")
+    tracks = json.loads((args.data / "tracks.json").read_text())
+    frame = {i: len(tracks[i]["objects"][0]["boxes"]) // 2 for i in gt.ids}
+    center = evaluate.center_maps(gt.ids)
+    result = {"data": str(args.data), "protocol": "lvs", "clips": len(gt.ids),
+              "center": full(center, gt, tracks, frame), "runs": {}}
+    print(_line("center", result["center"]), flush=True)
+    for spec in args.run:
+        name, _, ckpt = spec.partition("=")
+        r = result["runs"][name] = evaluate_run(Path(ckpt), args.data, gt, tracks)
+        print(_line(name, r["map"]), flush=True)
+        print(_line(f"{name} shuffled", r["shuffled"]), flush=True)
+    result["seconds"] = round(time.time() - t0, 1)
+    if args.json:
+        write_json(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
