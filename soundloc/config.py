@@ -115,10 +115,13 @@ class Config:
     class_names: tuple[str, ...] = field(default=(), compare=False)
     family: str = "classifier"  # a name in families.FAMILIES (checked there); checkpoints written before it are the classifier
     prior_alpha: float | None = None  # ezvsl: blend alpha * map + (1 - alpha) * object prior; None: no prior
+    box_weight: float = 1.0  # ezvsl training: weight of the box term (model.ezvsl.box_loss) for clips with a box
 
     def __post_init__(self) -> None:
         if self.prior_alpha is not None and (self.family != "ezvsl" or not 0 <= self.prior_alpha <= 1):
             raise ConfigError(f"prior_alpha applies to the ezvsl family, in [0, 1] (got {self.prior_alpha})")
+        if self.box_weight < 0:
+            raise ConfigError(f"box_weight must be >= 0, not {self.box_weight}")
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
         if self.map_kind not in MAP_KINDS:

@@ -62,6 +62,8 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
     else:
         model, data = load_checkpoint(ckpt)
         record, gate = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}, data.get("gate")
+        if data.get("provenance"):  # a trained student's inputs (teacher, moments, boxes): train.student
+            record["provenance"] = data["provenance"]
     if precision == "int8":
         if not family_of(model.config).quantizable:
             raise UsageError(f"--precision int8 is not available for the {model.config.family} family yet (fp32, fp16)")
