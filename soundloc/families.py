@@ -38,9 +38,9 @@ EZVSL_AUDIO_SECONDS = 3.0  # the audio net's window, at SAMPLE_RATE (VGGSound's 
 EZVSL_PRIOR_ALPHA = 0.4  # weight of the audio-visual map against the object prior (EZ-VSL's test.py)
 EZVSL_TAU = 0.03  # the contrastive loss's temperature (EZ-VSL's train.py default)
 # `soundloc train --family ezvsl --preset NAME`: the ResNet-18s' width (Config.width). paper: the
-# published networks (what `soundloc import ezvsl` loads); small: a quarter of the channels,
+# published networks (what `soundloc import ezvsl` loads); small: an eighth of the channels (as the classifier's small),
 # trainable on a CPU; tiny: for tests.
-EZVSL_PRESETS = {"paper": 1.0, "small": 0.25, "tiny": 0.0625}
+EZVSL_PRESETS = {"paper": 1.0, "small": 0.125, "tiny": 0.0625}
 
 
 class Feeder(Protocol):

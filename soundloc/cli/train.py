@@ -22,7 +22,7 @@ def train_command(
     data_dir: Path = typer.Argument(..., help="VGGSound-format folder (vggsound.csv + videos/) or a path,label,split CSV."),
     out: Path = typer.Option(Path("runs/train"), "--out", help="Folder for last.pt, best.pt and log.jsonl."),
     family: Optional[str] = typer.Option(None, "--family", help="classifier (the paper's, default) or ezvsl (the second-stage localizer: per-frame ResNet-18s, EZ-VSL's loss); on --resume the checkpoint's."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="paper, small or tiny (default small; on --resume the checkpoint's). For ezvsl the ResNet-18s' width: paper 1, small 1/4, tiny 1/16."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="paper, small or tiny (default small; on --resume the checkpoint's). For ezvsl the ResNet-18s' width: paper 1, small 1/8, tiny 1/16."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="default (tied-fc head, salient maps, cosine LR) or paper (the paper's heads, loss and plateau LR exactly); default: default, on --resume the checkpoint's."),
     schedule: Optional[str] = typer.Option(None, "--schedule", help="LR schedule: cosine or plateau (default: the recipe's)."),
     overrides: List[str] = typer.Option([], "--set", help="Config override KEY=VALUE, e.g. clip_seconds=5 (repeatable)."),
