@@ -23,7 +23,7 @@ from ..config import Config, ConfigError
 from ..data.annotations import AnnotationError, list_videos
 from ..families import EZVSL_TAU, ezvsl_config
 from ..model.checkpoint import CheckpointError, read_checkpoint
-from .datasets import ClipRecord, DatasetError
+from .datasets import ClipDataset, ClipRecord, DatasetError, PathListDataset, VGGSoundDataset
 from .frames import FRAME_MODES, FrameChoice, FrameDataset, collate_frames, file_record, read_boxes, read_moments
 from .loop import fit
 from .objectives import OBJECTIVES
@@ -50,18 +50,26 @@ def student_config(out: Path, preset: str | None, overrides: dict[str, Any], res
 
 def clip_records(data: Path, config: Config, csv_path: str | Path | None,
                  val_split: str | None) -> tuple[list[ClipRecord], list[ClipRecord], tuple[str, ...]]:
-    """Training and validation clips: a VGGSound folder or path,label CSV (``start.load_datasets``;
-    labels only pair clips for the audio-dependence check), or a plain folder of videos
-    (unlabeled footage: every clip trains, none validates)."""
-    from .start import load_datasets
-
+    """Training and validation clips: a VGGSound folder or path,label CSV (split as the classifier
+    splits them; labels only pair clips for the audio-dependence check), or a plain folder of
+    videos (unlabeled footage: every clip trains, none validates)."""
     if data.is_dir() and csv_path is None and not (data / "vggsound.csv").is_file():
         records = [ClipRecord(clip_id, path, 0) for clip_id, path in list_videos(data)]
         if not records:
             raise TrainError(f"{data}: no videos and no vggsound.csv")
         return records, [], ("unlabeled",)
-    _, train_set, val_set = load_datasets(data, config, csv_path=csv_path, classes=None, val_split=val_split)
-    return train_set.records, val_set.records if val_set is not None else [], train_set.class_names  # type: ignore[attr-defined]
+
+    def make(split: str | None, names: tuple[str, ...] | None = None) -> ClipDataset:
+        if data.is_file():
+            return PathListDataset(data, split=split, config=config, class_names=names)
+        return VGGSoundDataset(data, csv_path, split=split, config=config, class_names=names)
+
+    train_set = make("train" if val_split is not None or not data.is_file() else None)
+    try:
+        val = make(val_split, train_set.class_names).records if val_split is not None else []
+    except DatasetError as e:
+        raise TrainError(f"{e} (choose the validation split with --val-split, or 'none')") from None
+    return train_set.records, val, train_set.class_names
 
 
 def frame_choice(frames: str | None, moments: str | Path | None) -> FrameChoice:
