@@ -322,3 +322,55 @@ def test_sigkill_then_resume_continues_the_same_run(clips: Path, tmp_path: Path)
     for k, v in uninterrupted["model"].items():  # the same run: bit for bit what it would have been
         assert torch.equal(resumed["model"][k], v), k
     assert resumed["provenance"] == uninterrupted["provenance"]
+
+
+# -- two gloo ranks ---------------------------------------------------------------------------------
+class RandomFrames(torch.utils.data.Dataset):
+    """Items shaped like FrameDataset's: frame, spec, box (clip 0 has one), label, id."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        box = torch.zeros(3, 3)
+        if i == 0:
+            box[1, 1] = 1.0
+        return {"frame": torch.randn(3, 96, 96, generator=g), "spec": torch.randn(1, 257, 200, generator=g),
+                "box": box, "label": i % 2, "id": f"c{i}"}
+
+
+def _ddp_fit_worker(rank: int, world: int, port: int, out: str) -> None:
+    from soundloc.train import fit
+
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+    torch.set_num_threads(1)
+    result = fit(CONFIG, RandomFrames(7), RandomFrames(4), out,
+                 TrainOptions(epochs=2, batch_size=2, workers=0, progress=False, schedule="cosine", lr=1e-3),
+                 collate_fn=collate_frames, provenance={"frames": "mid", "clips_with_box": 1})
+    Path(out, f"result{rank}.json").write_text(json.dumps(result.to_dict()))
+
+
+def test_ezvsl_trains_under_two_gloo_ranks(tmp_path: Path) -> None:
+    """torchrun's environment, 2 CPU ranks: one log line per epoch from rank 0, clips summed over
+    ranks (7 padded to 8), the box term reported, a checkpoint without DDP's prefixes."""
+    import socket
+
+    mp = pytest.importorskip("torch.multiprocessing")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_fit_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2]
+    assert all(r["world_size"] == 2 and r["train"]["clips"] == 8 and r["val"]["clips"] == 4 for r in lines)
+    assert all("contrastive" in r["train"]["loss_parts"] and "box" in r["train"]["loss_parts"] for r in lines)
+    r0, r1 = (json.loads((tmp_path / f"result{i}.json").read_text()) for i in (0, 1))
+    assert r0["train_loss"] == r1["train_loss"] and r0["provenance"] == {"frames": "mid", "clips_with_box": 1}
+    data = read_checkpoint(tmp_path / "last.pt")
+    assert data["epoch"] == 2 and not any(k.startswith("module.") for k in data["model"])
+    assert data["provenance"] == {"frames": "mid", "clips_with_box": 1}

@@ -55,7 +55,8 @@ class Totals:
         dist.all_reduce(t)
         v = t.tolist()
         m = len(keys)
-        parts = Counter({k: x for k, x in zip(keys, v[2:2 + m]) if k in self.parts})  # no contrastive: no part
+        # a part any rank computed (the box term: only ranks whose batches held a box); none: no part
+        parts = Counter({k: x for k, x in zip(keys, v[2:2 + m]) if k in self.parts or x != 0})
         return Totals(v[0], v[1], parts, Counter(dict(zip(keys, v[2 + m:]))))
 
     def summary(self, heads: Iterable[str]) -> dict[str, Any]:
