@@ -8,7 +8,8 @@ with the sounding object's true box (``tracks.json``) at the same frame, for
 - ``center``: the box of the centre prior (a centred Gaussian, thresholded the same way), against
   the true box at the middle frame;
 
-and writes the true boxes at annotate's frames as a VGG-SS json (``--true-out``): the upper bound
+each also on the clips whose middle frame is silent (``intervals.json``: the source pauses
+there), where the middle frame's map has no sound to follow; and writes the true boxes at annotate's frames as a VGG-SS json (``--true-out``): the upper bound
 a student trained with `--boxes` can reach.
 
     python benchmarks/pseudo_boxes.py --ckpt runs/teacher/last.pt --data data/train \
@@ -29,6 +30,7 @@ from soundloc.fileio import write_json
 from soundloc.localize import pseudo_box, window_map
 from soundloc.metrics import center_prior
 from soundloc.model.inference import Analyzer, Skipped
+from synthetic_benchmark import active
 
 
 def box_iou(a, b) -> float:
@@ -60,10 +62,12 @@ def main() -> None:
     args = ap.parse_args()
 
     tracks = json.loads((args.data / "tracks.json").read_text())
+    intervals = json.loads((args.data / "intervals.json").read_text())
     entries = json.loads(args.pseudo.read_text())
     an = Analyzer(args.ckpt)
     centre = pseudo_box(center_prior(EVAL_SIZE, EVAL_SIZE), EVAL_SIZE, EVAL_SIZE, args.threshold)
-    ious: dict[str, list[float]] = {"top1": [], "mid": [], "center": []}
+    ious: dict[str, list[float]] = {"top1": [], "mid": [], "center": [], "top1 (mid silent)": [],
+                                    "mid (mid silent)": [], "center (mid silent)": []}
     true_entries, skipped = [], Skipped()
     for e in entries:
         track = tracks[e["file"]]
@@ -76,6 +80,9 @@ def main() -> None:
         m = window_map(feats.alpha(), mid, an.config.window_steps)
         ious["mid"].append(box_iou(pseudo_box(m, EVAL_SIZE, EVAL_SIZE, args.threshold), source[mid]))
         ious["center"].append(box_iou(centre, source[mid]))
+        if not active(intervals[e["file"]], mid / 10):
+            for k in ("top1", "mid", "center"):
+                ious[f"{k} (mid silent)"].append(ious[k][-1])
         true_entries.append({"file": e["file"], "class": track["label"], "frame": t, "bbox": [source[t]]})
     result = {"ckpt": str(args.ckpt), "pseudo": str(args.pseudo), "threshold": args.threshold,
               "centre_box": list(centre) if centre else None, "skipped": skipped.items,
@@ -83,7 +90,7 @@ def main() -> None:
     for k in ious:
         if ious[k]:
             d = result[k]
-            print(f"{k:7s} IoU with the sounding object's true box: mean {d['mean']:.3f}  median {d['median']:.3f}  "
+            print(f"{k:19s} IoU with the sounding object's true box: mean {d['mean']:.3f}  median {d['median']:.3f}  "
                   f">=0.5 {d['iou_at_least_0.5']:.2f}  >=0.3 {d['iou_at_least_0.3']:.2f}  ({d['clips']} clips)")
     if args.true_out:
         write_json(true_entries, args.true_out)
