@@ -123,6 +123,7 @@ class Config:
     # a published family's own frame resize, audio loading and map upsampling); streams always use the default
     preprocess: str = "soundloc"
     variant: str = ""  # a published family's map variant (soundloc.families.Family.variants), "" = its first
+    box_weight: float = 1.0  # ezvsl training: weight of the box term (model.ezvsl.box_loss) for clips with a box
 
     def __post_init__(self) -> None:
         if self.prior_alpha is not None and (self.family == "classifier" or not 0 <= self.prior_alpha <= 1):
@@ -131,6 +132,8 @@ class Config:
         if self.preprocess not in PREPROCESSING or (self.preprocess != "soundloc" and self.family == "classifier"):
             raise ConfigError(f"preprocess must be one of {', '.join(PREPROCESSING)} (authors: for a published "
                               f"family, not the classifier), not {self.preprocess!r}")
+        if self.box_weight < 0:
+            raise ConfigError(f"box_weight must be >= 0, not {self.box_weight}")
         if self.head not in HEADS:
             raise ConfigError(f"head must be one of {', '.join(HEADS)}, not {self.head!r}")
         if self.map_kind not in MAP_KINDS:

@@ -43,6 +43,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EZVSL_IMAGE_SIZE = 224
 EZVSL_AUDIO_SECONDS = 3.0  # the audio net's window, at SAMPLE_RATE (VGGSound's wavs are 16 kHz mono)
 EZVSL_PRIOR_ALPHA = 0.4  # weight of the audio-visual map against the object prior (EZ-VSL's test.py)
+EZVSL_TAU = 0.03  # the contrastive loss's temperature (EZ-VSL's train.py default)
+# `soundloc train --family ezvsl --preset NAME`: the ResNet-18s' width (Config.width). paper: the
+# published networks (what `soundloc import ezvsl` loads); small: an eighth of the channels (as the classifier's small),
+# trainable on a CPU; tiny: for tests.
+EZVSL_PRESETS = {"paper": 1.0, "small": 0.125, "tiny": 0.0625}
 
 
 class Feeder(Protocol):
@@ -272,6 +277,14 @@ def _authors_video_inputs(path: Any, config: Config, seconds: float | None) -> t
     specs = [log_spectrogram(authors.window(track, middle + (t - T // 2) / config.fps, EZVSL_AUDIO_SECONDS))
              for t in range(T)]
     return family_of(config).normalise(frames)[None], np.stack(specs)[None]
+def ezvsl_config(preset: str = "paper", **overrides: Any) -> Config:
+    """The config of an ezvsl model: 224 px frames, cosine maps, one frame per map, EZ-VSL's tau,
+    the preset's width (``EZVSL_PRESETS``), then ``overrides``."""
+    if preset not in EZVSL_PRESETS:
+        raise ConfigError(f"unknown ezvsl preset {preset!r}; choose from {', '.join(EZVSL_PRESETS)}")
+    base = {"family": "ezvsl", "image_size": EZVSL_IMAGE_SIZE, "num_classes": 0, "window_seconds": 0.1,
+            "map_kind": "cosine", "contrastive_temperature": EZVSL_TAU, "width": EZVSL_PRESETS[preset]}
+    return Config(**{**base, **overrides})
 
 
 def classifier_lookahead(config: Config) -> int:

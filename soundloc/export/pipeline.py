@@ -64,6 +64,8 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
         record, gate = {"file": Path(ckpt).name, "sha256": sha256_file(ckpt)}, data.get("gate")
         if data.get("imported"):  # a published checkpoint: the authors' file it came from travels too
             record["imported"] = data["imported"]
+        if data.get("provenance"):  # a trained student's inputs (teacher, moments, boxes): train.student
+            record["provenance"] = data["provenance"]
     if precision == "int8":
         if not family_of(model.config).quantizable:
             raise UsageError(f"--precision int8 is not available for the {model.config.family} family yet (fp32, fp16)")

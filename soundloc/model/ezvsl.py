@@ -28,7 +28,7 @@ from ..config import NORM_EPS, Config
 from ..families import family_of
 from .classifier import Features
 
-EMBED_DIM = 512  # the published models' out_dim (EZ-VSL's default)
+EMBED_DIM = 512  # the published models' out_dim (EZ-VSL's default): Config.embed_dim at width 1
 
 
 class BasicBlock(nn.Module):
@@ -51,16 +51,21 @@ class BasicBlock(nn.Module):
 
 
 class ResNet18Trunk(nn.Module):
-    """torchvision's ``resnet18`` up to layer4 (no avgpool, no fc): (B, C, H, W) -> (B, 512, H/32, W/32)."""
+    """torchvision's ``resnet18`` up to layer4 (no avgpool, no fc): (B, C, H, W) -> (B, 512, H/32, W/32).
+    ``config`` (its ``width``) scales every stage's channels, as for the classifier's backbones
+    (``Config.channels``): width 1 is the published network, what a checkpoint of the authors'
+    loads into; a narrower one trains on a CPU."""
 
-    def __init__(self, in_channels: int = 3) -> None:
+    def __init__(self, in_channels: int = 3, config: Config | None = None) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        widths = [config.channels(c) if config is not None else c for c in (64, 128, 256, 512)]
+        self.out_channels = widths[-1]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        cin = 64
-        for i, cout in enumerate((64, 128, 256, 512)):
+        cin = widths[0]
+        for i, cout in enumerate(widths):
             stride = 1 if i == 0 else 2
             setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
             cin = cout
@@ -87,11 +92,17 @@ class EZVSL(nn.Module):
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = config
-        self.imgnet = ResNet18Trunk(3)
-        self.img_proj = nn.Conv2d(512, EMBED_DIM, kernel_size=1)
-        self.audnet = ResNet18Trunk(1)
-        self.aud_proj = nn.Linear(512, EMBED_DIM)
+        self.imgnet = ResNet18Trunk(3, config)
+        self.img_proj = nn.Conv2d(self.imgnet.out_channels, config.embed_dim, kernel_size=1)
+        self.audnet = ResNet18Trunk(1, config)
+        self.aud_proj = nn.Linear(self.audnet.out_channels, config.embed_dim)
+        # the object prior is torchvision's ImageNet resnet18 as it is: full width, never trained here
         self.objnet = ResNet18Trunk(3) if config.prior_alpha is not None else None
+
+    def forward(self, frames: torch.Tensor, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A training step's two embeddings: frames (B, 3, S, S) -> V, spectrograms (B, 1, 257, 200)
+        -> z^A (what DDP wraps; the object prior is a test-time blend and never trains)."""
+        return self.image(frames), self.audio(spec)
 
     def image(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, 224, 224) -> V (B, D, 7, 7), unit length at each location."""
@@ -165,6 +176,51 @@ class SLAVC(EZVSL):
 
 
 HALF_SQRT2 = 0.5 ** 0.5  # (a1, a2)/sqrt(2) . (v1, v2)/sqrt(2) = (a1.v1 + a2.v2) / 2
+def init_weights(model: EZVSL) -> None:
+    """The authors' initialisation for training from scratch (their ``model.py``): convolutions
+    Kaiming-normal (fan_out, ReLU), linear layers truncated-normal (std 0.01), BatchNorm scales
+    N(1, 0.02) and shifts 0. Their image net starts from ImageNet weights instead; there are none
+    at a reduced width, so it is initialised the same way (the object prior is left alone)."""
+    for net in (model.imgnet, model.img_proj, model.audnet, model.aud_proj):
+        for m in net.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, mean=1.0, std=0.02)
+                nn.init.constant_(m.bias, 0.0)
+
+
+def mil_contrastive_loss(V: torch.Tensor, za: torch.Tensor, tau: float) -> torch.Tensor:
+    """EZ-VSL's multiple-instance contrastive loss: V (B, D, h, w) and z^A (B, D), unit length.
+    The score of image i with audio j is the cosine at i's best-matching location, over tau;
+    each clip's own pair must win its row (its image against every clip's audio) and its column
+    (its audio against every clip's image): the sum of the two cross-entropies, as the authors'
+    ``max_xmil_loss``."""
+    logits = torch.einsum("nchw,mc->nmhw", V, za).flatten(-2).amax(-1) / tau
+    labels = torch.arange(len(V), device=V.device)
+    return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
+
+
+def box_loss(V: torch.Tensor, za: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
+    """The box-supervision term: per clip, the cross-entropy between ``target`` (B, h, w), the
+    share of its box in each map cell (summing to 1; all zeros for a clip without a box), and the
+    softmax over locations of its own-audio map cos / tau; the mean over the clips with a box
+    (0 without any). A clip without a box contributes exactly nothing, gradient included.
+
+    Why this loss: evaluation min-max normalises each map and thresholds it, so only where a map
+    is high *relative to the rest of the same map* counts; a softmax over locations constrains
+    exactly that and ignores a constant added to the map, which leaves the cosines' absolute
+    level to the contrastive term (the two terms do not pull against each other), and tau puts
+    it on the contrastive logits' scale. A target spread over the box's cells rewards mass
+    anywhere inside the box without asking every cell of a loose box to light up, and costs
+    mass outside it (what pointing and cIoU punish). Per-cell BCE would instead fix the
+    absolute cosine of every cell, fighting the contrastive term."""
+    own = torch.einsum("bdhw,bd->bhw", V, za).flatten(1) / tau
+    t = target.flatten(1).to(own.dtype)
+    boxed = (t.sum(1) > 0).sum()
+    return -(t * F.log_softmax(own, dim=1)).sum() / boxed.clamp_min(1)
 
 
 class EZVSLStep(nn.Module):

@@ -10,25 +10,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ..config import Config
 from .datasets import SkipReport
-from ..dependence import audio_dependence, check_steps, other_clips
+from ..dependence import audio_dependence
 from .distributed import DistInfo, gather_list, gather_skips
-from ..localize import window_bounds
-from ..model.classifier import MODALITIES, Features, localization_maps, moment_scores, training_loss
 from .loaders import batch_skips
+from .objectives import objective_of
 from .progress import Reporter
 from .types import LOG_REASONS, LOSS_PARTS, MONITOR, TrainError, TrainState
 
 
 def head_names(config: Config) -> tuple[str, ...]:
-    """The heads whose logits the model returns (``av-only`` has only ``av``)."""
-    return ("av",) if config.head == "av-only" else MODALITIES
+    """The heads whose accuracy a run reports (the classifier's; none for ezvsl)."""
+    return objective_of(config).heads(config)
 
 
 @dataclass
@@ -57,28 +55,25 @@ class Totals:
         dist.all_reduce(t)
         v = t.tolist()
         m = len(keys)
-        parts = Counter({k: x for k, x in zip(keys, v[2:2 + m]) if k in self.parts})  # no contrastive: no part
+        # a part any rank computed (the box term: only ranks whose batches held a box); none: no part
+        parts = Counter({k: x for k, x in zip(keys, v[2:2 + m]) if k in self.parts or x != 0})
         return Totals(v[0], v[1], parts, Counter(dict(zip(keys, v[2 + m:]))))
 
     def summary(self, heads: Iterable[str]) -> dict[str, Any]:
         n = max(self.n, 1.0)
         return {"clips": int(self.n), "loss": self.loss / n,
-                "loss_parts": {k: self.parts[k] / n for k in (*heads, "contrastive") if k in self.parts},
+                "loss_parts": {k: self.parts[k] / n for k in (*heads, "contrastive", "box") if k in self.parts},
                 "accuracy": {k: self.correct[k] / n for k in heads}}
 
 
 def forward_backward(state: TrainState, batch: dict[str, Any]) -> tuple[float, dict[str, float], dict[str, int]]:
-    """Loss (``training_loss``) and its gradients for one batch, all-reduced by DDP; no optimiser
-    step (``optimizer_step``), so a test can compare gradients. Returns loss, parts, correct."""
-    device = state.device
-    video = batch["video"].to(device, non_blocking=True)
-    mel = batch["mel"].to(device, non_blocking=True)
-    labels = torch.as_tensor(batch["label"]).to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.float16, enabled=state.amp):
-        logits, feats = state.model(video, mel, with_features=True)
-        loss, parts = training_loss(state.module.config, logits, feats, labels)
+    """The family's loss (``objectives``) and its gradients for one batch, all-reduced by DDP;
+    no optimiser step (``optimizer_step``), so a test can compare gradients. Returns loss,
+    parts, correct."""
+    config = state.module.config
+    with torch.autocast(state.device.type, dtype=torch.float16, enabled=state.amp):
+        loss, parts, correct, _ = objective_of(config).step(state.model, config, batch, state.device)
     state.scaler.scale(loss).backward()
-    correct = {k: int((v.argmax(1) == labels).sum()) for k, v in logits.items()}
     return float(loss.detach()), parts, correct
 
 
@@ -116,24 +111,6 @@ def train_epoch(state: TrainState, loader: DataLoader, on_batch: Callable[[int, 
     return totals, skipped
 
 
-def map_pairs(feats: Features, labels: torch.Tensor, kind: str, window_steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(own-audio map, other-audio map) per clip of a batch with the centred window at the
-    clip's top-1 informative moment (``dependence.check_step``), the other audio chosen by
-    ``dependence.other_clips`` within the batch."""
-    if len(labels) < 2:
-        return []
-    other = other_clips(labels.tolist(), len(labels))
-    V, za = feats.V.float(), feats.za.float()
-    own = localization_maps(V, za, kind).cpu().numpy()
-    swapped = localization_maps(V, za[other], kind).cpu().numpy()
-    steps = check_steps(moment_scores(feats.zv.float(), za).cpu().numpy())
-    pairs = []
-    for b, t in enumerate(steps):
-        lo, hi = window_bounds(t, window_steps, own.shape[1], "centered")
-        pairs.append((own[b, lo:hi].mean(0), swapped[b, lo:hi].mean(0)))
-    return pairs
-
-
 @torch.no_grad()
 def validate(state: TrainState, loader: DataLoader) -> tuple[Totals, list, list]:
     """Per-head loss and accuracy on this rank's shard, with the bare module (DDP's forward
@@ -147,13 +124,11 @@ def validate(state: TrainState, loader: DataLoader) -> tuple[Totals, list, list]
         n = len(batch["label"]) if batch.get("label") is not None else 0
         if n == 0:
             continue
-        labels = torch.as_tensor(batch["label"]).to(state.device)
         with torch.autocast(state.device.type, dtype=torch.float16, enabled=state.amp):
-            logits, feats = state.module(batch["video"].to(state.device), batch["mel"].to(state.device),
-                                         with_features=True)
-            loss, parts = training_loss(config, logits, feats, labels)
-        totals.add(n, float(loss), parts, {k: int((v.argmax(1) == labels).sum()) for k, v in logits.items()})
-        pairs += map_pairs(feats, labels, config.map_kind, config.window_steps)
+            loss, parts, correct, batch_pairs = objective_of(config).step(state.module, config, batch, state.device,
+                                                                          with_pairs=True)
+        totals.add(n, float(loss), parts, correct)
+        pairs += batch_pairs
     return totals, skipped, pairs
 
 

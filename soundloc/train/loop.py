@@ -17,10 +17,11 @@ from torch.utils.data import Dataset
 from ..config import Config
 from .datasets import collate
 from .distributed import DistInfo, close_distributed, dist_from_env, init_distributed, resolve_device
-from ..model.checkpoint import load_video_weights
-from ..model.classifier import AVClassifier
+from ..model.checkpoint import load_checkpoint, load_video_weights
+from ..model.families import model_parts
 from .epoch import run_epoch
 from .loaders import make_loader
+from .objectives import objective_of
 from .progress import Reporter
 from .resume import check_out_dir, read_last_record, remove_stale_temps, repair_log, restore, save_epoch
 from .types import TrainError, TrainOptions, TrainResult, TrainState
@@ -33,12 +34,23 @@ def seed_everything(seed: int) -> None:
 
 
 def build_state(config: Config, options: TrainOptions, info: DistInfo, device: torch.device,
-                init_video: str | Path | None = None) -> TrainState:
-    """Model (optionally Kinetics-initialised video net), SGD, LR schedule, grad scaler, DDP."""
+                init_video: str | Path | None = None, init: str | Path | None = None) -> TrainState:
+    """Model (the family's initialisation, a Kinetics-initialised video net, or every weight of
+    the soundloc checkpoint ``init``), the family's optimiser, LR schedule, grad scaler, DDP."""
     amp = options.amp == "on" or (options.amp == "auto" and device.type == "cuda")
     if amp and device.type != "cuda":
         raise TrainError("mixed precision (--amp on) needs a CUDA device; use --amp auto or off on CPU")
-    module = AVClassifier(config)
+    objective = objective_of(config)
+    if options.schedule not in objective.schedules:
+        raise TrainError(f"the {config.family} family trains with the {' or '.join(objective.schedules)} schedule, "
+                         f"not {options.schedule}")
+    module = model_parts(config).model(config)
+    if init is not None:
+        load_init(module, init)
+    else:
+        objective.initialise(module)
+    if getattr(module, "objnet", None) is not None:  # EZ-VSL's object prior: ImageNet's, never trained
+        module.objnet.requires_grad_(False)
     if init_video is not None:
         load_video_weights(module, init_video)
     if info.enabled and device.type == "cuda":
@@ -50,8 +62,7 @@ def build_state(config: Config, options: TrainOptions, info: DistInfo, device: t
     if info.enabled:
         ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(module, device_ids=ids)
-    optimizer = torch.optim.SGD(module.parameters(), lr=options.lr, momentum=options.momentum,
-                                weight_decay=options.weight_decay)
+    optimizer = objective.optimizer(module.parameters(), options)
     scheduler: Any
     if options.schedule == "plateau":
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=options.factor,
@@ -62,9 +73,20 @@ def build_state(config: Config, options: TrainOptions, info: DistInfo, device: t
     return TrainState(module, model, optimizer, scheduler, scaler, device, amp, info, options.schedule)
 
 
+def load_init(module: nn.Module, path: str | Path) -> None:
+    """Every weight of the soundloc checkpoint ``path`` (e.g. `soundloc import ezvsl`'s) into
+    ``module``, whose config must be the checkpoint's (``train.start`` builds it from there)."""
+    saved, _ = load_checkpoint(path)
+    try:
+        module.load_state_dict(saved.state_dict())
+    except RuntimeError as e:
+        raise TrainError(f"{path}: --init weights do not fit this model: {str(e).splitlines()[0]}") from None
+
+
 def fit(config: Config, train_set: Dataset, val_set: Dataset | None, out_dir: str | Path,
         options: TrainOptions = TrainOptions(), *, resume: bool = False, init_video: str | Path | None = None,
-        collate_fn: Callable = collate) -> TrainResult:
+        collate_fn: Callable = collate, init: str | Path | None = None,
+        provenance: dict[str, Any] | None = None) -> TrainResult:
     """Train ``config`` on datasets of dict items (video, mel, label, id) into ``out_dir``.
 
     Items may be ``soundloc.train.datasets.SkippedClip`` markers: the default ``collate`` drops them
@@ -72,16 +94,18 @@ def fit(config: Config, train_set: Dataset, val_set: Dataset | None, out_dir: st
 
     Under torchrun every rank calls this with the same arguments. ``resume`` continues from
     ``out_dir/last.pt`` up to ``options.epochs`` (counted from the first epoch, not from the
-    resume); the config must match the checkpoint's.
+    resume); the config must match the checkpoint's. ``init``: a soundloc checkpoint whose weights
+    start a new run (fine-tuning); ``provenance``: what the run was made from, saved in every
+    checkpoint (a resume must bring the same).
     """
     info = dist_from_env()
     device = resolve_device(options.device, info)
     out = Path(out_dir)
-    check_out_dir(out, resume, init_video)
+    check_out_dir(out, resume, init_video, init)
     init_distributed(info, device)
     try:
         result = _fit_in_group(config, options, info, device, out, train_set, val_set, resume, init_video,
-                               collate_fn)
+                               collate_fn, init, provenance)
     except BaseException:
         close_distributed(info, clean=False)
         raise
@@ -91,9 +115,11 @@ def fit(config: Config, train_set: Dataset, val_set: Dataset | None, out_dir: st
 
 def _fit_in_group(config: Config, options: TrainOptions, info: DistInfo, device: torch.device, out: Path,
                   train_set: Dataset, val_set: Dataset | None, resume: bool, init_video: str | Path | None,
-                  collate_fn: Callable) -> TrainResult:
+                  collate_fn: Callable, init: str | Path | None = None,
+                  provenance: dict[str, Any] | None = None) -> TrainResult:
     seed_everything(options.seed)
-    state = build_state(config, options, info, device, init_video)
+    state = build_state(config, options, info, device, init_video, init)
+    state.provenance = provenance
     start_record = restore(state, out / "last.pt", config).get("metrics") if resume else None
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -129,4 +155,4 @@ def _loop(state: TrainState, options: TrainOptions, out: Path, train_set: Datase
                        train_loss=record["train"]["loss"] if record else float("nan"), skipped=skipped,
                        seconds=time.perf_counter() - started, world_size=info.world_size,
                        last_checkpoint=str(out / "last.pt"), best_checkpoint=str(out / "best.pt"),
-                       monitor=record.get("monitor", "") if record else "")
+                       monitor=record.get("monitor", "") if record else "", provenance=state.provenance)

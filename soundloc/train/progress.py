@@ -36,8 +36,9 @@ class Reporter:
         which = "val" if record["val"] else "train"
         dep = record.get("audio_dependence")
         follows = f"  map change with other audio {dep['map_change']:.3f}" if dep and dep["clips"] else ""
+        accuracy = f"{which} acc  {heads}" if heads else (f"val loss {record['val']['loss']:.4f}" if record["val"] else "")
         self.console.print(f"epoch {record['epoch']}/{self.epochs}  loss {record['train']['loss']:.4f}  "
-                           f"{which} acc  {heads}{follows}  lr {record['lr']:.0e}  {record['clips_per_second']:.1f} clips/s"
+                           f"{accuracy}{follows}  lr {record['lr']:.0e}  {record['clips_per_second']:.1f} clips/s"
                            + ("  \\[best]" if record["best"] else ""), soft_wrap=True)
         if record.get("audio_dependence_warning"):
             self.console.print(record["audio_dependence_warning"], markup=False, highlight=False)

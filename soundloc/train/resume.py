@@ -46,6 +46,8 @@ def save_epoch(out: Path, state: TrainState, record: dict[str, Any], keep_epochs
     extra = {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
              "scaler": state.scaler.state_dict(), "epoch": state.epoch, "best_accuracy": state.best_monitored,
              "best_epoch": state.best_epoch, "rng": rng_state(), "metrics": record, "schedule": state.schedule}
+    if state.provenance is not None:
+        extra["provenance"] = state.provenance
     save_checkpoint(out / "last.pt", state.module, **extra)
     if record["best"]:
         save_checkpoint(out / "best.pt", state.module, **extra)
@@ -63,6 +65,17 @@ def _config_diff(saved: Config, asked: Config) -> str:
     return ", ".join(diffs)
 
 
+def _inputs(provenance: dict | None) -> dict:
+    """What a resume must bring again: everything but the --init of the first run."""
+    return {k: v for k, v in (provenance or {}).items() if k != "init"}
+
+
+def _provenance_diff(saved: dict | None, asked: dict | None) -> str:
+    saved, asked = _inputs(saved), _inputs(asked)
+    keys = [k for k in sorted(set(saved) | set(asked)) if saved.get(k) != asked.get(k)]
+    return ", ".join(f"{k}: {saved.get(k)!r} saved, {asked.get(k)!r} asked" for k in keys[:2])
+
+
 def restore(state: TrainState, path: Path, config: Config) -> dict[str, Any]:
     """Load weights, optimiser, schedule, scaler, counters and RNG from ``path`` (weights_only)."""
     saved_model, data = load_checkpoint(path)
@@ -76,6 +89,12 @@ def restore(state: TrainState, path: Path, config: Config) -> dict[str, Any]:
     if saved_schedule != state.schedule:
         raise TrainError(f"{path} was trained with the {saved_schedule} schedule, not {state.schedule}; "
                          f"resume with --schedule {saved_schedule}")
+    saved_from = data.get("provenance")
+    if _inputs(saved_from) != _inputs(state.provenance):
+        raise TrainError(f"{path} was trained from other inputs ({_provenance_diff(saved_from, state.provenance)}); "
+                         f"resume with the same --frames, --moments, --boxes and --teacher")
+    if saved_from is not None:  # a resume names no --init: the run's own record of it carries on
+        state.provenance = {**(state.provenance or {}), "init": saved_from.get("init")}
     state.module.load_state_dict(data["model"])
     state.optimizer.load_state_dict(data["optimizer"])
     state.scheduler.load_state_dict(data["scheduler"])
@@ -112,9 +131,10 @@ def remove_stale_temps(out: Path) -> list[Path]:
     return stale
 
 
-def check_out_dir(out: Path, resume: bool, init_video: str | Path | None) -> None:
-    if resume and init_video is not None:
-        raise TrainError("--init-video starts a new run; --resume restores every weight from last.pt")
+def check_out_dir(out: Path, resume: bool, init_video: str | Path | None, init: str | Path | None = None) -> None:
+    if resume and (init_video is not None or init is not None):
+        raise TrainError(f"{'--init-video' if init_video is not None else '--init'} starts a new run; "
+                         f"--resume restores every weight from last.pt")
     if resume and not (out / "last.pt").is_file():
         raise TrainError(f"nothing to resume: {out / 'last.pt'} does not exist")
     if not resume and (out / "last.pt").is_file():

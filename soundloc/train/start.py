@@ -18,6 +18,20 @@ from .loop import fit
 from .types import TrainError, TrainOptions, TrainResult
 
 
+STUDENT_OPTIONS = ("frames", "moments", "boxes", "teacher", "init")  # train.student's own arguments
+
+
+def saved_family(out: Path, resume: bool) -> str:
+    """The family of the run being resumed (``classifier`` for a new run)."""
+    if resume and (out / "last.pt").is_file():
+        try:
+            config = read_checkpoint(out / "last.pt").get("config")
+        except CheckpointError as e:
+            raise TrainError(str(e)) from None
+        return config.get("family", "classifier") if isinstance(config, dict) else "classifier"
+    return "classifier"
+
+
 def base_config(out: Path, preset_name: str | None, overrides: dict[str, Any], resume: bool) -> Config:
     """The preset with overrides; when resuming without a preset, the checkpoint's own config."""
     if resume and preset_name is None and (out / "last.pt").is_file():
@@ -83,7 +97,7 @@ def _trained_with(saved: dict, name: str) -> bool:
 def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = None, recipe: str | None = None,
           overrides: dict[str, Any] | None = None, csv_path: str | Path | None = None,
           classes: str | Path | None = None, val_split: str | None = "test", resume: bool = False,
-          init_video: str | Path | None = None, **options: Any) -> TrainResult:
+          init_video: str | Path | None = None, family: str | None = None, **options: Any) -> TrainResult:
     """Train on a VGGSound-format folder (``vggsound.csv`` + ``videos/``) or a
     ``path,label,split`` CSV. ``preset``: ``paper``/``small``/``tiny`` (default ``small``; on
     resume, the checkpoint's); ``recipe``: ``default`` or ``paper`` (``config.RECIPES``: head,
@@ -91,11 +105,27 @@ def train(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = Non
     the checkpoint's); ``overrides``: Config fields, over
     the recipe's; ``classes``: a stat.csv-style class list; ``val_split``: the split validated
     on each epoch (None: none); ``options``: TrainOptions fields (epochs, batch_size, lr,
-    workers, amp, seed, device, schedule, ...), over the recipe's.
+    workers, amp, seed, device, schedule, ...), over the recipe's. ``family``: ``classifier`` or
+    ``ezvsl`` (``train.student``, which takes ``frames``, ``moments``, ``boxes``, ``teacher`` and
+    ``init``); None: the classifier, or on resume the checkpoint's family.
     """
     from .datasets import DatasetError
 
     out = Path(out_dir)
+    family = family or saved_family(out, resume)
+    if family == "ezvsl":
+        from .student import train_student
+
+        if recipe is not None or init_video is not None:
+            raise TrainError("--recipe and --init-video apply to the classifier; the ezvsl family has its own loss")
+        return train_student(data_dir, out, preset=preset, overrides=overrides, csv_path=csv_path,
+                             val_split=val_split, resume=resume, **options)
+    if family != "classifier":
+        raise TrainError(f"soundloc trains the classifier and ezvsl families, not {family!r}")
+    student_only = [k for k in STUDENT_OPTIONS if options.get(k) is not None]
+    if student_only:
+        raise TrainError(f"--{student_only[0]} applies to --family ezvsl (a second-stage student)")
+    options = {k: v for k, v in options.items() if k not in STUDENT_OPTIONS and not (k == "lr" and v is None)}
     recipe_config, recipe_options = recipe_settings(recipe, out, preset, resume)
     try:
         opts = TrainOptions(**{**recipe_options, **options})

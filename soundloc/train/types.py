@@ -17,7 +17,7 @@ from ..model.classifier import MODALITIES, AVClassifier
 
 MONITOR = "av"  # the head whose validation accuracy drives the plateau schedule and best.pt
 SCHEDULES = ("plateau", "cosine")
-LOSS_PARTS = (*MODALITIES, "contrastive")
+LOSS_PARTS = (*MODALITIES, "contrastive", "box")
 LOG_REASONS = 50  # skipped (id, reason) pairs kept per epoch in log.jsonl; the count is exact
 
 
@@ -80,6 +80,7 @@ class TrainResult:
     last_checkpoint: str
     best_checkpoint: str
     monitor: str = ""  # what best_monitored holds: e.g. val_accuracy_av (plateau) or val_minus_loss (cosine)
+    provenance: dict[str, Any] | None = None  # a student's inputs (train.start.provenance), as its checkpoints record them
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,3 +102,4 @@ class TrainState:
     epoch: int = 0  # completed epochs
     best_monitored: float = -math.inf  # the best of the monitored value: accuracy, or minus the loss (cosine)
     best_epoch: int = 0
+    provenance: dict[str, Any] | None = None  # what a student was trained from (train.start.provenance); saved with every epoch
