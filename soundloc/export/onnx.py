@@ -4,7 +4,8 @@ Three graphs, each with a dynamic batch dimension:
 - ``video.onnx``: video (B, 3, T, H, W) normalised -> V (B, D, T, h, w), zv (B, T, D); dynamic T;
 - ``audio.onnx``: mel (B, 1, 10T, 80) -> za (B, T, D); dynamic T;
 - ``step.onnx``: the exact streaming step (``soundloc.model.streaming``): frame, mel, valid and
-  the state tensors in; alpha, score, zv, za, valid_out and the new state out.
+  the state tensors in; alpha, score, zv, za, valid_out, the per-step logits of the label
+  heads (``logits_audio``, ``logits_av``) and the new state out.
 fp16 graphs hold fp16 weights and compute with fp32 inputs and outputs: the form a strongly
 typed TensorRT (11, or 10 without the FP16 flag) builds as it is. Every graph is checked
 against TensorRT's ONNX operator list before it is kept, and ``soundloc.json`` (also copied into
@@ -31,7 +32,7 @@ from ..config import FORMAT_VERSION, MELS_PER_STEP
 from ..families import family_of
 from ..fileio import Staged
 from ..model.classifier import AVClassifier
-from ..model.streaming import INPUT_NAMES, OUTPUT_NAMES, StreamingModel
+from ..model.streaming import INPUT_NAMES, StreamingModel
 from ..runtime.bundle import MAGIC, Bundle, file_record, read_bundle, write_manifest
 from ..deploy.tensorrt import ExportError
 from ..deploy.trt_ops import check_tensorrt_compat
@@ -92,7 +93,7 @@ def graph_specs(model: AVClassifier) -> list[GraphSpec]:
     state_out = [f"state_out.{n}" for n in sm.state_names]
     step_args = (torch.zeros(2, 3, 1, S, S), torch.zeros(2, 1, MELS_PER_STEP, cfg.n_mels), torch.ones(2, 1), *sm.initial_state(2))
     return [
-        GraphSpec("step", sm, step_args, INPUT_NAMES + state_in, OUTPUT_NAMES + state_out,
+        GraphSpec("step", sm, step_args, INPUT_NAMES + state_in, sm.output_names + state_out,
                   [{0: batch} for _ in step_args]),
         GraphSpec("video", _VideoGraph(model), (torch.zeros(2, 3, T, S, S),), ["video"], ["V", "zv"],
                   [{0: batch, 2: steps}]),
