@@ -33,7 +33,13 @@ changes while keeping the class table: ``default`` is the benchmark above; ``shi
 objects (4-30 % of the frame), two to four per clip, faster motion, a cluttered background of
 static coloured blobs, source video at 24, 25 or 30 fps and 44.1 or 48 kHz stereo audio panned
 toward one side. Train on one profile and evaluate on another to see whether the maps follow
-the sound or what the model was tuned on.
+the sound or what the model was tuned on. ``negatives`` is the default scene, but half of its
+test clips have no visible sounding object (``NEGATIVE_KINDS``, in turn): the source out of
+frame, occluded, pure noise, or silence. A negative has ``"bbox": []`` and a ``"negative"`` kind
+in ``vggss.json`` and ``"visible": false`` with the same ``"negative"`` in ``tracks.json``
+(``"sounding": null`` when no object sounds); its ``vggsound.csv`` label is the class heard
+(off-screen, occluded) or the on-screen object 0's (noise, silence). Training clips always
+show their source.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ from ..fileio import atomic_write_bytes, check_outputs
 from .annotations import clip_id
 from .scenes import (  # noqa: F401  (SynthClass, SynthError, MAX_CLASSES: part of this module's API)
     AREA_RANGE, BACKGROUND_NOISE, MAX_CLASSES, MAX_SPEED, SynthClass, SynthError, add_clutter, background_field,
-    place_objects, silent_gaps, object_boxes, render_audio, render_frames, synth_classes,
+    place_objects, silent_gaps, object_boxes, render_audio, render_frames, synth_classes, SOURCE_LEVEL,
 )
 
 @dataclass(frozen=True)
@@ -71,12 +77,22 @@ class SynthProfile:
     fps: tuple[int, ...] = ()
     sample_rates: tuple[int, ...] = (SAMPLE_RATE,)
     stereo: bool = False
+    negatives: tuple[str, ...] = ()  # NEGATIVE_KINDS given to ``negative_share`` of the test clips
+    negative_share: float = 0.0
 
+
+# Test clips whose sound has no visible source (the ``negatives`` profile; SLAVC's "extended"
+# test sets): the sounding object out of frame (not drawn), occluded (drawn, then hidden behind
+# an opaque panel over its whole path), pure noise (broadband, no object sounds) and silence
+# (only the background hiss, below the runtime's audio gate).
+NEGATIVE_KINDS = ("offscreen", "occluded", "noise", "silence")
+OCCLUDER_GREY = 0.45  # the panel's level, with the sensor noise of every frame on top
 
 PROFILES = {
     "default": SynthProfile("default"),
     "shift": SynthProfile("shift", area_range=(0.04, 0.30), objects=(2, 4), max_speed=0.15, clutter=8,
                           fps=(24, 25, 30), sample_rates=(44_100, 48_000), stereo=True),
+    "negatives": SynthProfile("negatives", negatives=NEGATIVE_KINDS, negative_share=0.5),
 }
 
 
@@ -111,6 +127,7 @@ class _ClipJob:
     num_classes: int
     videos_dir: str
     profile: str = "default"
+    negative: str = ""  # a NEGATIVE_KINDS entry, or "" for a clip whose sounding object is in view
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -137,22 +154,52 @@ def _make_clip(job: _ClipJob) -> dict:
     boxes = object_boxes(wh, centre, velocity, render_times)
     tints = rng.uniform(0.85, 1.1, (n_obj, 3)).astype(np.float32)
     background = add_clutter(extra, background_field(rng, job.size), prof.clutter)
-    frames = render_frames(boxes, [classes[c] for c in obj_classes], tints, background, rng.permutation(n_obj), rng)
+    order = rng.permutation(n_obj)
+    if job.negative == "offscreen":  # the source is not drawn: out of frame
+        order = order[order != 0]
+    frames = render_frames(boxes, [classes[c] for c in obj_classes], tints, background, order, rng)
+    if job.negative == "occluded":
+        frames = _occlude(frames, boxes[0], np.random.default_rng([job.seed, job.index, 3]))
     intervals = silent_gaps(rng, job.seconds)
     audio = render_audio(classes[job.label], intervals, job.seconds, rng, rate)
-    if prof.stereo:  # panned toward one side, each channel with its own hiss
-        gains = np.array([[0.4], [1.0]])[:: 1 if extra.random() < 0.5 else -1]
-        audio = np.clip(gains * audio + BACKGROUND_NOISE * extra.standard_normal((2, len(audio))), -1, 1)
-        audio = audio.astype(np.float32)
+    if job.negative in ("noise", "silence"):
+        audio, intervals = _no_source_audio(job, intervals, rate)
     from ..encode import write_mp4  # PyAV: imported here to keep ``import soundloc.data`` light
 
     cid = clip_id(job.ytid, job.start)
     write_mp4(Path(job.videos_dir) / f"{cid}.mp4", frames, fps, audio, rate)
     return {
         "id": cid, "index": job.index, "label": job.label, "intervals": intervals,
-        "source_fps": fps, "source_sample_rate": rate,
+        "source_fps": fps, "source_sample_rate": rate, "negative": job.negative,
         "objects": [{"class": classes[c].name, "boxes": track[k].tolist()} for k, c in enumerate(obj_classes)],
     }
+
+
+def _occlude(frames: np.ndarray, track: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An opaque grey panel over the union of the source's boxes (``track`` (n_t, 4)): it
+    sounds behind it the whole clip. The panel carries the same sensor noise as the frame."""
+    size = frames.shape[1]
+    x0, y0 = (int(np.floor(track[:, k].min() * size)) for k in (0, 1))
+    x1, y1 = (int(np.ceil(track[:, k].max() * size)) for k in (2, 3))
+    panel = OCCLUDER_GREY + 0.025 * rng.standard_normal((frames.shape[0], y1 - y0, x1 - x0, 3))
+    out = frames.copy()
+    out[:, y0:y1, x0:x1] = (np.clip(panel, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return out
+
+
+def _no_source_audio(job: _ClipJob, intervals: list[list[float]], rate: int) -> tuple[np.ndarray, list]:
+    """A noise clip's broadband noise (no object sounds; over the same intervals) or a silent
+    clip's background hiss alone; the intervals where a source sounds: none."""
+    rng = np.random.default_rng([job.seed, job.index, 4])
+    n = round(job.seconds * rate)
+    audio = BACKGROUND_NOISE * rng.standard_normal(n)
+    if job.negative == "noise":
+        gate = np.zeros(n)
+        for start, end in intervals:
+            gate[int(start * rate): int(end * rate)] = 1.0
+        level = SOURCE_LEVEL / 3 * 10 ** (rng.uniform(-4, 2) / 20)
+        audio += level * gate * rng.standard_normal(n)
+    return np.clip(audio, -1, 1).astype(np.float32), []
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -170,9 +217,20 @@ def _plan_jobs(out_dir: Path, num_clips: int, seed: int, seconds: float, num_cla
         num_test = min(max(num_test, 1), num_clips - 1)
     test = set(rng.permutation(num_clips)[:num_test].tolist())
     starts = rng.integers(0, 300, num_clips)
+    negatives = _negatives(PROFILES[profile], sorted(test), seed)
     jobs = [_ClipJob(i, seed, f"syn{seed % 1000:03d}{i:05d}", int(starts[i]), int(labels[i]), seconds,
-                     size, fps, num_classes, str(out_dir / "videos"), profile) for i in range(num_clips)]
+                     size, fps, num_classes, str(out_dir / "videos"), profile, negatives.get(i, ""))
+            for i in range(num_clips)]
     return jobs, ["test" if i in test else "train" for i in range(num_clips)]
+
+
+def _negatives(profile: SynthProfile, test: list[int], seed: int) -> dict[int, str]:
+    """Which test clips are negatives, of which kind: ``negative_share`` of them, the kinds in
+    turn (balanced). Training clips always show their source."""
+    if not profile.negatives:
+        return {}
+    chosen = np.random.default_rng([seed, 3]).permutation(test)[: round(profile.negative_share * len(test))]
+    return {int(i): profile.negatives[k % len(profile.negatives)] for k, i in enumerate(sorted(chosen))}
 
 
 def _check_args(num_clips: int, seconds: float, num_classes: int, val_fraction: float, size: int,
@@ -254,10 +312,14 @@ def _write_annotations(out: Path, jobs: list[_ClipJob], splits: list[str], resul
     for job, split, r in zip(jobs, splits, results):
         name = classes[job.label].name
         writer.writerow([job.ytid, job.start, name, split])
-        if split == "test":
-            boxes.append({"file": r["id"], "class": name, "bbox": [r["objects"][0]["boxes"][mid]]})
-        tracks[r["id"]] = {"fps": FPS, "label": name, "sounding": 0, "objects": r["objects"],
-                           "source_fps": r["source_fps"], "source_sample_rate": r["source_sample_rate"]}
+        negative = r.get("negative", "")
+        if split == "test":  # a negative has no visible sounding object: no box (SLAVC's extended sets)
+            boxes.append({"file": r["id"], "class": name, "bbox": [] if negative else [r["objects"][0]["boxes"][mid]],
+                          **({"negative": negative} if negative else {})})
+        tracks[r["id"]] = {"fps": FPS, "label": name, "sounding": None if negative in ("noise", "silence") else 0,
+                           "objects": r["objects"], "source_fps": r["source_fps"],
+                           "source_sample_rate": r["source_sample_rate"], "visible": not negative,
+                           "negative": negative or None}
         intervals[r["id"]] = r["intervals"]
     counts = np.bincount([j.label for j in jobs], minlength=num_classes)
     stat = io.StringIO()
@@ -275,7 +337,7 @@ def _write_annotations(out: Path, jobs: list[_ClipJob], splits: list[str], resul
     _write_text(paths["csv"], rows.getvalue())
     return SynthSummary(
         out_dir=out, num_clips=len(jobs), num_train=splits.count("train"), num_test=splits.count("test"),
-        num_classes=num_classes, num_with_silence=sum(len(v) > 1 or v[0] != [0.0, seconds] for v in intervals.values()),
+        num_classes=num_classes, num_with_silence=sum(len(v) != 1 or v[0] != [0.0, seconds] for v in intervals.values()),
         seconds_elapsed=elapsed, csv_path=paths["csv"], boxes_path=paths["boxes"], tracks_path=paths["tracks"],
         intervals_path=paths["intervals"], classes_path=paths["classes"],
     )
