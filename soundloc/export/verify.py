@@ -205,6 +205,20 @@ def map_figures(maps: np.ndarray, reference: np.ndarray) -> dict[str, float]:
             "ciou_min": float(np.min(cious))}
 
 
+def label_agreement(stream: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per label head, how a stream's window posteriors agree with a reference stream's: the
+    share of windows whose top-1 class is the same, and the largest probability difference."""
+    out = {}
+    for key in sorted(k for k in reference if k.startswith("posterior_")):
+        a, b = stream.get(key), reference[key]
+        if a is None or a.shape != b.shape:
+            out[key[len("posterior_"):]] = {"top1_agreement": 0.0, "max_prob_diff": float("inf")}
+            continue
+        out[key[len("posterior_"):]] = {"top1_agreement": float(np.mean(a[0].argmax(-1) == b[0].argmax(-1))),
+                                        "max_prob_diff": _max_err(a, b)}
+    return out
+
+
 def compare_int8(bundle: Bundle, reference: Bundle, video: np.ndarray, mel: np.ndarray) -> dict:
     """An int8 export against the fp32 export it came from, on one clip: maps and moments of
     the streaming step (what a user sees), of the offline graphs, and streaming vs offline int8.
@@ -220,7 +234,8 @@ def compare_int8(bundle: Bundle, reference: Bundle, video: np.ndarray, mel: np.n
            "stream_vs_offline_int8": map_figures(s8["alpha"][0], o8["alpha"][0]),
            "alpha_max_rel_error": _max_err(s8["alpha"], s32["alpha"]) / float(np.abs(s32["alpha"]).max()),
            "moments": {"score_max_rel_error": _max_err(s8["score"], s32["score"]) / float(np.abs(s32["score"]).max()),
-                       "top1_same": top8[0] == top32[0], f"top{k}_overlap": len(set(top8) & set(top32)) / k}}
+                       "top1_same": top8[0] == top32[0], f"top{k}_overlap": len(set(top8) & set(top32)) / k},
+           "labels": label_agreement(s8, s32)}
     failures = []
     if not out["stream"]["peak_agreement"] >= tol.min_peak_agreement:
         failures.append(f"int8 map peak equals fp32's on {out['stream']['peak_agreement']:.1%} of steps "
