@@ -164,6 +164,10 @@ def _make_clip(job: _ClipJob) -> dict:
     audio = render_audio(classes[job.label], intervals, job.seconds, rng, rate)
     if job.negative in ("noise", "silence"):
         audio, intervals = _no_source_audio(job, intervals, rate)
+    if prof.stereo:  # panned toward one side, each channel with its own hiss
+        gains = np.array([[0.4], [1.0]])[:: 1 if extra.random() < 0.5 else -1]
+        audio = np.clip(gains * audio + BACKGROUND_NOISE * extra.standard_normal((2, len(audio))), -1, 1)
+        audio = audio.astype(np.float32)
     from ..encode import write_mp4  # PyAV: imported here to keep ``import soundloc.data`` light
 
     cid = clip_id(job.ytid, job.start)
