@@ -114,7 +114,8 @@ class StepDriver:
         self.latencies.append(ms)
         if not out.valid[0]:
             return []
-        logits = np.concatenate([out.logits[h][0] for h in self.model.label_heads]) if self.model.label_heads else None
+        heads = self.model.label_heads
+        logits = np.concatenate([out.logits[h][0] for h in heads]) if heads and all(h in out.logits for h in heads) else None
         return [Finished(self.pending.popleft(), out.alpha[0], float(out.score[0]), ms, logits)]
 
 

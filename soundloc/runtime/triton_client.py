@@ -99,7 +99,8 @@ class TritonModel(StepModel):
             if self.bundle is not None else []
         out = StepOutput(alpha=r.as_numpy("alpha"), score=r.as_numpy("score").reshape(b), zv=r.as_numpy("zv"),
                          za=r.as_numpy("za"), valid=r.as_numpy("valid_out").reshape(b) > 0.5,
-                         logits={n[len(LOGIT_PREFIX):]: r.as_numpy(n).reshape(b, -1) for n in heads})
+                         logits={n[len(LOGIT_PREFIX):]: v.reshape(b, -1) for n in heads
+                                 if (v := r.as_numpy(n)) is not None})
         return out, []
 
     def _end(self) -> None:
