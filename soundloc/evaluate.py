@@ -205,22 +205,23 @@ def write_json(result: EvalResult, path: str | Path) -> Path:
     return fileio.write_json(result.to_dict(), path)
 
 
-CONFIDENCES = ("top25", "score", "constant")  # what `soundloc eval --confidence` can score clips with
+CONFIDENCES = ("top25", "score", "heard_seen", "constant")  # what `soundloc eval --confidence` can score clips with
 
 
 def clip_confidences(kind: str, maps: Mapping[str, np.ndarray], windows: Mapping[str, dict] | None = None
                      ) -> dict[str, float]:
     """Per clip, the confidence that a visible object sounds (``soundloc.visibility``): SLAVC's
-    top-quarter mean of the map (``top25``), the window's mean S_av (``score``, needs a
-    checkpoint's ``windows``) or the same value for every clip (``constant``, the baseline)."""
+    top-quarter mean of the map (``top25``), the window's mean S_av (``score``) or the vision
+    head's probability of the heard class (``heard_seen``; both need a checkpoint's
+    ``windows``), or the same value for every clip (``constant``, the baseline)."""
     from .visibility import top_quarter_mean
 
     if kind == "top25":
         return {k: top_quarter_mean(m) for k, m in maps.items()}
-    if kind == "score":
+    if kind in ("score", "heard_seen"):
         if windows is None:
-            raise EvalError("--confidence score needs a checkpoint (the window's S_av)")
-        return {k: float(w["score"]) for k, w in windows.items()}
+            raise EvalError(f"--confidence {kind} needs a checkpoint (the window's S_av and heads)")
+        return {k: float(w.get(kind, 0.0)) for k, w in windows.items()}
     if kind == "constant":
         return dict.fromkeys(maps, 1.0)
     raise EvalError(f"unknown confidence {kind!r}; choose from {', '.join(CONFIDENCES)}")

@@ -1,8 +1,8 @@
 """What is sounding: class posteriors over the 3 s window, from the step graph's logits.
 
-The exported step gives, besides the map, each label head's per-step logits (``logits_audio``:
-the audio head, what is heard; ``logits_av``: the audio-visual head, what is heard and seen;
-an ``av-only`` model has only the latter). Every head is affine in the pooled features, so
+The exported step gives, besides the map, each label head's per-step logits (``logits_vision``:
+the vision head, what is seen; ``logits_audio``: the audio head, what is heard; ``logits_av``:
+the audio-visual head, what is heard and seen; an ``av-only`` model has only the latter). Every head is affine in the pooled features, so
 the window's mean of the per-step logits is exactly the head applied to the window's mean
 features -- the class scores the model was trained to give for a clip of that length (Eq. 1)
 -- and streaming stays exact: the runtime averages the logits over the same window as the
@@ -46,10 +46,10 @@ def drawn_head(heads: Sequence[str]) -> str | None:
     return next((h for h in DRAWN_HEADS if h in heads), None)
 
 
-def window_classes(logits: Mapping[str, np.ndarray], names: Sequence[str],
+def window_classes(posteriors: Mapping[str, np.ndarray], names: Sequence[str],
                    k: int = TOP_K) -> dict[str, list[tuple[str, float]]]:
-    """Per head, the top-k (name, probability) of a window's mean logits."""
-    return {head: top_classes(softmax(v), names, k) for head, v in logits.items()}
+    """Per head, the top-k (name, probability) of a window's posteriors."""
+    return {head: top_classes(p, names, k) for head, p in posteriors.items()}
 
 
 def check_classes(wanted: Sequence[str], names: Sequence[str]) -> tuple[str, ...]:

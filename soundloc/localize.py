@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import EVAL_SIZE, NORM_EPS, SALIENCE_POWER, SILENCE_DB, WINDOW_MODES
-from .labels import drawn_head, window_classes
+from .labels import drawn_head, softmax, window_classes
 
 if TYPE_CHECKING:
     from .visibility import Visibility
@@ -212,9 +212,10 @@ class StepLocalizer:
         db = level_db(w.power)
         gated = is_gated(db, w.score, self.gate_db, self.gate_score)
         heat = None if gated else normalise(w.alpha)
-        conf = None if self.visibility is None else self.visibility.confidence(w.alpha, w.score)
+        posteriors = {h: softmax(v) for h, v in self.labelling.split(w.extra).items()}
+        conf = None if self.visibility is None else self.visibility.confidence(w.alpha, w.score, posteriors)
         visible = heat is not None and (conf is None or self.visibility.visible(conf))
-        classes = {} if heat is None else window_classes(self.labelling.split(w.extra), self.labelling.names)
+        classes = {} if heat is None else window_classes(posteriors, self.labelling.names)
         head = drawn_head(list(classes))
         top = classes[head][0][0] if head else None
         wanted = not self.labelling.only or top in self.labelling.only

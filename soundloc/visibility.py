@@ -7,7 +7,10 @@ audible window would get a box. Two statistics of a window are candidates:
 - ``top25``: SLAVC's (Mo & Morgado 2022) confidence, the mean of the highest quarter of the
   map's cells (``sort(map)[-n // 4:]``), here on the window's mean map at the model's map
   resolution;
-- ``score``: the window's mean audio-visual score S_av (the paper's informative-moment score).
+- ``score``: the window's mean audio-visual score S_av (the paper's informative-moment score);
+- ``heard_seen``: the vision head's probability of the class the audio head hears best
+  (``soundloc.labels``: both over the window): high when the heard class's object is in the
+  frame, low when it is off-screen or hidden, or when the sound is no class at all.
 
 Either is mapped to [0, 1] over a fixed range ``[lo, hi]`` that belongs to the model (SLAVC
 uses its map's range [-1/tau, 1/tau]; our maps have no such bound, so the range is the 1st-99th
@@ -21,12 +24,12 @@ gate (``--gate-db``) still handles silence. numpy only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-STATISTICS = ("top25", "score")
+STATISTICS = ("top25", "score", "heard_seen")
 TARGET_FALSE_ALARM = 0.10  # negatives (off-screen, occluded, noise) that may still get a box
 
 
@@ -37,12 +40,22 @@ def top_quarter_mean(m: np.ndarray) -> float:
     return float(flat[-flat.size // 4:].mean())
 
 
-def raw_statistic(name: str, window_map: np.ndarray, score: float) -> float:
-    """The named statistic of one window (its mean map and mean S_av)."""
+def heard_seen(posteriors: Mapping[str, np.ndarray] | None) -> float:
+    """The vision head's probability of the audio head's top class (0 without both heads)."""
+    if not posteriors or "vision" not in posteriors or "audio" not in posteriors:
+        return 0.0
+    return float(posteriors["vision"][int(np.argmax(posteriors["audio"]))])
+
+
+def raw_statistic(name: str, window_map: np.ndarray, score: float,
+                  posteriors: Mapping[str, np.ndarray] | None = None) -> float:
+    """The named statistic of one window (its mean map, mean S_av and heads' posteriors)."""
     if name == "top25":
         return top_quarter_mean(window_map)
     if name == "score":
         return float(score)
+    if name == "heard_seen":
+        return heard_seen(posteriors)
     raise ValueError(f"visibility statistic must be one of {', '.join(STATISTICS)}, not {name!r}")
 
 
@@ -61,8 +74,9 @@ class Visibility:
     recall: float | None = None
     windows: tuple[int, int] = (0, 0)  # (positive, negative) calibration windows
 
-    def confidence(self, window_map: np.ndarray, score: float) -> float:
-        return self.normalise(raw_statistic(self.statistic, window_map, score))
+    def confidence(self, window_map: np.ndarray, score: float,
+                   posteriors: Mapping[str, np.ndarray] | None = None) -> float:
+        return self.normalise(raw_statistic(self.statistic, window_map, score, posteriors))
 
     def normalise(self, raw: float | np.ndarray):
         out = np.clip((np.asarray(raw, np.float64) - self.lo) / max(self.hi - self.lo, 1e-12), 0.0, 1.0)

@@ -58,9 +58,17 @@ def test_calibration_keeps_the_false_alarm_rate_at_the_target() -> None:
     assert v.recall == pytest.approx(np.mean(conf_pos >= v.threshold), abs=1e-4) and v.recall > 0.5
     lower = np.max(conf_neg[conf_neg < v.threshold])  # the next lower threshold lets more than 10 % through
     assert np.mean(conf_neg >= lower) > 0.1
-    best, fits = visibility.calibrate({"top25": pos, "score": neg}, {"top25": neg, "score": pos}, 0.1)
+    best, fits = visibility.calibrate({"top25": pos, "score": neg, "heard_seen": neg},
+                                      {"top25": neg, "score": pos, "heard_seen": neg}, 0.1)
     assert best.statistic == "top25" and fits["score"].recall < best.recall  # the separating statistic wins
     assert Visibility.from_dict(json.loads(json.dumps(best.to_dict()))) == best
+
+
+def test_heard_seen_is_the_vision_heads_probability_of_the_heard_class() -> None:
+    post = {"audio": np.array([0.1, 0.7, 0.2]), "vision": np.array([0.5, 0.3, 0.2]), "av": np.array([0.2, 0.6, 0.2])}
+    assert visibility.heard_seen(post) == 0.3
+    assert visibility.raw_statistic("heard_seen", np.zeros((7, 7)), 0.0, post) == 0.3
+    assert visibility.heard_seen({"av": post["av"]}) == 0.0  # an av-only model has neither head
 
 
 def test_class_list_option_reads_names_with_commas() -> None:
@@ -102,13 +110,13 @@ def test_default_recipe_step_graph_gives_labels_that_verify_and_pass_the_tensorr
 
     bundle = read_bundle(default_run.export)
     names = [o["name"] for o in bundle.graph("step")["outputs"]]
-    assert "logits_audio" in names and "logits_av" in names  # tied-fc: both label heads
+    assert {"logits_vision", "logits_audio", "logits_av"} <= set(names)  # tied-fc: every label head
     assert check_tensorrt_compat(onnx.load(str(bundle.path("step")))) == []
     assert bundle.config.class_names and len(bundle.config.class_names) == bundle.config.num_classes
     model, _ = load_checkpoint(default_run.ckpt)
     report = verify(bundle, model, steps=60)
     assert report.ok, report.failures
-    for key in ("logits_audio", "logits_av", "posterior_audio", "posterior_av"):
+    for key in ("logits_vision", "logits_audio", "logits_av", "posterior_vision", "posterior_audio", "posterior_av"):
         assert report.stream_vs_offline[key] <= 1e-4 and report.offline_vs_torch[key] <= 1e-4, key
 
 
@@ -126,7 +134,7 @@ def test_stream_events_carry_classes_confidence_and_visible(default_run, negativ
             if e["gated"]:
                 assert e["box"] is None and e["classes"] == {} and not e["visible"]
                 continue
-            assert set(e["classes"]) == {"audio", "av"}
+            assert set(e["classes"]) == {"vision", "audio", "av"}
             for top in e["classes"].values():
                 assert [n for n, _ in top] and all(n in names for n, _ in top)
                 probs = [p for _, p in top]
@@ -213,7 +221,7 @@ def test_int8_export_keeps_the_labels(default_run, negatives, tmp_path) -> None:
     names = [o["name"] for o in read_bundle(out).graph("step")["outputs"]]
     assert "logits_audio" in names and "logits_av" in names
     labels = json.loads(js.read_text())["verify"]["labels"]
-    for head in ("audio", "av"):
+    for head in ("vision", "audio", "av"):
         assert labels[head]["top1_agreement"] >= 0.9, labels
 
 

@@ -49,12 +49,12 @@ def test_stream_equals_offline(causal):
     torch.testing.assert_close(score, ref_score, atol=1e-4, rtol=1e-5)
     # the label heads per step, and over a window: the mean of the streamed logits is the head
     # on the window's mean features (Eq. 1), what the runtime reports as the window's classes
-    assert sm.output_names[5:] == ["logits_audio", "logits_av"]
+    assert sm.output_names[5:] == ["logits_vision", "logits_audio", "logits_av"]
     with torch.no_grad():
         per_step = torch.stack([torch.stack(model.step_logits(f.zv[:, t], f.za[:, t]), 1) for t in range(T)], 1)
         window = model.heads(f.zv[:, 4:20], f.za[:, 4:20])
     torch.testing.assert_close(_stream.logits, per_step, atol=1e-4, rtol=0)
-    torch.testing.assert_close(_stream.logits[:, 4:20].mean(1), torch.stack([window["audio"], window["av"]], 1),
+    torch.testing.assert_close(_stream.logits[:, 4:20].mean(1), torch.stack([window[h] for h in model.label_heads], 1),
                                atol=1e-4, rtol=0)
 
 

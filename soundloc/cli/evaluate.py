@@ -29,7 +29,7 @@ def eval_command(
     ids: Optional[Path] = typer.Option(None, "--ids", help="CSV whose first column lists the clip ids to evaluate (e.g. flickr_test.csv)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary and per-clip results here."),
     curve: Optional[Path] = typer.Option(None, "--curve", help="Write the success curve as a PNG here."),
-    confidence: Optional[str] = typer.Option(None, "--confidence", help="Also the extended metrics (SLAVC: AP, max-F1, precision over clips with and without a visible source, those without a box), each clip scored by: top25 (mean of the map's top quarter), score (the window's S_av; with CKPT) or constant."),
+    confidence: Optional[str] = typer.Option(None, "--confidence", help="Also the extended metrics (SLAVC: AP, max-F1, precision over clips with and without a visible source, those without a box), each clip scored by: top25 (mean of the map's top quarter), score (the window's S_av; with CKPT), heard_seen (the vision head's probability of the heard class; with CKPT) or constant."),
 ) -> None:
     """Score maps with cIoU AP50, AUC, mean cIoU and the pointing game (and, with --confidence,
     the extended metrics and, with a checkpoint, the label accuracy on visible clips)."""

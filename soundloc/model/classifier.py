@@ -29,7 +29,7 @@ from .audio import AudioNet
 from .video import VideoNet
 
 MODALITIES = ("vision", "audio", "av")
-LABEL_HEADS = ("audio", "av")  # heads whose posteriors the exported step gives (soundloc.labels)
+LABEL_HEADS = ("vision", "audio", "av")  # heads whose posteriors the exported step gives (soundloc.labels)
 
 
 @dataclass
@@ -125,7 +125,8 @@ class AVClassifier(nn.Module):
     @property
     def label_heads(self) -> tuple[str, ...]:
         """The heads whose class posteriors a stream reports (``LABEL_HEADS`` this head has):
-        the audio head (what is heard) and the audio-visual head (what is heard and seen)."""
+        the vision head (what is seen), the audio head (what is heard) and the audio-visual
+        head (what is heard and seen)."""
         present = ("vision", "audio", "av") if self.config.head != "av-only" else ("av",)
         return tuple(h for h in LABEL_HEADS if h in present)
 

@@ -24,7 +24,8 @@ from ..dependence import AudioDependence, audio_dependence, check_steps, other_c
 from ..errors import UsageError
 from ..families import blend_prior, family_of
 from ..fileio import write_json
-from ..labels import class_name
+from ..labels import class_name, softmax
+from ..visibility import heard_seen
 from ..localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_bounds, window_map
 from ..media import MediaError
 from .checkpoint import load_checkpoint
@@ -146,9 +147,9 @@ def maps_from_checkpoint(ckpt: Path, videos: Path, ids: Iterable[str], baseline:
 
 
 def window_outputs(an: Analyzer, f: ClipFeatures, t: int, steps: int, za: np.ndarray | None = None) -> dict:
-    """The centred window at step ``t``: its mean S_av (``score``) and each label head's top
+    """The centred window at step ``t``: its mean S_av (``score``), each label head's top
     class name (``classes``), from the head on the window's mean features (Eq. 1), as the
-    stream's window-averaged logits give it."""
+    stream's window-averaged logits give it, and ``visibility.heard_seen`` of those heads."""
     za = f.za if za is None else za
     T = min(f.steps, len(za))
     lo, hi = window_bounds(t, steps, T)
@@ -159,6 +160,7 @@ def window_outputs(an: Analyzer, f: ClipFeatures, t: int, steps: int, za: np.nda
                                     torch.from_numpy(za[lo:hi])[None].to(an.device))
         names = an.config.class_names
         out["classes"] = {h: class_name(int(logits[h][0].argmax()), names) for h in an.model.label_heads}
+        out["heard_seen"] = heard_seen({h: softmax(logits[h][0].float().cpu().numpy()) for h in an.model.label_heads})
     return out
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..data.annotations import find_video, read_vggsound_csv
 from ..errors import UsageError
+from ..labels import softmax
 from ..localize import StepWindow, level_db
 from ..visibility import STATISTICS, TARGET_FALSE_ALARM, calibrate, raw_statistic
 from .bundle import read_bundle, write_manifest
@@ -36,12 +37,16 @@ def clip_windows(model: StepModel, video: Path, options: StreamOptions = StreamO
     window = StepWindow(loc.core.window.steps, options.window, loc.core.window.gate_steps)
     out = []
 
+    def record(w) -> None:
+        post = {h: softmax(v) for h, v in loc.core.labelling.split(w.extra).items()}
+        out.append({"pts": w.item.pts, "level_db": level_db(w.power),
+                    **{name: raw_statistic(name, w.alpha, w.score, post) for name in STATISTICS}})
+
     def take(finished) -> None:
         for f in finished:
             power = float(np.mean(np.square(f.item.audio))) if f.item.has_audio else 0.0
-            for w in window.push(f.item, f.alpha, f.score, power):
-                out.append({"pts": w.item.pts, "level_db": level_db(w.power),
-                            **{name: raw_statistic(name, w.alpha, w.score) for name in STATISTICS}})
+            for w in window.push(f.item, f.alpha, f.score, power, f.logits):
+                record(w)
 
     with StepSource(str(video), realtime=False, size=model.config.image_size) as source:
         for inp in source:
@@ -49,8 +54,7 @@ def clip_windows(model: StepModel, video: Path, options: StreamOptions = StreamO
     take(loc.model_step([(loc.waiting.popleft(), frame, audio) for frame, audio in loc.feeder.flush()]))
     take(loc.driver.flush(loc.feeder.blank()))
     for w in window.flush():
-        out.append({"pts": w.item.pts, "level_db": level_db(w.power),
-                    **{name: raw_statistic(name, w.alpha, w.score) for name in STATISTICS}})
+        record(w)
     return out
 
 
