@@ -203,3 +203,46 @@ def baseline_maps(name: str, gt: Annotations) -> dict[str, np.ndarray]:
 def write_json(result: EvalResult, path: str | Path) -> Path:
     """Write ``result.to_dict()`` atomically (temp file beside ``path``, then os.replace)."""
     return fileio.write_json(result.to_dict(), path)
+
+
+CONFIDENCES = ("top25", "score", "heard_seen", "constant")  # what `soundloc eval --confidence` can score clips with
+
+
+def clip_confidences(kind: str, maps: Mapping[str, np.ndarray], windows: Mapping[str, dict] | None = None
+                     ) -> dict[str, float]:
+    """Per clip, the confidence that a visible object sounds (``soundloc.visibility``): SLAVC's
+    top-quarter mean of the map (``top25``), the window's mean S_av (``score``) or the vision
+    head's probability of the heard class (``heard_seen``; both need a checkpoint's
+    ``windows``), or the same value for every clip (``constant``, the baseline)."""
+    from .visibility import top_quarter_mean
+
+    if kind == "top25":
+        return {k: top_quarter_mean(m) for k, m in maps.items()}
+    if kind in ("score", "heard_seen"):
+        if windows is None:
+            raise EvalError(f"--confidence {kind} needs a checkpoint (the window's S_av and heads)")
+        return {k: float(w.get(kind, 0.0)) for k, w in windows.items()}
+    if kind == "constant":
+        return dict.fromkeys(maps, 1.0)
+    raise EvalError(f"unknown confidence {kind!r}; choose from {', '.join(CONFIDENCES)}")
+
+
+def extended_metrics(result: EvalResult, gt: Annotations, confidences: Mapping[str, float],
+                     ciou_threshold: float = 0.5) -> dict[str, Any]:
+    """SLAVC's extended metrics (``metrics.extended_summary``) over the scored clips: a clip
+    without a box in ``gt`` has no visible sounding object."""
+    recs = [r for r in result.records if r.id in confidences]
+    if not recs:
+        raise EvalError("no scored clip has a confidence")
+    return metrics.extended_summary([len(gt[r.id].boxes) for r in recs], [r.ciou for r in recs],
+                                    [confidences[r.id] for r in recs], ciou_threshold)
+
+
+def label_accuracy(gt: Annotations, windows: Mapping[str, dict]) -> dict[str, float]:
+    """Per label head, the top-1 accuracy against the annotated class on clips with a visible
+    sounding object (a box); ``n``: how many such clips had a prediction."""
+    visible = [a for a in gt if a.boxes and a.id in windows and windows[a.id].get("classes")]
+    out: dict[str, float] = {"n": len(visible)}
+    for head in (windows[visible[0].id]["classes"] if visible else {}):
+        out[head] = float(np.mean([windows[a.id]["classes"][head] == a.label for a in visible]))
+    return out

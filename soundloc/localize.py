@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import functools
 from collections import deque
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import ndimage
 
 from .config import EVAL_SIZE, NORM_EPS, SALIENCE_POWER, SILENCE_DB, WINDOW_MODES
+from .labels import drawn_head, softmax, window_classes
+
+if TYPE_CHECKING:
+    from .visibility import Visibility
 
 Box = tuple[float, float, float, float]  # normalised xmin, ymin, xmax, ymax
 
@@ -89,6 +93,7 @@ class Windowed:
     alpha: np.ndarray
     score: float
     power: float
+    extra: np.ndarray | None = None  # the window's mean of what was pushed as ``extra`` (the label logits)
 
 
 class StepWindow:
@@ -103,12 +108,13 @@ class StepWindow:
         self.steps, self.mode, self.gate_steps = steps, mode, gate_steps
         self.future = steps // 2 if mode == "centered" else 0
         past = steps // 2 if mode == "centered" else steps - 1
-        self.buf: deque[tuple[Any, np.ndarray, float, float]] = deque(maxlen=max(past, gate_steps - 1) + self.future + 1)
+        self.buf: deque[tuple[Any, np.ndarray, float, float, np.ndarray | None]] = deque(maxlen=max(past, gate_steps - 1) + self.future + 1)
         self.count = 0
         self.emitted = 0
 
-    def push(self, item: Any, alpha: np.ndarray, score: float = 0.0, power: float = 0.0) -> list[Windowed]:
-        self.buf.append((item, np.asarray(alpha), float(score), float(power)))
+    def push(self, item: Any, alpha: np.ndarray, score: float = 0.0, power: float = 0.0,
+             extra: np.ndarray | None = None) -> list[Windowed]:
+        self.buf.append((item, np.asarray(alpha), float(score), float(power), None if extra is None else np.asarray(extra)))
         self.count += 1
         ready = []
         while self.emitted + self.future < self.count:
@@ -125,8 +131,9 @@ class StepWindow:
         steps = [self.buf[i - first] for i in range(lo, hi)]
         recent = [self.buf[i - first][3] for i in range(max(k - self.gate_steps + 1, first), k + 1)]
         self.emitted += 1
+        extra = None if steps[0][4] is None else np.mean([s[4] for s in steps], axis=0)
         return Windowed(self.buf[k - first][0], np.mean([s[1] for s in steps], axis=0),
-                        float(np.mean([s[2] for s in steps])), float(np.mean(recent)))
+                        float(np.mean([s[2] for s in steps])), float(np.mean(recent)), extra)
 
 
 def level_db(power: float) -> float:
@@ -142,8 +149,12 @@ def is_gated(level: float, score: float, gate_db: float | None, gate_score: floa
 
 @dataclass(frozen=True)
 class Localized:
-    """One step as users see it: ``heatmap`` (the window's map min-max normalised) and ``box``
-    are None when the step is gated (or the map is flat)."""
+    """One step as users see it: ``heatmap`` (the window's map min-max normalised) is None when
+    the step is gated (or the map is flat); ``box`` also when the source is judged not in view
+    (``visible`` false) or its class is filtered out. ``classes``: per label head, the window's
+    top classes (name, probability), empty for a model without label outputs or a gated step;
+    ``label``: the drawn head's top class, set when the box is drawn; ``confidence``: that the
+    source is in view (None without a calibration)."""
 
     item: Any
     heatmap: np.ndarray | None
@@ -151,33 +162,66 @@ class Localized:
     score: float
     level_db: float
     gated: bool
+    classes: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
+    confidence: float | None = None
+    visible: bool = True
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """What the label outputs mean: the heads (in the order their logits are concatenated in a
+    step's ``extra``), the class names, and ``only``: the classes localized (``--classes``;
+    empty: all)."""
+
+    heads: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    only: tuple[str, ...] = ()
+
+    def split(self, extra: np.ndarray | None) -> dict[str, np.ndarray]:
+        if extra is None or not self.heads:
+            return {}
+        return dict(zip(self.heads, np.split(np.asarray(extra), len(self.heads))))
 
 
 class StepLocalizer:
-    """The per-step stage of every stream: window, gate, box. Push each finished model step's
-    map, score and audio power; localized steps come out in order (``flush`` at the end)."""
+    """The per-step stage of every stream: window, gate, visibility, labels, box. Push each
+    finished model step's map, score, audio power and label logits (the heads' concatenated);
+    localized steps come out in order (``flush`` at the end)."""
 
     def __init__(self, steps: int, mode: str = "trailing", gate_steps: int = 1, gate_db: float | None = None,
-                 gate_score: float | None = None, box_threshold: float = 0.5) -> None:
+                 gate_score: float | None = None, box_threshold: float = 0.5,
+                 visibility: "Visibility | None" = None, labelling: Labelling = Labelling()) -> None:
         self.window = StepWindow(steps, mode, gate_steps)
         self.gate_db, self.gate_score, self.box_threshold = gate_db, gate_score, box_threshold
+        self.visibility, self.labelling = visibility, labelling
 
     @property
     def future(self) -> int:
         """Steps a step waits for the rest of its window (half the window when centred)."""
         return self.window.future
 
-    def push(self, item: Any, alpha: np.ndarray, score: float, power: float = 0.0) -> list[Localized]:
-        return [self._localize(w) for w in self.window.push(item, alpha, score, power)]
+    def push(self, item: Any, alpha: np.ndarray, score: float, power: float = 0.0,
+             logits: np.ndarray | None = None) -> list[Localized]:
+        return [self._localize(w) for w in self.window.push(item, alpha, score, power, logits)]
 
     def flush(self) -> list[Localized]:
         return [self._localize(w) for w in self.window.flush()]
 
     def _localize(self, w: Windowed) -> Localized:
         db = level_db(w.power)
-        heat = None if is_gated(db, w.score, self.gate_db, self.gate_score) else normalise(w.alpha)
-        box = None if heat is None else pseudo_box(w.alpha, EVAL_SIZE, EVAL_SIZE, self.box_threshold)
-        return Localized(w.item, heat, box, w.score, db, heat is None)
+        gated = is_gated(db, w.score, self.gate_db, self.gate_score)
+        heat = None if gated else normalise(w.alpha)
+        posteriors = {h: softmax(v) for h, v in self.labelling.split(w.extra).items()}
+        conf = None if self.visibility is None else self.visibility.confidence(w.alpha, w.score, posteriors)
+        visible = heat is not None and (conf is None or self.visibility.visible(conf))
+        classes = {} if heat is None else window_classes(posteriors, self.labelling.names)
+        head = drawn_head(list(classes))
+        top = classes[head][0][0] if head else None
+        wanted = not self.labelling.only or top in self.labelling.only
+        box = pseudo_box(w.alpha, EVAL_SIZE, EVAL_SIZE, self.box_threshold) if visible and wanted else None
+        label = f"{top} {classes[head][0][1]:.0%}" if box is not None and head else None
+        return Localized(w.item, heat, box, w.score, db, heat is None, classes, conf, visible, label)
 
 
 def top_k_moments(scores: np.ndarray, k: int = 1) -> list[int]:

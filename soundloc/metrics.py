@@ -217,3 +217,63 @@ def plot_success_curves(curves: Mapping[str, Sequence[float]], path: str | Path,
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+# -- extended metrics: clips with and without a visible sounding object (SLAVC) ----------------
+# Mo & Morgado (NeurIPS 2022) score a localizer on test sets that add clips whose sound has no
+# visible source: each clip has a confidence that something visible sounds; a clip without a
+# box (``n_boxes == 0``) and a confidence >= the threshold is a false positive, a clip with a
+# box counts as a true positive only when its cIoU >= ``ciou_threshold`` too (else a false
+# positive), and one under the threshold is a false negative. AP sweeps the threshold over the
+# confidences; max-F1 takes the best F1 over every tenth confidence; "precision" is the
+# precision with every clip detected. These functions follow their evaluator's arithmetic
+# exactly (checked clip by clip in tests/test_metrics.py against a transcription of its rule).
+
+
+def extended_precision_recall(n_boxes: Sequence[int], cious: Sequence[float], confidences: Sequence[float],
+                              threshold: float, ciou_threshold: float = 0.5) -> tuple[float, float]:
+    """(precision, recall) at one confidence threshold; 1.0 where a ratio has nothing to count."""
+    boxes, c, conf = np.asarray(n_boxes), np.asarray(cious, np.float64), np.asarray(confidences, np.float64)
+    detected = conf >= threshold
+    tp = int(np.sum(detected & (boxes > 0) & (c >= ciou_threshold)))
+    fp = int(np.sum(detected & ((boxes == 0) | (c < ciou_threshold))))
+    fn = int(np.sum(~detected & (boxes > 0)))
+    return (1.0 if tp + fp == 0 else tp / (tp + fp)), (1.0 if tp + fn == 0 else tp / (tp + fn))
+
+
+def extended_ap(n_boxes: Sequence[int], cious: Sequence[float], confidences: Sequence[float],
+                ciou_threshold: float = 0.5) -> float:
+    """Average precision over confidence thresholds: every confidence but the highest, from
+    high to low (every ``n // 200``-th when there are many), interpolated (the best precision
+    at any lower threshold) and summed over the recall steps."""
+    conf = np.sort(np.asarray(confidences, np.float64))
+    thresholds = conf[:-1][::-1][:: max(1, len(conf) // 200)]
+    if len(thresholds) < 2:
+        return 0.0
+    pr = np.array([extended_precision_recall(n_boxes, cious, confidences, t, ciou_threshold) for t in thresholds])
+    best_after = np.maximum.accumulate(pr[::-1, 0])[::-1]
+    return float(np.sum(best_after[:-1] * np.diff(pr[:, 1])))
+
+
+def extended_f1s(n_boxes: Sequence[int], cious: Sequence[float], confidences: Sequence[float],
+                 ciou_threshold: float = 0.5) -> list[float]:
+    """F1 at every tenth confidence (sorted, from the lowest): max-F1 is their maximum."""
+    conf = sorted(float(v) for v in confidences)
+    out = []
+    for t in conf[:: max(1, len(conf) // 10)]:
+        p, r = extended_precision_recall(n_boxes, cious, confidences, t, ciou_threshold)
+        out.append(2 * p * r / (p + r) if p + r > 0 else 0.0)
+    return out
+
+
+def extended_summary(n_boxes: Sequence[int], cious: Sequence[float], confidences: Sequence[float],
+                     ciou_threshold: float = 0.5) -> dict[str, float]:
+    """AP, max-F1 and precision (every clip detected) over clips with and without a visible
+    sounding object, and how many of each."""
+    if len(cious) == 0:
+        raise MetricError("no clip to score")
+    precision, _ = extended_precision_recall(n_boxes, cious, confidences, -np.inf, ciou_threshold)
+    boxes = np.asarray(n_boxes)
+    return {"ap": extended_ap(n_boxes, cious, confidences, ciou_threshold),
+            "max_f1": float(max(extended_f1s(n_boxes, cious, confidences, ciou_threshold))),
+            "precision": precision, "n_visible": int(np.sum(boxes > 0)), "n_negative": int(np.sum(boxes == 0))}

@@ -174,7 +174,7 @@ def test_cli_eval_checkpoint_seam(cli_inputs, tmp_path, monkeypatch):
 
     from soundloc.dependence import audio_dependence
 
-    def fake(ckpt, videos, ids, baseline=None, labels=None, preprocess=None):
+    def fake(ckpt, videos, ids, baseline=None, labels=None, preprocess=None, windows=None):
         calls.append((ckpt, videos, ids))
         own = [np.eye(7) for _ in ids]
         return {i: np.ones((7, 7)) for i in ids}, inference.Skipped(), audio_dependence(own, own)

@@ -183,3 +183,82 @@ def test_success_curve_png(tmp_path):
     pytest.importorskip("matplotlib")
     out = metrics.plot_success_curves({"a": [0.1, 0.6], "b": [0.9]}, tmp_path / "c.png", title="t")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- extended metrics (SLAVC) ---------------------------------------------------------------
+# A direct transcription of the rule in SLAVC's evaluator (github.com/stoneMo/SLAVC, utils.py,
+# EvaluatorFull.calc_precision_recall / calc_ap and finalize_stats' F1 list), written out here
+# so that soundloc.metrics' own arithmetic is checked against it clip by clip.
+
+
+def _slavc_precision_recall(bb_list, ciou_list, confidence_list, confidence_thr, ciou_thr=0.5):
+    true_pos, false_pos, false_neg = 0, 0, 0
+    for bb, ciou, confidence in zip(bb_list, ciou_list, confidence_list):
+        if bb == 0:
+            if confidence >= confidence_thr:
+                false_pos += 1
+        else:
+            if confidence >= confidence_thr:
+                if ciou >= ciou_thr:
+                    true_pos += 1
+                else:
+                    false_pos += 1
+            else:
+                false_neg += 1
+    precision = 1. if true_pos + false_pos == 0 else true_pos / (true_pos + false_pos)
+    recall = 1. if true_pos + false_neg == 0 else true_pos / (true_pos + false_neg)
+    return precision, recall
+
+
+def _slavc_ap(bb_list, ciou_list, confidence_list, iou_thr=0.5):
+    precision, recall, skip_thr = [], [], max(1, len(ciou_list) // 200)
+    for thr in np.sort(np.array(confidence_list))[:-1][::-skip_thr]:
+        p, r = _slavc_precision_recall(bb_list, ciou_list, confidence_list, thr, iou_thr)
+        precision.append(p)
+        recall.append(r)
+    precision_max = [np.max(precision[i:]) for i in range(len(precision))]
+    return sum([precision_max[i] * (recall[i + 1] - recall[i]) for i in range(len(precision_max) - 1)])
+
+
+def _slavc_f1s(bb_list, ciou_list, conf_list, iou_thr=0.5):
+    conf_thr = list(sorted(conf_list))[::max(1, len(conf_list) // 10)]
+    pr = [_slavc_precision_recall(bb_list, ciou_list, conf_list, thr, iou_thr) for thr in conf_thr]
+    return [2 * r * p / (r + p) if r + p > 0 else 0. for p, r in pr]
+
+
+def _extended_case(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    boxes = rng.integers(0, 3, n) * (rng.random(n) < 0.6)  # 0: no visible sounding object
+    cious = np.round(rng.random(n), 2)  # rounded: ties at the 0.5 boundary happen
+    conf = np.round(rng.random(n), 1)  # rounded: tied confidences happen
+    return boxes.tolist(), cious.tolist(), conf.tolist()
+
+
+@pytest.mark.parametrize("n,seed", [(7, 0), (40, 1), (450, 2), (1000, 3)])
+def test_extended_metrics_equal_slavcs_rule_clip_by_clip(n: int, seed: int) -> None:
+    boxes, cious, conf = _extended_case(n, seed)
+    for thr in sorted(set(conf)) + [-1000.0]:
+        assert metrics.extended_precision_recall(boxes, cious, conf, thr) == _slavc_precision_recall(boxes, cious, conf, thr)
+    assert metrics.extended_ap(boxes, cious, conf) == pytest.approx(_slavc_ap(boxes, cious, conf), abs=1e-12)
+    assert metrics.extended_f1s(boxes, cious, conf) == pytest.approx(_slavc_f1s(boxes, cious, conf), abs=1e-12)
+    s = metrics.extended_summary(boxes, cious, conf)
+    assert s["precision"] == _slavc_precision_recall(boxes, cious, conf, -1000)[0]
+    assert s["max_f1"] == pytest.approx(max(_slavc_f1s(boxes, cious, conf)))
+    assert s["n_visible"] + s["n_negative"] == n and s["n_negative"] == boxes.count(0)
+
+
+def test_extended_metrics_on_a_hand_made_case() -> None:
+    """Three visible clips (two well localized), three without a visible source. A confidence
+    that ranks the well-localized clips first: at the second-highest confidence (the highest
+    is never a threshold in SLAVC's sweep) two clips are detected, both true positives
+    (precision 1, recall 2/3); one step lower the badly localized one joins (recall 1), so AP =
+    1 x (1 - 2/3)."""
+    boxes, cious = [1, 1, 1, 0, 0, 0], [0.8, 0.7, 0.2, 0.0, 0.0, 0.0]
+    good, bad = [0.9, 0.8, 0.7, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.9, 0.8, 0.7]  # bad: negatives first
+    assert metrics.extended_ap(boxes, cious, good) == pytest.approx(1 / 3) == _slavc_ap(boxes, cious, good)
+    assert metrics.extended_ap(boxes, cious, bad) == pytest.approx(_slavc_ap(boxes, cious, bad))
+    # everything detected: 2 true positives, 4 false positives
+    assert metrics.extended_summary(boxes, cious, good)["precision"] == pytest.approx(2 / 6)
+    assert metrics.extended_summary(boxes, cious, good)["max_f1"] == pytest.approx(0.8)  # threshold 0.8: p 1, r 2/3
+    constant = [1.0] * 6
+    assert metrics.extended_ap(boxes, cious, constant) == _slavc_ap(boxes, cious, constant) == 0

@@ -14,18 +14,20 @@ from conftest import randomise_batchnorm  # noqa: E402
 def _stream(sm, video, mel):
     B, _, T = video.shape[:3]
     states = sm.initial_state(B)
-    alphas, scores = [], []
+    alphas, scores, logits = [], [], []
     for n in range(T + sm.lookahead):
         real = n < T
         frame = video[:, :, n:n + 1] if real else torch.zeros_like(video[:, :, :1])
         m = mel[:, :, 10 * n:10 * n + 10] if real else torch.zeros_like(mel[:, :, :10])
         out = sm(frame, m, torch.full((B, 1), float(real)), *states)
         alpha, score, _, _, valid = out[:5]
-        states = list(out[5:])
+        states = list(out[len(sm.output_names):])  # the label heads' logits come before the states
         assert bool(valid.all()) == (n >= sm.lookahead)
         if n >= sm.lookahead:
             alphas.append(alpha)
             scores.append(score)
+            logits.append(torch.stack(out[5:len(sm.output_names)], 1))  # (B, heads, C)
+    _stream.logits = torch.stack(logits, 1)  # (B, T, heads, C)
     return torch.stack(alphas, 1), torch.stack(scores, 1)
 
 
@@ -45,6 +47,15 @@ def test_stream_equals_offline(causal):
     assert alpha.shape == ref_alpha.shape
     torch.testing.assert_close(alpha, ref_alpha, atol=1e-4, rtol=0)
     torch.testing.assert_close(score, ref_score, atol=1e-4, rtol=1e-5)
+    # the label heads per step, and over a window: the mean of the streamed logits is the head
+    # on the window's mean features (Eq. 1), what the runtime reports as the window's classes
+    assert sm.output_names[5:] == ["logits_vision", "logits_audio", "logits_av"]
+    with torch.no_grad():
+        per_step = torch.stack([torch.stack(model.step_logits(f.zv[:, t], f.za[:, t]), 1) for t in range(T)], 1)
+        window = model.heads(f.zv[:, 4:20], f.za[:, 4:20])
+    torch.testing.assert_close(_stream.logits, per_step, atol=1e-4, rtol=0)
+    torch.testing.assert_close(_stream.logits[:, 4:20].mean(1), torch.stack([window[h] for h in model.label_heads], 1),
+                               atol=1e-4, rtol=0)
 
 
 def test_state_layout_is_named_and_shaped():

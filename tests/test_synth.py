@@ -308,3 +308,45 @@ def test_default_profile_clips_are_unchanged_by_the_heldout_options(made) -> Non
     tracks = json.loads((out / "tracks.json").read_text())
     names = {c.name for c in synth_classes(5)}
     assert all(t["sound"] == "steady" and {o["class"] for o in t["objects"]} <= names for t in tracks.values())
+
+
+def test_negatives_profile_marks_clips_without_a_visible_source(tmp_path: Path) -> None:
+    """Half the test clips are negatives, the kinds in turn; the ground truth says so in the
+    same files (no box in vggss.json, ``visible: false`` in tracks.json); what is rendered
+    matches: an occluded source sits behind a grey panel, a silent clip is below the runtime's
+    -40 dBFS gate, a noise clip is broadband and loud, an off-screen source is not drawn."""
+    from soundloc.media import load_clip
+
+    make_synthetic_dataset(tmp_path, num_clips=16, seed=4, seconds=1.0, num_classes=4, val_fraction=0.99,
+                           workers=1, size=64, profile="negatives")
+    tracks = json.loads((tmp_path / "tracks.json").read_text())
+    boxes = {e["file"]: e for e in json.loads((tmp_path / "vggss.json").read_text())}
+    intervals = json.loads((tmp_path / "intervals.json").read_text())
+    kinds = [t["negative"] for cid, t in tracks.items() if cid in boxes and t["negative"]]
+    assert sorted(kinds) == sorted(list(synth.NEGATIVE_KINDS) * 2)  # 8 of the 15 test clips, balanced
+    train = [cid for cid in tracks if cid not in boxes]
+    assert train and all(tracks[c]["visible"] for c in train)  # training clips always show their source
+    for cid, entry in boxes.items():
+        track, kind = tracks[cid], tracks[cid]["negative"]
+        assert track["visible"] == (kind is None) and (entry["bbox"] == []) == (kind is not None)
+        assert entry.get("negative") == kind
+        clip = load_clip(tmp_path / "videos" / f"{cid}.mp4", seconds=1.0)
+        rms_db = 10 * np.log10(np.mean(clip.audio.astype(np.float64) ** 2) + 1e-12)
+        mid = clip.frames[5].astype(float) / 255
+        x0, y0, x1, y1 = (int(round(v * 64)) for v in track["objects"][0]["boxes"][5])
+        inside = mid[y0 + 2:y1 - 2, x0 + 2:x1 - 2]
+        if kind == "occluded":
+            # flat grey up to H.264's chroma bleed at the panel's edges (an object would be textured)
+            assert abs(np.median(inside) - synth.OCCLUDER_GREY) < 0.05 and inside.std() < 0.08
+        if kind == "silence":
+            assert rms_db < -40 and intervals[cid] == [] and track["sounding"] is None
+        if kind == "noise":
+            assert rms_db > -40 and intervals[cid] == [] and track["sounding"] is None
+            spec = np.abs(np.fft.rfft(clip.audio)) ** 2
+            flatness = np.exp(np.mean(np.log(spec[1:] + 1e-20))) / np.mean(spec[1:])
+            assert flatness > 0.3  # broadband, not a tone
+        if kind in (None, "offscreen", "occluded"):
+            assert track["sounding"] == 0 and intervals[cid]
+        if kind == "offscreen":  # nothing of the source's colour where its box would be
+            colour = np.asarray(synth_classes(4)[[c.name for c in synth_classes(4)].index(track["label"])].colour)
+            assert np.abs(inside - colour * 0.7).sum(-1).min() > 0.15 or inside.size == 0

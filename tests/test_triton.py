@@ -61,7 +61,7 @@ def test_config_parses_against_tritons_schema(tiny, backend):
     assert config.max_batch_size == 8
     assert [i.name for i in config.input] == ["frame", "mel", "valid"]  # the state is not sent
     assert list(config.input[0].dims) == [3, 1, tiny.bundle.config.image_size, tiny.bundle.config.image_size]
-    assert {o.name for o in config.output} == {"alpha", "score", "zv", "za", "valid_out"}
+    assert {o.name for o in config.output} == {"alpha", "score", "zv", "za", "valid_out", "logits_audio", "logits_av"}
     seq = config.sequence_batching
     assert seq.WhichOneof("strategy_choice") == "oldest" and seq.oldest.max_candidate_sequences == 32
     if backend == "python":  # the model keeps the state itself, per correlation id
@@ -143,7 +143,7 @@ class StandIn(service_pb2_grpc.GRPCInferenceServiceServicer):
             if end or (self.forget_after and self.requests[seq] >= self.forget_after):
                 del self.states[seq]
         response = service_pb2.ModelInferResponse(model_name=self.model)
-        for name in ("alpha", "score", "zv", "za", "valid_out"):
+        for name in [n for n in out if not n.startswith("state_out.")]:  # Triton's default: every declared output
             value = np.ascontiguousarray(out[name], np.float32)
             response.outputs.add(name=name, datatype="FP32", shape=list(value.shape))
             response.raw_output_contents.append(value.tobytes())

@@ -75,7 +75,7 @@ def load_model(tgt: Target, backend: str, scratch: Path, threads: int | None = N
         from ..runtime.torch_backend import TorchBackend
 
         tb = TorchBackend(ckpt, threads=threads, dtype=torch_dtype)
-        return StepModel(tb, tb.config, tb.lookahead, tb.state_specs, tb.gate_score)
+        return StepModel(tb, tb.config, tb.lookahead, tb.state_specs, tb.gate_score, label_heads=tb.label_heads)
     if tgt.export is None:
         raise RuntimeError("needs an export directory (`soundloc export CKPT --out DIR`), not a checkpoint")
     return load_step_model(tgt.export, backend, threads=threads)

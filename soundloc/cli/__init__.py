@@ -11,6 +11,7 @@ from .app import app, run_app  # noqa: F401  (app: the typer object, re-exported
 from . import stream  # noqa: F401  (stream, demo)
 from . import serve  # noqa: F401
 from . import export  # noqa: F401
+from . import calibrate  # noqa: F401
 from . import bench  # noqa: F401
 from . import train  # noqa: F401
 from . import evaluate  # noqa: F401

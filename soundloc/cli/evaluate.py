@@ -33,8 +33,10 @@ def eval_command(
     preprocess: Optional[str] = typer.Option(None, "--preprocess", help="With a checkpoint: soundloc (the default "
                                              "path) or authors (a published family's own frame resize, audio loader "
                                              "and map upsampling); default: what the model recorded at import."),
+    confidence: Optional[str] = typer.Option(None, "--confidence", help="Also the extended metrics (SLAVC: AP, max-F1, precision over clips with and without a visible source, those without a box), each clip scored by: top25 (mean of the map's top quarter), score (the window's S_av; with CKPT), heard_seen (the vision head's probability of the heard class; with CKPT) or constant."),
 ) -> None:
-    """Score maps with cIoU AP50, AUC, mean cIoU and the pointing game."""
+    """Score maps with cIoU AP50, AUC, mean cIoU and the pointing game (and, with --confidence,
+    the extended metrics and, with a checkpoint, the label accuracy on visible clips)."""
     from .. import evaluate, metrics
     from ..data.annotations import AnnotationError, read_annotations, read_id_list
 
@@ -49,18 +51,28 @@ def eval_command(
                 (model_baseline and ckpt is None):
             raise evaluate.EvalError("give exactly one source of maps: a checkpoint (optionally --baseline shuffled), "
                                      "--maps FILE or --baseline center")
+        if confidence is not None and confidence not in evaluate.CONFIDENCES:
+            raise evaluate.EvalError(f"--confidence must be one of {', '.join(evaluate.CONFIDENCES)}, not {confidence!r}")
         gt = read_annotations(annotations, read_id_list(ids) if ids else None)
-        dependence = None
+        dependence, windows = None, None
         if maps is not None:
             source, clip_maps = str(maps), evaluate.load_maps_npz(maps)
         elif baseline is not None and not model_baseline:
             source, clip_maps = f"baseline:{baseline}", evaluate.baseline_maps(baseline, gt)
         else:
             source = f"{ckpt}" + (" (shuffled audio)" if model_baseline else "")
-            clip_maps, dependence = _checkpoint_maps(ckpt, videos, gt, baseline, preprocess)
+            windows = {}
+            clip_maps, dependence = _checkpoint_maps(ckpt, videos, gt, baseline, preprocess, windows)
         result = evaluate.score_maps(clip_maps, gt, protocol, source=source)
         if dependence is not None:
             result = dataclasses.replace(result, extra={**result.extra, "audio_dependence": dependence.to_dict()})
+        if confidence is not None:
+            conf = evaluate.clip_confidences(confidence, clip_maps, windows)
+            ext = {"confidence": confidence, **evaluate.extended_metrics(result, gt, conf)}
+            result = dataclasses.replace(result, extra={**result.extra, "extended": ext})
+        if windows:
+            result = dataclasses.replace(result, extra={**result.extra,
+                                                        "label_accuracy": evaluate.label_accuracy(gt, windows)})
         if json_out is not None:
             evaluate.write_json(result, json_out)
         if curve is not None:
@@ -79,7 +91,8 @@ def eval_command(
 
 
 def _checkpoint_maps(ckpt: Path, videos: Optional[Path], gt: "Annotations", baseline: Optional[str],
-                     preprocess: Optional[str] = None) -> tuple[dict[str, "np.ndarray"], "AudioDependence"]:
+                     preprocess: Optional[str] = None, windows: Optional[dict] = None
+                     ) -> tuple[dict[str, "np.ndarray"], "AudioDependence"]:
     """Maps from a checkpoint at each clip's middle frame (3 s centred window) and the
     audio-dependence check on them; needs torch."""
     from .. import evaluate
@@ -92,7 +105,7 @@ def _checkpoint_maps(ckpt: Path, videos: Optional[Path], gt: "Annotations", base
         raise evaluate.EvalError(f"evaluating a checkpoint needs torch: pip install 'soundloc[train]' ({e})") from None
     labels = {a.id: a.label for a in gt if a.label}
     maps, skipped, dependence = maps_from_checkpoint(ckpt, videos, gt.ids, baseline=baseline, labels=labels or None,
-                                                     preprocess=preprocess)
+                                                     preprocess=preprocess, windows=windows)
     for clip_id, reason in skipped.items[:10]:
         typer.echo(f"skipped {clip_id}: {reason}", err=True)
     return maps, dependence
@@ -109,6 +122,14 @@ def _print_result(result: "EvalResult") -> None:
     table.add_row(str(s["n"]), f"{s['ap50']:.4f}", f"{s['auc']:.4f}", f"{s['mean_ciou']:.4f}", f"{s['pointing']:.4f}")
     console = Console()
     console.print(table)
+    ext, acc = result.extra.get("extended"), result.extra.get("label_accuracy")
+    if ext:
+        console.print(f"  extended ({ext['confidence']} confidence; {ext['n_visible']} visible, {ext['n_negative']} "
+                      f"without a visible source): AP {ext['ap']:.4f}  max-F1 {ext['max_f1']:.4f}  "
+                      f"precision {ext['precision']:.4f}", markup=False, highlight=False)
+    if acc and acc.get("n"):
+        heads = "  ".join(f"{h} {v:.4f}" for h, v in acc.items() if h != "n")
+        console.print(f"  label top-1 on {acc['n']} visible clips: {heads}", markup=False, highlight=False)
     notes = [f"{n} {what}" for n, what in (
         (result.n_missing, "annotated clips without a map (not scored)"),
         (result.n_unannotated, "maps without annotation (ignored)"),

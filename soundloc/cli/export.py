@@ -100,6 +100,9 @@ def _print_int8(report: dict, console) -> dict:
     m = report["moments"]
     console.print(f"  alpha max error {report['alpha_max_rel_error']:.2%} of max |alpha|; S_av {m['score_max_rel_error']:.2%}; "
                   f"top-1 moment {'same' if m['top1_same'] else 'differs'}")
+    for head, f in (report.get("labels") or {}).items():
+        console.print(f"  {head} classes: top-1 same as fp32 on {f['top1_agreement']:.1%} of windows "
+                      f"(probabilities differ by at most {f['max_prob_diff']:.3f})")
     for f in report["failures"]:
         console.print(f"[red]FAIL[/red] {escape(f)}")
     return report

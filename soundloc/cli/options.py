@@ -99,3 +99,10 @@ def decoder_option() -> Any:
     return typer.Option(library_default("decoder"),
                         help=f"Video decoder: {', '.join(DECODERS)} (auto: the platform's hardware decoder if "
                              "there is one, else FFmpeg's threads).")
+
+
+def classes_option() -> Any:
+    return typer.Option(library_default("classes") or None, "--classes",
+                        help="Localize only these classes: NAME[,NAME] of the model's classes (a name with a "
+                             "comma in double quotes); the others are reported in the events, not boxed. "
+                             "Default: all.")

@@ -31,6 +31,7 @@ def serve(
     gate_db: float = O.gate_db_option(),
     gate_score: Optional[float] = O.gate_score_option(),
     box_threshold: float = O.box_threshold_option(),
+    classes: Optional[str] = O.classes_option(),
     realtime: Optional[bool] = O.realtime_option(),
     seconds: Optional[float] = O.seconds_option(),
     reconnect: int = O.reconnect_option(),
@@ -41,6 +42,7 @@ def serve(
     """Localize sound sources in many streams at once: one model, one batched call per tick."""
     from ..runtime.serve import ServeError, pair_sources, read_sources, run_serve, with_out_dir
     from ..runtime.sources import spec_inputs
+    from ..labels import split_classes
     from ..runtime.stream import StreamOptions
 
     if (sources is None) == (not video):
@@ -59,7 +61,8 @@ def serve(
         if audio and sources is not None:
             raise ServeError("--audio goes with --video NAME=SPEC; in a sources file give 'audio' per stream")
         streams = with_out_dir(streams, out_dir)
-        options = StreamOptions(window=window, gate_db=gate_db, gate_score=gate_score, box_threshold=box_threshold)
+        options = StreamOptions(window=window, gate_db=gate_db, gate_score=gate_score, box_threshold=box_threshold,
+                                classes=split_classes(classes))
     except ValueError as e:
         raise fail(str(e))
     outputs = [p for s in streams for p in (s.out, s.events)]

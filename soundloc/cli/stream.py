@@ -28,6 +28,7 @@ def stream(
     gate_db: float = O.gate_db_option(),
     gate_score: Optional[float] = O.gate_score_option(),
     box_threshold: float = O.box_threshold_option(),
+    classes: Optional[str] = O.classes_option(),
     realtime: Optional[bool] = O.realtime_option(),
     video_only: bool = typer.Option(False, help="Accept a video without audio (maps then mean little: every step is gated)."),
     seconds: Optional[float] = O.seconds_option(),
@@ -42,6 +43,7 @@ def stream(
     from ..config import FPS
     from ..runtime.run import run_stream
     from ..runtime.sources import spec_inputs
+    from ..labels import split_classes
     from ..runtime.stream import StreamOptions
 
     check_paths([out, events, json_out], [target, *spec_inputs(video), *spec_inputs(audio)])
@@ -61,7 +63,8 @@ def stream(
         typer.echo("note: no --out, --events or --preview: the maps are shown in the status line only and "
                    "nothing of them is kept")
     try:
-        options = StreamOptions(window=window, gate_db=gate_db, gate_score=gate_score, box_threshold=box_threshold)
+        options = StreamOptions(window=window, gate_db=gate_db, gate_score=gate_score, box_threshold=box_threshold,
+                                classes=split_classes(classes))
     except ValueError as e:
         raise fail(str(e))
     summary = run_stream(target, video, audio, out=out, events=events, preview=(host, port) if preview else None,

@@ -39,7 +39,13 @@ a shape no class has (star, crescent, arrow) in another class's colour, the sour
 sounding in bursts, chirps or clicks instead of steadily, up to two noise bursts from nothing in
 view, 25 fps video and 44.1 kHz stereo. ``tracks.json`` names each clip's sound family
 (``sound``). Train on one profile and evaluate on another to see whether the maps follow the
-sound or what the model was tuned on.
+sound or what the model was tuned on. ``negatives`` is the default scene, but half of its
+test clips have no visible sounding object (``NEGATIVE_KINDS``, in turn): the source out of
+frame, occluded, pure noise, or silence. A negative has ``"bbox": []`` and a ``"negative"`` kind
+in ``vggss.json`` and ``"visible": false`` with the same ``"negative"`` in ``tracks.json``
+(``"sounding": null`` when no object sounds); its ``vggsound.csv`` label is the class heard
+(off-screen, occluded) or the on-screen object 0's (noise, silence). Training clips always
+show their source.
 """
 
 from __future__ import annotations
@@ -60,9 +66,9 @@ from ..config import FPS, SAMPLE_RATE, is_whole_steps, seconds_to_steps, steps_t
 from ..fileio import atomic_write_bytes, check_outputs
 from .annotations import clip_id
 from .scenes import (  # noqa: F401  (SynthClass, SynthError, MAX_CLASSES: part of this module's API)
-    AREA_RANGE, BACKGROUND_NOISE, HELDOUT_SHAPES, HELDOUT_TEXTURES, MAX_CLASSES, MAX_SPEED, SynthClass, SynthError,
-    add_clutter, background_field, offscreen_bursts, place_objects, silent_gaps, object_boxes, render_audio,
-    render_frames, synth_classes,
+    AREA_RANGE, BACKGROUND_NOISE, HELDOUT_SHAPES, HELDOUT_TEXTURES, MAX_CLASSES, MAX_SPEED, SOURCE_LEVEL, SynthClass,
+    SynthError, add_clutter, background_field, offscreen_bursts, place_objects, silent_gaps, object_boxes,
+    render_audio, render_frames, synth_classes,
 )
 
 @dataclass(frozen=True)
@@ -83,7 +89,16 @@ class SynthProfile:
     decoy_shapes: tuple[str, ...] = ()  # a third object becomes a silent decoy of one of these shapes
     sounds: tuple[str, ...] = ("steady",)  # the source's sound family (scenes.SOUND_FAMILIES), per clip
     offscreen: int = 0  # up to this many noise bursts per clip from nothing in view
+    negatives: tuple[str, ...] = ()  # NEGATIVE_KINDS given to ``negative_share`` of the test clips
+    negative_share: float = 0.0
 
+
+# Test clips whose sound has no visible source (the ``negatives`` profile; SLAVC's "extended"
+# test sets): the sounding object out of frame (not drawn), occluded (drawn, then hidden behind
+# an opaque panel over its whole path), pure noise (broadband, no object sounds) and silence
+# (only the background hiss, below the runtime's audio gate).
+NEGATIVE_KINDS = ("offscreen", "occluded", "noise", "silence")
+OCCLUDER_GREY = 0.45  # the panel's level, with the sensor noise of every frame on top
 
 PROFILES = {
     "default": SynthProfile("default"),
@@ -93,6 +108,7 @@ PROFILES = {
     "heldout": SynthProfile("heldout", height_range=(0.15, 0.35), objects=(2, 3), max_speed=0.06, fps=(25,),
                             sample_rates=(44_100,), stereo=True, textures=HELDOUT_TEXTURES,
                             decoy_shapes=HELDOUT_SHAPES, sounds=("bursts", "chirp", "clicks"), offscreen=2),
+    "negatives": SynthProfile("negatives", negatives=NEGATIVE_KINDS, negative_share=0.5),
 }
 
 
@@ -127,6 +143,7 @@ class _ClipJob:
     num_classes: int
     videos_dir: str
     profile: str = "default"
+    negative: str = ""  # a NEGATIVE_KINDS entry, or "" for a clip whose sounding object is in view
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -154,7 +171,12 @@ def _make_clip(job: _ClipJob) -> dict:
     boxes = object_boxes(wh, centre, velocity, render_times)
     tints = rng.uniform(0.85, 1.1, (n_obj, 3)).astype(np.float32)
     background = add_clutter(extra, background_field(rng, job.size), prof.clutter)
-    frames = render_frames(boxes, looks, tints, background, rng.permutation(n_obj), rng)
+    order = rng.permutation(n_obj)
+    if job.negative == "offscreen":  # the source is not drawn: out of frame
+        order = order[order != 0]
+    frames = render_frames(boxes, looks, tints, background, order, rng)
+    if job.negative == "occluded":
+        frames = _occlude(frames, boxes[0], np.random.default_rng([job.seed, job.index, 3]))
     intervals = silent_gaps(rng, job.seconds)
     heard = np.random.default_rng([job.seed, job.index, 4])  # held-out sound choices
     family = str(heard.choice(prof.sounds))
@@ -162,6 +184,8 @@ def _make_clip(job: _ClipJob) -> dict:
     if prof.offscreen:
         count = int(heard.integers(0, prof.offscreen + 1))
         audio = np.clip(audio + offscreen_bursts(heard, len(audio), rate, count), -1, 1).astype(np.float32)
+    if job.negative in ("noise", "silence"):
+        audio, intervals = _no_source_audio(job, intervals, rate)
     if prof.stereo:  # panned toward one side, each channel with its own hiss
         gains = np.array([[0.4], [1.0]])[:: 1 if extra.random() < 0.5 else -1]
         audio = np.clip(gains * audio + BACKGROUND_NOISE * extra.standard_normal((2, len(audio))), -1, 1)
@@ -172,7 +196,7 @@ def _make_clip(job: _ClipJob) -> dict:
     write_mp4(Path(job.videos_dir) / f"{cid}.mp4", frames, fps, audio, rate)
     return {
         "id": cid, "index": job.index, "label": job.label, "intervals": intervals,
-        "source_fps": fps, "source_sample_rate": rate, "sound": family,
+        "source_fps": fps, "source_sample_rate": rate, "sound": family, "negative": job.negative,
         "objects": [{"class": look.name, "boxes": track[k].tolist()} for k, look in enumerate(looks)],
     }
 
@@ -185,6 +209,33 @@ def _looks(prof: SynthProfile, looks: list[SynthClass], rng: np.random.Generator
         shape = str(rng.choice(prof.decoy_shapes))
         looks[-1] = replace(looks[-1], shape=shape, name=f"decoy {shape}")
     return looks
+
+
+def _occlude(frames: np.ndarray, track: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An opaque grey panel over the union of the source's boxes (``track`` (n_t, 4)): it
+    sounds behind it the whole clip. The panel carries the same sensor noise as the frame."""
+    size = frames.shape[1]
+    x0, y0 = (int(np.floor(track[:, k].min() * size)) for k in (0, 1))
+    x1, y1 = (int(np.ceil(track[:, k].max() * size)) for k in (2, 3))
+    panel = OCCLUDER_GREY + 0.025 * rng.standard_normal((frames.shape[0], y1 - y0, x1 - x0, 3))
+    out = frames.copy()
+    out[:, y0:y1, x0:x1] = (np.clip(panel, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return out
+
+
+def _no_source_audio(job: _ClipJob, intervals: list[list[float]], rate: int) -> tuple[np.ndarray, list]:
+    """A noise clip's broadband noise (no object sounds; over the same intervals) or a silent
+    clip's background hiss alone; the intervals where a source sounds: none."""
+    rng = np.random.default_rng([job.seed, job.index, 4])
+    n = round(job.seconds * rate)
+    audio = BACKGROUND_NOISE * rng.standard_normal(n)
+    if job.negative == "noise":
+        gate = np.zeros(n)
+        for start, end in intervals:
+            gate[int(start * rate): int(end * rate)] = 1.0
+        level = SOURCE_LEVEL / 3 * 10 ** (rng.uniform(-4, 2) / 20)
+        audio += level * gate * rng.standard_normal(n)
+    return np.clip(audio, -1, 1).astype(np.float32), []
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -202,9 +253,20 @@ def _plan_jobs(out_dir: Path, num_clips: int, seed: int, seconds: float, num_cla
         num_test = min(max(num_test, 1), num_clips - 1)
     test = set(rng.permutation(num_clips)[:num_test].tolist())
     starts = rng.integers(0, 300, num_clips)
+    negatives = _negatives(PROFILES[profile], sorted(test), seed)
     jobs = [_ClipJob(i, seed, f"syn{seed % 1000:03d}{i:05d}", int(starts[i]), int(labels[i]), seconds,
-                     size, fps, num_classes, str(out_dir / "videos"), profile) for i in range(num_clips)]
+                     size, fps, num_classes, str(out_dir / "videos"), profile, negatives.get(i, ""))
+            for i in range(num_clips)]
     return jobs, ["test" if i in test else "train" for i in range(num_clips)]
+
+
+def _negatives(profile: SynthProfile, test: list[int], seed: int) -> dict[int, str]:
+    """Which test clips are negatives, of which kind: ``negative_share`` of them, the kinds in
+    turn (balanced). Training clips always show their source."""
+    if not profile.negatives:
+        return {}
+    chosen = np.random.default_rng([seed, 3]).permutation(test)[: round(profile.negative_share * len(test))]
+    return {int(i): profile.negatives[k % len(profile.negatives)] for k, i in enumerate(sorted(chosen))}
 
 
 def _check_args(num_clips: int, seconds: float, num_classes: int, val_fraction: float, size: int,
@@ -286,11 +348,14 @@ def _write_annotations(out: Path, jobs: list[_ClipJob], splits: list[str], resul
     for job, split, r in zip(jobs, splits, results):
         name = classes[job.label].name
         writer.writerow([job.ytid, job.start, name, split])
-        if split == "test":
-            boxes.append({"file": r["id"], "class": name, "bbox": [r["objects"][0]["boxes"][mid]]})
-        tracks[r["id"]] = {"fps": FPS, "label": name, "sounding": 0, "objects": r["objects"],
-                           "source_fps": r["source_fps"], "source_sample_rate": r["source_sample_rate"],
-                           "sound": r["sound"]}
+        negative = r.get("negative", "")
+        if split == "test":  # a negative has no visible sounding object: no box (SLAVC's extended sets)
+            boxes.append({"file": r["id"], "class": name, "bbox": [] if negative else [r["objects"][0]["boxes"][mid]],
+                          **({"negative": negative} if negative else {})})
+        tracks[r["id"]] = {"fps": FPS, "label": name, "sounding": None if negative in ("noise", "silence") else 0,
+                           "objects": r["objects"], "source_fps": r["source_fps"],
+                           "source_sample_rate": r["source_sample_rate"], "sound": r["sound"],
+                           "visible": not negative, "negative": negative or None}
         intervals[r["id"]] = r["intervals"]
     counts = np.bincount([j.label for j in jobs], minlength=num_classes)
     stat = io.StringIO()
@@ -308,7 +373,7 @@ def _write_annotations(out: Path, jobs: list[_ClipJob], splits: list[str], resul
     _write_text(paths["csv"], rows.getvalue())
     return SynthSummary(
         out_dir=out, num_clips=len(jobs), num_train=splits.count("train"), num_test=splits.count("test"),
-        num_classes=num_classes, num_with_silence=sum(len(v) > 1 or v[0] != [0.0, seconds] for v in intervals.values()),
+        num_classes=num_classes, num_with_silence=sum(len(v) != 1 or v[0] != [0.0, seconds] for v in intervals.values()),
         seconds_elapsed=elapsed, csv_path=paths["csv"], boxes_path=paths["boxes"], tracks_path=paths["tracks"],
         intervals_path=paths["intervals"], classes_path=paths["classes"],
     )

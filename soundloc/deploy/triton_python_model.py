@@ -21,7 +21,7 @@ import triton_python_backend_utils as pb_utils
 
 np = ort = None  # imported in initialize(), after the config's python_path
 
-OUTPUTS = ("alpha", "score", "zv", "za", "valid_out")
+OUTPUTS = ("alpha", "score", "zv", "za", "valid_out")  # what every step graph gives (exports before label outputs: all)
 
 
 class TritonPythonModel:
@@ -32,6 +32,8 @@ class TritonPythonModel:
         # the request's inputs as the repository's config declares them (the export's family names
         # its audio input: "mel" for the classifier, "spec" for EZ-VSL)
         self.inputs = [tensor["name"] for tensor in config["input"]]
+        # and the outputs it declares: OUTPUTS, plus the label heads' logits of newer exports
+        self.outputs = [tensor["name"] for tensor in config.get("output", [])] or list(OUTPUTS)
         if extra:
             sys.path[:0] = extra.split(os.pathsep)
         import numpy as np
@@ -58,7 +60,7 @@ class TritonPythonModel:
         inputs = {name: np.concatenate(values) for name, values in feed.items()}
         for k, spec in enumerate(self.specs):
             inputs[spec["input"]] = np.concatenate([self.states[c][k] for c in ids])
-        names = list(OUTPUTS) + [s["output"] for s in self.specs]
+        names = list(self.outputs) + [s["output"] for s in self.specs]
         out = dict(zip(names, self.session.run(names, inputs)))
         responses = []
         for j, (corr, end) in enumerate(zip(ids, ends)):
@@ -66,6 +68,6 @@ class TritonPythonModel:
             if end:
                 del self.states[corr]
             tensors = [pb_utils.Tensor.from_dlpack(name, np.ascontiguousarray(out[name][j:j + 1], np.float32))
-                       for name in OUTPUTS]
+                       for name in self.outputs]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses

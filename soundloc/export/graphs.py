@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import MELS_PER_STEP
 from ..model.classifier import AVClassifier
-from ..model.streaming import INPUT_NAMES, OUTPUT_NAMES, StreamingModel
+from ..model.streaming import INPUT_NAMES, StreamingModel
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def graph_specs(model: AVClassifier) -> list[GraphSpec]:
     state_out = [f"state_out.{n}" for n in sm.state_names]
     step_args = (torch.zeros(2, 3, 1, S, S), torch.zeros(2, 1, MELS_PER_STEP, cfg.n_mels), torch.ones(2, 1), *sm.initial_state(2))
     return [
-        GraphSpec("step", sm, step_args, INPUT_NAMES + state_in, OUTPUT_NAMES + state_out,
+        GraphSpec("step", sm, step_args, INPUT_NAMES + state_in, sm.output_names + state_out,
                   [{0: batch} for _ in step_args]),
         GraphSpec("video", _VideoGraph(model), (torch.zeros(2, 3, T, S, S),), ["video"], ["V", "zv"],
                   [{0: batch, 2: steps}]),

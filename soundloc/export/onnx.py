@@ -4,7 +4,8 @@ Three graphs, each with a dynamic batch dimension:
 - ``video.onnx``: video (B, 3, T, H, W) normalised -> V (B, D, T, h, w), zv (B, T, D); dynamic T;
 - ``audio.onnx``: mel (B, 1, 10T, 80) -> za (B, T, D); dynamic T;
 - ``step.onnx``: the exact streaming step (``soundloc.model.streaming``): frame, mel, valid and
-  the state tensors in; alpha, score, zv, za, valid_out and the new state out.
+  the state tensors in; alpha, score, zv, za, valid_out, the per-step logits of the label
+  heads (``logits_audio``, ``logits_av``) and the new state out.
 fp16 graphs hold fp16 weights and compute with fp32 inputs and outputs: the form a strongly
 typed TensorRT (11, or 10 without the FP16 flag) builds as it is. Every graph is checked
 against TensorRT's ONNX operator list before it is kept, and ``soundloc.json`` (also copied into

@@ -2,7 +2,10 @@
 
 Per output, the max abs error of (1) the offline graphs vs the PyTorch model and (2) the
 streaming step graph, fed frame by frame and flushed, vs the offline graphs, on every step of
-a clip. Errors are judged against the magnitude of what is compared, by the one tolerance
+a clip. The label outputs (``soundloc.labels``) are checked the same way: the step graph's
+per-step logits, and the posteriors over each trailing 3 s window a stream forms from them,
+against the PyTorch heads on the offline graphs' features (and on PyTorch's own, for the
+offline row), the posteriors computed the training way (the head on the window's mean features). Errors are judged against the magnitude of what is compared, by the one tolerance
 policy (``soundloc.deploy.tolerance``: a fraction of the reference's max |value| per
 precision). fp16 exports are compared with the fp32 PyTorch model; besides raw errors they
 are judged by what a user sees: the binarised maps (docs/design.md §2 thresholding) must agree with
@@ -17,7 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import localize, metrics
+from .. import labels, localize, metrics
+from ..labels import LOGIT_PREFIX
 from ..config import MELS_PER_STEP
 from ..model.classifier import AVClassifier, localization_maps, moment_scores
 from ..runtime.bundle import Bundle
@@ -99,8 +103,36 @@ def stream_onnx(bundle: Bundle, video: np.ndarray, mel: np.ndarray) -> dict[str,
     done = [f for n in range(video.shape[2]) for f in driver.push(video[:, :, n], mel[:, 0, k * n:k * n + k], n)]
     done += driver.flush()
     model.close()
-    return {"alpha": np.stack([f.alpha for f in done])[None],
-            "score": np.array([f.score for f in done], np.float32)[None]}
+    out = {"alpha": np.stack([f.alpha for f in done])[None],
+           "score": np.array([f.score for f in done], np.float32)[None]}
+    if model.label_heads:  # (1, T, C) per head, split from each step's concatenated logits
+        per_head = np.stack([np.split(f.logits, len(model.label_heads)) for f in done], axis=1)
+        out.update({LOGIT_PREFIX + h: per_head[i][None] for i, h in enumerate(model.label_heads)})
+        out.update(window_posteriors(out, model.config.window_steps))
+    return out
+
+
+def window_posteriors(out: dict[str, np.ndarray], steps: int) -> dict[str, np.ndarray]:
+    """Each head's class posteriors over the trailing window at every step, as a stream forms
+    them: the softmax of the window's mean logits, (1, T, C) per ``posterior_<head>``."""
+    post = {}
+    for key in [k for k in out if k.startswith(LOGIT_PREFIX)]:
+        means = localize.window_average(out[key][0][:, :, None], steps, "trailing")[:, :, 0]
+        post["posterior_" + key[len(LOGIT_PREFIX):]] = labels.softmax(means)[None].astype(np.float32)
+    return post
+
+
+def torch_labels(model: AVClassifier, zv: torch.Tensor, za: torch.Tensor, steps: int) -> dict[str, np.ndarray]:
+    """The reference for the label outputs from features (1, T, D): each head's per-step
+    logits, and its posteriors over each trailing window computed the training way (the head
+    on the window's mean features, Eq. 1), not by averaging logits."""
+    T = zv.shape[1]
+    per_step = [model.step_logits(zv[:, t], za[:, t]) for t in range(T)]
+    out = {LOGIT_PREFIX + h: torch.stack([p[i] for p in per_step], 1).numpy() for i, h in enumerate(model.label_heads)}
+    windows = [model.heads(zv[:, max(0, t - steps + 1):t + 1], za[:, max(0, t - steps + 1):t + 1]) for t in range(T)]
+    for h in model.label_heads:
+        out["posterior_" + h] = torch.softmax(torch.stack([w[h] for w in windows], 1).double(), -1).float().numpy()
+    return out
 
 
 def _max_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -127,6 +159,11 @@ def verify(bundle: Bundle, model: AVClassifier, clip: tuple[np.ndarray, np.ndarr
         ref = {k: v.numpy() for k, v in ref.items()}
     off = offline_onnx(bundle, video, mel)
     stream = stream_onnx(bundle, video, mel)
+    if hasattr(model, "label_heads") and model.label_heads:
+        with torch.no_grad():
+            ref.update(torch_labels(model, f.zv, f.za, model.config.window_steps))
+            off.update(torch_labels(model, torch.from_numpy(off["zv"]), torch.from_numpy(off["za"]),
+                                    model.config.window_steps))
     judge(report, tol, ref, off, stream)
     if tol.min_map_ciou is not None:
         report.map_ciou_min = min(map_agreement(off["alpha"][0], ref["alpha"][0]),
@@ -140,13 +177,14 @@ def verify(bundle: Bundle, model: AVClassifier, clip: tuple[np.ndarray, np.ndarr
 def judge(report: VerifyReport, tol, ref: dict[str, np.ndarray], offline: dict[str, np.ndarray],
           stream: dict[str, np.ndarray]) -> None:
     """Record every output's errors (offline graphs vs PyTorch ``ref``, streaming vs offline for
-    alpha and score) and the failures beyond the tolerance ``tol`` allows."""
+    alpha, score and the label outputs: per-step logits and windowed posteriors) and the
+    failures beyond the tolerance ``tol`` allows."""
     for k in ref:
         report.offline_vs_torch[k] = _max_err(offline[k], ref[k])
         report.scale[k] = float(np.abs(ref[k]).max())
         report.allowed[k] = tol.allowed(report.scale[k])
-    for k in ("alpha", "score"):
-        report.stream_vs_offline[k] = _max_err(stream[k], offline[k])
+    for k in [k for k in ref if k in ("alpha", "score") or k.startswith((LOGIT_PREFIX, "posterior_"))]:
+        report.stream_vs_offline[k] = _max_err(stream.get(k, np.zeros(0)), offline[k])
     report.failures += [_over(f"offline {k} vs PyTorch", e, report, k)
                         for k, e in report.offline_vs_torch.items() if not e <= report.allowed[k]]
     report.failures += [_over(f"streaming {k} vs offline", e, report, k)
@@ -167,6 +205,20 @@ def map_figures(maps: np.ndarray, reference: np.ndarray) -> dict[str, float]:
             "ciou_min": float(np.min(cious))}
 
 
+def label_agreement(stream: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Per label head, how a stream's window posteriors agree with a reference stream's: the
+    share of windows whose top-1 class is the same, and the largest probability difference."""
+    out = {}
+    for key in sorted(k for k in reference if k.startswith("posterior_")):
+        a, b = stream.get(key), reference[key]
+        if a is None or a.shape != b.shape:
+            out[key[len("posterior_"):]] = {"top1_agreement": 0.0, "max_prob_diff": float("inf")}
+            continue
+        out[key[len("posterior_"):]] = {"top1_agreement": float(np.mean(a[0].argmax(-1) == b[0].argmax(-1))),
+                                        "max_prob_diff": _max_err(a, b)}
+    return out
+
+
 def compare_int8(bundle: Bundle, reference: Bundle, video: np.ndarray, mel: np.ndarray) -> dict:
     """An int8 export against the fp32 export it came from, on one clip: maps and moments of
     the streaming step (what a user sees), of the offline graphs, and streaming vs offline int8.
@@ -182,7 +234,8 @@ def compare_int8(bundle: Bundle, reference: Bundle, video: np.ndarray, mel: np.n
            "stream_vs_offline_int8": map_figures(s8["alpha"][0], o8["alpha"][0]),
            "alpha_max_rel_error": _max_err(s8["alpha"], s32["alpha"]) / float(np.abs(s32["alpha"]).max()),
            "moments": {"score_max_rel_error": _max_err(s8["score"], s32["score"]) / float(np.abs(s32["score"]).max()),
-                       "top1_same": top8[0] == top32[0], f"top{k}_overlap": len(set(top8) & set(top32)) / k}}
+                       "top1_same": top8[0] == top32[0], f"top{k}_overlap": len(set(top8) & set(top32)) / k},
+           "labels": label_agreement(s8, s32)}
     failures = []
     if not out["stream"]["peak_agreement"] >= tol.min_peak_agreement:
         failures.append(f"int8 map peak equals fp32's on {out['stream']['peak_agreement']:.1%} of steps "

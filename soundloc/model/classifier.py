@@ -29,6 +29,7 @@ from .audio import AudioNet
 from .video import VideoNet
 
 MODALITIES = ("vision", "audio", "av")
+LABEL_HEADS = ("vision", "audio", "av")  # heads whose posteriors the exported step gives (soundloc.labels)
 
 
 @dataclass
@@ -120,6 +121,21 @@ class AVClassifier(nn.Module):
         else:
             fcs = {"av": self.fc_av}
         return {name: fc(inputs[name]) for name, fc in fcs.items()}
+
+    @property
+    def label_heads(self) -> tuple[str, ...]:
+        """The heads whose class posteriors a stream reports (``LABEL_HEADS`` this head has):
+        the vision head (what is seen), the audio head (what is heard) and the audio-visual
+        head (what is heard and seen)."""
+        present = ("vision", "audio", "av") if self.config.head != "av-only" else ("av",)
+        return tuple(h for h in LABEL_HEADS if h in present)
+
+    def step_logits(self, zv: torch.Tensor, za: torch.Tensor) -> list[torch.Tensor]:
+        """Per-step logits of ``label_heads``: (B, D) x2 -> [(B, C), ...]. Every head is affine,
+        so the mean of these over a window equals the head applied to the window's mean
+        features (Eq. 1 on that window): the runtime averages them like the maps."""
+        logits = self.heads(zv[:, None], za[:, None])
+        return [logits[h] for h in self.label_heads]
 
     def forward(self, video: torch.Tensor, mel: torch.Tensor, with_features: bool = False):
         """Per-head logits; ``with_features``: (logits, Features), for the contrastive term

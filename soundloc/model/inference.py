@@ -26,7 +26,9 @@ from ..dependence import AudioDependence, audio_dependence, check_steps, other_c
 from ..errors import UsageError
 from ..families import blend_prior, family_of
 from ..fileio import write_json
-from ..localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_map
+from ..labels import class_name, softmax
+from ..visibility import heard_seen
+from ..localize import moment_scores, pseudo_box, step_maps, top_k_moments, window_bounds, window_map
 from ..media import MediaError
 from ..stills import StillClip, find_clip, list_clips
 from .checkpoint import load_checkpoint
@@ -133,7 +135,8 @@ def clip_dependence(feats: list[ClipFeatures], steps: int, labels: Mapping[str, 
 
 def maps_from_checkpoint(ckpt: Path, videos: Path, ids: Iterable[str], baseline: str | None = None,
                          progress: bool = True, labels: Mapping[str, str] | None = None,
-                         preprocess: str | None = None) -> tuple[dict[str, np.ndarray], Skipped, AudioDependence]:
+                         preprocess: str | None = None, windows: dict[str, dict] | None = None
+                         ) -> tuple[dict[str, np.ndarray], Skipped, AudioDependence]:
     """Each clip's map at its middle frame (VGG-SS's annotated frame) with the 3 s centred
     window, and the audio-dependence check on the same clips (``labels``: class per id).
     ``videos`` may be the authors' ``frames/`` + ``audio/`` layout (``soundloc.stills``); with the
@@ -141,7 +144,9 @@ def maps_from_checkpoint(ckpt: Path, videos: Path, ids: Iterable[str], baseline:
     test code's rule (``ClipFeatures.authors_map``).
 
     ``baseline="shuffled"``: each clip's visual features with the *next* clip's audio, which
-    tells whether the audio drives the map at all.
+    tells whether the audio drives the map at all. ``windows``, when given, is filled with what
+    else the same window says of each clip (``window_outputs``): its mean S_av and each label
+    head's top class (with the shuffled baseline: those of the other clip's audio).
     """
     if baseline not in (None, "shuffled"):
         raise ValueError(f"checkpoint baseline must be 'shuffled' or none, not {baseline!r}")
@@ -157,7 +162,27 @@ def maps_from_checkpoint(ckpt: Path, videos: Path, ids: Iterable[str], baseline:
             maps[f.clip_id] = f.authors_map(f.steps // 2, an.rule, za)
         else:
             maps[f.clip_id] = window_map(f.alpha(za), f.steps // 2, steps)
+        if windows is not None:
+            windows[f.clip_id] = window_outputs(an, f, f.steps // 2, steps, za)
     return maps, skipped, clip_dependence(feats, steps, labels)
+
+
+def window_outputs(an: Analyzer, f: ClipFeatures, t: int, steps: int, za: np.ndarray | None = None) -> dict:
+    """The centred window at step ``t``: its mean S_av (``score``), each label head's top
+    class name (``classes``), from the head on the window's mean features (Eq. 1), as the
+    stream's window-averaged logits give it, and ``visibility.heard_seen`` of those heads."""
+    za = f.za if za is None else za
+    T = min(f.steps, len(za))
+    lo, hi = window_bounds(t, steps, T)
+    out: dict = {"score": float(moment_scores(f.zv[lo:hi], za[lo:hi]).mean()), "classes": {}}
+    if hasattr(an.model, "label_heads"):
+        with torch.inference_mode():
+            logits = an.model.heads(torch.from_numpy(f.zv[lo:hi])[None].to(an.device),
+                                    torch.from_numpy(za[lo:hi])[None].to(an.device))
+        names = an.config.class_names
+        out["classes"] = {h: class_name(int(logits[h][0].argmax()), names) for h in an.model.label_heads}
+        out["heard_seen"] = heard_seen({h: softmax(logits[h][0].float().cpu().numpy()) for h in an.model.label_heads})
+    return out
 
 
 def moments(ckpt: Path, folder: Path, k: int = 1, progress: bool = True,

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..config import MELS_PER_STEP, ConfigError
 from ..families import family_of
+from ..labels import LOGIT_PREFIX
 from .classifier import AVClassifier, localization_maps
 from .temporal import delayed, frame_conv, frame_norm
 
@@ -108,7 +109,8 @@ def _stream_stage(walk: _Walk, ops, prefix: str, stem: nn.Sequential, layers: li
 
 class StreamingModel(nn.Module):
     """forward(frame (B,3,1,H,W), mel (B,1,10,80), valid (B,1), *states) ->
-    (alpha (B,h,w), score (B,), zv (B,D), za (B,D), valid_out (B,1), *new_states)."""
+    (alpha (B,h,w), score (B,), zv (B,D), za (B,D), valid_out (B,1), *logits (B,C), *new_states):
+    one ``logits_<head>`` per ``AVClassifier.label_heads`` (``output_names`` lists them)."""
 
     def __init__(self, model: AVClassifier) -> None:
         super().__init__()
@@ -116,6 +118,7 @@ class StreamingModel(nn.Module):
         self.lookahead = family_of(model.config).lookahead_steps(model.config)
         self.state_names, shapes = self._discover()
         self.state_shapes = [tuple(s[1:]) for s in shapes]
+        self.output_names = OUTPUT_NAMES + [LOGIT_PREFIX + h for h in model.label_heads]
 
     def _discover(self) -> tuple[list[str], list[tuple[int, ...]]]:
         cfg = self.model.config
@@ -154,7 +157,8 @@ class StreamingModel(nn.Module):
         za = A[:, :, 0].mean(dim=2)
         alpha = localization_maps(V[:, :, None], za[:, None], self.model.config.map_kind)[:, 0]
         score = (zv * za).sum(dim=1)
-        return walk, (alpha, score, zv, za, full[:, dv:dv + 1]), dv
+        logits = self.model.step_logits(zv, za)
+        return walk, (alpha, score, zv, za, full[:, dv:dv + 1], *logits), dv
 
     def forward(self, frame: torch.Tensor, mel: torch.Tensor, valid: torch.Tensor, *states: torch.Tensor):
         walk, outs, _ = self._walk(frame, mel, valid, list(states))

@@ -60,7 +60,7 @@ def load_step_model(target: str | Path | Bundle, spec: str = "auto", threads: in
         from .torch_backend import TorchBackend
 
         tb = TorchBackend(target, threads=threads)
-        return StepModel(tb, tb.config, tb.lookahead, tb.state_specs, tb.gate_score)
+        return StepModel(tb, tb.config, tb.lookahead, tb.state_specs, tb.gate_score, label_heads=tb.label_heads)
     if check_backend(spec) == "torch":
         raise UsageError("--backend torch needs a checkpoint (.pt), not an export directory")
     return StepModel.from_export(target, spec, threads, device)

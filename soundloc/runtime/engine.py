@@ -6,7 +6,7 @@ One ``StepModel`` can serve many streams: their states stack on the batch axis o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import logging
@@ -17,6 +17,8 @@ from ..errors import UsageError
 from ..families import family_of
 from .backend import Backend, BackendError, check_backend
 from .bundle import Bundle, read_bundle
+from ..labels import LOGIT_PREFIX
+from ..visibility import Visibility
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class StepOutput:
     zv: np.ndarray  # (B, D)
     za: np.ndarray  # (B, D)
     valid: np.ndarray  # (B,) bool: the described step is a real one (not start-up or flush padding)
+    logits: dict[str, np.ndarray] = field(default_factory=dict)  # head -> (B, C) per-step logits (exports before labels: none)
 
 
 def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", threads: int | None = None,
@@ -61,6 +64,20 @@ def open_backend(bundle: Bundle, graph: str = "step", backend: str = "auto", thr
                               device=device, keep_on_device=keep)
 
 
+def bundle_label_heads(bundle: Bundle | None) -> tuple[str, ...]:
+    """The label heads whose logits an export's step graph gives (none in older exports)."""
+    if bundle is None or "step" not in bundle.manifest.get("graphs", {}):
+        return ()
+    names = [t["name"] for t in bundle.graph("step").get("outputs", [])]
+    return tuple(n[len(LOGIT_PREFIX):] for n in names if n.startswith(LOGIT_PREFIX))
+
+
+def bundle_visibility(bundle: Bundle | None) -> Visibility | None:
+    """The export's calibrated in-view confidence (``soundloc calibrate``), if it has one."""
+    record = None if bundle is None else bundle.manifest.get("visibility")
+    return Visibility.from_dict(record) if record else None
+
+
 class StepModel:
     """The exact streaming step: ``step(frames, audio, valid, state)`` on any backend.
 
@@ -70,11 +87,17 @@ class StepModel:
     """
 
     def __init__(self, backend: Backend, config, lookahead: int, state_specs: list[dict],
-                 gate_score: float | None = None, bundle: Bundle | None = None) -> None:
+                 gate_score: float | None = None, bundle: Bundle | None = None,
+                 label_heads: tuple[str, ...] | None = None) -> None:
         self.backend, self.config, self.lookahead = backend, config, lookahead
         self._states = state_specs
         self.bundle_gate_score = gate_score
         self.bundle = bundle
+        self.label_heads = label_heads if label_heads is not None else bundle_label_heads(bundle)
+        self.visibility = bundle_visibility(bundle)
+        if bundle is not None and not self.label_heads and config.family == "classifier":
+            log.warning("note: %s was exported before class outputs: its events carry no classes "
+                        "(re-export it to get them)", bundle.root)
 
     @classmethod
     def from_export(cls, export_dir: str | Path | Bundle, backend: str = "auto",
@@ -113,8 +136,9 @@ class StepModel:
         b = frames.shape[0]
         out = self.backend.run(self.feed(frames, audio, valid, state))
         new_state = [out[spec["output"]] for spec in self._states]
+        logits = {k[len(LOGIT_PREFIX):]: v.reshape(b, -1) for k, v in out.items() if k.startswith(LOGIT_PREFIX)}
         result = StepOutput(alpha=out["alpha"], score=out["score"].reshape(b), zv=out["zv"], za=out["za"],
-                            valid=out["valid_out"].reshape(b) > 0.5)
+                            valid=out["valid_out"].reshape(b) > 0.5, logits=logits)
         return result, new_state
 
     def close(self) -> None:

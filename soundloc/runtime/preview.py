@@ -50,7 +50,7 @@ PAGE = """<!doctype html>
 <img id="view" src="/stream.mjpg" alt="live localization">
 <div id="status">waiting for the first frame&hellip;</div>
 <script>
-const fields = ["index", "pts", "fps", "latency_ms", "drops", "gated", "score"];
+const fields = ["index", "pts", "fps", "latency_ms", "drops", "gated", "score", "label", "confidence", "visible"];
 async function poll() {
   try {
     const s = await (await fetch("/status.json", {cache: "no-store"})).json();

@@ -59,6 +59,7 @@ def overlay(
     *,
     alpha: float = 0.45,
     label: str | None = None,
+    box_label: str | None = None,
 ) -> np.ndarray:
     """Return a new (H, W, 3) uint8 RGB frame with the localization drawn on it.
 
@@ -66,7 +67,8 @@ def overlay(
     to [0, 1] (values outside are clipped, NaN counts as 0), or None when the step is
     gated: the frame then passes through unchanged except for a small indicator in the
     top-right corner. The map colour is blended with weight ``alpha * value`` so cold
-    regions keep the scene visible. ``box``: normalised (xmin, ymin, xmax, ymax).
+    regions keep the scene visible. ``box``: normalised (xmin, ymin, xmax, ymax);
+    ``box_label``: the class drawn beside it (above its top-left corner, inside when no room).
     """
     _check_frame(frame)
     if not 0.0 <= alpha <= 1.0:
@@ -78,6 +80,8 @@ def overlay(
         out = _blend_heatmap(frame, heatmap, alpha)
     if box is not None:
         _draw_box(out, box)
+        if box_label:
+            _draw_box_label(out, box, box_label)
     if label:
         _draw_label(out, label)
     if heatmap is None:
@@ -101,11 +105,11 @@ class _LastRender:
         self._image: np.ndarray | None = None
 
     def get(self, result: StepResult, alpha: float, label: str | None) -> np.ndarray:
-        key = (result.frame, result.heatmap, result.box, alpha, label)
+        key = (result.frame, result.heatmap, result.box, alpha, label, result.label)
         with self._lock:
             if self._image is not None and _same(key, self._key):
                 return self._image
-        image = overlay(result.frame, result.heatmap, result.box, alpha=alpha, label=label)
+        image = overlay(result.frame, result.heatmap, result.box, alpha=alpha, label=label, box_label=result.label)
         image.setflags(write=False)  # shared between sinks: nobody may draw on it
         with self._lock:
             self._key, self._image = key, image
@@ -139,7 +143,7 @@ def render_on(image: np.ndarray, result: StepResult, *, alpha: float = 0.45, lab
     with the outline of the map's hot region (visible whatever the object's colour) and a
     status bar: media time, the step's score and whether the map is shown or gated."""
     out = overlay(image, result.heatmap, result.box, alpha=alpha,
-                  label=labeler(result) if labeler is not None else None)
+                  label=labeler(result) if labeler is not None else None, box_label=result.label)
     if result.heatmap is not None:
         _draw_outline(out, result.heatmap)
     t = result.pts if time_s is None else time_s
@@ -289,6 +293,27 @@ def _draw_label(out: np.ndarray, label: str) -> None:
     def paint(draw: ImageDraw.ImageDraw, x0: int, y0: int) -> None:
         draw.rectangle((0, 0, region[2], region[3]), fill=TEXT_BACKGROUND)
         draw.text((pad, pad), label, fill=TEXT_COLOR, font=font)
+
+    _draw_patch(out, region, paint)
+
+
+def _draw_box_label(out: np.ndarray, box: tuple[float, ...], text: str) -> None:
+    """The box's class in white on the box's green, just above its top-left corner (or just
+    inside it when the box touches the top of the frame)."""
+    height, width = out.shape[:2]
+    size = _text_size(height)
+    font = _font(size)
+    pad = max(1, size // 6)
+    _, _, right, bottom = font.getbbox(text)
+    w, h = min(width, right + 2 * pad + 1), min(height, bottom + 2 * pad + 1)
+    x0 = min(max(0, int(float(np.clip(box[0], 0, 1)) * width)), max(0, width - w))
+    top = int(float(np.clip(box[1], 0, 1)) * height)
+    y0 = top - h if top - h >= 0 else min(top, max(0, height - h))
+    region = (x0, y0, x0 + w, y0 + h)
+
+    def paint(draw: ImageDraw.ImageDraw, ox: int, oy: int) -> None:
+        draw.rectangle((0, 0, w, h), fill=BOX_COLOR)
+        draw.text((pad, pad), text, fill=TEXT_BACKGROUND, font=font)
 
     _draw_patch(out, region, paint)
 

@@ -31,6 +31,10 @@ class StepResult:
     output_time: float
     lookahead_s: float
     stats: dict[str, float] = field(default_factory=dict)  # fps, step latency, drops, ...
+    classes: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # head -> top (name, p)
+    confidence: float | None = None  # that the source is in view (None: the export has no calibration)
+    visible: bool = True  # the source is judged in view (always, without a calibration, unless gated)
+    label: str | None = None  # the class drawn beside the box ("name 93%"), when a box is drawn
 
     def event(self) -> dict:
         """The JSON-serialisable part (everything but pixels and samples)."""
@@ -40,6 +44,10 @@ class StepResult:
             "score": float(self.score),
             "gated": self.gated,
             "box": None if self.box is None else [round(float(v), 4) for v in self.box],
+            "classes": {head: [[name, round(p, 4)] for name, p in top] for head, top in self.classes.items()},
+            "confidence": None if self.confidence is None else round(float(self.confidence), 4),
+            "visible": self.visible,
+            "label": self.label,
             "peak": None if self.heatmap is None else _peak(self.heatmap),
             "latency_ms": round((self.output_time - self.capture_time) * 1000, 2),
             "lookahead_s": self.lookahead_s,

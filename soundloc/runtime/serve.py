@@ -250,7 +250,8 @@ class Batcher:
             for j, r in enumerate(batch):
                 rows = slice(j, j + 1)
                 r.output = StepOutput(alpha=out.alpha[rows], score=out.score[rows], zv=out.zv[rows],
-                                      za=out.za[rows], valid=out.valid[rows])
+                                      za=out.za[rows], valid=out.valid[rows],
+                                      logits={k: v[rows] for k, v in out.logits.items()})
                 r.state = [s[rows] for s in new]
         except BaseException as e:  # every waiting stream gets the error, none hangs
             for r in batch:
@@ -269,6 +270,7 @@ class SharedModel:
         model = batcher.model
         self.config, self.lookahead = model.config, model.lookahead
         self.bundle_gate_score = model.bundle_gate_score
+        self.label_heads, self.visibility = model.label_heads, model.visibility
         self.name = model.name
         self.new_state = model.new_state
 

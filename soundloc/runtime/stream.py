@@ -6,7 +6,10 @@ waits in a queue for it). Maps are averaged over a 3 s window -- trailing (what 
 can show now) or centred (the paper's Eq. 4, 1.5 s more delay; for files) -- and the step is
 *gated* when nothing audible comes from the scene: the window's audio level is below
 ``gate_db`` (silence), or the window's mean moment score S_av is below ``gate_score`` (sound
-the model does not tie to anything visible). A gated step carries no map and no box.
+the model does not tie to anything visible). A gated step carries no map and no box. An
+audible step also carries its window's class posteriors (``soundloc.labels``) and, with a
+calibrated export, the confidence that the source is in view (``soundloc.visibility``): its box
+and label are drawn only when it is.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 
 from ..config import WINDOW_MODES, seconds_to_steps
 from ..families import family_of
-from ..localize import Localized, StepLocalizer
+from ..labels import check_classes
+from ..localize import Labelling, Localized, StepLocalizer
 from .engine import StepModel
 from .results import StepResult
 from .sources import StepInput
@@ -39,6 +43,9 @@ class StreamOptions:
     ``gate_score``: also hide it when the window's mean S_av is below this (model-specific;
     ``None`` uses the export's calibrated value when it has one, else no score gate).
     ``box_threshold``: pseudo-box binarisation level.
+    ``classes``: localize only these classes (names of the model's classes; empty: all): a
+    window whose top class is another one is still reported (its classes in the event), with
+    no box.
     """
 
     window: str = "trailing"
@@ -47,6 +54,7 @@ class StreamOptions:
     gate_seconds: float = 0.5
     gate_score: float | None = None
     box_threshold: float = 0.5
+    classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.window not in WINDOW_MODES:
@@ -71,6 +79,7 @@ class Finished:
     alpha: np.ndarray
     score: float
     model_ms: float
+    logits: np.ndarray | None = None  # the label heads' per-step logits, concatenated (``Labelling.heads`` order)
 
 
 class StepDriver:
@@ -105,7 +114,9 @@ class StepDriver:
         self.latencies.append(ms)
         if not out.valid[0]:
             return []
-        return [Finished(self.pending.popleft(), out.alpha[0], float(out.score[0]), ms)]
+        heads = self.model.label_heads
+        logits = np.concatenate([out.logits[h][0] for h in heads]) if heads and all(h in out.logits for h in heads) else None
+        return [Finished(self.pending.popleft(), out.alpha[0], float(out.score[0]), ms, logits)]
 
 
 class Localizer:
@@ -125,8 +136,9 @@ class Localizer:
         gate = options.gate_score if options.gate_score is not None else model.bundle_gate_score
         self.gate_score = gate
         steps = max(1, seconds_to_steps(options.window_seconds)) if family.averages_maps else 1
+        labelling = Labelling(model.label_heads, cfg.class_names, check_classes(options.classes, cfg.class_names))
         self.core = StepLocalizer(steps, options.window, max(1, seconds_to_steps(options.gate_seconds)),
-                                  options.gate_db, gate, options.box_threshold)
+                                  options.gate_db, gate, options.box_threshold, model.visibility, labelling)
         self.lookahead_s = (model.lookahead + self.feeder.lookahead + self.core.future) / cfg.fps
         self.driver = StepDriver(model)
         self.waiting: deque[StepInput] = deque()  # pushed, its model inputs not ready (EZ-VSL's centred audio)
@@ -151,7 +163,7 @@ class Localizer:
         out = []
         for f in finished:
             power = float(np.mean(np.square(f.item.audio))) if f.item.has_audio else 0.0
-            out += [self._result(loc) for loc in self.core.push(f, f.alpha, f.score, power)]
+            out += [self._result(loc) for loc in self.core.push(f, f.alpha, f.score, power, f.logits)]
         return out
 
     def flush(self) -> list[StepResult]:
@@ -171,7 +183,8 @@ class Localizer:
         return StepResult(index=inp.index, pts=inp.pts, frame=inp.frame, audio=inp.audio,
                           heatmap=loc.heatmap, score=loc.score, box=loc.box, gated=loc.gated,
                           capture_time=inp.capture_time, output_time=time.monotonic(),
-                          lookahead_s=self.lookahead_s, stats=stats)
+                          lookahead_s=self.lookahead_s, stats=stats, classes=loc.classes,
+                          confidence=loc.confidence, visible=loc.visible, label=loc.label)
 
 
 def localize_stream(source: Iterable[StepInput], model: StepModel,

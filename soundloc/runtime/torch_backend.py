@@ -72,6 +72,7 @@ class TorchBackend:
         from ..model.families import model_parts
         from ..families import family_of
         from ..model.streaming import OUTPUT_NAMES
+        from ..labels import LOGIT_PREFIX
 
         self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if device == "auto" else device))
@@ -89,8 +90,9 @@ class TorchBackend:
         self.state_specs = [{"name": n, "input": f"state_in.{n}", "output": f"state_out.{n}", "shape": list(s)}
                             for n, s in zip(self.module.state_names, self.module.state_shapes)]
         self.input_names = ["frame", family.audio_input, "valid"] + [s["input"] for s in self.state_specs]
-        self.output_names = OUTPUT_NAMES + [s["output"] for s in self.state_specs]
+        self.output_names = list(getattr(self.module, "output_names", OUTPUT_NAMES)) + [s["output"] for s in self.state_specs]
         self._state_outputs = frozenset(s["output"] for s in self.state_specs)
+        self.label_heads = tuple(n[len(LOGIT_PREFIX):] for n in self.output_names if n.startswith(LOGIT_PREFIX))
         precision = "" if dtype == "fp32" else f" {dtype}"
         self.providers = [f"{self.device}{precision}"]
 

@@ -19,6 +19,7 @@ import numpy as np
 from ..families import family_of
 from .backend import BackendError
 from .bundle import Bundle
+from ..labels import LOGIT_PREFIX
 from .engine import StepModel, StepOutput
 
 MODEL_NAME = "soundloc_step"  # the ONNX Runtime model: what --triton HOST:PORT addresses
@@ -94,8 +95,12 @@ class TritonModel(StepModel):
             raise BackendError(f"Triton at {self.url}, sequence {self.sequence}: {_message(e)}") from None
         self.started = True
         b = frames.shape[0]
+        heads = [t["name"] for t in self.bundle.graph("step")["outputs"] if t["name"].startswith(LOGIT_PREFIX)] \
+            if self.bundle is not None else []
         out = StepOutput(alpha=r.as_numpy("alpha"), score=r.as_numpy("score").reshape(b), zv=r.as_numpy("zv"),
-                         za=r.as_numpy("za"), valid=r.as_numpy("valid_out").reshape(b) > 0.5)
+                         za=r.as_numpy("za"), valid=r.as_numpy("valid_out").reshape(b) > 0.5,
+                         logits={n[len(LOGIT_PREFIX):]: v.reshape(b, -1) for n in heads
+                                 if (v := r.as_numpy(n)) is not None})
         return out, []
 
     def _end(self) -> None:
