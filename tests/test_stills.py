@@ -169,3 +169,43 @@ def test_a_corrupt_frame_is_skipped_with_its_reason(still_folder, ezvsl_ckpt, tm
         assert code == 0, out
         assert list(json.loads((tmp_path / f"m_{pre}.json").read_text())) == [CLIP]
         assert "b_000001" in out and "b_000001.jpg" in out
+
+
+def test_authors_path_on_a_video_matches_their_layout_of_the_same_content(tmp_path):
+    """A video made of a real photo (H.264) and a wav's sound (AAC): with --preprocess authors its
+    middle frame is resized from the full decoded frame as PIL resizes the jpg (closer to it than
+    the default path's swscale), and its audio window is centred on the audio's duration / 2 as
+    for the wav (the spectrograms agree better there than 0.1 s away)."""
+    import dataclasses
+
+    from PIL import Image
+
+    from soundloc.config import Config
+    from soundloc.encode import write_mp4
+    from soundloc.families import ezvsl_file_inputs
+    from soundloc.stills import StillClip
+
+    cbook = pytest.importorskip("matplotlib.cbook", reason="matplotlib (the train extra) ships the sample photo")
+    jpg = Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    rgb = np.asarray(Image.open(jpg).convert("RGB"))
+    rng = np.random.default_rng(1)
+    t = np.arange(4 * 16_000) / 16_000
+    sound = (0.3 * np.sin(2 * np.pi * (300 + 400 * t) * t) * (1 + np.sin(2 * np.pi * 1.3 * t))
+             + 0.02 * rng.standard_normal(len(t))).astype(np.float32)
+    wav = write_wav(tmp_path / "c.wav", (sound * 32767).astype(np.int16))
+    write_mp4(tmp_path / "c.mp4", np.repeat(rgb[None], 100, axis=0), 25, sound, 16_000)
+    cfg = Config(family="ezvsl", image_size=224, num_classes=0, window_seconds=0.1, map_kind="cosine",
+                 preprocess="authors")
+    ref_v, ref_s = ezvsl_file_inputs(StillClip(jpg, wav), cfg)
+    vid_v, vid_s = ezvsl_file_inputs(tmp_path / "c.mp4", cfg)
+    dflt_v, _ = ezvsl_file_inputs(tmp_path / "c.mp4", dataclasses.replace(cfg, preprocess="soundloc"))
+    mid = vid_v.shape[2] // 2
+    authors_gap = np.abs(vid_v[0, :, mid] - ref_v[0, :, 0]).mean()
+    default_gap = np.abs(dflt_v[0, :, mid] - ref_v[0, :, 0]).mean()
+    assert authors_gap < 0.05 and authors_gap < default_gap  # normalised units (0.05 ~ 3 grey levels)
+
+    def corr(a, b):
+        return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+    assert corr(vid_s[0, mid], ref_s[0, 0]) > 0.95
+    assert corr(vid_s[0, mid], ref_s[0, 0]) > max(corr(vid_s[0, mid - 1], ref_s[0, 0]), corr(vid_s[0, mid + 1], ref_s[0, 0]))
