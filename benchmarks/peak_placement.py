@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from generalisation import score
+
 from soundloc import evaluate
 from soundloc.config import EVAL_SIZE
 from soundloc.data.annotations import find_video, read_vggss

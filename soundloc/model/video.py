@@ -64,7 +64,7 @@ class VideoNet(nn.Module):
         self.coarse_training = config.fine_map and config.coarse_training
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "VideoNet":
+    def train(self, mode: bool = True) -> VideoNet:
         """Also sets layer4's stride where the config trains coarse and reads fine
         (``coarse_training``): 2 while training, 1 in eval mode (every inference path)."""
         super().train(mode)
