@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from generalisation import score
+
 from soundloc import evaluate
 from soundloc.config import EVAL_SIZE
 from soundloc.data.annotations import find_video, read_vggss
@@ -114,8 +114,20 @@ def full(maps: dict[str, np.ndarray], gt, tracks: dict, frame: dict[str, int]) -
             "boxes": boxes(maps, tracks, frame)}
 
 
-def evaluate_run(ckpt: Path, data: Path, gt, tracks: dict) -> dict:
+def refine(an: Analyzer) -> None:
+    """Read a 7x7 model's weights with ``fine_map`` on (the same parameters, layer4 unstrided):
+    a 14x14 map without retraining."""
+    from soundloc.model.classifier import AVClassifier
+
+    fine = AVClassifier(an.config.replace(fine_map=True)).to(an.device).eval()
+    fine.load_state_dict(an.model.state_dict())
+    an.model, an.config = fine, fine.config
+
+
+def evaluate_run(ckpt: Path, data: Path, gt, tracks: dict, fine: bool = False) -> dict:
     an = Analyzer(ckpt)
+    if fine:
+        refine(an)
     feats = list(an.each([(i, find_video(data, i)) for i in gt.ids], Skipped()))
     steps = an.config.window_steps
     frame = {f.clip_id: f.steps // 2 for f in feats}
@@ -139,7 +151,8 @@ def _line(name: str, r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="a `soundloc synth` folder (its test split is scored)")
-    ap.add_argument("--run", action="append", default=[], help="NAME=CHECKPOINT (repeatable)")
+    ap.add_argument("--run", action="append", default=[],
+                    help="NAME=CHECKPOINT (repeatable); NAME=CHECKPOINT:fine reads it with fine_map on")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     t0 = time.time()
@@ -152,7 +165,8 @@ def main() -> None:
     print(_line("center", result["center"]), flush=True)
     for spec in args.run:
         name, _, ckpt = spec.partition("=")
-        r = result["runs"][name] = evaluate_run(Path(ckpt), args.data, gt, tracks)
+        fine = ckpt.endswith(":fine")
+        r = result["runs"][name] = evaluate_run(Path(ckpt.removesuffix(":fine")), args.data, gt, tracks, fine)
         print(_line(name, r["map"]), flush=True)
         print(_line(f"{name} shuffled", r["shuffled"]), flush=True)
     result["seconds"] = round(time.time() - t0, 1)

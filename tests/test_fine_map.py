@@ -157,7 +157,48 @@ def test_train_without_flags_uses_the_default_recipes_map_and_paper_recipe_is_un
     assert default.config.fine_map == RECIPES["default"][0].get("fine_map", False)
     assert not paper.config.fine_map and "fine_map" not in RECIPES["paper"][0]
     assert (paper.config.head, paper.config.map_kind) == ("individual-fc", "dot")
+    assert default.config.coarse_training == RECIPES["default"][0].get("coarse_training", False)
+    assert not paper.config.coarse_training
     size = 14 if default.config.fine_map else 7
+    default.eval()
     with torch.no_grad():
         assert default.features(torch.zeros(1, 3, 2, 112, 112), torch.zeros(1, 1, 20, 80)).V.shape[-2:] == (size, size)
         assert paper.features(torch.zeros(1, 3, 2, 112, 112), torch.zeros(1, 1, 20, 80)).V.shape[-2:] == (7, 7)
+
+
+def test_coarse_training_trains_at_7x7_and_reads_14x14_in_eval_mode():
+    """``coarse_training``: layer4 keeps its stride while training (7x7, the weights' training
+    maps) and drops it in eval mode, where every inference path (export, stream, eval) runs;
+    the same weights give the same map as a ``fine_map`` model reading them."""
+    cfg = preset("tiny", num_classes=3, head="tied-fc", map_kind="salient", fine_map=True, coarse_training=True)
+    torch.manual_seed(0)
+    model = AVClassifier(cfg)
+    video, mel = torch.randn(1, 3, 4, 112, 112), torch.randn(1, 1, 40, 80)
+    assert model.training and model.features(video, mel).V.shape[-2:] == (7, 7)
+    model.eval()
+    with torch.no_grad():
+        fine_v = model.features(video, mel).V
+        assert fine_v.shape[-2:] == (14, 14)
+        reader = AVClassifier(cfg.replace(coarse_training=False)).eval()
+        reader.load_state_dict(model.state_dict())
+        torch.testing.assert_close(reader.features(video, mel).V, fine_v)
+    model.train()
+    assert model.features(video, mel).V.shape[-2:] == (7, 7)
+    with pytest.raises(ValueError, match="coarse_training applies to fine_map models"):
+        preset("tiny", coarse_training=True)
+
+
+def test_coarse_training_export_verifies(tmp_path):
+    """A default-recipe-shaped model (coarse training, 14x14 reads) exports with 14x14 maps that
+    verify against torch in eval mode and stream exactly."""
+    cfg = Config(width=0.125, num_classes=4, head="tied-fc", map_kind="salient", fine_map=True, coarse_training=True)
+    torch.manual_seed(0)
+    m = AVClassifier(cfg)
+    randomise_batchnorm(m)
+    m.eval()
+    bundle = export_model(m, tmp_path / "e", precision="fp32")
+    report = verify(bundle, m, steps=40)
+    assert report.ok and report.stream_vs_offline["alpha"] <= 1e-4, report.failures
+    video, mel = random_clip(bundle.config, 12, seed=6)
+    assert offline_onnx(bundle, video, mel)["alpha"].shape == (1, 12, 14, 14)
+    assert check_tensorrt_compat(onnx.load(bundle.path("step"))) == []

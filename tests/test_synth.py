@@ -271,7 +271,7 @@ def test_heldout_profile_is_deterministic(heldout: Path, tmp_path: Path) -> None
                            workers=2, size=96, profile="heldout")
     for name in ("vggss.json", "tracks.json", "intervals.json", "vggsound.csv"):
         assert (heldout / name).read_bytes() == (tmp_path / name).read_bytes(), name
-    clip = sorted((heldout / "videos").iterdir())[0].name
+    clip = min((heldout / "videos").iterdir()).name
     assert (heldout / "videos" / clip).read_bytes() == (tmp_path / "videos" / clip).read_bytes()
 
 

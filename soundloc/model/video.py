@@ -61,6 +61,19 @@ class VideoNet(nn.Module):
                 cin = cout
             setattr(self, f"layer{i + 1}", nn.Sequential(*stage))
         self.out_channels = cin
+        self.coarse_training = config.fine_map and config.coarse_training
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VideoNet:
+        """Also sets layer4's stride where the config trains coarse and reads fine
+        (``coarse_training``): 2 while training, 1 in eval mode (every inference path)."""
+        super().train(mode)
+        if self.coarse_training:
+            block, s = self.layer4[0], (1, 2, 2) if mode else (1, 1, 1)
+            block.conv1[0].stride = s
+            if block.downsample is not None:
+                block.downsample[0].stride = s
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)

@@ -13,7 +13,7 @@ class StepResult:
     """Localization for one model step (one video frame at 10 fps).
 
     ``heatmap`` is the window-averaged map min-max normalised to [0, 1] at the model's map
-    resolution (7x7 at 112x112 input); it is None when the step is gated (nothing audible
+    resolution (7x7 at 112x112 input, 14x14 for a ``fine_map`` model); it is None when the step is gated (nothing audible
     from the scene), and so is ``box``. Boxes are normalised ``(xmin, ymin, xmax, ymax)``.
     Times: ``pts`` is the step's media time in seconds from the stream start; the
     ``*_time`` fields are ``time.monotonic()`` readings.
