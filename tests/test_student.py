@@ -103,7 +103,7 @@ def test_box_term_equals_hand_computation_and_a_clip_without_box_adds_nothing() 
     loss.backward()
     assert V.grad[0].abs().sum() > 0 and za.grad[0].abs().sum() > 0
     assert torch.count_nonzero(V.grad[1]) == 0 and torch.count_nonzero(za.grad[1]) == 0  # clip 1: no box
-    assert float(box_loss(V, za, torch.zeros(2, 2, 2), TAU)) == 0.0  # no box in the batch: no term
+    assert float(box_loss(V, za, torch.zeros(2, 2, 2), TAU).detach()) == 0.0  # no box in the batch: no term
 
 
 def test_box_target_is_the_boxes_share_of_each_cell() -> None:
@@ -275,6 +275,12 @@ def test_finetune_cli_on_unlabeled_footage_records_the_init_and_exports(imported
     e = soundloc_cli("export", tmp_path / "ft" / "last.pt", "--out", tmp_path / "export", "--verify")
     assert e.returncode == 0, e.stderr
     assert json.loads((tmp_path / "export" / "soundloc.json").read_text())["checkpoint"]["provenance"]["init"] == init
+    # a resume names no --init, and the run's record of where it started carries on
+    r = soundloc_cli("train", clips, "--out", tmp_path / "ft", "--resume", "--epochs", "2", "--batch-size", "3",
+                     "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    resumed = read_checkpoint(tmp_path / "ft" / "last.pt")
+    assert resumed["epoch"] == 2 and resumed["provenance"] == data["provenance"]
 
 
 # -- kill -9, then --resume ----------------------------------------------------------------------------
