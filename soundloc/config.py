@@ -67,12 +67,6 @@ SILENCE_DB = -120.0  # audio level reported for digital silence (dBFS)
 # Model families (soundloc.families says what each one's step needs, with each family's own
 # constants): the paper's classifier, and EZ-VSL (Mo & Morgado 2022), imported from its authors'
 # checkpoints (`soundloc import ezvsl`). The names are here because a Config checks its family.
-FAMILY_NAMES = ("classifier", "ezvsl")
-# EZ-VSL's log spectrogram (mel.log_spectrogram computes it): scipy.signal.spectrogram's settings.
-SPEC_NPERSEG = 512  # EZ-VSL's scipy.signal.spectrogram: Tukey(0.25) window, PSD, constant detrend
-SPEC_NOVERLAP = 274
-SPEC_FLOOR = 1e-7  # log(spectrogram + floor) / scale
-SPEC_SCALE = 12.0
 
 # Signals that end a run cleanly (outputs finalised, finished work kept): Ctrl-C, a kill, a
 # closed terminal. SIGHUP does not exist on Windows.
@@ -119,12 +113,10 @@ class Config:
     hop_length: int = HOP_LENGTH
     n_fft: int = N_FFT
     class_names: tuple[str, ...] = field(default=(), compare=False)
-    family: str = "classifier"  # FAMILY_NAMES; checkpoints written before it are the classifier
+    family: str = "classifier"  # a name in families.FAMILIES (checked there); checkpoints written before it are the classifier
     prior_alpha: float | None = None  # ezvsl: blend alpha * map + (1 - alpha) * object prior; None: no prior
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILY_NAMES:
-            raise ConfigError(f"family must be one of {', '.join(FAMILY_NAMES)}, not {self.family!r}")
         if self.prior_alpha is not None and (self.family != "ezvsl" or not 0 <= self.prior_alpha <= 1):
             raise ConfigError(f"prior_alpha applies to the ezvsl family, in [0, 1] (got {self.prior_alpha})")
         if self.head not in HEADS:
@@ -162,13 +154,6 @@ class Config:
     def window_steps(self) -> int:
         return int(round(self.window_seconds * self.fps))
 
-    @property
-    def lookahead_steps(self) -> int:
-        """Steps a streaming model waits before a step is final: one per 3-tap temporal conv
-        (the stem and two per layer-1 block: 5 for MC3-18), none when causal."""
-        if self.family != "classifier":
-            return 0  # a per-frame model: nothing waits inside the step graph
-        return 0 if self.causal else 1 + 2 * self.layers[0]
 
     # -- serialisation --------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

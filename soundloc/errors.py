@@ -16,3 +16,7 @@ class SoundlocError(Exception):
 
 class UsageError(SoundlocError, ValueError):
     """What the user asked for cannot be done as asked (exit 2, like a bad option)."""
+
+
+class ExportError(SoundlocError, RuntimeError):
+    """An export that cannot be done as asked; the message says what to do instead."""

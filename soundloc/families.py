@@ -1,8 +1,10 @@
 """Model families: the one place that says which kind of model a checkpoint or export is
 (``config.family``) and what its step needs.
 
-A family names its PyTorch parts (imported lazily, so the runtime never imports torch) and
-says, in numpy, how a stream's captured steps become its step graph's inputs:
+A family says, in numpy, how a stream's captured steps (and, offline, a media file) become its
+step graph's inputs, and what its blank step is; its PyTorch parts are in
+``soundloc.model.families`` (the model, the step module) and ``soundloc.export.families`` (its
+graphs and their verification), so this module never imports torch:
 
 - ``classifier``, the paper's model: the frame at 112 px with the video models' normalisation
   and the step's 10 log-mel frames; time context lives in the step graph's state, and the
@@ -12,19 +14,19 @@ says, in numpy, how a stream's captured steps become its step graph's inputs:
   with the step) or centred on the frame (1.4 s later); the step graph has no state, and the
   map is the frame's own (the 3 s window is the audio net's input, not an average of maps).
 
-LVS or SLAVC would be one more entry here and one model module.
+A new family is one entry here, one in each of those two tables, and its model module.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from .preprocess import file_inputs
 from .config import MELS_PER_STEP, NORM_EPS, SAMPLE_RATE, SAMPLES_PER_STEP, VIDEO_MEAN, VIDEO_STD, Config, ConfigError
 
 # EZ-VSL's facts (its authors' test code): ImageNet normalisation at 224 px, a 3 s audio window,
@@ -62,12 +64,13 @@ class Family:
     quantizable: bool  # `soundloc export --precision int8` knows its graphs
     mean: tuple[float, float, float]  # frame normalisation
     std: tuple[float, float, float]
-    parts: dict[str, str]  # "model", "step", "graphs", "verify", "features", "networks": "module:attribute"
+    # a media file -> the offline inputs at every step: (frames, audio) arrays with a batch axis of 1
+    file_inputs: Callable[..., tuple[np.ndarray, np.ndarray]]
+    lookahead: Callable[[Config], int]  # steps the step graph waits before a step is final
 
-    def part(self, name: str) -> Any:
-        """A PyTorch-side part, imported on first use (the runtime never asks for one)."""
-        module, _, attr = self.parts[name].partition(":")
-        return getattr(importlib.import_module(module), attr)
+    def lookahead_steps(self, config: Config) -> int:
+        """Steps a streaming model of this family waits before a step's map is final."""
+        return self.lookahead(config)
 
     def audio_shape(self, config: Config) -> tuple[int, ...]:
         """One stream's step audio input, without the batch axis."""
@@ -97,23 +100,6 @@ class Family:
         from .preprocess import normalise_frames
 
         return normalise_frames(frames, self.mean, self.std)
-
-
-FAMILIES: dict[str, Family] = {
-    "classifier": Family(
-        "classifier", "the paper's audio-visual classifier (MC3-18 + audio CNN, exact streaming step)",
-        audio_input="mel", averages_maps=True, clip_graphs=True, quantizable=True, mean=VIDEO_MEAN, std=VIDEO_STD,
-        parts={"model": "soundloc.model.classifier:AVClassifier", "step": "soundloc.model.streaming:StreamingModel",
-               "graphs": "soundloc.export.onnx:graph_specs", "verify": "soundloc.export.verify:verify",
-               "features": "soundloc.preprocess:file_inputs", "networks": "soundloc.model.cost:networks"}),
-    "ezvsl": Family(
-        "ezvsl", "EZ-VSL (ResNet-18 image and audio nets, cosine map; optional object prior)",
-        audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        parts={"model": "soundloc.model.ezvsl:EZVSL", "step": "soundloc.model.ezvsl:EZVSLStep",
-               "graphs": "soundloc.export.ezvsl:graph_specs", "verify": "soundloc.export.ezvsl:verify",
-               "features": "soundloc.families:ezvsl_file_inputs", "networks": "soundloc.model.ezvsl:networks"}),
-}
 
 
 def family_of(config: Config | dict) -> Family:
@@ -206,11 +192,23 @@ def ezvsl_file_inputs(path: str | Path, config: Config, seconds: float | None = 
     from .mel import audio_window, log_spectrogram
     from .media import load_clip
 
+    family = family_of(config)
     clip = load_clip(path, seconds=seconds, size=config.image_size)
-    feeder = WindowFeeder(config, FAMILIES["ezvsl"], "centered")
+    feeder = WindowFeeder(config, family, "centered")
     audio = np.asarray(clip.audio, np.float32)
     specs = [log_spectrogram(audio_window(audio, feeder.first_sample(t), feeder.length)) for t in range(len(clip.frames))]
-    return FAMILIES["ezvsl"].normalise(clip.frames)[None], np.stack(specs)[None]
+    return family.normalise(clip.frames)[None], np.stack(specs)[None]
+
+
+def classifier_lookahead(config: Config) -> int:
+    """One step per 3-tap temporal convolution that pads the future (the stem and two per
+    layer-1 block: 5 for MC3-18); none when causal."""
+    return 0 if config.causal else 1 + 2 * config.layers[0]
+
+
+def no_lookahead(config: Config) -> int:
+    """A per-frame model: nothing waits inside the step graph."""
+    return 0
 
 
 def blend_prior(maps: np.ndarray, prior: np.ndarray | None, alpha: float | None) -> np.ndarray:
@@ -224,3 +222,15 @@ def blend_prior(maps: np.ndarray, prior: np.ndarray | None, alpha: float | None)
         return (m - lo) / np.maximum(hi - lo, NORM_EPS)
 
     return alpha * minmax(maps) + (1 - alpha) * minmax(prior)
+
+
+FAMILIES: dict[str, Family] = {
+    "classifier": Family(
+        "classifier", "the paper's audio-visual classifier (MC3-18 + audio CNN, exact streaming step)",
+        audio_input="mel", averages_maps=True, clip_graphs=True, quantizable=True, mean=VIDEO_MEAN, std=VIDEO_STD,
+        file_inputs=file_inputs, lookahead=classifier_lookahead),
+    "ezvsl": Family(
+        "ezvsl", "EZ-VSL (ResNet-18 image and audio nets, cosine map; optional object prior)",
+        audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead),
+}

@@ -179,17 +179,19 @@ def one_line(err: BaseException) -> str:
 
 
 def _resampler(rate: int = SAMPLE_RATE) -> av.AudioResampler:
-    """Planar float at ``rate``, channels kept: ``_resample`` mixes them to mono itself, because
+    """Interleaved float at ``rate``, channels kept (one plane: PyAV reads planar frames of 8
+    channels past their buffers): ``_resample`` mixes them to mono itself, because
     libswresample's own float downmix gives (L+R)/sqrt(2) (it normalises the mix only for
     integer output), 3 dB louder than the mean VGGSound's mono files and every author's loader
     use, and past +-1 where both channels are loud."""
-    return av.AudioResampler(format="fltp", layout=None, rate=rate)
+    return av.AudioResampler(format="flt", layout=None, rate=rate)
 
 
 def _resample(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> np.ndarray:
     """Feed one frame (None = flush) and return what came out as mono, the mean of the
     channels, (N,) float32."""
-    parts = [f.to_ndarray().mean(axis=0, dtype=np.float32) for f in resampler.resample(frame)]
+    parts = [f.to_ndarray().reshape(-1, f.layout.nb_channels).mean(axis=1, dtype=np.float32)
+             for f in resampler.resample(frame)]
     return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
 
 

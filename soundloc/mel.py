@@ -16,11 +16,16 @@ import functools
 
 import numpy as np
 
-from .config import (HOP_LENGTH, MELS_PER_STEP, N_FFT, N_MELS, SAMPLE_RATE, SAMPLES_PER_STEP, SPEC_FLOOR,
-                     SPEC_NOVERLAP, SPEC_NPERSEG, SPEC_SCALE)
+from .config import HOP_LENGTH, MELS_PER_STEP, N_FFT, N_MELS, SAMPLE_RATE, SAMPLES_PER_STEP
 
 LOG_FLOOR = 1e-6  # added to the mel power before the log: silence maps to log(1e-6) = -13.8
 PAD_BEFORE = N_FFT - HOP_LENGTH  # 240 samples of history each frame looks back over
+
+# EZ-VSL's log spectrogram (log_spectrogram below): scipy.signal.spectrogram's settings.
+SPEC_NPERSEG = 512  # EZ-VSL's scipy.signal.spectrogram: Tukey(0.25) window, PSD, constant detrend
+SPEC_NOVERLAP = 274
+SPEC_FLOOR = 1e-7  # log(spectrogram + floor) / scale
+SPEC_SCALE = 12.0
 
 
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:

@@ -124,6 +124,23 @@ def test_no_import_circle_between_modules() -> None:
     assert circles == []
 
 
+def test_no_module_resolves_code_from_strings() -> None:
+    """Dependencies are imports the circle and layer tests can see: no string registry."""
+    hidden = [f"{p.relative_to(ROOT)}:{n.lineno}" for p in ROOT.rglob("*.py")
+              for n in ast.walk(ast.parse(p.read_text()))
+              if isinstance(n, ast.Call) and ast.unparse(n.func) in ("importlib.import_module", "__import__", "import_module")]
+    assert hidden == []
+
+
+def test_every_family_has_its_model_and_export_parts() -> None:
+    from soundloc.export.families import PARTS as EXPORT_PARTS
+    from soundloc.families import FAMILIES
+    from soundloc.model.families import PARTS as MODEL_PARTS
+
+    assert set(FAMILIES) == set(MODEL_PARTS) == set(EXPORT_PARTS) == {"classifier", "ezvsl"}
+    assert MODEL_PARTS["ezvsl"].model.__name__ == "EZVSL" and EXPORT_PARTS["classifier"].graphs.__module__ == "soundloc.export.graphs"
+
+
 @pytest.mark.parametrize("end, live, again", [
     (End.STALLED, False, True), (End.OPEN_FAILED, False, True),  # a file that stalled or would not open
     (End.INPUT_END, True, True), (End.INPUT_FAILED, True, True),  # a camera or stream that hung up

@@ -220,7 +220,7 @@ def test_engine_build_uses_the_tensorrt_flavour(exported, tmp_path, monkeypatch)
     """--format engine --precision int8 builds from <graph>.trt.onnx. TensorRT cannot be installed
     here, so build_engine is replaced by a recorder (its own logic is tested in test_tensorrt)."""
     from soundloc.deploy import trt_engines as engines
-    from soundloc.deploy.tensorrt import EngineInfo
+    from soundloc.deploy.trt_plan import EngineInfo
 
     root = tmp_path / "int8"
     shutil.copytree(exported[0].root, root)

@@ -18,10 +18,11 @@ from onnx import numpy_helper
 
 from soundloc.deploy import tensorrt as trt_export
 from soundloc.fileio import atomic_write_bytes
-from soundloc.deploy.tensorrt import (
-    EngineInfo, ExportError, engine_info_from_metadata, engine_metadata, onnx_input_dims,
-    onnx_is_fp16, plan_build, profile_shapes,
+from soundloc.deploy.trt_plan import (
+    EngineInfo, engine_info_from_metadata, engine_metadata, onnx_input_dims, onnx_is_fp16, plan_build,
+    profile_shapes,
 )
+from soundloc.errors import ExportError
 from soundloc.runtime.backend import BackendError
 from soundloc.runtime.tensorrt_backend import (
     GpuInfo, check_engine_compat, check_input_shape, cuda_call, normalize_cc, parse_nvidia_smi,

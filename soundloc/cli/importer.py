@@ -24,7 +24,7 @@ def ezvsl(
     alpha: float = typer.Option(EZVSL_PRIOR_ALPHA, help="With --object-prior: alpha * map + (1 - alpha) * prior."),
 ) -> None:
     """Convert an EZ-VSL checkpoint (16 kHz audio, 224 px frames) into a soundloc model."""
-    from ..model.ezvsl import import_ezvsl
+    from ..model.published import import_ezvsl
 
     check_range("--alpha", alpha, 0.0, 1.0)
     check_paths([out], [ckpt, object_prior])

@@ -15,7 +15,8 @@ from rich.console import Console
 from ..config import MELS_PER_STEP
 from ..families import family_of
 from ..runtime.bundle import Bundle, file_record, read_bundle, write_manifest
-from .tensorrt import build_engine, engine_metadata
+from .tensorrt import build_engine
+from .trt_plan import engine_metadata
 
 
 def build_engines(bundle: Bundle, *, precision: str, max_batch: int, workspace_gib: float,

@@ -22,6 +22,7 @@ from ..runtime.bundle import Bundle
 from ..runtime.engine import StepModel
 from ..runtime.onnx_backend import OnnxRuntimeBackend
 from ..deploy.tolerance import tolerance_for
+from .graphs import GraphSpec
 from .verify import VerifyReport, judge, map_agreement
 
 
@@ -45,10 +46,8 @@ class _AudioGraph(nn.Module):
         return self.model.audio(spec)
 
 
-def graph_specs(model: EZVSL) -> list:
+def graph_specs(model: EZVSL) -> list[GraphSpec]:
     """Example inputs, names and dynamic batch dims of the three graphs."""
-    from .onnx import GraphSpec
-
     cfg, fam = model.config, family_of(model.config)
     batch = torch.export.Dim("batch", min=1, max=1024)
     frame, spec = torch.zeros(2, *fam.frame_shape(cfg)), torch.zeros(2, *fam.audio_shape(cfg))

@@ -19,7 +19,6 @@ import json
 import logging
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,37 +27,21 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..config import FORMAT_VERSION, MELS_PER_STEP
+from ..config import FORMAT_VERSION
 from ..families import family_of
 from ..fileio import Staged
 from ..model.classifier import AVClassifier
-from ..model.streaming import INPUT_NAMES, StreamingModel
+from ..model.streaming import StreamingModel
 from ..runtime.bundle import MAGIC, Bundle, file_record, read_bundle, write_manifest
-from ..deploy.tensorrt import ExportError
 from ..deploy.trt_ops import check_tensorrt_compat
-from ..errors import UsageError
+from ..errors import ExportError, UsageError
+from .families import export_parts
+from .graphs import GraphSpec
 
 log = logging.getLogger(__name__)
 
 OPSET = 18  # torch 2.13's exporter may raise it (it writes what it needs); recorded as written
 PRECISIONS = ("fp32", "fp16")
-class _VideoGraph(nn.Module):
-    def __init__(self, model: AVClassifier) -> None:
-        super().__init__()
-        self.video = model.video
-
-    def forward(self, video: torch.Tensor):
-        V = self.video(video)
-        return V, V.mean(dim=(3, 4)).transpose(1, 2)
-
-
-class _AudioGraph(nn.Module):
-    def __init__(self, model: AVClassifier) -> None:
-        super().__init__()
-        self.audio = model.audio
-
-    def forward(self, mel: torch.Tensor):
-        return self.audio(mel)
 
 
 class _Half(nn.Module):
@@ -71,35 +54,6 @@ class _Half(nn.Module):
     def forward(self, *args: torch.Tensor):
         out = self.inner(*[a.half() for a in args])
         return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    name: str
-    module: nn.Module
-    args: tuple
-    inputs: list[str]
-    outputs: list[str]
-    dynamic: list[dict]  # one per positional arg, states flattened
-
-
-def graph_specs(model: AVClassifier) -> list[GraphSpec]:
-    """Example inputs, names and dynamic dims of the three graphs."""
-    cfg = model.config
-    batch, steps = torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("steps", min=2, max=100_000)
-    T, S = 4, cfg.image_size
-    sm = StreamingModel(model)
-    state_in = [f"state_in.{n}" for n in sm.state_names]
-    state_out = [f"state_out.{n}" for n in sm.state_names]
-    step_args = (torch.zeros(2, 3, 1, S, S), torch.zeros(2, 1, MELS_PER_STEP, cfg.n_mels), torch.ones(2, 1), *sm.initial_state(2))
-    return [
-        GraphSpec("step", sm, step_args, INPUT_NAMES + state_in, sm.output_names + state_out,
-                  [{0: batch} for _ in step_args]),
-        GraphSpec("video", _VideoGraph(model), (torch.zeros(2, 3, T, S, S),), ["video"], ["V", "zv"],
-                  [{0: batch, 2: steps}]),
-        GraphSpec("audio", _AudioGraph(model), (torch.zeros(2, 1, MELS_PER_STEP * T, cfg.n_mels),), ["mel"], ["za"],
-                  [{0: batch, 2: MELS_PER_STEP * steps}]),
-    ]
 
 
 def _dynamic_shapes(module: nn.Module, flat: list[dict]) -> tuple:
@@ -147,18 +101,19 @@ def export_model(model: nn.Module, out_dir: str | Path, *, precision: str = "fp3
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
     cfg = model.config
+    lookahead = family_of(cfg).lookahead_steps(cfg)
     manifest: dict[str, Any] = {
         "format": MAGIC, "format_version": FORMAT_VERSION, "soundloc_version": __version__,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": cfg.to_dict(), "precision": precision,
-        "lookahead_steps": cfg.lookahead_steps, "lookahead_seconds": cfg.lookahead_steps / cfg.fps,
+        "lookahead_steps": lookahead, "lookahead_seconds": lookahead / cfg.fps,
         "checkpoint": checkpoint or {}, "graphs": {}, "export_seconds": {},
     }
     if gate:
         manifest["gate"] = dict(gate)  # calibrated gating threshold(s) from training
     written: list[Staged] = []
     try:
-        for spec in family_of(cfg).part("graphs")(model):  # the model family's graphs
+        for spec in export_parts(cfg).graphs(model):
             if spec.name in graphs:
                 if progress:
                     progress(f"exporting {spec.name} graph ({precision})")

@@ -13,6 +13,7 @@ from ..fileio import sha256_file
 from ..model.checkpoint import load_checkpoint
 from ..runtime.bundle import Bundle, read_bundle, write_manifest
 from ..errors import UsageError
+from .families import export_parts
 from .onnx import OPSET, export_model, random_model, random_weights_record
 
 # What `--format` takes: ONNX graphs; + TensorRT engines beside them (--workspace-gib,
@@ -90,8 +91,7 @@ def export_checkpoint(ckpt: str | Path | None, out_dir: str | Path, *, format: s
 def verify_export(bundle: Bundle, model: Any, clip: str | Path | None = None) -> Bundle:
     """fp32/fp16 ``--verify``: the export against the PyTorch model it came from (on ``clip``, or
     a generated 100-step clip), recorded in the manifest's ``verify`` as the int8 comparison is."""
-    family = family_of(model.config)
-    data = None if clip is None else family.part("features")(clip, model.config)
-    report = family.part("verify")(bundle, model, data)
+    data = None if clip is None else family_of(model.config).file_inputs(clip, model.config)
+    report = export_parts(model.config).verify(bundle, model, data)
     write_manifest(bundle.root, {**bundle.manifest, "verify": report.as_dict()})
     return read_bundle(bundle.root)

@@ -36,9 +36,8 @@ from ..fileio import atomic_write_bytes
 from ..media import MediaError
 from ..runtime.bundle import Bundle, file_record, read_bundle, write_manifest
 from ..runtime.engine import StepModel
-from ..deploy.tensorrt import ExportError
 from ..deploy.trt_ops import check_tensorrt_compat
-from ..errors import UsageError
+from ..errors import ExportError, UsageError
 from .verify import stream_inputs
 
 TRT_SUFFIX = ".trt.onnx"

@@ -15,10 +15,10 @@ import torch
 
 from .. import __version__
 from ..config import FORMAT_VERSION, Config, ConfigError
-from ..families import family_of
 from ..fileio import atomic_write
 from ..errors import SoundlocError
 from .classifier import AVClassifier
+from .families import model_parts
 from .video import load_torchvision_mc3
 
 MAGIC = "soundloc-checkpoint"
@@ -86,7 +86,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path}: checkpoint format {data.get('format_version')}, this soundloc reads {FORMAT_VERSION}")
     try:
         config = Config.from_dict(data["config"])
-        model = family_of(config).part("model")(config)
+        model = model_parts(config).model(config)
         model.load_state_dict(data["model"])
     except (ConfigError, KeyError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"{path}: weights do not match their config: {str(e).splitlines()[0]}") from None

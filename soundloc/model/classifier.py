@@ -166,3 +166,11 @@ def training_loss(config: Config, logits: dict[str, torch.Tensor], features: Fea
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def networks(model: nn.Module, config: Config, steps: int = 16) -> dict[str, tuple[nn.Module, tuple, int]]:
+    """The classifier's video and audio networks, each with zero inputs covering ``steps``
+    steps (what ``soundloc info`` counts)."""
+    size = config.image_size
+    return {"video": (model.video, (torch.zeros(1, 3, steps, size, size),), steps),
+            "audio": (model.audio, (torch.zeros(1, 1, 10 * steps, config.n_mels),), steps)}

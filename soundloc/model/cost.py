@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from .families import model_parts
 
 
 def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
@@ -33,21 +34,11 @@ def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
     return total
 
 
-def networks(model: nn.Module, config: Config, steps: int = 16) -> dict[str, tuple[nn.Module, tuple, int]]:
-    """The classifier's video and audio networks, each with zero inputs covering ``steps``
-    steps (the family part ``networks``: what ``soundloc info`` counts)."""
-    size = config.image_size
-    return {"video": (model.video, (torch.zeros(1, 3, steps, size, size),), steps),
-            "audio": (model.audio, (torch.zeros(1, 1, 10 * steps, config.n_mels),), steps)}
-
-
 def macs_per_step(model: nn.Module, config: Config, steps: int = 16) -> dict[str, float]:
     """Each network's MACs per 10 fps step (the model family's networks), measured on a
     ``steps``-step clip where the network sees time.
 
     Counts include the temporal padding steps' share, so use a clip of at least a few steps.
     """
-    from ..families import family_of
-
-    nets = family_of(config).part("networks")(model, config, steps)
+    nets = model_parts(config).networks(model, config, steps)
     return {name: count_macs(net, *inputs) / n for name, (net, inputs, n) in nets.items()}

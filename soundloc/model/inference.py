@@ -75,7 +75,7 @@ class Analyzer:
         self.config = self.model.config
 
     def features(self, path: Path, clip_id: str | None = None) -> ClipFeatures:
-        video, audio = family_of(self.config).part("features")(path, self.config)  # the family's offline inputs
+        video, audio = family_of(self.config).file_inputs(path, self.config)
         with torch.inference_mode():
             f = self.model.features(torch.from_numpy(video).to(self.device), torch.from_numpy(audio).to(self.device))
         return ClipFeatures(clip_id or path.stem, f.V[0].float().cpu().numpy(), f.zv[0].float().cpu().numpy(),

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import MELS_PER_STEP, ConfigError
+from ..families import family_of
 from ..labels import LOGIT_PREFIX
 from .classifier import AVClassifier, localization_maps
 from .temporal import delayed, frame_conv, frame_norm
@@ -114,7 +115,7 @@ class StreamingModel(nn.Module):
     def __init__(self, model: AVClassifier) -> None:
         super().__init__()
         self.model = model.eval()
-        self.lookahead = model.config.lookahead_steps
+        self.lookahead = family_of(model.config).lookahead_steps(model.config)
         self.state_names, shapes = self._discover()
         self.state_shapes = [tuple(s[1:]) for s in shapes]
         self.output_names = OUTPUT_NAMES + [LOGIT_PREFIX + h for h in model.label_heads]

@@ -14,6 +14,7 @@ from ..families import family_of
 from .checkpoint import load_checkpoint
 from .classifier import AVClassifier, count_parameters
 from .cost import macs_per_step
+from .families import model_parts
 
 
 def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe: str = DEFAULT_RECIPE) -> dict[str, Any]:
@@ -29,15 +30,15 @@ def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe
         source = f"what `soundloc train --preset {preset_name} --recipe {recipe}` trains (untrained here)"
     cfg = model.config
     macs = macs_per_step(model, cfg)
-    nets = family_of(cfg).part("networks")(model, cfg)
+    nets = model_parts(cfg).networks(model, cfg)
     heads = sum(count_parameters(m) for n, m in model.named_children() if n.startswith("fc"))
     return {
         "source": source,
         "epoch": epoch,
         "config": {k: v for k, v in cfg.to_dict().items() if k != "class_names"},
         "num_class_names": len(cfg.class_names),
-        "lookahead_steps": cfg.lookahead_steps,
-        "lookahead_seconds": cfg.lookahead_steps / cfg.fps,
+        "lookahead_steps": family_of(cfg).lookahead_steps(cfg),
+        "lookahead_seconds": family_of(cfg).lookahead_steps(cfg) / cfg.fps,
         "parameters": {**{name: count_parameters(net) for name, (net, _, _) in nets.items()},
                        "heads": heads, "total": count_parameters(model)},
         "gmac_per_frame": {k: round(v / 1e9, 4) for k, v in macs.items()},

@@ -2,7 +2,7 @@
 no pycuda).
 
 An engine runs only on the TensorRT version and GPU it was built with. The build records
-both in ``soundloc.json`` (``soundloc.deploy.tensorrt.engine_metadata``) and
+both in ``soundloc.json`` (``soundloc.deploy.trt_plan.engine_metadata``) and
 ``check_engine_compat`` compares them with this machine *before* deserialising, so a
 mismatch is one clear line that says to rebuild instead of TensorRT's serialization error.
 

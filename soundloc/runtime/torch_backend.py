@@ -69,6 +69,7 @@ class TorchBackend:
         except ImportError:
             raise BackendError("the torch backend needs PyTorch: `pip install 'soundloc[train]'`") from None
         from ..model.checkpoint import load_checkpoint
+        from ..model.families import model_parts
         from ..families import family_of
         from ..model.streaming import OUTPUT_NAMES
         from ..labels import LOGIT_PREFIX
@@ -82,7 +83,7 @@ class TorchBackend:
         model, data = load_checkpoint(ckpt, map_location=self.device)
         self._torch = torch
         family = family_of(model.config)
-        self.module = family.part("step")(model).to(self.device, self.dtype).eval()
+        self.module = model_parts(model.config).step(model).to(self.device, self.dtype).eval()
         self.config = model.config
         self.lookahead = self.module.lookahead
         self.gate_score = (data.get("gate") or {}).get("score")
