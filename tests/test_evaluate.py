@@ -221,3 +221,35 @@ def test_matches_reference_loop_on_real_vggss(shared_dir, protocol):
     maps = {i: rng.random((7, 7)) for i in ids}
     r = evaluate.score_maps(maps, gt.subset(ids), protocol)
     assert [c.ciou for c in r.records] == pytest.approx([_reference_ciou(maps[i], raw[i], protocol) for i in ids], abs=1e-12)
+
+
+def test_eval_confidence_scores_clips_without_a_box_as_slavc_does(tmp_path) -> None:
+    """`soundloc eval --maps --confidence top25` on constructed maps: clips with an empty bbox
+    have no visible source; the extended metrics equal SLAVC's rule (transcribed in
+    test_metrics) on the same per-clip cIoUs and top-quarter confidences."""
+    from test_metrics import _slavc_ap, _slavc_f1s, _slavc_precision_recall
+
+    rng = np.random.default_rng(5)
+    entries, maps = [], {}
+    for k in range(24):
+        cid = f"c{k:02d}_000000"
+        x0, y0 = rng.uniform(0, 0.5, 2)
+        entries.append({"file": cid, "class": "dog", "bbox": [] if k % 3 == 0 else [[x0, y0, x0 + 0.4, y0 + 0.4]]})
+        maps[cid] = rng.normal(size=(7, 7))
+    ann, npz, out = tmp_path / "ss.json", tmp_path / "maps.npz", tmp_path / "r.json"
+    ann.write_text(json.dumps(entries))
+    np.savez(npz, **maps)
+    res = _invoke(["eval", "--maps", str(npz), "--annotations", str(ann), "--confidence", "top25", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "extended (top25 confidence; 16 visible, 8 without a visible source)" in " ".join(res.output.split())
+    r = json.loads(out.read_text())
+    by_id = {c["id"]: c["ciou"] for c in r["clips"]}
+    boxes = [len(e["bbox"]) for e in entries]
+    cious = [by_id[e["file"]] for e in entries]
+    conf = [np.sort(maps[e["file"]].flatten())[-49 // 4:].mean() for e in entries]  # SLAVC's statistic
+    ext = r["extended"]
+    assert ext["ap"] == pytest.approx(_slavc_ap(boxes, cious, conf), abs=1e-12)
+    assert ext["max_f1"] == pytest.approx(max(_slavc_f1s(boxes, cious, conf)), abs=1e-12)
+    assert ext["precision"] == _slavc_precision_recall(boxes, cious, conf, -1000)[0]
+    res = _invoke(["eval", "--maps", str(npz), "--annotations", str(ann), "--confidence", "score"])
+    assert res.exit_code != 0 and "needs a checkpoint" in res.output

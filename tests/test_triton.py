@@ -61,7 +61,7 @@ def test_config_parses_against_tritons_schema(tiny, backend):
     assert config.max_batch_size == 8
     assert [i.name for i in config.input] == ["frame", "mel", "valid"]  # the state is not sent
     assert list(config.input[0].dims) == [3, 1, tiny.bundle.config.image_size, tiny.bundle.config.image_size]
-    assert {o.name for o in config.output} == {"alpha", "score", "zv", "za", "valid_out", "logits_audio", "logits_av"}
+    assert {o.name for o in config.output} == {"alpha", "score", "zv", "za", "valid_out", "logits_vision", "logits_audio", "logits_av"}
     seq = config.sequence_batching
     assert seq.WhichOneof("strategy_choice") == "oldest" and seq.oldest.max_candidate_sequences == 32
     if backend == "python":  # the model keeps the state itself, per correlation id
