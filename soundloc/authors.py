@@ -206,9 +206,3 @@ def eval_map(cos: np.ndarray, prior: np.ndarray | None, alpha: float | None, rul
     blend = av * alpha + obj * (1 - alpha)
     return blend if rule.cos_range is not None else normalize_img(blend)
 
-
-def slavc_confidence(scores: np.ndarray) -> float:
-    """SLAVC's per-clip confidence that a sounding object is in view (its test.py): the mean of
-    the top quarter of the fixed-range map (``eval_map`` with SLAVC's rule)."""
-    flat = np.sort(np.asarray(scores, np.float64).ravel())
-    return float(flat[-(flat.size // 4):].mean())
