@@ -50,9 +50,9 @@ TRT_SUFFIX = ".trt.onnx"
 # and moves peak agreement only among near-tied cells (84-95 %, all int8 93 %) and the binarised
 # cIoU median by <= 0.011; on the trained demo model no block moves anything a user reads. Each
 # one kept float costs step time and buys back nothing measurable, so none is.
-# The label heads (Gemm: a few C x D MACs a step) stay float for the same reason: their logits
-# are the class probabilities a user reads.
-FLOAT_OPS = ("Einsum", "ReduceMean", "ReduceSum", "Gemm")
+# The label heads (Gemm / MatMul: a few C x D MACs a step) stay float for the same reason: their
+# logits are the class probabilities a user reads.
+FLOAT_OPS = ("Einsum", "ReduceMean", "ReduceSum", "Gemm", "MatMul")
 
 
 @dataclass

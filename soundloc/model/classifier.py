@@ -134,8 +134,29 @@ class AVClassifier(nn.Module):
         """Per-step logits of ``label_heads``: (B, D) x2 -> [(B, C), ...]. Every head is affine,
         so the mean of these over a window equals the head applied to the window's mean
         features (Eq. 1 on that window): the runtime averages them like the maps."""
-        logits = self.heads(zv[:, None], za[:, None])
-        return [logits[h] for h in self.label_heads]
+        if self.config.head == "tied-fc":
+            logits = self.heads(zv[:, None], za[:, None])
+            return [logits[h] for h in self.label_heads]
+        # FC(concat(z^V, z^A)) as the two halves of its weight: the same numbers as ``heads`` on one
+        # step, without the zeros and the concatenation (an int8 graph would quantize them)
+        d = zv.shape[1]
+        if self.config.head == "individual-fc":
+            fcs = {"vision": self.fc_v, "audio": self.fc_a, "av": self.fc_av}
+        elif self.config.head == "shared-fc":
+            fcs = dict.fromkeys(MODALITIES, self.fc)
+        else:
+            fcs = {"av": self.fc_av}
+        parts = {"vision": (zv, None), "audio": (None, za), "av": (zv, za)}
+        out = []
+        for h in self.label_heads:
+            fc, (v, a) = fcs[h], parts[h]
+            y = fc.bias
+            if v is not None:
+                y = y + F.linear(v, fc.weight[:, :d])
+            if a is not None:
+                y = y + F.linear(a, fc.weight[:, d:])
+            out.append(y)
+        return out
 
     def forward(self, video: torch.Tensor, mel: torch.Tensor, with_features: bool = False):
         """Per-head logits; ``with_features``: (logits, Features), for the contrastive term
