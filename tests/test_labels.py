@@ -201,11 +201,28 @@ def test_export_without_label_outputs_still_streams_with_a_note(negatives, tmp_p
     ev = tmp_path / "ev.jsonl"
     r = soundloc_cli("stream", "demo", "--video", clip, "--events", ev)
     assert r.returncode == 0, r.stderr
-    notes = [ln for ln in (r.stdout + r.stderr).splitlines() if "before class outputs" in ln]
-    assert len(notes) == 1, r.stderr
+    notes = [ln for ln in (r.stdout + r.stderr).splitlines() if "class outputs" in ln]
+    assert notes == ["note: the bundled demo model predates class outputs: its events carry no classes"], r.stderr
     evs = events(ev)
     assert evs and all(e["classes"] == {} and e["confidence"] is None for e in evs)
     assert any(e["box"] is not None for e in evs)  # localization unchanged
+
+
+def test_an_older_export_is_noted_once_per_process_with_what_to_do(tmp_path, caplog) -> None:
+    """Any other export without class outputs: the note says to re-export it, once, however often
+    it is opened (`soundloc demo` opens its model twice)."""
+    import shutil
+
+    from soundloc.runtime.bundle import demo_model_dir
+    from soundloc.runtime.engine import StepModel
+
+    old = shutil.copytree(demo_model_dir(), tmp_path / "old_export")
+    with caplog.at_level("WARNING", logger="soundloc.runtime.engine"):
+        StepModel.from_export(old)
+        StepModel.from_export(old)
+    notes = [r.getMessage() for r in caplog.records if "class outputs" in r.getMessage()]
+    assert notes == [f"note: {old} was exported before class outputs: its events carry no classes "
+                     "(re-export it to get them)"]
 
 
 def test_int8_export_keeps_the_labels(default_run, negatives, tmp_path) -> None:

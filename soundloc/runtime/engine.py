@@ -16,11 +16,12 @@ import numpy as np
 from ..errors import UsageError
 from ..families import family_of
 from .backend import Backend, BackendError, check_backend
-from .bundle import Bundle, read_bundle
+from .bundle import Bundle, demo_model_dir, read_bundle
 from ..labels import LOGIT_PREFIX
 from ..visibility import Visibility
 
 log = logging.getLogger(__name__)
+_NOTED_NO_CLASSES: set[str] = set()  # exports already noted in this process (a demo opens its model twice)
 
 
 @dataclass
@@ -96,8 +97,7 @@ class StepModel:
         self.label_heads = label_heads if label_heads is not None else bundle_label_heads(bundle)
         self.visibility = bundle_visibility(bundle)
         if bundle is not None and not self.label_heads and config.family == "classifier":
-            log.warning("note: %s was exported before class outputs: its events carry no classes "
-                        "(re-export it to get them)", bundle.root)
+            _note_no_classes(bundle)
 
     @classmethod
     def from_export(cls, export_dir: str | Path | Bundle, backend: str = "auto",
@@ -143,3 +143,16 @@ class StepModel:
 
     def close(self) -> None:
         self.backend.close()
+
+
+def _note_no_classes(bundle: Bundle) -> None:
+    """One line, once per export, saying that its events carry no classes and what to do."""
+    root = str(Path(bundle.root).resolve())
+    if root in _NOTED_NO_CLASSES:
+        return
+    _NOTED_NO_CLASSES.add(root)
+    if Path(root) == Path(demo_model_dir()).resolve():
+        log.warning("note: the bundled demo model predates class outputs: its events carry no classes")
+    else:
+        log.warning("note: %s was exported before class outputs: its events carry no classes "
+                    "(re-export it to get them)", bundle.root)
