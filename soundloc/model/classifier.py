@@ -114,13 +114,16 @@ class AVClassifier(nn.Module):
         zero = torch.zeros_like(mv)
         inputs = {"vision": torch.cat([mv, zero], 1), "audio": torch.cat([zero, ma], 1),
                   "av": torch.cat([mv, ma], 1)}
-        if self.config.head == "individual-fc":
-            fcs = {"vision": self.fc_v, "audio": self.fc_a, "av": self.fc_av}
-        elif self.config.head == "shared-fc":
-            fcs = dict.fromkeys(MODALITIES, self.fc)
-        else:
-            fcs = {"av": self.fc_av}
+        fcs = self._concat_fcs()
         return {name: fc(inputs[name]) for name, fc in fcs.items()}
+
+    def _concat_fcs(self) -> dict[str, nn.Module]:
+        """Each head's FC layer on concat(z^V, z^A), for the heads other than ``tied-fc``."""
+        if self.config.head == "individual-fc":
+            return {"vision": self.fc_v, "audio": self.fc_a, "av": self.fc_av}
+        if self.config.head == "shared-fc":
+            return dict.fromkeys(MODALITIES, self.fc)
+        return {"av": self.fc_av}
 
     @property
     def label_heads(self) -> tuple[str, ...]:
@@ -140,12 +143,7 @@ class AVClassifier(nn.Module):
         # FC(concat(z^V, z^A)) as the two halves of its weight: the same numbers as ``heads`` on one
         # step, without the zeros and the concatenation (an int8 graph would quantize them)
         d = zv.shape[1]
-        if self.config.head == "individual-fc":
-            fcs = {"vision": self.fc_v, "audio": self.fc_a, "av": self.fc_av}
-        elif self.config.head == "shared-fc":
-            fcs = dict.fromkeys(MODALITIES, self.fc)
-        else:
-            fcs = {"av": self.fc_av}
+        fcs = self._concat_fcs()
         parts = {"vision": (zv, None), "audio": (None, za), "av": (zv, za)}
         out = []
         for h in self.label_heads:
