@@ -4,6 +4,8 @@ default-recipe model (``default_run``), through the real commands, int8 and serv
 
 from __future__ import annotations
 
+from collections import Counter
+
 import json
 import shutil
 from pathlib import Path
@@ -140,7 +142,8 @@ def test_stream_events_carry_classes_confidence_and_visible(default_run, negativ
                 probs = [p for _, p in top]
                 assert probs == sorted(probs, reverse=True) and 0 <= sum(probs) <= 1 + 1e-3
             assert 0.0 <= e["confidence"] <= 1.0
-            assert e["visible"] == (e["confidence"] >= cal["threshold"])
+            if abs(e["confidence"] - cal["threshold"]) > 5e-5:  # events round the confidence to 1e-4
+                assert e["visible"] == (e["confidence"] >= cal["threshold"])
             if not e["visible"]:
                 assert e["box"] is None and e["label"] is None
                 seen_hidden += 1
@@ -168,21 +171,30 @@ def test_classes_filters_the_boxes_and_reports_the_others(default_run, negatives
 
     try:
         every = run(StreamOptions())
-        only = run(StreamOptions(classes=(names[0],)))
+        # keep the class the boxed windows name most, then one they do not: each filter is seen to
+        # keep and to drop boxes, whatever the trained model hears in these clips
+        heard = Counter(a.classes["av"][0][0] for a in every if not a.gated and a.box is not None)
+        keep = heard.most_common(1)[0][0]
+        other = next(n for n in names if n != keep)
+        filtered = {cls: run(StreamOptions(classes=(cls,))) for cls in (keep, other)}
     finally:
         model.close()
-    kept = dropped = 0
-    for a, b in zip(every, only):
-        assert a.classes == b.classes and a.visible == b.visible  # reported either way
-        if a.gated:
-            continue
-        if a.classes["av"][0][0] == names[0]:
-            assert b.box == a.box
-            kept += a.box is not None
-        else:
-            assert b.box is None and b.label is None
-            dropped += a.box is not None
-    assert kept and dropped
+
+    def compare(cls: str) -> tuple[int, int]:
+        kept = dropped = 0
+        for a, b in zip(every, filtered[cls], strict=True):
+            assert a.classes == b.classes and a.visible == b.visible  # reported either way
+            if a.gated:
+                continue
+            if a.classes["av"][0][0] == cls:
+                assert b.box == a.box
+                kept += a.box is not None
+            else:
+                assert b.box is None and b.label is None
+                dropped += a.box is not None
+        return kept, dropped
+
+    assert compare(keep)[0] > 0 and compare(other)[1] > 0
 
 
 def test_classes_option_refuses_an_unknown_class_in_one_line(default_run, negatives) -> None:
