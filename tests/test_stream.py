@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import av
@@ -94,30 +94,31 @@ class _Slow:
         self.inner.close()
 
 
-def _rss_mb() -> float:
-    with open(f"/proc/{os.getpid()}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
 
 def test_slow_model_on_live_lavfi_drops_and_stays_bounded(tiny_export):
     model = StepModel.from_export(tiny_export, backend="onnxruntime-cpu")
     model.backend = _Slow(model.backend, 0.15)  # 6.7 steps/s against a 10 steps/s camera
     loc = Localizer(model, StreamOptions())
-    rss = []
+    held = []  # MB the Python and numpy allocations hold (tracemalloc: frames, audio, maps, queues);
+    # the process's RSS also moves with allocator arenas and thread stacks, by 40 MB under load
     start = time.monotonic()
     steps = 0
-    with StepSource("lavfi:testsrc=size=320x240:rate=30", "lavfi:sine=frequency=440:sample_rate=48000") as src:
-        for inp in src:
-            steps += len(loc.push(inp))
-            if steps % 20 == 0:
-                rss.append(_rss_mb())
-            if time.monotonic() - start > 20:
-                break
-        dropped = src.stats.dropped
-        assert src.stats.max_queue_depth <= 8
+    tracemalloc.start()
+    try:
+        with StepSource("lavfi:testsrc=size=320x240:rate=30", "lavfi:sine=frequency=440:sample_rate=48000") as src:
+            for inp in src:
+                steps += len(loc.push(inp))
+                if steps % 20 == 0:
+                    held.append(tracemalloc.get_traced_memory()[0] / 2**20)
+                if time.monotonic() - start > 20:
+                    break
+            dropped = src.stats.dropped
+            assert src.stats.max_queue_depth <= 8
+    finally:
+        tracemalloc.stop()
     assert dropped > 20, dropped  # ~200 steps captured, ~130 processed
     assert steps > 50
-    assert max(rss) - rss[0] < 40, rss  # MB: bounded, not growing with the backlog
+    assert max(held) - held[0] < 10, held  # MB: bounded; a kept backlog of the ~70 dropped steps is ~19 MB
 
 
 def test_file_without_audio_is_one_line_error(tiny_export, tmp_path):
