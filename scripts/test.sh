@@ -8,4 +8,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     || echo "warning: could not install chromium; the preview browser test will skip" >&2
 fi
 bash scripts/setup.sh train,cpu,dev
-exec .venv/bin/python -m pytest -q --durations=15 "$@"
+# One worker per CPU (four at most): tests that wait on subprocesses, sockets and
+# real-time streams overlap with the CPU-bound ones; modules keep their fixtures in one worker.
+exec .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadscope --durations=15 "$@"

@@ -34,6 +34,19 @@ def no_signal_handler_left_installed():
 
 
 @pytest.fixture
+def torch_one_thread():
+    """Torch at one intra-op thread for the test, restored after: on a shared 2-core machine
+    OpenMP threads that spin against other processes make tiny training steps 100x slower.
+    Modules that train use it with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared data folder not found at {SHARED}")

@@ -23,15 +23,9 @@ from soundloc.model.classifier import AVClassifier, localization_maps, training_
 
 from conftest import randomise_batchnorm  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 FINE = Config(width=0.125, num_classes=4, head="tied-fc", map_kind="salient", fine_map=True)  # MC3 depth
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,7 @@ from soundloc.model.classifier import (AVClassifier, classification_loss, contra
 
 from conftest import randomise_batchnorm  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_batch():

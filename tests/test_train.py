@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason="torch (the train extra) not installed")
 
 from soundloc.config import preset  # noqa: E402
 from soundloc.model.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
 from soundloc.train import TrainError, TrainOptions, fit  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 CONFIG = preset("tiny", num_classes=3, clip_seconds=0.4, image_size=32, class_names=("a", "b", "c"))
 FAST = dict(batch_size=4, workers=0, progress=False)
@@ -56,16 +58,6 @@ class RandomClips(torch.utils.data.Dataset):
 _ns: dict = {}
 exec(compile(DATASET_SOURCE, "random_clips", "exec"), _ns)
 RandomClips, collate = _ns["RandomClips"], _ns["collate"]  # the real collate
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP threads that spin against other
-    processes make these tiny steps 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run(out: Path, epochs: int, resume: bool = False, **kw) -> "object":
