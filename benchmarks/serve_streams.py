@@ -49,10 +49,10 @@ def camera_clip(name: str, root: Path) -> Path:
     return make_bench_clip(root / f"{name}.mp4", CLIP_PRESETS[name])
 
 
-def serve_run(target: Path, clip: Path, n: int, batching: bool, realtime: bool, threads: int | None) -> dict:
+def serve_run(target: Path, clip: Path, n: int, batching: bool, realtime: bool, threads: int | None, lanes: int = 1) -> dict:
     sources = [ServeSource(f"s{i}", str(clip)) for i in range(n)]
     summary = run_serve(target, sources, options=StreamOptions(), batching=batching, realtime=realtime,
-                        threads=threads, status=False)
+                        threads=threads, lanes=lanes, status=False)
     d = summary.as_dict()
     streams = list(d["streams"].values())
     drift = max(float(np.median(s.latency_ms[-10:]) - np.median(s.latency_ms[:10])) for s in summary.streams.values())

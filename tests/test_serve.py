@@ -142,6 +142,59 @@ def test_batcher_one_call_per_tick_rows_equal_single_calls(tiny):
     model.close()
 
 
+def test_two_lanes_split_the_streams_and_rows_equal_single_calls(tiny):
+    """Four streams, two lanes: each call takes its share (two streams), the second tick waits
+    only for the streams not in flight, and every row equals the step run alone."""
+    model = StepModel.from_export(tiny.export, backend="onnxruntime-cpu")
+    rng = np.random.default_rng(1)
+    cfg = model.config
+    inputs = [(rng.standard_normal((1, 3, cfg.image_size, cfg.image_size)).astype(np.float32),
+               rng.standard_normal((1, 10, cfg.n_mels)).astype(np.float32),
+               [rng.standard_normal(s.shape).astype(np.float32) for s in model.new_state(1)]) for _ in range(4)]
+    batcher = Batcher(model, wait_s=60.0, lanes=2)
+    handles = [batcher.handle(n) for n in "wxyz"]
+    got: dict[int, tuple] = {}
+
+    def submit(k: int) -> None:
+        frame, mel, state = inputs[k]
+        got[k] = handles[k].step(frame, mel, np.ones(1, np.float32), state)
+
+    workers = [threading.Thread(target=submit, args=(k,)) for k in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert batcher.stats.calls == 2 and batcher.stats.steps == 4
+    assert batcher.stats.behind == dict.fromkeys("wxyz", 0)  # in flight is not behind
+    for k, (frame, mel, state) in enumerate(inputs):
+        want, want_state = model.step(frame, mel, np.ones(1, np.float32), state)
+        out, new_state = got[k]
+        np.testing.assert_allclose(out.alpha, want.alpha, rtol=1e-5, atol=1e-6)
+        for a, b in zip(new_state, want_state):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for h in handles:
+        h.close()
+    batcher.close()
+    model.close()
+
+
+def test_lanes_on_a_backend_without_concurrent_calls_is_refused(tiny, clips, tmp_path):
+    with pytest.raises(ServeError, match="--lanes 2 needs a backend that takes concurrent calls.*torch"):
+        run_serve(tiny.ckpt, [ServeSource("a", str(clips[0]))], backend="torch", lanes=2, status=False)
+    assert_one_line_error(run_cli("serve", tiny.export, "--video", f"a={clips[2]}", "--lanes", "0"), "--lanes")
+
+
+def test_serve_with_two_lanes_equals_one_lane(tiny, clips, tmp_path):
+    sources = lambda tag: [ServeSource(n, str(c), events=tmp_path / f"{tag}_{n}.jsonl")  # noqa: E731
+                           for n, c in zip("abc", clips)]
+    one = run_serve(tiny.export, sources("one"), options=OPTIONS, status=False)
+    two = run_serve(tiny.export, sources("two"), options=OPTIONS, lanes=2, status=False)
+    assert two.errors == {} and two.lanes == 2 and two.as_dict()["lanes"] == 2
+    assert two.batch.steps == one.batch.steps and 2 * two.batch.calls >= two.batch.steps  # shares of <= 2, not 3
+    for n in "abc":
+        assert_same_steps(events(tmp_path / f"two_{n}.jsonl"), events(tmp_path / f"one_{n}.jsonl"))
+
+
 def test_a_stream_without_a_step_ready_is_left_out_and_counted(tiny):
     model = StepModel.from_export(tiny.export, backend="onnxruntime-cpu")
     batcher = Batcher(model, wait_s=0.2)

@@ -27,6 +27,8 @@ def serve(
     batch: bool = typer.Option(True, "--batch/--no-batch", help="One call per tick for every stream with a step ready (--no-batch: one call per step)."),
     batch_wait: float = typer.Option(SERVE_BATCH_WAIT_S, help="Seconds a tick waits for streams without a step ready."),
     max_batch: Optional[int] = typer.Option(None, help="Most steps in one call (a TensorRT engine's --max-batch)."),
+    lanes: int = typer.Option(1, help="Model calls in flight at once, each for its share of the streams (onnxruntime): "
+                                      "one group's call overlaps the others' decoding."),
     window: str = O.window_option(),
     gate_db: float = O.gate_db_option(),
     gate_score: Optional[float] = O.gate_score_option(),
@@ -52,6 +54,7 @@ def serve(
     check_range("--port", port, 0, 65535)
     check_range("--batch-wait", batch_wait, 0, 10)
     check_range("--max-batch", max_batch, 1)
+    check_range("--lanes", lanes, 1, 64)
     check_range("--threads", threads, 1)
     check_range("--reconnect", reconnect, 0)
     check_range("--stall", stall, 0.1)
@@ -73,7 +76,8 @@ def serve(
         out_dir.mkdir(parents=True, exist_ok=True)
     summary = run_serve(target, streams, backend=backend, options=options, preview=(host, port) if preview else None,
                         batching=batch, wait_s=batch_wait, max_batch=max_batch, realtime=realtime,
-                        max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads)
+                        max_seconds=seconds, stall_seconds=stall, reconnect=reconnect, threads=threads,
+                        lanes=lanes)
     _report(summary.as_dict(), json_out)
     if summary.signal:  # 130 after Ctrl-C, 143 after SIGTERM: every output was finalised
         raise typer.Exit(128 + summary.signal)

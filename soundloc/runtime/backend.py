@@ -30,6 +30,7 @@ class Backend(Protocol):
     providers: list[str]  # what is really in use, e.g. ["CPUExecutionProvider"]
     input_names: list[str]
     output_names: list[str]
+    concurrent: bool  # run() may be called from several threads at once (serve's lanes)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one call: float32 numpy arrays by tensor name in, by tensor name out."""

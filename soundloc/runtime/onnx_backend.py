@@ -131,6 +131,7 @@ class OnnxRuntimeBackend:
     """
 
     name = "onnxruntime"
+    concurrent = True  # InferenceSession.run is thread-safe and releases the GIL
 
     def __init__(self, path: str | Path, providers: str = "auto", threads: int | None = None, *,
                  device: int = 0, keep_on_device: tuple[str, ...] = (), io_binding: bool | None = None,

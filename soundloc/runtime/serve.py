@@ -170,17 +170,22 @@ class Batcher:
 
     ``wait_s``: how long a tick waits for streams without a step ready; ``max_batch``: the
     most steps in one call (a TensorRT engine's profile; 1 with ``wait_s=0`` is no batching:
-    one call per step, in arrival order).
+    one call per step, in arrival order). ``lanes``: calls in flight at once, each taking at
+    most its share of the running streams (a tick then waits only for the streams not in
+    flight); the model's backend must take concurrent calls.
     """
 
-    def __init__(self, model: StepModel, wait_s: float = SERVE_BATCH_WAIT_S, max_batch: int | None = None) -> None:
-        if wait_s < 0 or (max_batch is not None and max_batch < 1):
-            raise ValueError(f"wait_s must be >= 0 and max_batch >= 1, not {wait_s} and {max_batch}")
-        self.model, self.wait_s, self.max_batch = model, wait_s, max_batch
+    def __init__(self, model: StepModel, wait_s: float = SERVE_BATCH_WAIT_S, max_batch: int | None = None,
+                 lanes: int = 1) -> None:
+        if wait_s < 0 or (max_batch is not None and max_batch < 1) or lanes < 1:
+            raise ValueError(f"wait_s must be >= 0, max_batch and lanes >= 1, not {wait_s}, {max_batch}, {lanes}")
+        self.model, self.wait_s, self.max_batch, self.lanes = model, wait_s, max_batch, lanes
         self.stats = BatchStats()
         self._cond = threading.Condition()
         self._waiting: list[_Request] = []
         self._running: set[str] = set()
+        self._in_flight: set[str] = set()
+        self._free_lanes = lanes
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="soundloc-batcher", daemon=True)
         self._thread.start()
@@ -219,21 +224,36 @@ class Batcher:
             self._closed = True
             self._cond.notify_all()
         self._thread.join(timeout=30)
+        with self._cond:
+            self._cond.wait_for(lambda: not self._in_flight, timeout=30)
+
+    def _share(self) -> int:
+        """The most steps one call takes: with several lanes the running streams are split
+        between them, so one group's call overlaps the others' capture and mel work."""
+        share = -(-max(len(self._running), 1) // self.lanes)
+        return min(share, self.max_batch) if self.max_batch else share
 
     def _loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._waiting or self._closed)
+                self._cond.wait_for(lambda: (self._waiting and self._free_lanes) or (self._closed and not self._waiting))
                 if not self._waiting:
                     return
-                self._cond.wait_for(lambda: self._closed or len({r.name for r in self._waiting}) >= len(self._running),
-                                    timeout=self.wait_s)
-                batch = self._waiting[: self.max_batch]
+                share = self._share()
+                self._cond.wait_for(lambda: self._closed or len({r.name for r in self._waiting})
+                                    >= min(share, len(self._running - self._in_flight)), timeout=self.wait_s)
+                batch = self._waiting[:share]
                 del self._waiting[: len(batch)]
-                ready = {r.name for r in batch} | {r.name for r in self._waiting}
-                for name in self._running - ready if self.wait_s > 0 else ():  # no waiting: nobody is late
+                ready = {r.name for r in batch} | {r.name for r in self._waiting} | self._in_flight
+                late = self.wait_s > 0 and len(batch) < share  # a full share or no waiting: nobody is late
+                for name in self._running - ready if late else ():
                     self.stats.behind[name] += 1
-            self._call(batch)
+                self._in_flight |= {r.name for r in batch}
+                self._free_lanes -= 1
+            if self.lanes == 1:
+                self._call(batch)
+            else:
+                threading.Thread(target=self._call, args=(batch,), name="soundloc-lane", daemon=True).start()
 
     def _call(self, batch: list[_Request]) -> None:
         try:
@@ -257,6 +277,10 @@ class Batcher:
             for r in batch:
                 r.error = e
         finally:
+            with self._cond:
+                self._in_flight -= {r.name for r in batch}
+                self._free_lanes += 1
+                self._cond.notify_all()
             for r in batch:
                 r.done.set()
 
@@ -297,12 +321,13 @@ class ServeSummary:
     streams: dict[str, StreamSummary] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # streams that could not run or failed
     batch: BatchStats = field(default_factory=BatchStats)
+    lanes: int = 1
     seconds: float = 0.0
     signal: int | None = None
 
     def as_dict(self) -> dict:
         return {"backend": self.backend, "batching": self.batching, "seconds": round(self.seconds, 3),
-                "signal": self.signal, "errors": self.errors, "batch": self.batch.as_dict(),
+                "signal": self.signal, "errors": self.errors, "batch": self.batch.as_dict(), "lanes": self.lanes,
                 "streams": {name: s.as_dict() for name, s in self.streams.items()}}
 
 
@@ -310,10 +335,11 @@ def run_serve(target: str | Path, sources: Sequence[ServeSource], *, backend: st
               options: StreamOptions = StreamOptions(), preview: tuple[str, int] | None = None,
               batching: bool = True, wait_s: float = SERVE_BATCH_WAIT_S, max_batch: int | None = None,
               realtime: bool | None = None, max_seconds: float | None = None, stall_seconds: float = 10.0,
-              reconnect: int = 0, threads: int | None = None, status: bool = True) -> ServeSummary:
+              reconnect: int = 0, threads: int | None = None, lanes: int = 1, status: bool = True) -> ServeSummary:
     """Serve every source through one model at ``target`` until all have ended or a stop
     signal arrives (every output is then finalised). A source that fails ends alone, with its
-    reason in ``summary.errors``. ``batching=False``: one call per step (for comparison)."""
+    reason in ``summary.errors``. ``batching=False``: one call per step (for comparison).
+    ``lanes``: model calls in flight at once, each for its share of the streams (onnxruntime)."""
     sources = check_sources(list(sources))
     from .run import model_path
 
@@ -321,8 +347,12 @@ def run_serve(target: str | Path, sources: Sequence[ServeSource], *, backend: st
     check_outputs([p for s in sources for p in (s.out, s.events)],
                   [target, *(x for s in sources for spec in (s.video, s.audio) for x in spec_inputs(spec))])
     model = load_step_model(target, backend, threads)
-    batcher = Batcher(model, wait_s, max_batch) if batching else Batcher(model, 0.0, 1)
-    summary = ServeSummary(backend=model.name, batching=batching, batch=batcher.stats)
+    if lanes > 1 and not getattr(getattr(model, "backend", None), "concurrent", False):
+        model.close()
+        raise ServeError(f"--lanes {lanes} needs a backend that takes concurrent calls (onnxruntime); "
+                         f"{model.name} runs one call at a time")
+    batcher = Batcher(model, wait_s, max_batch, lanes) if batching else Batcher(model, 0.0, 1, lanes)
+    summary = ServeSummary(backend=model.name, batching=batching, batch=batcher.stats, lanes=lanes)
     grid = None
     start = time.monotonic()
     try:
@@ -334,7 +364,7 @@ def run_serve(target: str | Path, sources: Sequence[ServeSource], *, backend: st
             print(f"preview: {grid.url}", flush=True)
         if status:
             print(f"backend: {model.name}; {len(sources)} streams; batching "
-                  f"{'on' if batching else 'off'}", flush=True)
+                  f"{'on' if batching else 'off'}" + (f"; {lanes} lanes" if lanes > 1 else ""), flush=True)
         with stop_on_signals() as stop:
             workers = [threading.Thread(target=_serve_one, name=f"stream {s.name}", daemon=True,
                                         args=(batcher, s, stop, grid, summary),

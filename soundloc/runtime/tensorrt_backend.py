@@ -209,6 +209,7 @@ class TensorRTBackend:
     """
 
     name = "tensorrt"
+    concurrent = False  # one execution context, one stream of buffers
 
     def __init__(self, engine_path: str | Path, metadata: Mapping[str, Any], *, device: int = 0,
                  cuda_graphs: bool = True) -> None:

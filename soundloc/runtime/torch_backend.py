@@ -58,6 +58,7 @@ class DeviceState:
 
 class TorchBackend:
     name = "torch"
+    concurrent = False  # not measured or tested with calls from several threads
 
     def __init__(self, ckpt: str | Path, device: str = "auto", threads: int | None = None, *,
                  dtype: str = "fp32", keep_state: bool | None = None) -> None:
