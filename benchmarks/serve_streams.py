@@ -84,14 +84,14 @@ def processes_run(target: Path, clip: Path, n: int, threads: int | None, tmp: Pa
             "realtime_streams_with_startup": round(steps / wall / 10, 2)}
 
 
-def measure(target: Path, clip: Path, n: int, threads: int | None, tmp: Path, log) -> dict:
-    row = {"streams": n}
+def measure(target: Path, clip: Path, n: int, threads: int | None, tmp: Path, log, lanes: int = 1) -> dict:
+    row = {"streams": n, "lanes": lanes}
     for name, kwargs in [("serve_batched", dict(batching=True, realtime=False)),
                          ("serve_unbatched", dict(batching=False, realtime=False)),
                          ("paced_batched", dict(batching=True, realtime=True)),
                          ("paced_unbatched", dict(batching=False, realtime=True))]:
         log(f"{target.name}: {n} streams, {name}")
-        row[name] = serve_run(target, clip, n, threads=threads, **kwargs)
+        row[name] = serve_run(target, clip, n, threads=threads, lanes=lanes, **kwargs)
     log(f"{target.name}: {n} streams, {n} processes")
     row["processes"] = processes_run(target, clip, n, threads, tmp)
     row["batched_vs_processes"] = round(row["serve_batched"]["steps_per_s"] / row["processes"]["steps_per_s"], 2)
@@ -100,7 +100,7 @@ def measure(target: Path, clip: Path, n: int, threads: int | None, tmp: Path, lo
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| streams | serve batched: RT streams (mean batch) | serve --no-batch | N processes | batched / processes "
+    lines = ["| streams (lanes) | serve batched: RT streams (mean batch) | serve --no-batch | N processes | batched / processes "
              "| paced batched: latency p50 / p99 ms | paced --no-batch: p50 / p99 ms |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -108,7 +108,7 @@ def table(rows: list[dict]) -> str:
             run = r[k]
             behind = "" if run["drift_ms"] <= STEP_MS else f" (falls behind: +{run['drift_ms']:.0f} ms)"
             return f"{run['latency_ms_p50']:.0f} / {run['latency_ms_p99']:.0f}{behind}"
-        lines.append(f"| {r['streams']} | {r['serve_batched']['realtime_streams']:.1f} "
+        lines.append(f"| {r['streams']} ({r.get('lanes', 1)}) | {r['serve_batched']['realtime_streams']:.1f} "
                      f"({r['serve_batched']['batch']['mean_batch']:.1f}) | {r['serve_unbatched']['realtime_streams']:.1f} "
                      f"| {r['processes']['realtime_streams']:.1f} | {r['batched_vs_processes']:.2f}x "
                      f"| {paced('paced_batched')} | {paced('paced_unbatched')} |")
@@ -123,6 +123,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="onnxruntime threads per process")
     ap.add_argument("--clip", default=None, help="read this clip instead of the synthetic one, or a bench clip "
                     "preset (480p-camera, 720p, 1080p: soundloc.bench.stages.CLIP_PRESETS, made in the temp dir)")
+    ap.add_argument("--lanes", type=int, default=1, help="serve's model calls in flight at once (`soundloc serve --lanes`)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     from soundloc.runtime.bundle import read_bundle
@@ -132,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         clip = make_clip(Path(tmp) / "clip", args.seconds) if args.clip is None else camera_clip(args.clip, Path(tmp))
         rows = [measure(args.target, clip, int(n), args.threads, Path(tmp),
-                        lambda s: print(s, file=sys.stderr, flush=True)) for n in args.streams.split(",")]
+                        lambda s: print(s, file=sys.stderr, flush=True), args.lanes) for n in args.streams.split(",")]
     print(table(rows))
     out = {"target": str(args.target), "clip": args.clip or "synthetic", "config": bundle.manifest.get("config", {}), "clip_seconds": args.seconds,
            "lookahead_ms": lookahead_ms, "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "rows": rows}
