@@ -21,10 +21,10 @@ pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not insta
 
 from soundloc.runtime.engine import StepModel  # noqa: E402
 from soundloc.runtime.run import run_stream  # noqa: E402
-from soundloc.runtime.serve import (Batcher, ServeError, ServeSource, pair_sources, read_sources,  # noqa: E402
+from soundloc.runtime.serve import (Batcher, BatchStats, ServeError, ServeSource, pair_sources, read_sources,  # noqa: E402
                                     run_serve, with_out_dir)
 from soundloc.runtime.stream import StreamOptions  # noqa: E402
-from test_bad_inputs import assert_one_line_error, run_cli, write_media  # noqa: E402
+from test_bad_inputs import assert_one_line_error, run_cli  # noqa: E402
 from test_faults import LiveServer, frames_in, ts_payload  # noqa: E402,F401  (ts_payload: a fixture)
 
 OPTIONS = StreamOptions(gate_db=-30.0)  # the synthetic clips' quiet stretches get gated
@@ -108,27 +108,28 @@ def test_a_stream_reconnects_while_the_others_run_on(tiny, clips, ts_payload, tm
     assert frames_in(tmp_path / "file.mp4") == 40 and summary.errors == {}
 
 
-def test_batcher_one_call_per_tick_rows_equal_single_calls(tiny):
+def steps_through_batcher(tiny, names: str, **batcher_kwargs) -> BatchStats:
+    """One step per stream in ``names``, submitted at once from threads through a ``Batcher``;
+    asserts every row equals the step run alone and returns the batcher's statistics."""
     model = StepModel.from_export(tiny.export, backend="onnxruntime-cpu")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(len(names))
     cfg = model.config
     inputs = [(rng.standard_normal((1, 3, cfg.image_size, cfg.image_size)).astype(np.float32),
                rng.standard_normal((1, 10, cfg.n_mels)).astype(np.float32),
-               [rng.standard_normal(s.shape).astype(np.float32) for s in model.new_state(1)]) for _ in range(3)]
-    batcher = Batcher(model, wait_s=60.0)  # a tick closes only when all three have a step waiting
-    handles = [batcher.handle(n) for n in "xyz"]
+               [rng.standard_normal(s.shape).astype(np.float32) for s in model.new_state(1)]) for _ in names]
+    batcher = Batcher(model, **batcher_kwargs)
+    handles = [batcher.handle(n) for n in names]
     got: dict[int, tuple] = {}
 
     def submit(k: int) -> None:
         frame, mel, state = inputs[k]
         got[k] = handles[k].step(frame, mel, np.ones(1, np.float32), state)
 
-    workers = [threading.Thread(target=submit, args=(k,)) for k in range(3)]
+    workers = [threading.Thread(target=submit, args=(k,)) for k in range(len(names))]
     for w in workers:
         w.start()
     for w in workers:
         w.join(120)
-    assert batcher.stats.calls == 1 and batcher.stats.steps == 3
     for k, (frame, mel, state) in enumerate(inputs):
         want, want_state = model.step(frame, mel, np.ones(1, np.float32), state)
         out, new_state = got[k]
@@ -140,42 +141,20 @@ def test_batcher_one_call_per_tick_rows_equal_single_calls(tiny):
         h.close()
     batcher.close()
     model.close()
+    return batcher.stats
+
+
+def test_batcher_one_call_per_tick_rows_equal_single_calls(tiny):
+    stats = steps_through_batcher(tiny, "xyz", wait_s=60.0)  # a tick closes only when all three have a step waiting
+    assert stats.calls == 1 and stats.steps == 3
 
 
 def test_two_lanes_split_the_streams_and_rows_equal_single_calls(tiny):
-    """Four streams, two lanes: each call takes its share (two streams), the second tick waits
-    only for the streams not in flight, and every row equals the step run alone."""
-    model = StepModel.from_export(tiny.export, backend="onnxruntime-cpu")
-    rng = np.random.default_rng(1)
-    cfg = model.config
-    inputs = [(rng.standard_normal((1, 3, cfg.image_size, cfg.image_size)).astype(np.float32),
-               rng.standard_normal((1, 10, cfg.n_mels)).astype(np.float32),
-               [rng.standard_normal(s.shape).astype(np.float32) for s in model.new_state(1)]) for _ in range(4)]
-    batcher = Batcher(model, wait_s=60.0, lanes=2)
-    handles = [batcher.handle(n) for n in "wxyz"]
-    got: dict[int, tuple] = {}
-
-    def submit(k: int) -> None:
-        frame, mel, state = inputs[k]
-        got[k] = handles[k].step(frame, mel, np.ones(1, np.float32), state)
-
-    workers = [threading.Thread(target=submit, args=(k,)) for k in range(4)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join(120)
-    assert batcher.stats.calls == 2 and batcher.stats.steps == 4
-    assert batcher.stats.behind == dict.fromkeys("wxyz", 0)  # in flight is not behind
-    for k, (frame, mel, state) in enumerate(inputs):
-        want, want_state = model.step(frame, mel, np.ones(1, np.float32), state)
-        out, new_state = got[k]
-        np.testing.assert_allclose(out.alpha, want.alpha, rtol=1e-5, atol=1e-6)
-        for a, b in zip(new_state, want_state):
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for h in handles:
-        h.close()
-    batcher.close()
-    model.close()
+    """Four streams, two lanes: each call takes its share (two streams) and the second tick
+    waits only for the streams not in flight."""
+    stats = steps_through_batcher(tiny, "wxyz", wait_s=60.0, lanes=2)
+    assert stats.calls == 2 and stats.steps == 4
+    assert stats.behind == dict.fromkeys("wxyz", 0)  # in flight is not behind
 
 
 def test_lanes_on_a_backend_without_concurrent_calls_is_refused(tiny, clips, tmp_path):
