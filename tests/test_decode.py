@@ -201,3 +201,44 @@ def test_torch_state_kept_on_the_device_gives_the_same_steps(tiny):
     bf16, _ = run(dtype="bf16")  # the GPU's reduced precision, here on the CPU
     assert np.isfinite(bf16).all() and np.abs(bf16 - plain).max() <= 0.1 * np.abs(plain).max() + 1e-3
     assert TorchBackend(tiny.ckpt, "cpu", dtype="bf16").providers == ["cpu bf16"]
+
+
+def test_cuda_graphs_are_refused_off_a_gpu_and_off_by_default_on_the_cpu(tiny):
+    pytest.importorskip("torch", reason="torch backend")
+    from soundloc.runtime.backend import BackendError
+    from soundloc.runtime.torch_backend import TorchBackend
+
+    tb = TorchBackend(tiny.ckpt, "cpu")
+    assert tb.cuda_graphs is False and tb.providers == ["cpu"]
+    with pytest.raises(BackendError, match="CUDA graphs need a CUDA device; this torch backend runs on cpu"):
+        TorchBackend(tiny.ckpt, "cpu", cuda_graphs=True)
+
+
+def test_cuda_graph_steps_equal_eager_steps_at_two_batch_sizes(tiny):
+    """GPU only: the replayed graph gives the eager step's maps and state, step after step (the
+    kept state is copied out of the graph's output buffer), for batch 1 and batch 3."""
+    torch = pytest.importorskip("torch", reason="torch backend")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: CUDA graphs run only on a GPU")
+    from soundloc.runtime.engine import StepModel
+    from soundloc.runtime.torch_backend import TorchBackend
+
+    def run(batch: int, **kw):
+        tb = TorchBackend(tiny.ckpt, "cuda", **kw)
+        model = StepModel(tb, tb.config, tb.lookahead, tb.state_specs)
+        rng = np.random.default_rng(2)
+        state, alphas = model.new_state(batch), []
+        for _ in range(5):
+            frame = rng.standard_normal((batch, 3, tb.config.image_size, tb.config.image_size), dtype=np.float32)
+            mel = rng.standard_normal((batch, 10, 80), dtype=np.float32)
+            out, state = model.step(frame, mel, np.ones(batch, np.float32), state)
+            alphas.append(out.alpha)
+        return np.stack(alphas), [np.asarray(s) for s in state], tb
+
+    for batch in (1, 3):
+        eager, eager_state, _ = run(batch, cuda_graphs=False)
+        graphs, graph_state, tb = run(batch, cuda_graphs=True)
+        assert tb.cuda_graphs and tb.providers == ["cuda graphs"]
+        np.testing.assert_allclose(graphs, eager, rtol=1e-4, atol=1e-5)
+        for a, b in zip(graph_state, eager_state):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
