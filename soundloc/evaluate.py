@@ -212,7 +212,7 @@ CONFIDENCES = ("top25", "score", "heard_seen", "calibrated", "constant")  # `sou
 
 
 def clip_confidences(kind: str, maps: Mapping[str, np.ndarray], windows: Mapping[str, dict] | None = None,
-                     calibration: "Visibility | None" = None) -> dict[str, float]:
+                     calibration: Visibility | None = None) -> dict[str, float]:
     """Per clip, the confidence that a visible object sounds (``soundloc.visibility``): SLAVC's
     top-quarter mean of the map (``top25``), the window's mean S_av (``score``) or the vision
     head's probability of the heard class (``heard_seen``; both need a checkpoint's

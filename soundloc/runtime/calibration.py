@@ -23,12 +23,17 @@ from ..data.annotations import find_video, read_vggsound_csv
 from ..errors import UsageError
 from ..labels import softmax
 from ..localize import StepWindow, level_db
-from ..visibility import STATISTICS, TARGET_FALSE_ALARM, calibrate, map_features, raw_statistic
+from ..visibility import (
+    STATISTICS,
+    TARGET_FALSE_ALARM,
+    calibrate,
+    map_features,
+    raw_statistic,
+)
 from .bundle import read_bundle, write_manifest
 from .engine import StepModel
 from .sources import StepSource
 from .stream import Localizer, StreamOptions
-
 
 SINGLE = tuple(n for n in STATISTICS if n != "combined")  # the statistics without fitted weights
 
