@@ -56,9 +56,12 @@ def map_features(window_map: np.ndarray, score: float) -> np.ndarray:
     """The combined rule's inputs (``FEATURES``, in that order) from one window's mean map and
     mean S_av: one sort of the map's cells."""
     flat = np.sort(np.asarray(window_map, np.float64).ravel())
-    n = flat.size
-    return np.array([flat[-n // 4:].mean(), flat[-max(n // 10, 1):].mean(), flat[:max(n // 4, 1)].mean(),
-                     flat[-1], flat.mean(), flat.std(), float(score)])
+    n, q, d = flat.size, max(flat.size // 4, 1), max(flat.size // 10, 1)
+    top = flat[-n // 4:]  # SLAVC's slice: the highest ceil(n / 4) cells
+    mean = flat.sum() / n
+    dev = flat - mean  # one pass each, not numpy's generic mean/std (this runs on every step)
+    return np.array([top.sum() / top.size, flat[-d:].sum() / d,
+                     flat[:q].sum() / q, flat[-1], mean, np.sqrt(dev @ dev / n), float(score)])
 
 
 def heard_seen(posteriors: Mapping[str, np.ndarray] | None) -> float:

@@ -75,6 +75,11 @@ def test_map_features_and_the_combined_rule_on_constructed_maps() -> None:
               "max": m.max(), "mean": m.mean(), "std": m.std(), "score": 0.25}
     assert visibility.FEATURES == tuple(direct)
     assert f == pytest.approx([direct[k] for k in visibility.FEATURES], abs=1e-12)
+    for shape in ((1, 1), (2, 1), (5, 3), (7, 7)):  # SLAVC's slice keeps ceil(n / 4) cells
+        small = rng.normal(0, 1, shape)
+        g = visibility.map_features(small, 0.0)
+        assert g[0] == pytest.approx(top_quarter_mean(small), abs=1e-12)
+        assert (g[4], g[5]) == pytest.approx((small.mean(), small.std()), abs=1e-12)
     centre, scale = tuple(rng.normal(0, 1, 7)), tuple(rng.uniform(0.5, 2, 7))
     weights = tuple(rng.normal(0, 1, 7))
     v = Visibility("combined", -2.0, 3.0, 0.4, centre=centre, scale=scale, weights=weights, bias=0.3)
