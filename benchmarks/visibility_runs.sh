@@ -26,9 +26,14 @@ for s in $SEEDS; do
         --confidence $c --json res/eval_shuffled_${c}_s$s.json
   done
   soundloc eval runs/s$s/last.pt --annotations shift60/vggss.json --videos shift60 --json res/eval_shift_s$s.json
+  for b in "" "--baseline shuffled"; do  # the export's calibrated confidence (the combined rule when chosen)
+    soundloc eval runs/s$s/last.pt --annotations negtest80/vggss.json --videos negtest80 $b --confidence calibrated \
+        --calibration excal_s$s --json res/eval${b:+_shuffled}_calibrated_s$s.json
+  done
 done
 soundloc eval --baseline center --annotations negtest80/vggss.json --confidence constant --json res/eval_center.json
 s=${SEEDS%% *}
 soundloc export runs/s$s/last.pt --out ex8_s$s --precision int8 --calib train240 --verify --json res/int8_s$s.json || true
 rm -rf cost && python "$B/label_cost.py" runs/s$s/last.pt --out cost --calibration excal_s$s
 soundloc bench cost/before cost/now --backend onnxruntime-cpu --threads 1 --no-references --json res/bench_cost.json
+python "$B/label_cost_rounds.py" cost --rounds 6 --localize 2000 --calibration excal_s$s --json res/label_cost_rounds.json
