@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -116,15 +117,24 @@ class Visibility:
         return raw_statistic(self.statistic, window_map, score, posteriors)
 
     def logit(self, features: np.ndarray) -> float | np.ndarray:
-        """The combined rule on ``FEATURES`` rows (one window or (N, F))."""
-        z = (np.asarray(features, np.float64) - np.asarray(self.centre)) / np.asarray(self.scale)
-        return z @ np.asarray(self.weights) + self.bias
+        """The combined rule on ``FEATURES`` rows (one window or (N, F)):
+        ``((features - centre) / scale) @ weights + bias``, folded into one dot product."""
+        w, b = self._folded
+        return np.asarray(features, np.float64) @ w + b
+
+    @cached_property
+    def _folded(self) -> tuple[np.ndarray, float]:
+        """The rule's weights over the raw features and its bias (computed once, not per step)."""
+        w = np.asarray(self.weights, np.float64) / np.asarray(self.scale, np.float64)
+        return w, float(self.bias - np.asarray(self.centre, np.float64) @ w)
 
     def confidence(self, window_map: np.ndarray, score: float,
                    posteriors: Mapping[str, np.ndarray] | None = None) -> float:
         return self.normalise(self.raw(window_map, score, posteriors))
 
     def normalise(self, raw: float | np.ndarray):
+        if isinstance(raw, float):  # one window, every step: plain float arithmetic
+            return min(max((raw - self.lo) / max(self.hi - self.lo, 1e-12), 0.0), 1.0)
         out = np.clip((np.asarray(raw, np.float64) - self.lo) / max(self.hi - self.lo, 1e-12), 0.0, 1.0)
         return float(out) if out.ndim == 0 else out
 
