@@ -17,8 +17,8 @@ audible window would get a box. Two statistics of a window are candidates:
   mean and spread, and S_av), each standardised, weights fitted on the calibration windows
   (L2-penalised logistic regression, ``fit_combined``): a peaky, high map with a strong S_av
   is a source in view; a broad map (noise drives every cell) or a low one is not. On the
-  issue-25 models it kept 81-96 % of visible-source windows where ``top25`` kept 66-67 %
-  (benchmarks/RESULTS.md).
+  issue-25 test clips its streams kept the box of 81 % / 97 % of visible sources (two seeds)
+  where ``top25`` kept 68 %, at the same calibrated false-alarm rate (benchmarks/RESULTS.md).
 
 Any is mapped to [0, 1] over a fixed range ``[lo, hi]`` that belongs to the model (SLAVC
 uses its map's range [-1/tau, 1/tau]; our maps have no such bound, so the range is the 1st-99th
