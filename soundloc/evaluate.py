@@ -18,7 +18,7 @@ import dataclasses
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 from numpy.lib.npyio import NpzFile
@@ -27,6 +27,9 @@ from . import fileio, metrics
 from .config import EVAL_SIZE
 from .data.annotations import Annotation, Annotations
 from .errors import SoundlocError
+
+if TYPE_CHECKING:
+    from .visibility import Visibility
 
 BASELINES = ("center", "shuffled")  # shuffled needs a checkpoint (soundloc.model.inference)
 
@@ -205,16 +208,27 @@ def write_json(result: EvalResult, path: str | Path) -> Path:
     return fileio.write_json(result.to_dict(), path)
 
 
-CONFIDENCES = ("top25", "score", "heard_seen", "constant")  # what `soundloc eval --confidence` can score clips with
+CONFIDENCES = ("top25", "score", "heard_seen", "calibrated", "constant")  # `soundloc eval --confidence`
 
 
-def clip_confidences(kind: str, maps: Mapping[str, np.ndarray], windows: Mapping[str, dict] | None = None
-                     ) -> dict[str, float]:
+def clip_confidences(kind: str, maps: Mapping[str, np.ndarray], windows: Mapping[str, dict] | None = None,
+                     calibration: Visibility | None = None) -> dict[str, float]:
     """Per clip, the confidence that a visible object sounds (``soundloc.visibility``): SLAVC's
     top-quarter mean of the map (``top25``), the window's mean S_av (``score``) or the vision
     head's probability of the heard class (``heard_seen``; both need a checkpoint's
-    ``windows``), or the same value for every clip (``constant``, the baseline)."""
+    ``windows``), an export's calibrated confidence (``calibrated``: what its stream draws by;
+    needs ``calibration`` and the checkpoint's ``windows``), or the same value for every clip
+    (``constant``, the baseline)."""
     from .visibility import top_quarter_mean
+
+    if kind == "calibrated":
+        if calibration is None:
+            raise EvalError("--confidence calibrated needs --calibration EXPORT (an export `soundloc calibrate` fitted)")
+        if windows is None:
+            raise EvalError("--confidence calibrated needs a checkpoint (the window's S_av)")
+        if calibration.statistic == "heard_seen":
+            return {k: calibration.normalise(float(w.get("heard_seen", 0.0))) for k, w in windows.items()}
+        return {k: calibration.normalise(calibration.raw(maps[k], windows[k]["score"])) for k in windows if k in maps}
 
     if kind == "top25":
         return {k: top_quarter_mean(m) for k, m in maps.items()}

@@ -183,6 +183,13 @@ class Labelling:
             return {}
         return dict(zip(self.heads, np.split(np.asarray(extra), len(self.heads))))
 
+    def posteriors(self, extra: np.ndarray | None) -> dict[str, np.ndarray]:
+        """Per head, the softmax of its window-mean logits (one softmax over all heads: this
+        runs on every step)."""
+        if extra is None or not self.heads:
+            return {}
+        return dict(zip(self.heads, softmax(np.asarray(extra).reshape(len(self.heads), -1))))
+
 
 class StepLocalizer:
     """The per-step stage of every stream: window, gate, visibility, labels, box. Push each
@@ -212,7 +219,7 @@ class StepLocalizer:
         db = level_db(w.power)
         gated = is_gated(db, w.score, self.gate_db, self.gate_score)
         heat = None if gated else normalise(w.alpha)
-        posteriors = {h: softmax(v) for h, v in self.labelling.split(w.extra).items()}
+        posteriors = self.labelling.posteriors(w.extra)
         conf = None if self.visibility is None else self.visibility.confidence(w.alpha, w.score, posteriors)
         visible = heat is not None and (conf is None or self.visibility.visible(conf))
         classes = {} if heat is None else window_classes(posteriors, self.labelling.names)

@@ -253,3 +253,32 @@ def test_eval_confidence_scores_clips_without_a_box_as_slavc_does(tmp_path) -> N
     assert ext["precision"] == _slavc_precision_recall(boxes, cious, conf, -1000)[0]
     res = _invoke(["eval", "--maps", str(npz), "--annotations", str(ann), "--confidence", "score"])
     assert res.exit_code != 0 and "needs a checkpoint" in res.output
+
+
+def test_eval_calibrated_confidence_is_the_exports_rule_on_each_clip(tmp_path) -> None:
+    """`--confidence calibrated` scores a clip with the export's stored rule on its map and the
+    window's S_av (what a stream draws by); without --calibration or a checkpoint: one line."""
+    from soundloc.visibility import FEATURES, Visibility, map_features
+
+    rng = np.random.default_rng(8)
+    maps = {f"c{k}": rng.normal(size=(7, 7)) for k in range(6)}
+    windows = {k: {"score": float(rng.normal())} for k in maps}
+    rule = Visibility("combined", -1.0, 2.0, 0.5, centre=(0.1,) * len(FEATURES), scale=(2.0,) * len(FEATURES),
+                      weights=tuple(rng.normal(size=len(FEATURES))), bias=-0.2)
+    conf = evaluate.clip_confidences("calibrated", maps, windows, rule)
+    for k, m in maps.items():
+        logit = float((map_features(m, windows[k]["score"]) - 0.1) / 2.0 @ np.array(rule.weights) - 0.2)
+        assert conf[k] == pytest.approx(min(max((logit + 1.0) / 3.0, 0.0), 1.0), abs=1e-12)
+    with pytest.raises(evaluate.EvalError, match="--calibration"):
+        evaluate.clip_confidences("calibrated", maps, windows, None)
+    with pytest.raises(evaluate.EvalError, match="needs a checkpoint"):
+        evaluate.clip_confidences("calibrated", maps, None, rule)
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "soundloc.json").write_text(json.dumps({"format": 1}))
+    ann, npz = tmp_path / "ss.json", tmp_path / "maps.npz"
+    ann.write_text(json.dumps([{"file": k, "class": "dog", "bbox": [[0.1, 0.1, 0.5, 0.5]]} for k in maps]))
+    np.savez(npz, **maps)
+    res = _invoke(["eval", "--maps", str(npz), "--annotations", str(ann), "--confidence", "calibrated",
+                   "--calibration", str(export)])
+    assert res.exit_code != 0 and "not calibrated" in " ".join(res.output.split())

@@ -66,6 +66,73 @@ def test_calibration_keeps_the_false_alarm_rate_at_the_target() -> None:
     assert Visibility.from_dict(json.loads(json.dumps(best.to_dict()))) == best
 
 
+def test_map_features_and_the_combined_rule_on_constructed_maps() -> None:
+    rng = np.random.default_rng(3)
+    m = rng.normal(0, 1, (14, 14))
+    flat = np.sort(m.ravel())
+    f = visibility.map_features(m, 0.25)
+    direct = {"top25": flat[-49:].mean(), "top10": flat[-19:].mean(), "bottom25": flat[:49].mean(),
+              "max": m.max(), "mean": m.mean(), "std": m.std(), "score": 0.25}
+    assert visibility.FEATURES == tuple(direct)
+    assert f == pytest.approx([direct[k] for k in visibility.FEATURES], abs=1e-12)
+    for shape in ((1, 1), (2, 1), (5, 3), (7, 7)):  # SLAVC's slice keeps ceil(n / 4) cells
+        small = rng.normal(0, 1, shape)
+        g = visibility.map_features(small, 0.0)
+        assert g[0] == pytest.approx(top_quarter_mean(small), abs=1e-12)
+        assert (g[4], g[5]) == pytest.approx((small.mean(), small.std()), abs=1e-12)
+    centre, scale = tuple(rng.normal(0, 1, 7)), tuple(rng.uniform(0.5, 2, 7))
+    weights = tuple(rng.normal(0, 1, 7))
+    v = Visibility("combined", -2.0, 3.0, 0.4, centre=centre, scale=scale, weights=weights, bias=0.3)
+    logit = sum(w * (direct[k] - c) / s for k, w, c, s in zip(visibility.FEATURES, weights, centre, scale)) + 0.3
+    assert v.raw(m, 0.25) == pytest.approx(logit, abs=1e-12)
+    assert v.confidence(m, 0.25) == pytest.approx(min(max((logit + 2.0) / 5.0, 0.0), 1.0), abs=1e-12)
+    assert Visibility.from_dict(json.loads(json.dumps(v.to_dict()))) == v
+    with pytest.raises(ValueError, match="7 weights"):
+        Visibility.from_dict({**v.to_dict(), "weights": [1.0, 2.0]})
+    with pytest.raises(ValueError, match="fitted weights"):
+        visibility.raw_statistic("combined", m, 0.25)
+
+
+def _two_feature_windows(n_clips: int = 30, per_clip: int = 20, seed: int = 0):
+    """Windows whose source is in view exactly when top25 + S_av > 0: neither alone separates."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (n_clips * per_clip, len(visibility.FEATURES)))
+    clip = np.repeat(np.arange(n_clips), per_clip)
+    y = (x[:, 0] + x[:, 6] > 0).astype(float)
+    return x, y, clip
+
+
+def test_calibration_chooses_the_combined_rule_when_only_two_statistics_together_separate() -> None:
+    x, y, clip = _two_feature_windows()
+    pos, neg = y == 1, y == 0
+    positives = {"top25": x[pos, 0], "score": x[pos, 6], "heard_seen": x[pos, 1], "features": x[pos]}
+    negatives = {"top25": x[neg, 0], "score": x[neg, 6], "heard_seen": x[neg, 1], "features": x[neg]}
+    best, fits = visibility.calibrate(positives, negatives, 0.1, groups=(clip[pos], clip[neg]))
+    assert best.statistic == "combined" and set(fits) == set(visibility.STATISTICS)
+    assert best.cv_recall > 0.9 > max(fits[n].cv_recall for n in ("top25", "score", "heard_seen"))
+    assert best.false_alarm <= 0.1 and best.recall >= best.cv_recall - 0.05
+    conf = best.normalise(best.logit(x))  # the stored rule gives what the calibration counted
+    assert np.mean(conf[neg] >= best.threshold) == pytest.approx(best.false_alarm, abs=1e-4)
+    assert np.mean(conf[pos] >= best.threshold) == pytest.approx(best.recall, abs=1e-4)
+    w = dict(zip(visibility.FEATURES, best.weights))
+    assert w["top25"] > 0 and w["score"] > 0 and abs(w["top25"] / w["score"] - 1) < 0.3  # the true rule's direction
+    # without features (or clips) the combined rule is not a candidate
+    _, singles = visibility.calibrate({k: v for k, v in positives.items() if k != "features"},
+                                      {k: v for k, v in negatives.items() if k != "features"}, 0.1)
+    assert "combined" not in singles
+
+
+def test_cross_validated_logits_never_see_their_own_clip() -> None:
+    x, y, clip = _two_feature_windows(n_clips=10)
+    held = visibility.cross_validated_logits(x, y, clip, folds=5)
+    flipped = y.copy()
+    flipped[clip == 0] = 1 - flipped[clip == 0]  # clip 0's truth changes: only the other folds' logits may move
+    again = visibility.cross_validated_logits(x, flipped, clip, folds=5)
+    fold0 = np.isin(clip, np.unique(clip)[0::5])
+    assert np.array_equal(held[fold0], again[fold0])
+    assert not np.allclose(held[~fold0], again[~fold0])
+
+
 def test_heard_seen_is_the_vision_heads_probability_of_the_heard_class() -> None:
     post = {"audio": np.array([0.1, 0.7, 0.2]), "vision": np.array([0.5, 0.3, 0.2]), "av": np.array([0.2, 0.6, 0.2])}
     assert visibility.heard_seen(post) == 0.3

@@ -26,6 +26,7 @@ def calibrate(
     stored = calibrate_export(export_dir, data, split=None if split == "all" else split, target=false_alarm,
                               threads=threads)
     for name, fit in stored["visibility_candidates"].items():
-        typer.echo(f"{name:6s} threshold {fit['threshold']:.3f}: keeps {fit['recall']:.1%} of visible-source windows, "
-                   f"{fit['false_alarm']:.1%} of the others ({fit['windows'][0]} and {fit['windows'][1]} windows)")
+        typer.echo(f"{name:10s} threshold {fit['threshold']:.3f}: keeps {fit['recall']:.1%} of visible-source windows, "
+                   f"{fit['false_alarm']:.1%} of the others ({fit['windows'][0]} and {fit['windows'][1]} windows); "
+                   f"on held-out clips {fit['cv_recall']:.1%}")
     typer.echo(f"stored in {export_dir}/soundloc.json: {stored['visibility']['statistic']}")

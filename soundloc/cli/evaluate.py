@@ -33,7 +33,8 @@ def eval_command(
     preprocess: Optional[str] = typer.Option(None, "--preprocess", help="With a checkpoint: soundloc (the default "
                                              "path) or authors (a published family's own frame resize, audio loader "
                                              "and map upsampling); default: what the model recorded at import."),
-    confidence: Optional[str] = typer.Option(None, "--confidence", help="Also the extended metrics (SLAVC: AP, max-F1, precision over clips with and without a visible source, those without a box), each clip scored by: top25 (mean of the map's top quarter), score (the window's S_av; with CKPT), heard_seen (the vision head's probability of the heard class; with CKPT) or constant."),
+    confidence: Optional[str] = typer.Option(None, "--confidence", help="Also the extended metrics (SLAVC: AP, max-F1, precision over clips with and without a visible source, those without a box), each clip scored by: top25 (mean of the map's top quarter), score (the window's S_av; with CKPT), heard_seen (the vision head's probability of the heard class; with CKPT), calibrated (an export's calibrated confidence, with CKPT and --calibration) or constant."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="With --confidence calibrated: the export whose `soundloc calibrate` fit scores each clip."),
 ) -> None:
     """Score maps with cIoU AP50, AUC, mean cIoU and the pointing game (and, with --confidence,
     the extended metrics and, with a checkpoint, the label accuracy on visible clips)."""
@@ -42,7 +43,7 @@ def eval_command(
 
     from .applications import check_preprocess
 
-    check_paths([json_out, curve], [ckpt, annotations, maps, videos, ids])
+    check_paths([json_out, curve], [ckpt, annotations, maps, videos, ids, calibration])
     check_preprocess(preprocess)
     try:
         metrics.check_protocol(protocol)
@@ -67,7 +68,7 @@ def eval_command(
         if dependence is not None:
             result = dataclasses.replace(result, extra={**result.extra, "audio_dependence": dependence.to_dict()})
         if confidence is not None:
-            conf = evaluate.clip_confidences(confidence, clip_maps, windows)
+            conf = evaluate.clip_confidences(confidence, clip_maps, windows, _calibration(calibration))
             ext = {"confidence": confidence, **evaluate.extended_metrics(result, gt, conf)}
             result = dataclasses.replace(result, extra={**result.extra, "extended": ext})
         if windows:
@@ -88,6 +89,25 @@ def eval_command(
                    f"with another clip's audio, peak moved in {dependence.peak_moved:.0%} of clips")
         if dependence.warning():  # flagged, or too few clips to judge
             typer.echo(dependence.warning())
+
+
+def _calibration(export: Optional[Path]):
+    """The calibrated in-view confidence stored in an export's soundloc.json (None without --calibration)."""
+    from .. import evaluate
+    from ..visibility import Visibility
+
+    if export is None:
+        return None
+    manifest = export / "soundloc.json" if export.is_dir() else export
+    try:
+        import json
+
+        record = json.loads(manifest.read_text()).get("visibility")
+    except (OSError, ValueError) as e:
+        raise evaluate.EvalError(f"{manifest}: cannot read the calibration ({e})") from None
+    if not record:
+        raise evaluate.EvalError(f"{export}: not calibrated (run `soundloc calibrate` first)")
+    return Visibility.from_dict(record)
 
 
 def _checkpoint_maps(ckpt: Path, videos: Optional[Path], gt: "Annotations", baseline: Optional[str],

@@ -23,24 +23,32 @@ from ..data.annotations import find_video, read_vggsound_csv
 from ..errors import UsageError
 from ..labels import softmax
 from ..localize import StepWindow, level_db
-from ..visibility import STATISTICS, TARGET_FALSE_ALARM, calibrate, raw_statistic
+from ..visibility import (
+    STATISTICS,
+    TARGET_FALSE_ALARM,
+    calibrate,
+    map_features,
+    raw_statistic,
+)
 from .bundle import read_bundle, write_manifest
 from .engine import StepModel
 from .sources import StepSource
 from .stream import Localizer, StreamOptions
 
+SINGLE = tuple(n for n in STATISTICS if n != "combined")  # the statistics without fitted weights
+
 
 def clip_windows(model: StepModel, video: Path, options: StreamOptions = StreamOptions()) -> list[dict[str, Any]]:
-    """Every window of one file as the stream forms it: ``pts``, ``level_db`` and the raw
-    candidate statistics (``STATISTICS``)."""
+    """Every window of one file as the stream forms it: ``pts``, ``level_db``, the raw
+    candidate statistics (``STATISTICS``) and the combined rule's ``features``."""
     loc = Localizer(model, options)
     window = StepWindow(loc.core.window.steps, options.window, loc.core.window.gate_steps)
     out = []
 
     def record(w) -> None:
         post = {h: softmax(v) for h, v in loc.core.labelling.split(w.extra).items()}
-        out.append({"pts": w.item.pts, "level_db": level_db(w.power),
-                    **{name: raw_statistic(name, w.alpha, w.score, post) for name in STATISTICS}})
+        out.append({"pts": w.item.pts, "level_db": level_db(w.power), "features": map_features(w.alpha, w.score),
+                    **{name: raw_statistic(name, w.alpha, w.score, post) for name in SINGLE}})
 
     def take(finished) -> None:
         for f in finished:
@@ -65,13 +73,15 @@ def _sounding(pts: float, intervals: list[list[float]]) -> bool:
 def calibration_windows(model: StepModel, data: Path, split: str | None = "test",
                         options: StreamOptions = StreamOptions(),
                         progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict, dict]:
-    """(positive, negative) raw values per statistic, and counts, over the dataset's clips
-    of ``split`` (None: all)."""
+    """(positive, negative) raw values per statistic (``"features"``: the combined rule's
+    inputs, ``"clip"``: each window's clip), and counts, over the dataset's clips of ``split``
+    (None: all)."""
     tracks = json.loads((data / "tracks.json").read_text())
     intervals = json.loads((data / "intervals.json").read_text())
     rows = [r for r in read_vggsound_csv(data / "vggsound.csv") if split is None or r.split == split]
-    pos: dict[str, list[float]] = {n: [] for n in STATISTICS}
-    neg: dict[str, list[float]] = {n: [] for n in STATISTICS}
+    keys = (*SINGLE, "features", "clip")
+    pos: dict[str, list] = {n: [] for n in keys}
+    neg: dict[str, list] = {n: [] for n in keys}
     counts = {"clips": 0, "negative_clips": 0, "gated_windows": 0}
     for k, row in enumerate(rows):
         cid = row.id
@@ -91,8 +101,8 @@ def calibration_windows(model: StepModel, data: Path, split: str | None = "test"
                 target = pos
             else:
                 continue
-            for n in STATISTICS:
-                target[n].append(w[n])
+            for n in keys:
+                target[n].append(k if n == "clip" else w[n])
         if progress:
             progress(k + 1, len(rows))
     return pos, neg, counts
@@ -118,7 +128,7 @@ def calibrate_export(export_dir: str | Path, data: str | Path, *, split: str | N
     if not pos[STATISTICS[0]] or not neg[STATISTICS[0]]:
         raise UsageError(f"{data}: calibration needs audible windows of clips with and without a visible source "
                          f"(found {len(pos[STATISTICS[0]])} and {len(neg[STATISTICS[0]])})")
-    best, fits = calibrate(pos, neg, target)
+    best, fits = calibrate(pos, neg, target, groups=(pos.pop("clip"), neg.pop("clip")))
     manifest = dict(bundle.manifest)
     manifest["visibility"] = best.to_dict()
     manifest["visibility_candidates"] = {n: v.to_dict() for n, v in fits.items()}
