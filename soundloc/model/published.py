@@ -33,8 +33,8 @@ def _numpy_scalar_globals() -> list:
     core = getattr(np, "_core", None) or np.core
     scalar = core.multiarray.scalar
     # numpy 1.x (the authors' 2022 environment) pickled the scalar under numpy.core
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, type(np.dtype(np.float64)),
-            type(np.dtype(np.float32))]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype,
+            *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32))]
 
 
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
