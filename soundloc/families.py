@@ -112,7 +112,8 @@ class Family:
         """One line: family, map variant, preprocessing (what `soundloc info` prints)."""
         variant = self.variant(config)
         prior = f", object prior alpha {config.prior_alpha:g}" if config.prior_alpha is not None else ""
-        pre = ("authors' (PIL bicubic frame, their audio loader and map upsampling; streams use soundloc's)"
+        theirs = "PIL bicubic frame" if self.loader is None else "their frame resize"
+        pre = (f"authors' ({theirs}, their audio loader and map upsampling; streams use soundloc's)"
                if config.preprocess == "authors" else "soundloc's default")
         return f"{self.name}" + (f", variant {variant}" if variant else "") + f"{prior}; preprocessing {pre}"
 
