@@ -56,7 +56,7 @@ def layouts(frame: Path, wav: Path, work: Path) -> tuple[Path, Path]:
     return still, video
 
 
-def checkpoints(work: Path) -> dict[str, Path]:
+def checkpoints(work: Path, models: list[str] | None = None) -> dict[str, Path]:
     import torch
     from published_weights import ezvsl_state, lvs_state, prior_state, save_authors, save_lvs, slavc_state
 
@@ -69,6 +69,8 @@ def checkpoints(work: Path) -> dict[str, Path]:
     out = {}
     for family, variant in MODELS:
         name = f"{family}-{variant}" if variant else family
+        if models and name not in models:
+            continue
         src = work / {"slavc": "slavc.pth", "lvs": "lvs.pth", "sslalign": "lvs.pth"}.get(family, "ezvsl.pth")
         prior = None if family in NO_PRIOR else work / "resnet18.pth"
         import_ezvsl(src, work / f"{name}.pt", prior, 0.4, family, "authors", variant)
@@ -90,7 +92,7 @@ def compare(a: np.ndarray, ref: np.ndarray, grid: int = 7) -> dict:
             "same_peak_cell": cell(a) == cell(ref), "peak_cell": cell(a), "ref_peak_cell": cell(ref)}
 
 
-def input_figures(ckpt: Path, still: Path, video: Path) -> dict:
+def input_figures(ckpt: Path, still: Path, video: Path, with_video: bool = True) -> dict:
     import dataclasses
 
     from soundloc.families import IMAGENET_MEAN, IMAGENET_STD, ezvsl_file_inputs
@@ -108,6 +110,8 @@ def input_figures(ckpt: Path, still: Path, video: Path) -> dict:
     for name, clip, pre in (("default, frames/audio", find_clip(still, CLIP), "soundloc"),
                             ("default, mp4", find_clip(video, CLIP), "soundloc"),
                             ("authors, mp4", find_clip(video, CLIP), "authors")):
+        if "mp4" in name and not with_video:
+            continue
         v, s = ezvsl_file_inputs(clip, dataclasses.replace(cfg, preprocess=pre))
         t = v.shape[2] // 2
         d = np.abs(grey(v[0, :, t]) - grey(ref_v[0, :, 0]))
@@ -122,6 +126,9 @@ def main() -> None:
     ap.add_argument("--wav", type=Path, required=True, help="the clip's 16 kHz wav")
     ap.add_argument("--work", type=Path, required=True, help="scratch folder")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--models", nargs="*", help="only these (e.g. lvs-cosine sslalign-vggss); default all")
+    ap.add_argument("--no-video", action="store_true", help="only the frames/audio layout (the mp4 rows run "
+                    "the model on all 250 frames: minutes per model on a loaded 2-core machine)")
     args = ap.parse_args()
     import torch
 
@@ -130,14 +137,17 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     still, video = layouts(args.frame, args.wav, args.work)
-    ckpts = checkpoints(args.work)
-    results = {"inputs": {f: input_figures(ckpts[n], still, video) for f, n in
-                          (("ezvsl", "ezvsl"), ("lvs", "lvs-cosine"), ("sslalign", "sslalign-vggss"))}, "maps": {}}
+    ckpts = checkpoints(args.work, args.models)
+    results = {"inputs": {f: input_figures(ckpts[n], still, video, not args.no_video) for f, n in
+                          (("ezvsl", "ezvsl"), ("lvs", "lvs-cosine"), ("sslalign", "sslalign-vggss")) if n in ckpts},
+               "maps": {}}
     for name, ckpt in ckpts.items():
         family = name.split("-")[0]
         maps = {}
         for row, folder, pre in (("reference", still, "authors"), ("default, frames/audio", still, "soundloc"),
                                  ("default, mp4", video, "soundloc"), ("authors, mp4", video, "authors")):
+            if "mp4" in row and args.no_video:
+                continue
             maps[row] = scored(maps_from_checkpoint(ckpt, folder, [CLIP], progress=False, preprocess=pre)[0][CLIP],
                                family)
         grid = 14 if family in NO_PRIOR else 7
