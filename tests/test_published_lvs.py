@@ -218,3 +218,31 @@ def test_export_verifies_and_streams(weights, tmp_path, family, variant):
     # a 14x14 map: every peak sits at a cell centre of a 14-cell grid
     cells = np.array([e["peak"] for e in events]) * 14 - 0.5
     np.testing.assert_allclose(cells, np.round(cells), atol=1e-3)
+
+
+def test_eval_threshold_option_scores_as_their_code(tmp_path):
+    """`soundloc eval --threshold adaptive|median` scores a --maps file with `metrics.score_map`'s rule
+    (whose cIoUs equal SSL-Align's own, tested above), here on a map made from their scored map and
+    their box; an adaptive rule is recorded in the JSON; an unknown rule is refused."""
+    ref = np.load(FIXTURES / "sslalign.npz")
+    gt = gt_map(ref)
+    ys, xs = np.nonzero(gt)  # the box their json gave, back in [0, 1] (pixels int(224 * v))
+    box = [xs.min() / 224, ys.min() / 224, (xs.max() + 1) / 224, (ys.max() + 1) / 224]
+    np.testing.assert_array_equal(metrics.union_gt_map([tuple(box)]), gt)
+    (tmp_path / "vggss.json").write_text(json.dumps([{"file": CLIP, "class": "x", "bbox": [box]}]))
+    full = np.kron(ref["pred_vggss"], np.ones((3, 3)))[:224, :224]  # not their map: a 224 map to score
+    np.savez(tmp_path / "maps.npz", **{CLIP: full})
+    got = {}
+    for rule in ("median", "adaptive"):
+        code, out = cli("eval", "--maps", tmp_path / "maps.npz", "--annotations", tmp_path / "vggss.json",
+                        "--threshold", rule, "--json", tmp_path / f"{rule}.json")
+        assert code == 0, out
+        got[rule] = json.loads((tmp_path / f"{rule}.json").read_text())
+    assert got["adaptive"]["threshold"] == "adaptive" and "threshold" not in got["median"]
+    want = {r: metrics.score_map(full, gt, "lvs", threshold=r).ciou for r in ("median", "adaptive")}
+    assert want["median"] != want["adaptive"]
+    for r in ("median", "adaptive"):
+        assert got[r]["summary"]["mean_ciou"] == pytest.approx(want[r], abs=1e-9)
+    code, out = cli("eval", "--maps", tmp_path / "maps.npz", "--annotations", tmp_path / "vggss.json",
+                    "--threshold", "top")
+    assert code != 0 and "median, adaptive" in out
