@@ -15,6 +15,18 @@ EZ-VSL, FNAC-AVL and SLAVC share one ``datasets.py`` loader (their test code, re
   for EZ-VSL and FNAC's first test, bicubic for FNAC's second and for SLAVC), min-max
   normalised, blended with the object prior (each normalised), normalised again.
 
+LVS (``datasets/dataloader.py`` of its repository) and SSL-Align (its ``datasets_lvs.py``, which
+its test.py uses for its own model) read differently (``Loader``):
+
+- **frame**: LVS ``Resize(224, BICUBIC)`` on the PIL image (shorter side to 224, PIL's
+  antialiased bicubic) then ``CenterCrop(224)``; SSL-Align ``ToTensor()`` *first*, then
+  torchvision's tensor ``Resize((224, 224), BICUBIC)`` (antialiased, on floats: no rounding to
+  uint8; PIL's float-image bicubic is the same filter).
+- **audio**: ``soundfile.read`` of the wav (int16 / 32768, not 32767); a file shorter than 10 s
+  tiled to 10 s, the first 10 s kept, clipped to [-1, 1]. LVS feeds all 10 s (noverlap 274:
+  257x671); SSL-Align its samples [3.5 s, 6.5 s) (noverlap 353: 257x299) and, for a stereo file,
+  the first channel (LVS's loader fails on stereo; soundloc takes the channel mean there).
+
 What this module does not do: resample. The authors' wavs are 16 kHz; a file at another rate
 is resampled to 16 kHz by libswresample first (the models' spectrogram is 257x200 only there).
 """
@@ -75,8 +87,9 @@ class AudioTrack:
     end: float
 
 
-def read_track(path: str | os.PathLike, rate: int = SAMPLE_RATE) -> AudioTrack:
-    """Decode the first audio stream the way their ``load_audio_av`` does (s16 mono)."""
+def read_track(path: str | os.PathLike, rate: int = SAMPLE_RATE, channel: int | None = None) -> AudioTrack:
+    """Decode the first audio stream the way their ``load_audio_av`` does (s16 mono), or only
+    its channel ``channel`` (SSL-Align's loader keeps a stereo file's first channel)."""
     import av
 
     from .media import MediaError, one_line
@@ -93,15 +106,17 @@ def read_track(path: str | os.PathLike, rate: int = SAMPLE_RATE) -> AudioTrack:
         start = stream.start_time * tb if stream.start_time is not None else Fraction(0)
         duration = stream.duration * tb if stream.duration is not None else \
             Fraction(container.duration or 0, av.time_base)
-        resampler = av.AudioResampler(format="s16p", layout="mono", rate=rate)
+        layout = "mono" if channel is None else stream.layout.name
+        resampler = av.AudioResampler(format="s16p", layout=layout, rate=rate)
+        pick = 0 if channel is None else channel
         chunks, first = [], None
         try:
             for frame in container.decode(audio=0):
                 if first is None and frame.pts is not None:
                     first = frame.pts * frame.time_base
                 frame.pts = None
-                chunks += [f.to_ndarray()[0] for f in resampler.resample(frame)]
-            chunks += [f.to_ndarray()[0] for f in resampler.resample(None)]
+                chunks += [f.to_ndarray()[pick] for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray()[pick] for f in resampler.resample(None)]
         except av.FFmpegError as e:
             raise MediaError(f"{path}: corrupt audio ({one_line(e)})") from None
     if not chunks:
@@ -128,6 +143,69 @@ def window(track: AudioTrack, start: float, seconds: float = WINDOW_SECONDS) -> 
     if 0 < len(audio) < want:
         audio = np.tile(audio, int(want / len(audio)) + 1)
     return np.pad(audio, (0, max(0, want - len(audio))))[:want]
+
+
+SOUNDFILE_SCALE = 32768  # soundfile.read gives int16 PCM as samples / 32768
+
+
+@dataclass(frozen=True)
+class Loader:
+    """LVS's and SSL-Align's test loaders (see the module docstring): ``frame`` "crop" (LVS) or
+    "tensor" (SSL-Align); stereo to ``mono`` "mean" or "first"; ``length`` seconds from the
+    file's start (tiled when shorter), of which ``span`` (seconds) is the model's window."""
+
+    frame: str
+    mono: str
+    length: float = 10.0
+    span: tuple[float, float] = (0.0, 10.0)
+
+    def read_frame(self, rgb: np.ndarray, size: int) -> np.ndarray:
+        """(H, W, 3) uint8 -> (size, size, 3): uint8 (crop) or float32 on the 0..255 scale (tensor)."""
+        return crop_frame(rgb, size) if self.frame == "crop" else tensor_resize(rgb, size)
+
+    def read_audio(self, path: str | os.PathLike) -> AudioTrack:
+        return read_track(path, channel=0 if self.mono == "first" else None)
+
+    def window(self, track: AudioTrack, shift: float = 0.0) -> np.ndarray:
+        """The span's samples (float64), ``shift`` seconds later (another frame of a video;
+        zeros outside the tiled ``length``)."""
+        x = track.samples / SOUNDFILE_SCALE
+        n = int(track.rate * self.length)
+        if 0 < len(x) < n:
+            x = np.tile(x, int(n / len(x)) + 1)
+        x = np.clip(x[:n], -1.0, 1.0)
+        start, stop = int(track.rate * self.span[0]), int(track.rate * self.span[1])
+        first = start + int(round(shift * track.rate))
+        out = np.zeros(stop - start)
+        lo, hi = max(first, 0), min(first + len(out), len(x))
+        if hi > lo:
+            out[lo - first:hi - first] = x[lo:hi]
+        return out
+
+
+def crop_frame(rgb: np.ndarray, size: int) -> np.ndarray:
+    """torchvision's ``Resize(size, BICUBIC)`` (the shorter side to ``size``, the longer
+    ``int(size * long / short)``) then ``CenterCrop(size)``, on a PIL image."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    short, long = (w, h) if w <= h else (h, w)
+    new_long = int(size * long / short)
+    nw, nh = (size, new_long) if w <= h else (new_long, size)
+    im = np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize((nw, nh), Image.BICUBIC))
+    top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+    return im[top:top + size, left:left + size]
+
+
+def tensor_resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    """``ToTensor()`` then torchvision's antialiased bicubic ``Resize((size, size))`` of the float
+    tensor (PIL's float-image bicubic, per channel), back on the 0..255 scale (float32)."""
+    from PIL import Image
+
+    x = np.asarray(rgb, np.float32) / np.float32(255)
+    chans = [np.asarray(Image.fromarray(np.ascontiguousarray(x[..., c]), mode="F").resize((size, size), Image.BICUBIC))
+             for c in range(3)]
+    return np.stack(chans, axis=-1) * np.float32(255)
 
 
 # -- maps at evaluation --------------------------------------------------------------------------

@@ -101,12 +101,14 @@ def gt_map(ann: Annotation, dataset: str) -> np.ndarray:
 
 
 def score_maps(maps: Mapping[str, np.ndarray], gt: Annotations, protocol: str = metrics.DEFAULT_PROTOCOL,
-               source: str = "") -> EvalResult:
-    """Score every annotated clip that has a map; maps may be of any (h, w) size.
+               source: str = "", threshold: str = "median") -> EvalResult:
+    """Score every annotated clip that has a map; maps may be of any (h, w) size. ``threshold``:
+    ``metrics.THRESHOLD_RULES`` (an adaptive one is recorded in the result's ``extra``).
 
     Raises :class:`EvalError` when no annotated clip has a map (wrong ids, wrong file).
     """
     metrics.check_protocol(protocol)
+    metrics.check_threshold(threshold)
     records = []
     missing = []
     for ann in gt:
@@ -114,7 +116,7 @@ def score_maps(maps: Mapping[str, np.ndarray], gt: Annotations, protocol: str = 
             missing.append(ann.id)
             continue
         try:
-            s = metrics.score_map(maps[ann.id], gt_map(ann, gt.kind), protocol)
+            s = metrics.score_map(maps[ann.id], gt_map(ann, gt.kind), protocol, threshold)
         except metrics.MetricError as e:
             raise EvalError(f"map of clip {ann.id!r}: {e}") from None
         records.append(ClipScore(ann.id, s.ciou, s.pointing, s.pred_pixels, s.gt_pixels, ann.empty, s.non_finite))
@@ -134,6 +136,7 @@ def score_maps(maps: Mapping[str, np.ndarray], gt: Annotations, protocol: str = 
         n_no_annotation=len(gt.missing),
         missing_ids=tuple(missing),
         source=source,
+        extra={"threshold": threshold} if threshold != "median" else {},
     )
 
 

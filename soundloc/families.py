@@ -16,6 +16,10 @@ graphs and their verification), so this module never imports torch:
 - ``fnac`` (FNAC-AVL) and ``slavc`` (SLAVC, two heads averaged): EZ-VSL's inputs and step; they
   differ in their networks (``model.ezvsl``) and in how their authors' test code upsamples and
   scales the map it scores (``variants``, used with ``config.preprocess == "authors"``).
+- ``lvs`` (LVS, Chen et al. 2021) and ``sslalign`` (Senocak et al. 2023, LVS's network): ResNet-18s
+  whose layer4 keeps stride 1, a 14x14 cosine map without projection heads (``model.lvs``); the
+  same per-frame step with their own audio windows (``audio_seconds``, ``spec_noverlap``: LVS
+  10 s, SSL-Align 3 s at noverlap 353) and test loaders (``loader``, ``soundloc.authors``).
 
 A new family is one entry here, one in each of those two tables, and its model module.
 """
@@ -28,8 +32,9 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .authors import MapRule
+from .authors import Loader, MapRule
 from .preprocess import file_inputs
+from .mel import SPEC_NOVERLAP
 from .config import MELS_PER_STEP, NORM_EPS, SAMPLE_RATE, SAMPLES_PER_STEP, VIDEO_MEAN, VIDEO_STD, Config, ConfigError
 
 # EZ-VSL's facts (its authors' test code): ImageNet normalisation at 224 px, a 3 s audio window,
@@ -42,6 +47,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EZVSL_IMAGE_SIZE = 224
 EZVSL_AUDIO_SECONDS = 3.0  # the audio net's window, at SAMPLE_RATE (VGGSound's wavs are 16 kHz mono)
 EZVSL_PRIOR_ALPHA = 0.4  # weight of the audio-visual map against the object prior (EZ-VSL's test.py)
+LVS_AUDIO_SECONDS = 10.0  # LVS's loader: the clip's first 10 s (257x671 at noverlap 274)
+SSLALIGN_SPAN = (3.5, 6.5)  # SSL-Align's loader: these seconds of the first 10 s
+SSLALIGN_NOVERLAP = 353  # ... as a spectrogram with noverlap 353 (hop 159): 257x299
 EZVSL_TAU = 0.03  # the contrastive loss's temperature (EZ-VSL's train.py default)
 # `soundloc train --family ezvsl --preset NAME`: the ResNet-18s' width (Config.width). paper: the
 # published networks (what `soundloc import ezvsl` loads); small: an eighth of the channels (as the classifier's small),
@@ -83,6 +91,9 @@ class Family:
     variants: dict[str, MapRule] = field(default_factory=dict)
     # the object-prior blend: None = each map min-max normalised (EZ-VSL); else fixed (cosine, prior) ranges
     prior_ranges: PriorRanges | None = None
+    audio_seconds: float = EZVSL_AUDIO_SECONDS  # the audio net's window (spectrogram families)
+    spec_noverlap: int = SPEC_NOVERLAP  # its scipy spectrogram's overlap (hop 512 - noverlap)
+    loader: Loader | None = None  # its authors' test loader; None: EZ-VSL's (soundloc.authors)
 
     def variant(self, config: Config) -> str:
         """The config's map variant, checked (its first when the config names none)."""
@@ -101,7 +112,8 @@ class Family:
         """One line: family, map variant, preprocessing (what `soundloc info` prints)."""
         variant = self.variant(config)
         prior = f", object prior alpha {config.prior_alpha:g}" if config.prior_alpha is not None else ""
-        pre = ("authors' (PIL bicubic frame, their audio loader and map upsampling; streams use soundloc's)"
+        theirs = "PIL bicubic frame" if self.loader is None else "their frame resize"
+        pre = (f"authors' ({theirs}, their audio loader and map upsampling; streams use soundloc's)"
                if config.preprocess == "authors" else "soundloc's default")
         return f"{self.name}" + (f", variant {variant}" if variant else "") + f"{prior}; preprocessing {pre}"
 
@@ -115,7 +127,13 @@ class Family:
             return (1, MELS_PER_STEP, config.n_mels)
         from .mel import spectrogram_shape
 
-        return (1, *spectrogram_shape(EZVSL_AUDIO_SECONDS, config.sample_rate))
+        return (1, *spectrogram_shape(self.audio_seconds, config.sample_rate, self.spec_noverlap))
+
+    def spectrogram(self, audio: np.ndarray) -> np.ndarray:
+        """This family's log spectrogram of one audio window (``mel.log_spectrogram``)."""
+        from .mel import log_spectrogram
+
+        return log_spectrogram(audio, SAMPLE_RATE, self.spec_noverlap)
 
     def frame_shape(self, config: Config) -> tuple[int, ...]:
         return (3, 1, config.image_size, config.image_size)
@@ -178,7 +196,7 @@ class WindowFeeder:
 
     def __init__(self, config: Config, family: Family, window: str) -> None:
         self.config, self.family = config, family
-        self.length = int(round(EZVSL_AUDIO_SECONDS * SAMPLE_RATE))
+        self.length = int(round(family.audio_seconds * SAMPLE_RATE))
         # first sample of step t's window, relative to 1600 * t (the frame's time)
         self.offset = SAMPLES_PER_STEP - self.length if window == "trailing" else -(self.length // 2)
         self.lookahead = max(0, -(-(self.offset + self.length - SAMPLES_PER_STEP) // SAMPLES_PER_STEP))
@@ -216,10 +234,10 @@ class WindowFeeder:
         return step * SAMPLES_PER_STEP + self.offset
 
     def _pair(self, step: int, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from .mel import audio_window, log_spectrogram
+        from .mel import audio_window
 
         audio = audio_window(self.audio, self.first_sample(step) - self.start, self.length)
-        return self.family.normalise(small[None])[:, 0][None], log_spectrogram(audio)[None]
+        return self.family.normalise(small[None])[:, 0][None], self.family.spectrogram(audio)[None]
 
 
 def ezvsl_file_inputs(path: Any, config: Config, seconds: float | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -227,7 +245,7 @@ def ezvsl_file_inputs(path: Any, config: Config, seconds: float | None = None) -
     frames (1, 3, T, 224, 224) and the spectrogram of the 3 s centred on each frame
     (1, T, 257, 200): what its authors' test code computes for one frame, at every frame.
     ``config.preprocess == "authors"``: their frame resize and audio loader (``soundloc.authors``)."""
-    from .mel import audio_window, log_spectrogram
+    from .mel import audio_window
     from .media import load_clip
     from .stills import StillClip
 
@@ -239,25 +257,29 @@ def ezvsl_file_inputs(path: Any, config: Config, seconds: float | None = None) -
     clip = load_clip(path, seconds=seconds, size=config.image_size)
     feeder = WindowFeeder(config, family, "centered")
     audio = np.asarray(clip.audio, np.float32)
-    specs = [log_spectrogram(audio_window(audio, feeder.first_sample(t), feeder.length)) for t in range(len(clip.frames))]
+    specs = [family.spectrogram(audio_window(audio, feeder.first_sample(t), feeder.length)) for t in range(len(clip.frames))]
     return family.normalise(clip.frames)[None], np.stack(specs)[None]
 
 
 def _still_inputs(clip: Any, config: Config) -> tuple[np.ndarray, np.ndarray]:
     """One frame and its wav (the authors' layout): the window centred on the audio's middle."""
     from . import authors
-    from .mel import audio_window, log_spectrogram
+    from .mel import audio_window
     from .stills import still_audio, still_frame
 
-    size, length = config.image_size, int(round(EZVSL_AUDIO_SECONDS * SAMPLE_RATE))
-    if config.preprocess == "authors":
+    family = family_of(config)
+    size, length = config.image_size, int(round(family.audio_seconds * SAMPLE_RATE))
+    if config.preprocess == "authors" and family.loader is not None:
+        frame = family.loader.read_frame(authors.load_image(clip.frame), size)
+        audio = family.loader.window(family.loader.read_audio(clip.audio))
+    elif config.preprocess == "authors":
         frame = authors.resize_frame(authors.load_image(clip.frame), size)
         track = authors.read_track(clip.audio)
         audio = authors.window(track, authors.centre_start(track, EZVSL_AUDIO_SECONDS), EZVSL_AUDIO_SECONDS)
     else:
         frame, samples = still_frame(clip.frame, size), still_audio(clip.audio)
         audio = audio_window(samples, len(samples) // 2 - length // 2, length)
-    return family_of(config).normalise(frame[None])[None], log_spectrogram(audio)[None, None]
+    return family.normalise(frame[None])[None], family.spectrogram(audio)[None, None]
 
 
 def _authors_video_inputs(path: Any, config: Config, seconds: float | None) -> tuple[np.ndarray, np.ndarray]:
@@ -266,16 +288,21 @@ def _authors_video_inputs(path: Any, config: Config, seconds: float | None) -> t
     others 0.1 s apart from it, each read by their loader."""
     from . import authors
     from .media import load_clip
-    from .mel import log_spectrogram
 
+    family = family_of(config)
     clip = load_clip(path, seconds=seconds, size=None)
+    T = len(clip.frames)
+    if family.loader is not None:  # LVS, SSL-Align: the middle frame gets their window, the others 0.1 s apart
+        track = family.loader.read_audio(path)
+        frames = np.stack([family.loader.read_frame(f, config.image_size) for f in clip.frames])
+        specs = [family.spectrogram(family.loader.window(track, (t - T // 2) / config.fps)) for t in range(T)]
+        return family.normalise(frames)[None], np.stack(specs)[None]
     frames = np.stack([authors.resize_frame(f, config.image_size) for f in clip.frames])
     track = authors.read_track(path)
     middle = authors.centre_start(track, EZVSL_AUDIO_SECONDS)
-    T = len(frames)
-    specs = [log_spectrogram(authors.window(track, middle + (t - T // 2) / config.fps, EZVSL_AUDIO_SECONDS))
+    specs = [family.spectrogram(authors.window(track, middle + (t - T // 2) / config.fps, EZVSL_AUDIO_SECONDS))
              for t in range(T)]
-    return family_of(config).normalise(frames)[None], np.stack(specs)[None]
+    return family.normalise(frames)[None], np.stack(specs)[None]
 def ezvsl_config(preset: str = "paper", **overrides: Any) -> Config:
     """The config of an ezvsl model: 224 px frames, cosine maps, one frame per map, EZ-VSL's tau,
     the preset's width (``EZVSL_PRESETS``), then ``overrides``."""
@@ -341,4 +368,20 @@ FAMILIES: dict[str, Family] = {
         std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead,
         variants={v: MapRule("bicubic", True, "bicubic", True, cos_range=SLAVC_RANGES[0], prior_range=SLAVC_RANGES[1])
                   for v in ("online", "momentum")}, prior_ranges=SLAVC_RANGES),
+    # LVS (Chen et al., CVPR 2021): its test.py resizes the 14x14 map with cv2's INTER_LINEAR
+    # (pixel centres) and thresholds at the median (`--protocol lvs`); its loader feeds 10 s
+    "lvs": Family(
+        "lvs", "LVS (ResNet-18s, layer4 stride 1: 14x14 cosine map; 10 s of audio)",
+        audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead,
+        variants={"cosine": MapRule("bilinear", align_corners=False)}, audio_seconds=LVS_AUDIO_SECONDS,
+        loader=Loader("crop", "mean", 10.0, (0.0, LVS_AUDIO_SECONDS))),
+    # SSL-Align (Senocak et al., ICCV 2023): LVS's network; its test.py (validate_lvs) resizes
+    # VGG-SS maps with cv2 (pixel centres) and the other test sets' with align_corners=True
+    "sslalign": Family(
+        "sslalign", "SSL-Align (LVS's network: 14x14 cosine map; 3 s of audio at noverlap 353)",
+        audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
+        std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead,
+        variants={"vggss": MapRule("bilinear", align_corners=False), "flickr": MapRule("bilinear", align_corners=True)},
+        spec_noverlap=SSLALIGN_NOVERLAP, loader=Loader("tensor", "first", 10.0, SSLALIGN_SPAN)),
 }

@@ -122,21 +122,22 @@ class StreamingLogMel:
         return _frames_to_log_mel(frames)
 
 
-def log_spectrogram(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def log_spectrogram(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, noverlap: int = SPEC_NOVERLAP) -> np.ndarray:
     """EZ-VSL's audio input: ``scipy.signal.spectrogram`` (nperseg 512, noverlap 274, its
     defaults otherwise: Tukey(0.25) window, PSD scaling) of the waveform clipped to [-1, 1],
-    then ``log(S + 1e-7) / 12``: 3 s at 16 kHz -> (257, 200) float32."""
+    then ``log(S + 1e-7) / 12``: 3 s at 16 kHz -> (257, 200) float32. LVS uses the same on
+    10 s (257, 671); SSL-Align ``noverlap`` 353 on 3 s (257, 299)."""
     from scipy import signal
 
     x = np.clip(np.asarray(audio, np.float64), -1.0, 1.0)
-    _, _, spec = signal.spectrogram(x, sample_rate, nperseg=SPEC_NPERSEG, noverlap=SPEC_NOVERLAP)
+    _, _, spec = signal.spectrogram(x, sample_rate, nperseg=SPEC_NPERSEG, noverlap=noverlap)
     return (np.log(spec + SPEC_FLOOR) / SPEC_SCALE).astype(np.float32)
 
 
-def spectrogram_shape(seconds: float, sample_rate: int = SAMPLE_RATE) -> tuple[int, int]:
+def spectrogram_shape(seconds: float, sample_rate: int = SAMPLE_RATE, noverlap: int = SPEC_NOVERLAP) -> tuple[int, int]:
     """(frequencies, frames) of ``log_spectrogram`` on ``seconds`` of audio."""
     n = int(round(seconds * sample_rate))
-    return SPEC_NPERSEG // 2 + 1, (n - SPEC_NOVERLAP) // (SPEC_NPERSEG - SPEC_NOVERLAP)
+    return SPEC_NPERSEG // 2 + 1, (n - noverlap) // (SPEC_NPERSEG - noverlap)
 
 
 def audio_window(audio: np.ndarray, start: int, length: int) -> np.ndarray:

@@ -41,6 +41,10 @@ from .localize import normalise, upsample
 from .errors import SoundlocError
 
 PROTOCOLS = ("lvs", "ezvsl")
+# how the normalised map is cut: the median (both protocols), or SSL-Align's adaptive threshold (its
+# test.py's cIoU_adap: as many pixels predicted as the GT has, ``thr = sort(P)[n - |G > 0|]``, ``P > thr``;
+# half the frame for an empty GT)
+THRESHOLD_RULES = ("median", "adaptive")
 DEFAULT_PROTOCOL = "lvs"
 THRESHOLDS = tuple(0.05 * i for i in range(21))  # success-curve thresholds, as the reference code builds them
 
@@ -88,6 +92,20 @@ def sanitize(m: np.ndarray) -> tuple[np.ndarray | None, bool]:
     if not finite.any():
         return None, True
     return np.where(finite, m, m[finite].min()), True
+
+
+def check_threshold(rule: str) -> str:
+    if rule not in THRESHOLD_RULES:
+        raise MetricError(f"unknown threshold {rule!r}; choose from {', '.join(THRESHOLD_RULES)}")
+    return rule
+
+
+def adaptive_binarize(p: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """SSL-Align's adaptive threshold (``THRESHOLD_RULES``): ``P > sort(P)[n - |G > 0|]``."""
+    n = p.size
+    k = int(np.count_nonzero(gt)) or n // 2
+    thr = np.partition(p.ravel(), n - k)[n - k] if k < n else p.min()
+    return (p > thr).astype(np.float64)
 
 
 def binarize(p: np.ndarray, protocol: str = DEFAULT_PROTOCOL) -> np.ndarray:
@@ -146,12 +164,15 @@ def pointing_hit(p: np.ndarray, gt: np.ndarray) -> bool:
     return bool(gt[y, x] > 0)
 
 
-def score_map(m: np.ndarray, gt: np.ndarray, protocol: str = DEFAULT_PROTOCOL) -> MapScore:
-    """Score one map of any (h, w) size against a (224, 224) GT map under ``protocol``."""
+def score_map(m: np.ndarray, gt: np.ndarray, protocol: str = DEFAULT_PROTOCOL, threshold: str = "median") -> MapScore:
+    """Score one map of any (h, w) size against a (224, 224) GT map under ``protocol`` (its
+    upsampling) and ``threshold`` (``THRESHOLD_RULES``)."""
     clean, non_finite = sanitize(as_map(m))
     if clean is None:
         return MapScore(0.0, False, 0, float(gt.sum()), True)
     p, pred = prediction(clean, protocol)
+    if check_threshold(threshold) == "adaptive":
+        pred = adaptive_binarize(p, gt)
     return MapScore(ciou(pred, gt), pointing_hit(p, gt), int(pred.sum()), float(gt.sum()), non_finite)
 
 

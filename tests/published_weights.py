@@ -38,3 +38,24 @@ def save_authors(path, state: dict, name: str = "best.pth") -> None:
     """Saved the way their train.py saves checkpoints: {'model', 'optimizer', 'epoch', numpy scalars}."""
     torch.save({"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
                 "epoch": 20, "best_cIoU": np.float64(0.39), "best_Auc": np.float64(0.4)}, path)
+
+
+def lvs_shapes() -> dict[str, tuple]:
+    """One trunk of LVS's AVENet as its base_models.ResNet holds it: torchvision's resnet18 keys
+    plus its two other stems (conv1_a: 1 channel, conv1_flow: 6) and its unused ImageNet fc
+    (layer4's stride is 1 there, which no key's shape shows)."""
+    return resnet18_shapes(3) | {"conv1_a.weight": (64, 1, 7, 7), "conv1_flow.weight": (64, 6, 7, 7),
+                                 "fc.weight": (1000, 512), "fc.bias": (1000,)}
+
+
+def lvs_state(prefix: str = "", seed: int = 0) -> dict[str, torch.Tensor]:
+    """LVS's (and SSL-Align's) AVENet.state_dict(): imgnet and audnet, each a whole ResNet."""
+    shapes = {f"{side}.{k}": s for side in ("imgnet", "audnet") for k, s in lvs_shapes().items()}
+    return {prefix + k: v for k, v in random_state(shapes, seed).items()}
+
+
+def save_lvs(path, state: dict) -> None:
+    """Saved the way LVS's training saved its released checkpoint (its test.py reads
+    checkpoint['model_state_dict']): with the optimizer's state and the epoch beside it."""
+    torch.save({"model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": [
+        {"lr": 1e-4, "params": [0, 1]}]}, "epoch": 80}, path)

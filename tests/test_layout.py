@@ -137,7 +137,7 @@ def test_every_family_has_its_model_and_export_parts() -> None:
     from soundloc.families import FAMILIES
     from soundloc.model.families import PARTS as MODEL_PARTS
 
-    assert set(FAMILIES) == set(MODEL_PARTS) == set(EXPORT_PARTS) == {"classifier", "ezvsl", "fnac", "slavc"}
+    assert set(FAMILIES) == set(MODEL_PARTS) == set(EXPORT_PARTS) == {"classifier", "ezvsl", "fnac", "slavc", "lvs", "sslalign"}
     assert MODEL_PARTS["ezvsl"].model.__name__ == "EZVSL" and EXPORT_PARTS["classifier"].graphs.__module__ == "soundloc.export.graphs"
 
 

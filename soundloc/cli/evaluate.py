@@ -27,6 +27,8 @@ def eval_command(
                                           "the authors' layout: frames/<clip_id>.jpg + audio/<clip_id>.wav."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="center (a centred Gaussian), or shuffled (with CKPT: each clip's video with another clip's audio)."),
     protocol: str = typer.Option("lvs", "--protocol", help="lvs (OpenCV resize, P > median) or ezvsl (align_corners, P >= median)."),
+    threshold: str = typer.Option("median", "--threshold", help="median (LVS, EZ-VSL and the others: half the "
+                                  "frame) or adaptive (SSL-Align's cIoU_adap: as many pixels as the clip's box)."),
     ids: Optional[Path] = typer.Option(None, "--ids", help="CSV whose first column lists the clip ids to evaluate (e.g. flickr_test.csv)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary and per-clip results here."),
     curve: Optional[Path] = typer.Option(None, "--curve", help="Write the success curve as a PNG here."),
@@ -47,6 +49,7 @@ def eval_command(
     check_preprocess(preprocess)
     try:
         metrics.check_protocol(protocol)
+        metrics.check_threshold(threshold)
         model_baseline = baseline == "shuffled"
         if sum(x is not None for x in (ckpt, maps, None if model_baseline else baseline)) != 1 or \
                 (model_baseline and ckpt is None):
@@ -64,7 +67,7 @@ def eval_command(
             source = f"{ckpt}" + (" (shuffled audio)" if model_baseline else "")
             windows = {}
             clip_maps, dependence = _checkpoint_maps(ckpt, videos, gt, baseline, preprocess, windows)
-        result = evaluate.score_maps(clip_maps, gt, protocol, source=source)
+        result = evaluate.score_maps(clip_maps, gt, protocol, source=source, threshold=threshold)
         if dependence is not None:
             result = dataclasses.replace(result, extra={**result.extra, "audio_dependence": dependence.to_dict()})
         if confidence is not None:

@@ -11,7 +11,7 @@ import typer
 from ..families import EZVSL_PRIOR_ALPHA, FAMILIES
 from .app import app, check_paths, check_range, fail
 
-importer = typer.Typer(help="Import a published localizer's checkpoint (ezvsl, fnac, slavc).", no_args_is_help=True)
+importer = typer.Typer(help="Import a published localizer's checkpoint (ezvsl, fnac, slavc, lvs, sslalign).", no_args_is_help=True)
 app.add_typer(importer, name="import")
 
 PREPROCESS_HELP = ("soundloc (default: the fastest faithful path) or authors (their PIL bicubic frame resize, audio "
@@ -77,3 +77,28 @@ def slavc(
 ) -> None:
     """Convert a SLAVC checkpoint (two heads averaged; 16 kHz audio, 224 px frames) into a soundloc model."""
     _import("slavc", ckpt, out, object_prior, alpha, preprocess, variant)
+
+
+@importer.command("lvs")
+def lvs(
+    ckpt: Path = typer.Argument(..., help="LVS checkpoint from its authors ({'model_state_dict': state_dict, ...}, "
+                                          "keys maybe prefixed module.)."),
+    out: Path = typer.Option(..., "--out", "-o", help="soundloc checkpoint (.pt) to write."),
+    preprocess: str = typer.Option("soundloc", help=PREPROCESS_HELP),
+) -> None:
+    """Convert an LVS checkpoint (14x14 maps, 10 s of 16 kHz audio, 224 px frames) into a soundloc model."""
+    _import("lvs", ckpt, out, None, EZVSL_PRIOR_ALPHA, preprocess, "")
+
+
+@importer.command("sslalign")
+def sslalign(
+    ckpt: Path = typer.Argument(..., help="SSL-Align checkpoint from its authors ({'model_state_dict': state_dict, "
+                                          "...}: LVS's network)."),
+    out: Path = typer.Option(..., "--out", "-o", help="soundloc checkpoint (.pt) to write."),
+    variant: str = typer.Option("vggss", help="The map its test.py scores: vggss (cv2 resize, pixel centres) or "
+                                              "flickr (bilinear, align_corners) upsampling of the 14x14 map "
+                                              "(with --preprocess authors)."),
+    preprocess: str = typer.Option("soundloc", help=PREPROCESS_HELP),
+) -> None:
+    """Convert an SSL-Align checkpoint (LVS's network; 14x14 maps, 3 s of 16 kHz audio) into a soundloc model."""
+    _import("sslalign", ckpt, out, None, EZVSL_PRIOR_ALPHA, preprocess, variant)

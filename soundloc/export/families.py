@@ -25,6 +25,8 @@ PARTS: dict[str, ExportParts] = {
     "ezvsl": ExportParts(ezvsl.graph_specs, ezvsl.verify),
     "fnac": ExportParts(ezvsl.graph_specs, ezvsl.verify),
     "slavc": ExportParts(ezvsl.graph_specs, ezvsl.verify),
+    "lvs": ExportParts(ezvsl.graph_specs, ezvsl.verify),
+    "sslalign": ExportParts(ezvsl.graph_specs, ezvsl.verify),
 }
 assert set(PARTS) == set(FAMILIES), "every family has its export parts"
 

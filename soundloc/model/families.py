@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import Config
 from ..families import FAMILIES, family_of
-from . import classifier, ezvsl
+from . import classifier, ezvsl, lvs
 from .streaming import StreamingModel
 
 
@@ -30,6 +30,8 @@ PARTS: dict[str, ModelParts] = {
     "ezvsl": ModelParts(ezvsl.EZVSL, ezvsl.EZVSLStep, ezvsl.networks),
     "fnac": ModelParts(ezvsl.EZVSL, ezvsl.EZVSLStep, ezvsl.networks),  # EZ-VSL's networks, its own maps' rule
     "slavc": ModelParts(ezvsl.SLAVC, ezvsl.EZVSLStep, ezvsl.networks),
+    "lvs": ModelParts(lvs.LVS, ezvsl.EZVSLStep, ezvsl.networks),
+    "sslalign": ModelParts(lvs.LVS, ezvsl.EZVSLStep, ezvsl.networks),  # LVS's network, its own inputs
 }
 assert set(PARTS) == set(FAMILIES), "every family has its PyTorch parts"
 

@@ -20,6 +20,7 @@ from ..families import EZVSL_IMAGE_SIZE, EZVSL_PRIOR_ALPHA, family_of
 from ..fileio import sha256_file
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .ezvsl import EZVSL, SLAVC
+from .lvs import LVS
 
 
 class ModelImportError(SoundlocError, ValueError):
@@ -32,16 +33,17 @@ def _numpy_scalar_globals() -> list:
     core = getattr(np, "_core", None) or np.core
     scalar = core.multiarray.scalar
     # numpy 1.x (the authors' 2022 environment) pickled the scalar under numpy.core
-    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype, type(np.dtype(np.float64)),
-            type(np.dtype(np.float32))]
+    return [scalar, (scalar, "numpy.core.multiarray.scalar"), np.dtype,
+            *(type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32))]
 
 
 def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
-    """A ``torch.save`` file's state dict (under ``'model'`` or ``'state_dict'``, or the file
-    itself), read with ``weights_only=True``, with any ``module.`` (DDP) prefix removed."""
+    """A ``torch.save`` file's state dict (under ``'model'``, ``'state_dict'`` or, LVS's and
+    SSL-Align's, ``'model_state_dict'``; or the file itself), read with ``weights_only=True``,
+    with any ``module.`` (DataParallel / DDP) prefix removed."""
     with torch.serialization.safe_globals(_numpy_scalar_globals()):
         data = read_checkpoint(path)
-    state = data.get("model", data.get("state_dict", data))
+    state = next((data[k] for k in STATE_KEYS if k in data), data) if isinstance(data, dict) else data
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not {what} (no state dict of tensors)")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
@@ -65,22 +67,27 @@ def match_state(module: nn.Module, state: dict[str, torch.Tensor], source: str, 
     module.load_state_dict(state)
 
 
-TITLES = {"ezvsl": "EZ-VSL", "fnac": "FNAC-AVL", "slavc": "SLAVC"}  # families whose networks are model.ezvsl's
+STATE_KEYS = ("model", "state_dict", "model_state_dict")  # where the authors' training code puts the weights
+TITLES = {"ezvsl": "EZ-VSL", "fnac": "FNAC-AVL", "slavc": "SLAVC",  # model.ezvsl's networks
+          "lvs": "LVS", "sslalign": "SSL-Align"}  # model.lvs's
 MOMENTUM = "momentum_"  # SLAVC's momentum encoders' key prefix (its `--use_mom_eval` maps)
 
 
 def convert(ckpt: str | Path, object_prior: str | Path | None = None,
             prior_alpha: float = EZVSL_PRIOR_ALPHA, family: str = "ezvsl", preprocess: str = "soundloc",
             variant: str = "") -> EZVSL:
-    """A published checkpoint of EZ-VSL's architecture (EZ-VSL's or FNAC-AVL's best.pth, SLAVC's
-    two-head latest.pth; and, for the object prior, torchvision's ImageNet ``resnet18`` weights)
-    -> the model, in eval mode. SLAVC's ``variant`` picks its online or momentum encoders; both
+    """A published checkpoint (EZ-VSL's or FNAC-AVL's best.pth, SLAVC's two-head latest.pth, LVS's
+    or SSL-Align's ``{'model_state_dict': ...}``; and, for the object prior, torchvision's
+    ImageNet ``resnet18`` weights) -> the model, in eval mode. SLAVC's ``variant`` picks its online or momentum encoders; both
     sets must be whole (each key checked by name), the other set is not kept."""
     config = Config(family=family, image_size=EZVSL_IMAGE_SIZE, num_classes=0, window_seconds=0.1, map_kind="cosine",
                     prior_alpha=prior_alpha if object_prior is not None else None, preprocess=preprocess,
                     variant=variant)
     chosen = family_of(config).variant(config)  # refuses an unknown variant by name
-    model = (SLAVC if family == "slavc" else EZVSL)(config)
+    if family in ("lvs", "sslalign") and object_prior is not None:
+        raise ModelImportError(f"{TITLES[family]}: no object prior here (its 7x7 prior and the 14x14 map would "
+                               "need their own blend; import without --object-prior)")
+    model = {"slavc": SLAVC, "lvs": LVS, "sslalign": LVS}.get(family, EZVSL)(config)
     state = read_state_dict(ckpt, f"a {TITLES[family]} checkpoint")
     trunks = {k: v for k, v in state.items() if not k.startswith("objnet.")}
     names = model.image_parts + model.audio_parts
@@ -102,7 +109,7 @@ def convert(ckpt: str | Path, object_prior: str | Path | None = None,
 def import_ezvsl(ckpt: str | Path, out: str | Path, object_prior: str | Path | None = None,
                  prior_alpha: float = EZVSL_PRIOR_ALPHA, family: str = "ezvsl", preprocess: str = "soundloc",
                  variant: str = "") -> dict[str, Any]:
-    """`soundloc import ezvsl|fnac|slavc`: write a soundloc checkpoint of the model in ``ckpt``
+    """`soundloc import ezvsl|fnac|slavc|lvs|sslalign`: write a soundloc checkpoint of the model in ``ckpt``
     (atomically); returns what was recorded about its sources (the file's sha256 among them)."""
     if not 0 <= prior_alpha <= 1:
         raise ValueError(f"--alpha must be in [0, 1], not {prior_alpha}")
