@@ -58,7 +58,8 @@ MIN_DEPENDENCE_CLIPS = 2  # one clip has no other clip whose sound to play over 
 RECIPES: dict[str, tuple[dict, dict]] = {
     "paper": ({"head": "individual-fc", "map_kind": "dot", "contrastive_weight": 0.0}, {"schedule": "plateau"}),
     # the class-aware contrastive term (contrastive_weight=1) did not beat the map alone over two seeds;
-    # trained at 7x7 and read at 14x14 beat 7x7 and trained-at-14x14 on validation clips (issue 24)
+    # trained at 7x7 and read at 14x14 beat 7x7 and trained-at-14x14 on validation clips (issue 24);
+    # the same term on the deployed map's peak (contrastive_map="deployed", weights 1 and 0.3) lost on them
     "default": ({"head": "tied-fc", "map_kind": "salient", "contrastive_weight": 0.0, "fine_map": True,
                  "coarse_training": True}, {"schedule": "cosine"}),
 }
