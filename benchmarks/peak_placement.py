@@ -136,7 +136,7 @@ def evaluate_run(ckpt: Path, data: Path, gt, tracks: dict, fine: bool = False) -
     shuffled = {f.clip_id: window_map(f.alpha(feats[j].za), frame[f.clip_id], steps) for f, j in zip(feats, other)}
     cfg = an.config
     return {"ckpt": str(ckpt), "clips": len(feats), "map_size": list(next(iter(own.values())).shape),
-            "config": {k: getattr(cfg, k) for k in ("head", "map_kind", "contrastive_weight", "fine_map")},
+            "config": {k: getattr(cfg, k) for k in ("head", "map_kind", "contrastive_weight", "contrastive_map", "fine_map")},
             "map": full(own, gt, tracks, frame), "shuffled": full(shuffled, gt, tracks, frame)}
 
 

@@ -59,6 +59,71 @@ def test_contrastive_loss_matches_a_hand_computed_value():
     assert float(contrastive_loss(V, za, torch.tensor([0, 1, 2]), 1.0)) > (a2v + v2a) / 2
 
 
+def test_contrastive_loss_on_the_deployed_salient_map_matches_a_hand_computed_value():
+    """Issue 24's peak term: the same loss on the peak of the salient map (cos x |V|^p, the
+    map the model deploys). Only clip 1's second location has |V| != 1 (|(0, 2)| = 2), so
+    S differs from the cosine's at [1, 1] alone: cos 1 x 2^p = q."""
+    V, za, labels = tiny_batch()
+    q = 2 ** SALIENCE_POWER
+    S = pair_similarity(V, za, "salient")
+    np.testing.assert_allclose(S.numpy(), [[1, 0, 1], [1, q, 0], [0, 0, 1]], atol=1e-6)
+    e = math.e
+    # audio->video rows: [1, -, 1] -> log 2; [-, q, 0] -> log(1 + e^-q); [0, 0, 1] -> log(1 + 2/e)
+    # video->audio rows: [1, -, 0] -> log(1 + 1/e); [-, q, 0] -> log(1 + e^-q); [1, 0, 1] -> log(2 + 1/e)
+    a2v = (math.log(2) + math.log(1 + e ** -q) + math.log(1 + 2 / e)) / 3
+    v2a = (math.log(1 + 1 / e) + math.log(1 + e ** -q) + math.log(2 + 1 / e)) / 3
+    assert float(contrastive_loss(V, za, labels, 1.0, "salient")) == pytest.approx((a2v + v2a) / 2, rel=1e-6)
+    # at temperature 0.5 every logit doubles: the loss is the same sums with 2S
+    half = float(contrastive_loss(V, za, labels, 0.5, "salient"))
+    a2v2 = (math.log(2) + math.log(1 + e ** (-2 * q)) + math.log(1 + 2 / e ** 2)) / 3
+    v2a2 = (math.log(1 + 1 / e ** 2) + math.log(1 + e ** (-2 * q)) + math.log(2 + 1 / e ** 2)) / 3
+    assert half == pytest.approx((a2v2 + v2a2) / 2, rel=1e-6)
+    # the peak, not the mean: a location that matches nothing does not lower a clip's score
+    V2 = V.clone()
+    V2[1, :, 0, 0, 0] = torch.tensor([0.0, -5.0])  # clip 1's first location turns away from audio 1
+    assert float(pair_similarity(V2, za, "salient")[1, 1]) == pytest.approx(q)
+
+
+def test_training_loss_scores_the_map_contrastive_map_names():
+    """``contrastive_map="deployed"`` scores the config's map_kind; "cosine" (the default, issue
+    10's term) the cosine map whatever the map_kind; anything else is refused."""
+    from soundloc.config import CONTRASTIVE_MAPS, ConfigError
+    from soundloc.model.classifier import Features
+
+    V, za, labels = tiny_batch()
+    logits = {k: torch.zeros(3, 3) for k in ("vision", "audio", "av")}
+    ce, _ = classification_loss(logits, labels)
+    cfg = preset("tiny", num_classes=3, head="tied-fc", map_kind="salient", contrastive_weight=2.0,
+                 contrastive_temperature=1.0)
+    assert cfg.contrastive_map == "cosine" and CONTRASTIVE_MAPS == ("cosine", "deployed")
+    feats = Features(V=V, zv=za, za=za)
+    for name, kind in (("cosine", "cosine"), ("deployed", "salient")):
+        total, parts = training_loss(cfg.replace(contrastive_map=name), logits, feats, labels)
+        c = float(contrastive_loss(V, za, labels, 1.0, kind))
+        assert parts["contrastive"] == pytest.approx(c) and float(total) == pytest.approx(float(ce) + 2 * c, rel=1e-6)
+    assert float(contrastive_loss(V, za, labels, 1.0, "salient")) != pytest.approx(
+        float(contrastive_loss(V, za, labels, 1.0, "cosine")))
+    with pytest.raises(ConfigError, match="contrastive_map must be one of cosine, deployed"):
+        cfg.replace(contrastive_map="peak")
+
+
+def test_deployed_map_contrastive_gradients_reach_both_networks():
+    """The peak term on the deployed map of a default-recipe model (salient, trained at 7x7)
+    sends gradient into every stage of both backbones, and none into the classifier."""
+    cfg = preset("tiny", num_classes=3, clip_seconds=0.4, **{**RECIPES["default"][0], "contrastive_weight": 1.0,
+                                                            "contrastive_map": "deployed"})
+    torch.manual_seed(0)
+    model = AVClassifier(cfg).train()
+    video, mel, labels = torch.randn(4, 3, 4, 112, 112), torch.randn(4, 1, 40, 80), torch.tensor([0, 1, 2, 0])
+    _, feats = model(video, mel, with_features=True)
+    contrastive_loss(feats.V, feats.za, labels, cfg.contrastive_temperature, cfg.map_kind).backward()
+    for name, net in (("video", model.video), ("audio", model.audio)):
+        for stage in ("stem", "layer1", "layer4"):
+            g = sum(float(p.grad.abs().sum()) for p in getattr(net, stage).parameters() if p.grad is not None)
+            assert g > 0, (name, stage)
+    assert model.fc.weight.grad is None
+
+
 def test_training_loss_adds_the_weighted_term_and_reports_it():
     cfg = preset("tiny", num_classes=3, head="tied-fc", map_kind="cosine", contrastive_weight=0.5,
                  contrastive_temperature=1.0)
@@ -117,7 +182,8 @@ def test_model_trained_with_the_objective_exports_and_verifies(tmp_path):
     from soundloc.export.onnx import export_model
     from soundloc.export.verify import offline_onnx, random_clip, verify
 
-    cfg = preset("small", num_classes=3, **{**RECIPES["default"][0], "contrastive_weight": 1.0})
+    cfg = preset("small", num_classes=3, **{**RECIPES["default"][0], "contrastive_weight": 1.0,
+                                              "contrastive_map": "deployed"})  # the peak term on the deployed map
     torch.manual_seed(0)
     model = AVClassifier(cfg)
     randomise_batchnorm(model)

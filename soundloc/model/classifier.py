@@ -12,8 +12,9 @@ normalised over channels first; ``"salient"``: the cosine times |V_t|^SALIENCE_P
 S_av[t] = z^V_t . z^A_t.
 
 ``contrastive_loss`` (config ``contrastive_weight`` > 0, not in the paper) is EZ-VSL's
-multiple-instance contrastive term on the very map the model is deployed with, with negatives
-chosen by class: see its docstring.
+multiple-instance contrastive term, with negatives chosen by class: see its docstring. It scores
+the peak of the cosine map, or (``contrastive_map="deployed"``) of the map the model deploys
+(``map_kind``), time-averaged over the crop as the window map is.
 """
 
 from __future__ import annotations
@@ -42,26 +43,36 @@ class Features:
     prior: torch.Tensor | None = None  # (B, T, h, w): a family's object prior (EZ-VSL), blended into maps
 
 
-def localization_maps(V: torch.Tensor, za: torch.Tensor, kind: str = "dot") -> torch.Tensor:
-    """alpha_t = V_t . z^A_t: (B, D, T, h, w), (B, T, D) -> (B, T, h, w); ``kind="cosine"``
-    normalises V over channels at each location and z^A_t first, ``"salient"`` keeps |V| to the
-    power ``SALIENCE_POWER`` (``soundloc.localize.step_maps`` is the numpy twin)."""
+def map_operands(V: torch.Tensor, za: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V, z^A) scaled so that their dot product is the ``kind`` map: unchanged for ``dot``; V
+    normalised over channels at each location and z^A_t normalised for ``cosine``; for
+    ``salient`` V divided by |V|^(1 - SALIENCE_POWER) instead, which leaves |V|^SALIENCE_POWER."""
     if kind in ("cosine", "salient"):
         norm = V.norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
         V = V / (norm if kind == "cosine" else norm ** (1 - SALIENCE_POWER))
         za = F.normalize(za, dim=-1, eps=NORM_EPS)
+    return V, za
+
+
+def localization_maps(V: torch.Tensor, za: torch.Tensor, kind: str = "dot") -> torch.Tensor:
+    """alpha_t = V_t . z^A_t: (B, D, T, h, w), (B, T, D) -> (B, T, h, w); ``kind="cosine"``
+    normalises V over channels at each location and z^A_t first, ``"salient"`` keeps |V| to the
+    power ``SALIENCE_POWER`` (``soundloc.localize.step_maps`` is the numpy twin)."""
+    V, za = map_operands(V, za, kind)
     return torch.einsum("bdthw,btd->bthw", V, za)
 
 
-def pair_similarity(V: torch.Tensor, za: torch.Tensor) -> torch.Tensor:
-    """S[i, j]: the peak over locations of the time-averaged cosine map of clip j's video with
-    clip i's audio, (B, D, T, h, w), (B, T, D) -> (B, B); the diagonal is each clip's own map."""
-    Vn, an = F.normalize(V, dim=1, eps=NORM_EPS), F.normalize(za, dim=-1, eps=NORM_EPS)
-    maps = torch.einsum("jdthw,itd->ijhw", Vn, an) / V.shape[2]
+def pair_similarity(V: torch.Tensor, za: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """S[i, j]: the peak over locations of the time-averaged ``kind`` map (``localization_maps``)
+    of clip j's video with clip i's audio, (B, D, T, h, w), (B, T, D) -> (B, B); the diagonal is
+    each clip's own map. Over a 3 s crop the time average is the centred window's map."""
+    V, za = map_operands(V, za, kind)
+    maps = torch.einsum("jdthw,itd->ijhw", V, za) / V.shape[2]
     return maps.flatten(2).amax(dim=2)
 
 
-def contrastive_loss(V: torch.Tensor, za: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+def contrastive_loss(V: torch.Tensor, za: torch.Tensor, labels: torch.Tensor, temperature: float,
+                     kind: str = "cosine") -> torch.Tensor:
     """Multiple-instance contrastive loss (EZ-VSL) with class-aware negatives.
 
     A clip's audio should match *some* location of its own video (the peak of its map) better
@@ -70,9 +81,10 @@ def contrastive_loss(V: torch.Tensor, za: torch.Tensor, labels: torch.Tensor, te
     negatives: with few classes, in-batch negatives often share the positive's class, and
     pushing them apart fights the classification losses (a plain in-batch version made maps
     worse in the issue's runs). A clip with no negative contributes zero. Under DDP the
-    negatives are the other clips of the same process's batch.
+    negatives are the other clips of the same process's batch. ``kind``: the map whose peak is
+    scored (``config.contrastive_map``: the cosine, or the map the model deploys).
     """
-    logits = pair_similarity(V, za) / temperature
+    logits = pair_similarity(V, za, kind) / temperature
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     logits = logits.masked_fill(same & ~eye, float("-inf"))
@@ -177,7 +189,8 @@ def training_loss(config: Config, logits: dict[str, torch.Tensor], features: Fea
     (its unweighted value is reported as the part ``contrastive``)."""
     total, parts = classification_loss(logits, labels)
     if config.contrastive_weight > 0 and features is not None and len(labels) > 1:
-        c = contrastive_loss(features.V.float(), features.za.float(), labels, config.contrastive_temperature)
+        kind = config.map_kind if config.contrastive_map == "deployed" else "cosine"
+        c = contrastive_loss(features.V.float(), features.za.float(), labels, config.contrastive_temperature, kind)
         total = total + config.contrastive_weight * c
         parts["contrastive"] = float(c.detach())
     return total, parts
