@@ -11,6 +11,9 @@
 # Environment (defaults in brackets): CLIPS training clips [240], TEST shift clips [60],
 # CLIP_SECONDS per clip [4], N clips annotated with pseudo boxes [100], TEACHER_EPOCHS [8],
 # STUDENT_EPOCHS [8], STUDENT_PRESET (the students' ResNet-18 width: small = 1/8) [small], LR of the students [1e-3],
+# STUDENT_INIT (teacher: the students' image nets start from the teacher's video net, `--init
+# TEACHER`; empty: the authors' random initialisation) [teacher], MIL_BORDER (map cells of the border
+# ring left out of the contrastive loss's max, `--set mil_border=N`) [1] (the two defaults: issue 26's winner),
 # SEEDS [0 1], STAGES [data teacher moments boxes students eval] (any subset, in order),
 # ROWS [mid moments pseudo true]. Every stage skips what it already finished, so the script
 # can be run again after an interruption. Needs soundloc importable as `python3 -m soundloc`
@@ -19,6 +22,7 @@ set -u
 W=${1:?usage: paper_applications.sh WORKDIR}
 CLIPS=${CLIPS:-240}; TEST=${TEST:-60}; SECONDS_PER_CLIP=${CLIP_SECONDS:-4}; N=${N:-100}
 TEACHER_EPOCHS=${TEACHER_EPOCHS:-8}; STUDENT_EPOCHS=${STUDENT_EPOCHS:-8}; STUDENT_PRESET=${STUDENT_PRESET:-small}
+STUDENT_INIT=${STUDENT_INIT-teacher}; MIL_BORDER=${MIL_BORDER:-1}
 LR=${LR:-1e-3}; SEEDS=${SEEDS:-0 1}; ROWS=${ROWS:-mid moments pseudo true}
 STAGES=${STAGES:-data teacher moments boxes students eval}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -81,11 +85,12 @@ if stage students; then
       name=$row-s$seed
       [ -f "$W/runs/$name/last.pt" ] && grep -q "\"epoch\": $STUDENT_EPOCHS," "$W/runs/$name/log.jsonl" 2>/dev/null && continue
       resume=""; [ -f "$W/runs/$name/last.pt" ] && resume="--resume"
+      init=""; [ "$STUDENT_INIT" = teacher ] && [ -z "$resume" ] && init="--init $TEACHER"
       # shellcheck disable=SC2046
       # no validation split: the students are scored on the shift profile, and every clip trains
       $SL train "$W/train" --family ezvsl --out "$W/runs/$name" --preset "$STUDENT_PRESET" --val-split none \
         --epochs "$STUDENT_EPOCHS" --batch-size 32 --lr "$LR" --flip \
-        --cache --workers 1 --seed "$seed" --teacher "$TEACHER" $(row_flags "$row") $resume \
+        --cache --workers 1 --seed "$seed" --teacher "$TEACHER" $(row_flags "$row") $resume $init --set mil_border="$MIL_BORDER" \
         --json "$W/runs/$name.json" > "$W/runs/$name.log" 2>&1 &
     done
     wait

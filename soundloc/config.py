@@ -137,6 +137,9 @@ class Config:
     preprocess: str = "soundloc"
     variant: str = ""  # a published family's map variant (soundloc.families.Family.variants), "" = its first
     box_weight: float = 1.0  # ezvsl training: weight of the box term (model.ezvsl.box_loss) for clips with a box
+    # ezvsl training: cells of the map's border ring left out of the contrastive loss's max over
+    # locations (model.ezvsl.mil_contrastive_loss); the deployed map is never cropped
+    mil_border: int = 0
 
     def __post_init__(self) -> None:
         if self.prior_alpha is not None and (self.family == "classifier" or not 0 <= self.prior_alpha <= 1):
@@ -145,6 +148,8 @@ class Config:
         if self.preprocess not in PREPROCESSING or (self.preprocess != "soundloc" and self.family == "classifier"):
             raise ConfigError(f"preprocess must be one of {', '.join(PREPROCESSING)} (authors: for a published "
                               f"family, not the classifier), not {self.preprocess!r}")
+        if self.mil_border < 0:
+            raise ConfigError(f"mil_border must be >= 0, not {self.mil_border}")
         if self.box_weight < 0:
             raise ConfigError(f"box_weight must be >= 0, not {self.box_weight}")
         if self.head not in HEADS:

@@ -35,7 +35,7 @@ def train_command(
     workers: int = typer.Option(2, "--workers", help="DataLoader worker processes."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last.pt."),
     init_video: Optional[Path] = typer.Option(None, "--init-video", help="torchvision mc3_18 .pth to initialise the video net."),
-    init: Optional[Path] = typer.Option(None, "--init", help="ezvsl: a soundloc ezvsl checkpoint (e.g. from `soundloc import ezvsl`) to fine-tune; DATA may then be a plain folder of videos (no labels)."),
+    init: Optional[Path] = typer.Option(None, "--init", help="ezvsl: a soundloc ezvsl checkpoint (e.g. from `soundloc import ezvsl`) to fine-tune (DATA may then be a plain folder of videos, no labels); or a soundloc classifier (the teacher), whose video net starts the image net at its width."),
     frames: Optional[str] = typer.Option(None, "--frames", help="ezvsl: the frame each clip trains on: mid, or moments (the teacher's top-1 moment from --moments; default when --moments is given)."),
     moments: Optional[Path] = typer.Option(None, "--moments", help="ezvsl: `soundloc moments` json; clips missing from it use their middle frame (counted)."),
     boxes: Optional[Path] = typer.Option(None, "--boxes", help="ezvsl: VGG-SS json of boxes (`soundloc annotate`'s pseudo boxes, or real ones): a box term for the clips that have one (weight: --set box_weight=W)."),

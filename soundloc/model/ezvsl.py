@@ -192,12 +192,19 @@ def init_weights(model: EZVSL) -> None:
                 nn.init.constant_(m.bias, 0.0)
 
 
-def mil_contrastive_loss(V: torch.Tensor, za: torch.Tensor, tau: float) -> torch.Tensor:
+def mil_contrastive_loss(V: torch.Tensor, za: torch.Tensor, tau: float, border: int = 0) -> torch.Tensor:
     """EZ-VSL's multiple-instance contrastive loss: V (B, D, h, w) and z^A (B, D), unit length.
     The score of image i with audio j is the cosine at i's best-matching location, over tau;
     each clip's own pair must win its row (its image against every clip's audio) and its column
     (its audio against every clip's image): the sum of the two cross-entropies, as the authors'
-    ``max_xmil_loss``."""
+    ``max_xmil_loss``. ``border`` (``config.mil_border``) > 0 takes the max over the interior
+    cells only: a net that starts from noise can otherwise satisfy the loss with the zero-padded
+    border cells, which carry each image's identity without finding anything in it (training
+    only; the map itself keeps every cell)."""
+    if border:
+        if min(V.shape[-2:]) <= 2 * border:
+            raise ValueError(f"a border of {border} cells leaves nothing of a {tuple(V.shape[-2:])} map")
+        V = V[..., border:-border, border:-border]
     logits = torch.einsum("nchw,mc->nmhw", V, za).flatten(-2).amax(-1) / tau
     labels = torch.arange(len(V), device=V.device)
     return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)

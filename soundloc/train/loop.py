@@ -46,7 +46,7 @@ def build_state(config: Config, options: TrainOptions, info: DistInfo, device: t
                          f"not {options.schedule}")
     module = model_parts(config).model(config)
     if init is not None:
-        load_init(module, init)
+        load_init(module, init, objective.initialise)
     else:
         objective.initialise(module)
     if getattr(module, "objnet", None) is not None:  # EZ-VSL's object prior: ImageNet's, never trained
@@ -73,10 +73,23 @@ def build_state(config: Config, options: TrainOptions, info: DistInfo, device: t
     return TrainState(module, model, optimizer, scheduler, scaler, device, amp, info, options.schedule)
 
 
-def load_init(module: nn.Module, path: str | Path) -> None:
+def load_init(module: nn.Module, path: str | Path, initialise: Callable[[nn.Module], None] = lambda m: None) -> None:
     """Every weight of the soundloc checkpoint ``path`` (e.g. `soundloc import ezvsl`'s) into
-    ``module``, whose config must be the checkpoint's (``train.start`` builds it from there)."""
-    saved, _ = load_checkpoint(path)
+    ``module``, whose config must be the checkpoint's (``train.start`` builds it from there); or,
+    for an ezvsl student and a classifier checkpoint, the family's ``initialise`` and then the
+    teacher's video net as the student's image net (``model.deflate``; reading the checkpoint
+    leaves the random stream alone, so every weight the teacher does not give is the one a run of
+    the same seed without ``--init`` draws)."""
+    with torch.random.fork_rng():
+        saved, _ = load_checkpoint(path)
+    if saved.config.family == "classifier" and module.config.family != "classifier":
+        from ..model.deflate import MappingError, start_from_teacher
+        initialise(module)
+        try:
+            start_from_teacher(module, saved.state_dict(), saved.config)
+        except MappingError as e:
+            raise TrainError(f"{path}: {e}") from None
+        return
     try:
         module.load_state_dict(saved.state_dict())
     except RuntimeError as e:

@@ -91,7 +91,7 @@ def ezvsl_step(model: nn.Module, config: Config, batch: dict[str, Any], device: 
     V, za = model(batch["frame"].to(device, non_blocking=True), batch["spec"].to(device, non_blocking=True))
     V, za = V.float(), za.float()
     tau = config.contrastive_temperature
-    contrastive = mil_contrastive_loss(V, za, tau)
+    contrastive = mil_contrastive_loss(V, za, tau, config.mil_border)
     target = batch["box"].to(device, non_blocking=True)
     boxed = int((target.flatten(1).sum(1) > 0).sum())
     loss, parts = contrastive, {"contrastive": float(contrastive.detach())}

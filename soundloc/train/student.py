@@ -7,7 +7,9 @@ nets, EZ-VSL's loss): the paper's two applications (§5) made into training inpu
 - ``boxes``: a VGG-SS json (``soundloc annotate``'s pseudo boxes, or real boxes) adds the box
   term for the clips that have one (``config.box_weight``); the others train unsupervised;
 - ``init``: a soundloc ezvsl checkpoint (e.g. `soundloc import ezvsl`'s) whose weights start the
-  run: fine-tuning a published model on unlabeled footage (a folder of videos needs no CSV).
+  run: fine-tuning a published model on unlabeled footage (a folder of videos needs no CSV); or
+  a soundloc classifier checkpoint (the teacher): the student, at the teacher's width, starts its
+  image net from the teacher's video net (``model.deflate``; recorded as ``init.from_teacher``).
 
 Every checkpoint records the run's provenance: the teacher checkpoint, the moments, boxes and
 init files (name and sha256), how many training clips had a box and where the frames came from;
@@ -38,12 +40,18 @@ def student_config(out: Path, preset: str | None, overrides: dict[str, Any], res
     if resume and preset is None and (out / "last.pt").is_file():
         return Config.from_dict(read_checkpoint(out / "last.pt")["config"]).replace(**overrides)
     if init is not None:
+        saved = Config.from_dict(read_checkpoint(init).get("config") or {})
+        if saved.family == "classifier":  # a teacher: its video net starts the image net (model.deflate)
+            width = overrides.get("width", saved.width)
+            if width != saved.width:
+                raise TrainError(f"--init {init}: a teacher of width {saved.width} starts a student of its own width, "
+                                 f"not {width}")
+            return ezvsl_config(preset or "small", **{**overrides, "width": saved.width})
         if preset is not None:
             raise TrainError("--init brings its own architecture; leave out --preset")
-        saved = Config.from_dict(read_checkpoint(init).get("config") or {})
         if saved.family != "ezvsl":
             raise TrainError(f"{init}: a {saved.family} checkpoint; --family ezvsl --init takes an ezvsl model "
-                             f"(`soundloc import ezvsl`)")
+                             f"(`soundloc import ezvsl`) or a soundloc classifier (the teacher)")
         return saved.replace(contrastive_temperature=EZVSL_TAU, **overrides)
     return ezvsl_config(preset or "small", **overrides)
 
@@ -88,11 +96,24 @@ def provenance(choice: FrameChoice, train_set: FrameDataset, teacher: str | Path
     """What a student was made from (see the module docstring)."""
     init_record = file_record(init)
     if init_record is not None:
-        init_record["imported"] = read_checkpoint(init).get("imported")
+        saved = read_checkpoint(init)
+        init_record["imported"] = saved.get("imported")
+        if (saved.get("config") or {}).get("family", "classifier") == "classifier":
+            init_record["from_teacher"] = teacher_mapping(init)
     return {"frames": choice.mode, "teacher": file_record(teacher), "moments": file_record(moments),
             "boxes": file_record(boxes), "init": init_record, "clips": len(train_set),
             "clips_with_box": train_set.clips_with_box, "frames_from_moments": choice.from_moments,
             "frames_mid_fallback": choice.mid_fallback}
+
+
+def teacher_mapping(path: str | Path) -> dict[str, Any]:
+    """What ``model.deflate`` maps from a teacher checkpoint into a student of its width."""
+    from ..model.checkpoint import load_checkpoint
+    from ..model.deflate import start_from_teacher
+    from ..model.ezvsl import EZVSL
+    teacher, _ = load_checkpoint(path)
+    return start_from_teacher(EZVSL(ezvsl_config("small", width=teacher.config.width)), teacher.state_dict(),
+                              teacher.config)
 
 
 def train_student(data_dir: str | Path, out_dir: str | Path, *, preset: str | None = None,
