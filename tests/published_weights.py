@@ -59,3 +59,20 @@ def save_lvs(path, state: dict) -> None:
     checkpoint['model_state_dict']): with the optimizer's state and the epoch beside it."""
     torch.save({"model_state_dict": state, "optimizer_state_dict": {"state": {}, "param_groups": [
         {"lr": 1e-4, "params": [0, 1]}]}, "epoch": 80}, path)
+
+
+DAMAGE_WORDS = {"drop": "missing", "shape": "shape", "extra": "unexpected", "nan": "NaN"}  # what import says
+
+
+def damage(state: dict[str, torch.Tensor], key: str, change: str) -> None:
+    """Break one key of an authors' state dict the way a bad checkpoint is broken: ``drop`` it,
+    give it the wrong ``shape``, add it as an ``extra`` key, or put a ``nan`` in it."""
+    if change == "drop":
+        del state[key]
+    elif change == "shape":
+        state[key] = torch.zeros(7, *state[key].shape[1:])
+    elif change == "extra":
+        state[key] = torch.zeros(3, 3)
+    else:
+        state[key] = state[key].clone()
+        state[key].view(-1)[0] = float("nan")

@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch (the train extra) needed to build published checkpoints")
 pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
 
-from published_weights import ezvsl_state, prior_state, save_authors, slavc_state  # noqa: E402
+from published_weights import DAMAGE_WORDS, damage, ezvsl_state, prior_state, save_authors, slavc_state  # noqa: E402
 from test_ezvsl import cli  # noqa: E402
 
 from soundloc import authors  # noqa: E402
@@ -199,22 +199,13 @@ def test_checkpoint_as_saved_by_their_training_imports_by_name(weights, tmp_path
 ])
 def test_bad_keys_are_refused_by_name(tmp_path, family, change, key):
     state = authors_state(family)
-    k = f"module.{key}"
-    if change == "drop":
-        del state[k]
-    elif change == "shape":
-        state[k] = torch.zeros(7, *state[k].shape[1:])
-    elif change == "extra":
-        state[k] = torch.zeros(3, 3)
-    else:
-        state[k] = state[k].clone()
-        state[k][0, 0] = float("nan")
+    damage(state, f"module.{key}", change)
     save_authors(tmp_path / "ck.pth", state)
     code, out = cli("import", family, tmp_path / "ck.pth", "--out", tmp_path / "m.pt")
     assert code != 0
     name = key.removeprefix("momentum_")
     assert repr(name) in out, out
-    assert {"drop": "missing", "shape": "shape", "extra": "unexpected", "nan": "NaN"}[change] in out
+    assert DAMAGE_WORDS[change] in out
     assert len(out.strip().splitlines()) == 1 and not (tmp_path / "m.pt").exists()
 
 

@@ -17,7 +17,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch (the train extra) needed to build published checkpoints")
 pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not installed")
 
-from published_weights import lvs_state, save_lvs  # noqa: E402
+from published_weights import DAMAGE_WORDS, damage, lvs_state, save_lvs  # noqa: E402
 from test_ezvsl import cli  # noqa: E402
 from test_published import CLIP, FIXTURES, shared_dir_module, still_folder  # noqa: E402,F401  (fixtures)
 
@@ -158,20 +158,11 @@ def test_checkpoints_as_their_code_saves_them_import_by_name(weights):
 @pytest.mark.parametrize("family", ["lvs", "sslalign"])
 def test_bad_keys_are_refused_by_name(tmp_path, family, change, key):
     state = lvs_state("module." if family == "lvs" else "", seed=0)
-    k = ("module." if family == "lvs" else "") + key
-    if change == "drop":
-        del state[k]
-    elif change == "shape":
-        state[k] = torch.zeros(7, *state[k].shape[1:])
-    elif change == "extra":
-        state[k] = torch.zeros(3, 3)
-    else:
-        state[k] = state[k].clone()
-        state[k].view(-1)[0] = float("nan")
+    damage(state, ("module." if family == "lvs" else "") + key, change)
     save_lvs(tmp_path / "ck.pth", state)
     code, out = cli("import", family, tmp_path / "ck.pth", "--out", tmp_path / "m.pt")
     assert code != 0 and repr(key) in out, out
-    assert {"drop": "missing", "shape": "shape", "extra": "unexpected", "nan": "NaN"}[change] in out
+    assert DAMAGE_WORDS[change] in out
     assert len(out.strip().splitlines()) == 1 and not (tmp_path / "m.pt").exists()
 
 
