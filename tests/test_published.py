@@ -238,22 +238,28 @@ def test_unknown_variant_and_preprocessing_are_refused(weights, tmp_path):
     assert code != 0 and "authors" in out and not (tmp_path / "m.pt").exists()
 
 
-@pytest.mark.parametrize("family, variant, prior", [("fnac", "bicubic", False), ("slavc", "online", True),
-                                                    ("slavc", "momentum", False)])
-def test_export_verifies_stream_vs_offline_and_onnx_vs_torch(weights, tmp_path, family, variant, prior):
-    """`soundloc export --verify` for each family and map variant (FNAC's two variants share
-    their 7x7 maps: they differ only in how `eval` upsamples, tested above); info names it."""
-    ckpt = imported(weights, family, variant, prior)
+def export_verified(ckpt: Path, tmp_path: Path) -> tuple[dict, str, str]:
+    """`soundloc export CKPT --verify` into tmp_path/export, asserted to pass within its own
+    allowances (stream vs offline, ONNX vs torch); the verify report, `info`'s output and its
+    model line."""
     code, text = cli("export", ckpt, "--out", tmp_path / "export", "--verify", "--json", tmp_path / "export.json")
     assert code == 0, text
     report = json.loads((tmp_path / "export.json").read_text())["verify"]
     assert report["ok"], report
     assert report["stream_vs_offline"]["alpha"] <= report["allowed"]["alpha"]
     assert report["offline_vs_torch"]["alpha"] <= report["allowed"]["alpha"]
-    assert ("prior" in report["offline_vs_torch"]) == prior
     code, text = cli("info", tmp_path / "export")
     assert code == 0, text
-    line = next(ln for ln in text.splitlines() if ln.startswith("model"))
+    return report, text, next(ln for ln in text.splitlines() if ln.startswith("model"))
+
+
+@pytest.mark.parametrize("family, variant, prior", [("fnac", "bicubic", False), ("slavc", "online", True),
+                                                    ("slavc", "momentum", False)])
+def test_export_verifies_stream_vs_offline_and_onnx_vs_torch(weights, tmp_path, family, variant, prior):
+    """`soundloc export --verify` for each family and map variant (FNAC's two variants share
+    their 7x7 maps: they differ only in how `eval` upsamples, tested above); info names it."""
+    report, text, line = export_verified(imported(weights, family, variant, prior), tmp_path)
+    assert ("prior" in report["offline_vs_torch"]) == prior
     assert f"{family}, variant {variant}" in line and "preprocessing authors'" in line
     sha = json.loads((tmp_path / "export" / "soundloc.json").read_text())["checkpoint"]["imported"]["sha256"]
     import hashlib

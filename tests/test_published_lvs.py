@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not insta
 
 from published_weights import DAMAGE_WORDS, damage, lvs_state, save_lvs  # noqa: E402
 from test_ezvsl import cli  # noqa: E402
-from test_published import CLIP, FIXTURES, shared_dir_module, still_folder  # noqa: E402,F401  (fixtures)
+from test_published import CLIP, FIXTURES, export_verified, shared_dir_module, still_folder  # noqa: E402,F401  (fixtures)
 
 from soundloc import authors, metrics  # noqa: E402
 from soundloc.families import family_of  # noqa: E402
@@ -186,15 +186,7 @@ def test_export_verifies_and_streams(weights, tmp_path, family, variant):
     PyTorch), `soundloc info`'s model line, int8 refused, and `soundloc stream` on a real H.264 +
     AAC file (SSL-Align's variants share the map: they differ only in `eval`'s upsampling, above)."""
     ckpt = imported(weights, family, variant)
-    code, text = cli("export", ckpt, "--out", tmp_path / "export", "--verify", "--json", tmp_path / "export.json")
-    assert code == 0, text
-    report = json.loads((tmp_path / "export.json").read_text())["verify"]
-    assert report["ok"], report
-    assert report["stream_vs_offline"]["alpha"] <= report["allowed"]["alpha"]
-    assert report["offline_vs_torch"]["alpha"] <= report["allowed"]["alpha"]
-    code, text = cli("info", tmp_path / "export")
-    assert code == 0, text
-    line = next(ln for ln in text.splitlines() if ln.startswith("model"))
+    _, _, line = export_verified(ckpt, tmp_path)
     assert f"{family}, variant {variant}" in line
     code, out = cli("export", ckpt, "--out", tmp_path / "x", "--precision", "int8", "--calib", tmp_path)
     assert code != 0 and "int8" in out and family in out and not (tmp_path / "x" / "soundloc.json").exists()
