@@ -266,7 +266,12 @@ def test_export_verifies_stream_vs_offline_and_onnx_vs_torch(weights, tmp_path, 
 
     src = weights / ("slavc.pth" if family == "slavc" else "ezvsl.pth")
     assert sha == hashlib.sha256(src.read_bytes()).hexdigest() and sha in text
-    # and it streams: `soundloc stream` on a real H.264 + AAC file, one event per step
+    streamed_events(tmp_path)
+
+
+def streamed_events(tmp_path: Path) -> list[dict]:
+    """`soundloc stream` of tmp_path/export on a real H.264 + AAC file (2 s): one finite,
+    ungated event per step."""
     from soundloc.data.synth import make_synthetic_dataset
 
     make_synthetic_dataset(tmp_path / "synth", num_clips=1, seed=3, seconds=2.0, workers=1, size=64)
@@ -275,6 +280,7 @@ def test_export_verifies_stream_vs_offline_and_onnx_vs_torch(weights, tmp_path, 
     assert code == 0, text
     events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert len(events) == 20 and all(np.isfinite(e["score"]) and e["peak"] is not None for e in events)
+    return events
 
 
 @pytest.mark.parametrize("family", ["fnac", "slavc"])

@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime (the cpu extra) not insta
 
 from published_weights import DAMAGE_WORDS, damage, lvs_state, save_lvs  # noqa: E402
 from test_ezvsl import cli  # noqa: E402
-from test_published import CLIP, FIXTURES, export_verified, shared_dir_module, still_folder  # noqa: E402,F401  (fixtures)
+from test_published import CLIP, FIXTURES, export_verified, shared_dir_module, streamed_events, still_folder  # noqa: E402,F401  (fixtures)
 
 from soundloc import authors, metrics  # noqa: E402
 from soundloc.families import family_of  # noqa: E402
@@ -190,14 +190,7 @@ def test_export_verifies_and_streams(weights, tmp_path, family, variant):
     assert f"{family}, variant {variant}" in line
     code, out = cli("export", ckpt, "--out", tmp_path / "x", "--precision", "int8", "--calib", tmp_path)
     assert code != 0 and "int8" in out and family in out and not (tmp_path / "x" / "soundloc.json").exists()
-    from soundloc.data.synth import make_synthetic_dataset
-
-    make_synthetic_dataset(tmp_path / "synth", num_clips=1, seed=3, seconds=2.0, workers=1, size=64)
-    clip = next((tmp_path / "synth" / "videos").glob("*.mp4"))
-    code, text = cli("stream", tmp_path / "export", "--video", clip, "--events", tmp_path / "ev.jsonl", "--gate-db", "-200")
-    assert code == 0, text
-    events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
-    assert len(events) == 20 and all(np.isfinite(e["score"]) and e["peak"] is not None for e in events)
+    events = streamed_events(tmp_path)
     # a 14x14 map: every peak sits at a cell centre of a 14-cell grid
     cells = np.array([e["peak"] for e in events]) * 14 - 0.5
     np.testing.assert_allclose(cells, np.round(cells), atol=1e-3)
