@@ -35,13 +35,14 @@ import torch
 from torch import nn
 
 from ..config import VIDEO_MEAN, VIDEO_STD, Config
+from ..errors import SoundlocError
 from ..families import IMAGENET_MEAN, IMAGENET_STD
 
 AUDIO_NOT_MAPPED = ("the student's 257-bin linear spectrogram (one 3 s image) and the teacher's 80-bin log-mel "
                     "patchified per step differ from the stem on")
 
 
-class MappingError(ValueError):
+class MappingError(SoundlocError, ValueError):
     """The teacher's video net does not fit the student's image net (width or layout)."""
 
 
