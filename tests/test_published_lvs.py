@@ -150,6 +150,9 @@ def test_lvs_refuses_an_object_prior_and_says_where_it_is(weights):
 
     with pytest.raises(ModelImportError, match="soundloc import sslalign --object-prior"):
         convert(weights / "lvs.pth.tar", weights / "resnet18.pth", family="lvs")
+    # ... and the way it names works: LVS's checkpoint (module. keys) as sslalign, with the prior
+    model = convert(weights / "lvs.pth.tar", weights / "resnet18.pth", family="sslalign")
+    assert model.objnet is not None and model.config.prior_alpha == 0.4
     code, out = cli("import", "lvs", weights / "lvs.pth.tar", "--out", weights / "x.pt",
                     "--object-prior", weights / "resnet18.pth")
     assert code != 0 and not (weights / "x.pt").exists()
