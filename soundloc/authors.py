@@ -240,11 +240,13 @@ def _axis(n_in: int, n_out: int, mode: str, align_corners: bool) -> tuple[np.nda
     raise ValueError(f"unknown upsampling {mode!r}")
 
 
-def upsample(m: np.ndarray, size: int, mode: str, align_corners: bool) -> np.ndarray:
-    """A (h, w) map -> (size, size) float64, as ``F.interpolate(mode=..., align_corners=...)``."""
+def upsample(m: np.ndarray, size: int | tuple[int, int], mode: str, align_corners: bool) -> np.ndarray:
+    """A (h, w) map -> (size, size) (or ``size`` = (H, W)) float64, as ``F.interpolate(mode=...,
+    align_corners=...)``."""
     m = np.asarray(m, np.float64)
-    yi, yw = _axis(m.shape[0], size, mode, align_corners)
-    xi, xw = _axis(m.shape[1], size, mode, align_corners)
+    H, W = (size, size) if isinstance(size, int) else size
+    yi, yw = _axis(m.shape[0], H, mode, align_corners)
+    xi, xw = _axis(m.shape[1], W, mode, align_corners)
     rows = (m[yi] * yw[..., None]).sum(axis=1)
     return (rows[:, xi] * xw[None]).sum(axis=2)
 

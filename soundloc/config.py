@@ -143,7 +143,7 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.prior_alpha is not None and (self.family == "classifier" or not 0 <= self.prior_alpha <= 1):
-            raise ConfigError(f"prior_alpha applies to a published family (ezvsl, fnac, slavc), in [0, 1] "
+            raise ConfigError(f"prior_alpha applies to a published family (ezvsl, fnac, slavc, sslalign), in [0, 1] "
                               f"(got {self.prior_alpha})")
         if self.preprocess not in PREPROCESSING or (self.preprocess != "soundloc" and self.family == "classifier"):
             raise ConfigError(f"preprocess must be one of {', '.join(PREPROCESSING)} (authors: for a published "

@@ -32,7 +32,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .authors import Loader, MapRule
+from .authors import Loader, MapRule, upsample
 from .preprocess import file_inputs
 from .mel import SPEC_NOVERLAP
 from .config import MELS_PER_STEP, NORM_EPS, SAMPLE_RATE, SAMPLES_PER_STEP, VIDEO_MEAN, VIDEO_STD, Config, ConfigError
@@ -324,6 +324,16 @@ def no_lookahead(config: Config) -> int:
     return 0
 
 
+def prior_on_grid(prior: np.ndarray, grid: tuple[int, ...]) -> np.ndarray:
+    """The object prior (..., h, w) on the map's grid (``model.ezvsl.prior_on_grid`` is the torch
+    twin): as it is when they match; else each resized bilinearly, pixel centres aligned."""
+    if tuple(prior.shape[-2:]) == tuple(grid):
+        return prior
+    flat = prior.reshape(-1, *prior.shape[-2:])
+    out = np.stack([upsample(p, (grid[0], grid[1]), "bilinear", align_corners=False) for p in flat])
+    return out.reshape(*prior.shape[:-2], *grid).astype(prior.dtype)
+
+
 def blend_prior(maps: np.ndarray, prior: np.ndarray | None, alpha: float | None,
                 ranges: PriorRanges | None = None) -> np.ndarray:
     """The object-prior blend in numpy (``model.ezvsl.EZVSL.maps`` is the torch twin): maps and
@@ -331,6 +341,7 @@ def blend_prior(maps: np.ndarray, prior: np.ndarray | None, alpha: float | None,
     then ``alpha * map + (1 - alpha) * prior``."""
     if prior is None or alpha is None:
         return maps
+    prior = prior_on_grid(prior, maps.shape[-2:])
     if ranges is not None:
         (c0, c1), (p0, p1) = ranges
         return alpha * (maps - c0) / (c1 - c0) + (1 - alpha) * (prior - p0) / (p1 - p0)
@@ -377,11 +388,12 @@ FAMILIES: dict[str, Family] = {
         variants={"cosine": MapRule("bilinear", align_corners=False)}, audio_seconds=LVS_AUDIO_SECONDS,
         loader=Loader("crop", "mean", 10.0, (0.0, LVS_AUDIO_SECONDS))),
     # SSL-Align (Senocak et al., ICCV 2023): LVS's network; its test.py (validate_lvs) resizes
-    # VGG-SS maps with cv2 (pixel centres) and the other test sets' with align_corners=True
+    # VGG-SS maps with cv2 (pixel centres) and the other test sets' with align_corners=True, the
+    # 7x7 object prior of its "OGL" blend the same way (alpha 0.4, each normalised, then again)
     "sslalign": Family(
         "sslalign", "SSL-Align (LVS's network: 14x14 cosine map; 3 s of audio at noverlap 353)",
         audio_input="spec", averages_maps=False, clip_graphs=False, quantizable=False, mean=IMAGENET_MEAN,
         std=IMAGENET_STD, file_inputs=ezvsl_file_inputs, lookahead=no_lookahead,
-        variants={"vggss": MapRule("bilinear", align_corners=False), "flickr": MapRule("bilinear", align_corners=True)},
+        variants={"vggss": MapRule("bilinear", False, "bilinear", False), "flickr": MapRule("bilinear", True, "bilinear", True)},
         spec_noverlap=SSLALIGN_NOVERLAP, loader=Loader("tensor", "first", 10.0, SSLALIGN_SPAN)),
 }

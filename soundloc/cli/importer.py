@@ -111,7 +111,10 @@ def sslalign(
     variant: str = typer.Option("vggss", help="The map its test.py scores: vggss (cv2 resize, pixel centres) or "
                                               "flickr (bilinear, align_corners) upsampling of the 14x14 map "
                                               "(with --preprocess authors)."),
+    object_prior: Optional[Path] = _object_prior("the 7x7 object prior into the 14x14 maps, as its test.py's "
+                                                 "OGL results do"),
+    alpha: float = _alpha(),
     preprocess: str = _preprocess(),
 ) -> None:
     """Convert an SSL-Align checkpoint (LVS's network; 14x14 maps, 3 s of 16 kHz audio) into a soundloc model."""
-    _import("sslalign", ckpt, out, None, EZVSL_PRIOR_ALPHA, preprocess, variant)
+    _import("sslalign", ckpt, out, object_prior, alpha, preprocess, variant)

@@ -82,6 +82,15 @@ def minmax(m: torch.Tensor) -> torch.Tensor:
     return (m - lo) / (hi - lo).clamp_min(NORM_EPS)
 
 
+def prior_on_grid(prior: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    """The object prior (B, h, w) on the map's grid: as it is when they match; else resized
+    bilinearly with pixel centres aligned (cv2's INTER_LINEAR, ``align_corners=False``), as
+    SSL-Align's 7x7 prior against LVS's 14x14 map (``families.prior_on_grid`` is the numpy twin)."""
+    if tuple(prior.shape[-2:]) == tuple(grid):
+        return prior
+    return F.interpolate(prior[:, None], size=tuple(grid), mode="bilinear", align_corners=False)[:, 0]
+
+
 class EZVSL(nn.Module):
     """EZ-VSL's two encoders (and the optional object-prior net); see the module docstring."""
 
@@ -122,6 +131,7 @@ class EZVSL(nn.Module):
         cos = torch.einsum("bdhw,bd->bhw", V, za)
         if prior is None:
             return cos
+        prior = prior_on_grid(prior, cos.shape[-2:])
         a, ranges = self.config.prior_alpha, family_of(self.config).prior_ranges
         if ranges is not None:  # SLAVC: fixed ranges, not each map's extremes
             (c0, c1), (p0, p1) = ranges

@@ -12,7 +12,10 @@ not contain them. Their ``layer4`` keeps stride 1: a 224 px frame gives a 14x14 
 - image: ``imgnet`` -> (B, 512, 14, 14), L2-normalised over channels (no projection head);
 - audio: ``audnet`` -> adaptive *max* pooling -> (B, 512), L2-normalised; input the log
   spectrogram (``families.Family.spectrogram``: LVS 10 s 257x671, SSL-Align 3 s 257x299);
-- map: their ``A``, the cosine of the audio embedding with every image location (14x14).
+- map: their ``A``, the cosine of the audio embedding with every image location (14x14);
+- optional object prior (SSL-Align's "OGL", its test.py's ``validate_lvs``): EZ-VSL's ``objnet``
+  (7x7), resized to 14x14 with pixel centres aligned for the streamed blend; ``--preprocess
+  authors`` evaluation resizes map and prior separately to 224 px as their test.py does.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import NORM_EPS, Config
-from .ezvsl import EZVSL, BasicBlock
+from .ezvsl import EZVSL, BasicBlock, ResNet18Trunk
 
 STEMS = {"conv1_a": 1, "conv1": 3, "conv1_flow": 6}  # their ResNet's three stems: name -> input channels
 IMAGENET_CLASSES = 1000  # their ResNet's unused fc
@@ -65,7 +68,9 @@ class LVS(EZVSL):
         self.config = config
         self.imgnet = LVSResNet("vision")
         self.audnet = LVSResNet("audio")
-        self.objnet = None
+        # SSL-Align's "OGL": torchvision's ImageNet resnet18 as EZ-VSL's prior (7x7 against the
+        # 14x14 map: ``model.ezvsl.prior_on_grid`` resizes it for the streamed blend)
+        self.objnet = ResNet18Trunk(3) if config.prior_alpha is not None else None
 
     def image(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, 3, 224, 224) -> V (B, 512, 14, 14), unit length at each location."""

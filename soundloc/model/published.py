@@ -84,9 +84,10 @@ def convert(ckpt: str | Path, object_prior: str | Path | None = None,
                     prior_alpha=prior_alpha if object_prior is not None else None, preprocess=preprocess,
                     variant=variant)
     chosen = family_of(config).variant(config)  # refuses an unknown variant by name
-    if family in ("lvs", "sslalign") and object_prior is not None:
-        raise ModelImportError(f"{TITLES[family]}: no object prior here (its 7x7 prior and the 14x14 map would "
-                               "need their own blend; import without --object-prior)")
+    if family == "lvs" and object_prior is not None:
+        raise ModelImportError("LVS: its test code has no object prior (SSL-Align's test.py blends one into LVS "
+                               "checkpoints with its own loader: import the checkpoint with `soundloc import "
+                               "sslalign --object-prior`)")
     model = {"slavc": SLAVC, "lvs": LVS, "sslalign": LVS}.get(family, EZVSL)(config)
     state = read_state_dict(ckpt, f"a {TITLES[family]} checkpoint")
     trunks = {k: v for k, v in state.items() if not k.startswith("objnet.")}
