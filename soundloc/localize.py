@@ -178,11 +178,6 @@ class Labelling:
     names: tuple[str, ...] = ()
     only: tuple[str, ...] = ()
 
-    def split(self, extra: np.ndarray | None) -> dict[str, np.ndarray]:
-        if extra is None or not self.heads:
-            return {}
-        return dict(zip(self.heads, np.split(np.asarray(extra), len(self.heads))))
-
     def posteriors(self, extra: np.ndarray | None) -> dict[str, np.ndarray]:
         """Per head, the softmax of its window-mean logits (one softmax over all heads: this
         runs on every step)."""

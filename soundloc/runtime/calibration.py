@@ -21,7 +21,6 @@ import numpy as np
 
 from ..data.annotations import find_video, read_vggsound_csv
 from ..errors import UsageError
-from ..labels import softmax
 from ..localize import StepWindow, level_db
 from ..visibility import (
     STATISTICS,
@@ -46,7 +45,7 @@ def clip_windows(model: StepModel, video: Path, options: StreamOptions = StreamO
     out = []
 
     def record(w) -> None:
-        post = {h: softmax(v) for h, v in loc.core.labelling.split(w.extra).items()}
+        post = loc.core.labelling.posteriors(w.extra)
         out.append({"pts": w.item.pts, "level_db": level_db(w.power), "features": map_features(w.alpha, w.score),
                     **{name: raw_statistic(name, w.alpha, w.score, post) for name in SINGLE}})
 
