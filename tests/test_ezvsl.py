@@ -6,7 +6,10 @@ the same protocol code as soundloc's own models."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -97,12 +100,13 @@ def cli(*args: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory) -> Path:
+def imported(tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("ezvsl")
     save_ezvsl(root / "best.pth", ezvsl_state("module."))
     code, out = cli("import", "ezvsl", root / "best.pth", "--out", root / "ezvsl.pt")
     assert code == 0, out
-    return root / "ezvsl.pt"
+    yield root / "ezvsl.pt"
+    shutil.rmtree(root, ignore_errors=True)  # full-size checkpoints: freed when the module ends
 
 
 @pytest.fixture(scope="module")

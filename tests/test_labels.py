@@ -24,6 +24,9 @@ from conftest import soundloc_cli  # noqa: E402
 from test_bad_inputs import assert_one_line_error  # noqa: E402
 
 
+OLD_EXPORT = Path(__file__).parent / "fixtures" / "export_before_labels"
+
+
 def events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -271,37 +274,51 @@ def test_classes_option_refuses_an_unknown_class_in_one_line(default_run, negati
 
 
 def test_export_without_label_outputs_still_streams_with_a_note(negatives, tmp_path) -> None:
-    """The bundled demo model was exported before the label outputs: it streams as before,
-    says so once, and its events carry no classes."""
-    from soundloc.runtime.bundle import demo_model_dir, read_bundle
+    """An export made before the label outputs (the demo model bundled until then, kept in
+    tests/fixtures): it streams as before, says so once with what to do, and its events carry
+    no classes."""
+    from soundloc.runtime.bundle import read_bundle
 
-    assert not any(o["name"].startswith("logits_") for o in read_bundle(demo_model_dir()).graph("step")["outputs"])
+    assert not any(o["name"].startswith("logits_") for o in read_bundle(OLD_EXPORT).graph("step")["outputs"])
+    old = shutil.copytree(OLD_EXPORT, tmp_path / "old_export")
     clip = sorted((negatives / "videos").glob("*.mp4"))[0]
     ev = tmp_path / "ev.jsonl"
-    r = soundloc_cli("stream", "demo", "--video", clip, "--events", ev)
+    r = soundloc_cli("stream", old, "--video", clip, "--events", ev)
     assert r.returncode == 0, r.stderr
     notes = [ln for ln in (r.stdout + r.stderr).splitlines() if "class outputs" in ln]
-    assert notes == ["note: the bundled demo model predates class outputs: its events carry no classes"], r.stderr
+    assert notes == [f"note: {old} was exported before class outputs: its events carry no classes "
+                     "(re-export it to get them)"], r.stderr
     evs = events(ev)
     assert evs and all(e["classes"] == {} and e["confidence"] is None for e in evs)
     assert any(e["box"] is not None for e in evs)  # localization unchanged
 
 
-def test_an_older_export_is_noted_once_per_process_with_what_to_do(tmp_path, caplog) -> None:
-    """Any other export without class outputs: the note says to re-export it, once, however often
-    it is opened (`soundloc demo` opens its model twice)."""
-    import shutil
-
-    from soundloc.runtime.bundle import demo_model_dir
+def test_an_older_export_is_noted_once_per_process(tmp_path, caplog) -> None:
+    """The note comes once however often the export is opened (`soundloc demo` opens its model twice)."""
     from soundloc.runtime.engine import StepModel
 
-    old = shutil.copytree(demo_model_dir(), tmp_path / "old_export")
+    old = shutil.copytree(OLD_EXPORT, tmp_path / "old_export")
     with caplog.at_level("WARNING", logger="soundloc.runtime.engine"):
         StepModel.from_export(old)
         StepModel.from_export(old)
     notes = [r.getMessage() for r in caplog.records if "class outputs" in r.getMessage()]
     assert notes == [f"note: {old} was exported before class outputs: its events carry no classes "
                      "(re-export it to get them)"]
+
+
+def test_the_bundled_demo_model_names_what_sounds(negatives, tmp_path) -> None:
+    """The bundled demo model has class outputs: `soundloc stream demo` events carry its classes."""
+    from soundloc.runtime.bundle import demo_model_dir, read_bundle
+
+    names = [o["name"] for o in read_bundle(demo_model_dir()).graph("step")["outputs"]]
+    assert "logits_av" in names, names
+    clip = sorted((negatives / "videos").glob("*.mp4"))[0]
+    ev = tmp_path / "ev.jsonl"
+    r = soundloc_cli("stream", "demo", "--video", clip, "--events", ev)
+    assert r.returncode == 0, r.stderr
+    assert "class outputs" not in r.stdout + r.stderr
+    evs = [e for e in events(ev) if not e["gated"]]
+    assert evs and all(e["classes"] for e in evs)
 
 
 def test_int8_export_keeps_the_labels(default_run, negatives, tmp_path) -> None:

@@ -8,6 +8,8 @@ preprocessing and the imported file's sha256."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 import shutil
 from pathlib import Path
@@ -41,12 +43,13 @@ def authors_state(family: str, prefix: str = "module.") -> dict:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
+def weights(tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("published")
     for family in ("ezvsl", "slavc"):
         save_authors(root / f"{family}.pth", authors_state(family))
     torch.save(prior_state(), root / "resnet18.pth")
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # full-size checkpoints: freed when the module ends
 
 
 @pytest.fixture(scope="module")

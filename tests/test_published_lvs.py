@@ -8,7 +8,10 @@ refused."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +41,13 @@ def save_sslalign(path: Path, state: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
+def weights(tmp_path_factory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("lvs")
     save_lvs(root / "lvs.pth.tar", lvs_state("module.", seed=0))
     save_sslalign(root / "ours.pth", lvs_state("", seed=0))
     torch.save(prior_state(), root / "resnet18.pth")  # the object prior's ImageNet resnet18 (seed 7)
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)  # full-size checkpoints: freed when the module ends
 
 
 def imported(weights: Path, family: str, variant: str, preprocess: str = "authors", prior: bool = False) -> Path:

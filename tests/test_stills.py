@@ -6,6 +6,8 @@ the map upsampling against torch's F.interpolate."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
 import shutil
 from pathlib import Path
@@ -110,7 +112,7 @@ def test_layout_lists_clips_with_both_files(still_folder):
 
 
 @pytest.fixture(scope="module")
-def ezvsl_ckpt(tmp_path_factory) -> Path:
+def ezvsl_ckpt(tmp_path_factory) -> Iterator[Path]:
     pytest.importorskip("torch", reason="torch (the train extra) needed to build the EZ-VSL checkpoint")
     from published_weights import ezvsl_state, save_authors
     from test_ezvsl import cli
@@ -119,7 +121,8 @@ def ezvsl_ckpt(tmp_path_factory) -> Path:
     save_authors(root / "best.pth", ezvsl_state("module.", seed=0))
     code, out = cli("import", "ezvsl", root / "best.pth", "--out", root / "ezvsl.pt")
     assert code == 0, out
-    return root / "ezvsl.pt"
+    yield root / "ezvsl.pt"
+    shutil.rmtree(root, ignore_errors=True)  # a full-size checkpoint: freed when the module ends
 
 
 @pytest.mark.parametrize("model", ["default_recipe", "ezvsl_authors", "ezvsl_default"])

@@ -10,7 +10,10 @@ the imported checkpoint is full width, as the authors save theirs (tests/test_ez
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import json
+import shutil
 import math
 import os
 import signal
@@ -233,14 +236,15 @@ def test_trained_student_streams(student: dict, clips: Path, tmp_path: Path) -> 
 
 # -- fine-tuning an imported checkpoint ------------------------------------------------------------
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory) -> Path:
+def imported(tmp_path_factory) -> Iterator[Path]:
     from test_ezvsl import ezvsl_state, save_ezvsl
 
     root = tmp_path_factory.mktemp("imported")
     save_ezvsl(root / "best.pth", ezvsl_state("module.", seed=3))
     r = soundloc_cli("import", "ezvsl", root / "best.pth", "--out", root / "ezvsl.pt")
     assert r.returncode == 0, r.stderr
-    return root / "ezvsl.pt"
+    yield root / "ezvsl.pt"
+    shutil.rmtree(root, ignore_errors=True)  # a full-size checkpoint: freed when the module ends
 
 
 def test_finetuning_starts_from_the_imported_weights(imported: Path, clips: Path) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import UsageError
 from ..families import family_of
 from .backend import Backend, BackendError, check_backend
-from .bundle import Bundle, demo_model_dir, read_bundle
+from .bundle import Bundle, read_bundle
 from ..labels import LOGIT_PREFIX
 from ..visibility import Visibility
 
@@ -151,8 +151,5 @@ def _note_no_classes(bundle: Bundle) -> None:
     if root in _NOTED_NO_CLASSES:
         return
     _NOTED_NO_CLASSES.add(root)
-    if Path(root) == Path(demo_model_dir()).resolve():
-        log.warning("note: the bundled demo model predates class outputs: its events carry no classes")
-    else:
-        log.warning("note: %s was exported before class outputs: its events carry no classes "
-                    "(re-export it to get them)", bundle.root)
+    log.warning("note: %s was exported before class outputs: its events carry no classes "
+                "(re-export it to get them)", bundle.root)
