@@ -84,6 +84,36 @@ def test_contrastive_loss_on_the_deployed_salient_map_matches_a_hand_computed_va
     assert float(pair_similarity(V2, za, "salient")[1, 1]) == pytest.approx(q)
 
 
+def test_border_cells_are_left_out_of_the_peak():
+    """``mil_border``: the peak over the interior cells only. On a 3x3 map whose best cell is a
+    corner, border 1 scores the centre cell alone; the centre's value, computed by hand."""
+    V = torch.zeros(2, 2, 1, 3, 3)
+    V[0, :, 0, 0, 0] = torch.tensor([1.0, 0.0])   # clip 0: a corner matching audio 0 exactly
+    V[0, :, 0, 1, 1] = torch.tensor([0.6, 0.8])   # and its centre, cos 0.6 with audio 0
+    V[1, :, 0, 1, 1] = torch.tensor([0.0, 1.0])   # clip 1: its centre matches audio 1; rest zero
+    za = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    labels = torch.tensor([0, 1])
+    np.testing.assert_allclose(pair_similarity(V, za).numpy(), [[1, 0], [0.8, 1]], atol=1e-6)
+    np.testing.assert_allclose(pair_similarity(V, za, border=1).numpy(), [[0.6, 0], [0.8, 1]], atol=1e-6)
+    # temperature 1: rows [0.6, 0] and [0.8, 1]; columns [0.6, 0.8] and [0, 1]
+    ce = lambda pos, neg: math.log(1 + math.exp(neg - pos))  # noqa: E731
+    want = (ce(0.6, 0) + ce(1, 0.8) + ce(0.6, 0.8) + ce(1, 0)) / 4
+    assert float(contrastive_loss(V, za, labels, 1.0, border=1)) == pytest.approx(want, rel=1e-6)
+    cfg = preset("tiny", num_classes=2, head="tied-fc", contrastive_weight=1.0, contrastive_temperature=1.0,
+                 mil_border=1)
+    from soundloc.model.classifier import Features
+
+    logits = {k: torch.zeros(2, 2) for k in ("vision", "audio", "av")}
+    _, parts = training_loss(cfg, logits, Features(V=V, zv=za, za=za), labels)
+    assert parts["contrastive"] == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="leaves nothing"):
+        pair_similarity(V, za, border=2)
+    from soundloc.config import ConfigError
+
+    with pytest.raises(ConfigError, match="leaves nothing of the 2x2 training map"):  # refused before training
+        preset("tiny", image_size=32, **RECIPES["default"][0])
+
+
 def test_training_loss_scores_the_map_contrastive_map_names():
     """``contrastive_map="deployed"`` scores the config's map_kind; "cosine" (the default, issue
     10's term) the cosine map whatever the map_kind; anything else is refused."""
@@ -235,6 +265,7 @@ def test_train_defaults_use_the_default_recipe_and_paper_recipe_is_the_paper(tmp
     model, data_d = load_checkpoint(tmp_path / "default" / "last.pt")
     cfg = model.config
     assert (cfg.head, cfg.map_kind, cfg.contrastive_weight) == ("tied-fc", "salient", RECIPES["default"][0]["contrastive_weight"])
+    assert (cfg.contrastive_weight, cfg.contrastive_map, cfg.mil_border) == (0.3, "deployed", 1)  # issue 24's winner
     assert data_d["schedule"] == "cosine" and "T_max" in data_d["scheduler"]
     (line,) = [json.loads(x) for x in (tmp_path / "default" / "log.jsonl").read_text().splitlines()]
     assert line["monitor"] == "val_minus_loss"

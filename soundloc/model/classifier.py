@@ -62,17 +62,22 @@ def localization_maps(V: torch.Tensor, za: torch.Tensor, kind: str = "dot") -> t
     return torch.einsum("bdthw,btd->bthw", V, za)
 
 
-def pair_similarity(V: torch.Tensor, za: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+def pair_similarity(V: torch.Tensor, za: torch.Tensor, kind: str = "cosine", border: int = 0) -> torch.Tensor:
     """S[i, j]: the peak over locations of the time-averaged ``kind`` map (``localization_maps``)
     of clip j's video with clip i's audio, (B, D, T, h, w), (B, T, D) -> (B, B); the diagonal is
-    each clip's own map. Over a 3 s crop the time average is the centred window's map."""
+    each clip's own map. Over a 3 s crop the time average is the centred window's map.
+    ``border`` > 0: the peak over the interior cells only (``config.mil_border``)."""
     V, za = map_operands(V, za, kind)
     maps = torch.einsum("jdthw,itd->ijhw", V, za) / V.shape[2]
+    if border:
+        if min(maps.shape[-2:]) <= 2 * border:
+            raise ValueError(f"a border of {border} cells leaves nothing of a {tuple(maps.shape[-2:])} map")
+        maps = maps[..., border:-border, border:-border]
     return maps.flatten(2).amax(dim=2)
 
 
 def contrastive_loss(V: torch.Tensor, za: torch.Tensor, labels: torch.Tensor, temperature: float,
-                     kind: str = "cosine") -> torch.Tensor:
+                     kind: str = "cosine", border: int = 0) -> torch.Tensor:
     """Multiple-instance contrastive loss (EZ-VSL) with class-aware negatives.
 
     A clip's audio should match *some* location of its own video (the peak of its map) better
@@ -82,9 +87,11 @@ def contrastive_loss(V: torch.Tensor, za: torch.Tensor, labels: torch.Tensor, te
     pushing them apart fights the classification losses (a plain in-batch version made maps
     worse in the issue's runs). A clip with no negative contributes zero. Under DDP the
     negatives are the other clips of the same process's batch. ``kind``: the map whose peak is
-    scored (``config.contrastive_map``: the cosine, or the map the model deploys).
+    scored (``config.contrastive_map``: the cosine, or the map the model deploys); ``border``
+    (``config.mil_border``) cells of the map's outer ring are left out of that peak, where
+    zero padding makes features distinctive without an object (training only).
     """
-    logits = pair_similarity(V, za, kind) / temperature
+    logits = pair_similarity(V, za, kind, border) / temperature
     same = labels[:, None] == labels[None, :]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     logits = logits.masked_fill(same & ~eye, float("-inf"))
@@ -190,7 +197,8 @@ def training_loss(config: Config, logits: dict[str, torch.Tensor], features: Fea
     total, parts = classification_loss(logits, labels)
     if config.contrastive_weight > 0 and features is not None and len(labels) > 1:
         kind = config.map_kind if config.contrastive_map == "deployed" else "cosine"
-        c = contrastive_loss(features.V.float(), features.za.float(), labels, config.contrastive_temperature, kind)
+        c = contrastive_loss(features.V.float(), features.za.float(), labels, config.contrastive_temperature, kind,
+                             config.mil_border)
         total = total + config.contrastive_weight * c
         parts["contrastive"] = float(c.detach())
     return total, parts
