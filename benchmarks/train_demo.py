@@ -4,10 +4,11 @@
     python benchmarks/train_demo.py --data data/synth500 --run runs/demo        # export only
 
 Synthesises the benchmark if --data is empty (500 clips of 10 s, seed 1, 10 classes), trains
-the `small` config with a training recipe (default: `soundloc train`'s default, the one whose
-maps follow the sound; see benchmarks/RESULTS.md, issue 10) on 3 s crops, and exports the
-streaming step graph of the last epoch (fp32, ONNX) into the package's assets. The asset shipped
-today predates the default recipe: `tied-fc` with dot-product maps and the plateau schedule.
+the `small` config with a training recipe (default: `soundloc train`'s default) on 3 s crops, and
+exports the streaming step graph of the last epoch (fp32, ONNX, with its class outputs). The
+asset shipped today: `--train --epochs 10` (2026-12-06, 2-core VM, about 35 min), then
+`soundloc calibrate soundloc/assets/demo --data NEG` with `soundloc synth NEG --clips 120 --seed 11
+--seconds 6 --profile negatives --val-fraction 0.5` (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
