@@ -174,7 +174,7 @@ class Config:
             raise ConfigError("fps, sample_rate, hop_length and n_mels are fixed by the method (10, 16000, 160, 80)")
         if self.image_size % 16:
             raise ConfigError(f"image_size must be a multiple of 16, not {self.image_size}")
-        side = self.image_size // (16 if self.coarse_training or not self.fine_map else 8)  # the training map
+        side = self.training_map_side
         if self.family == "classifier" and self.contrastive_weight > 0 and side <= 2 * self.mil_border:
             raise ConfigError(f"mil_border={self.mil_border} leaves nothing of the {side}x{side} training map "
                               f"at image_size {self.image_size}; lower it or set mil_border=0")
@@ -199,6 +199,12 @@ class Config:
     @property
     def window_steps(self) -> int:
         return int(round(self.window_seconds * self.fps))
+
+    @property
+    def training_map_side(self) -> int:
+        """The classifier's map side in training: stride 16, or 8 with ``fine_map`` unless
+        ``coarse_training`` keeps layer4's stride there (7 or 14 at 112 px)."""
+        return self.image_size // (16 if self.coarse_training or not self.fine_map else 8)
 
 
     # -- serialisation --------------------------------------------------------------------

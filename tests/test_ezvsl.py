@@ -6,10 +6,9 @@ the same protocol code as soundloc's own models."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np

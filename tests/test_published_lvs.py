@@ -8,10 +8,9 @@ refused."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np

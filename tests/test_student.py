@@ -10,17 +10,16 @@ the imported checkpoint is full width, as the authors save theirs (tests/test_ez
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import json
-import shutil
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np

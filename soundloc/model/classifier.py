@@ -69,11 +69,17 @@ def pair_similarity(V: torch.Tensor, za: torch.Tensor, kind: str = "cosine", bor
     ``border`` > 0: the peak over the interior cells only (``config.mil_border``)."""
     V, za = map_operands(V, za, kind)
     maps = torch.einsum("jdthw,itd->ijhw", V, za) / V.shape[2]
-    if border:
-        if min(maps.shape[-2:]) <= 2 * border:
-            raise ValueError(f"a border of {border} cells leaves nothing of a {tuple(maps.shape[-2:])} map")
-        maps = maps[..., border:-border, border:-border]
-    return maps.flatten(2).amax(dim=2)
+    return interior(maps, border).flatten(2).amax(dim=2)
+
+
+def interior(x: torch.Tensor, border: int) -> torch.Tensor:
+    """``x`` (..., h, w) without its outer ``border`` rings of cells (``config.mil_border``): what
+    the contrastive terms take their max over locations from, in training only."""
+    if not border:
+        return x
+    if min(x.shape[-2:]) <= 2 * border:
+        raise ValueError(f"a border of {border} cells leaves nothing of a {tuple(x.shape[-2:])} map")
+    return x[..., border:-border, border:-border]
 
 
 def contrastive_loss(V: torch.Tensor, za: torch.Tensor, labels: torch.Tensor, temperature: float,

@@ -26,7 +26,7 @@ from torch import nn
 
 from ..config import NORM_EPS, Config
 from ..families import family_of
-from .classifier import Features
+from .classifier import Features, interior
 
 EMBED_DIM = 512  # the published models' out_dim (EZ-VSL's default): Config.embed_dim at width 1
 
@@ -211,10 +211,7 @@ def mil_contrastive_loss(V: torch.Tensor, za: torch.Tensor, tau: float, border: 
     cells only: a net that starts from noise can otherwise satisfy the loss with the zero-padded
     border cells, which carry each image's identity without finding anything in it (training
     only; the map itself keeps every cell)."""
-    if border:
-        if min(V.shape[-2:]) <= 2 * border:
-            raise ValueError(f"a border of {border} cells leaves nothing of a {tuple(V.shape[-2:])} map")
-        V = V[..., border:-border, border:-border]
+    V = interior(V, border)
     logits = torch.einsum("nchw,mc->nmhw", V, za).flatten(-2).amax(-1) / tau
     labels = torch.arange(len(V), device=V.device)
     return F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)
