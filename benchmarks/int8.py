@@ -42,7 +42,7 @@ def agreement(fp32, int8, clip: Path) -> dict:
     video, mel = file_inputs(clip, fp32.config)
     s32, s8 = stream_onnx(fp32, video, mel), stream_onnx(int8, video, mel)
     scale = float(np.abs(s32["alpha"]).max())
-    return {"clip": clip.name, "steps": int(video.shape[2]), **map_figures(s8["alpha"][0], s32["alpha"][0]),
+    return {"clip": clip.name, "steps": int(video.shape[2]), **map_figures(s8["alpha"][0], s32["alpha"][0], _reach(s32["alpha"])),
             **near_ties(s8["alpha"][0], s32["alpha"][0]),
             "alpha_max_rel_error": float(np.abs(s8["alpha"] - s32["alpha"]).max() / scale)}
 
@@ -105,6 +105,13 @@ def _stream_step(path: Path, bundle, video, mel) -> np.ndarray:
         if out.valid[0]:
             alphas.append(out.alpha[0])
     return np.stack(alphas)
+
+
+def _reach(maps: np.ndarray) -> int:
+    """The int8 row's peak reach in cells of these maps (0 on 7x7, 1 on 14x14)."""
+    from soundloc.deploy.tolerance import tolerance_for
+
+    return tolerance_for("int8").peak_cells(maps.shape[-1])
 
 
 def near_ties(maps: np.ndarray, reference: np.ndarray) -> dict:
@@ -201,7 +208,7 @@ def sensitivity(fp32, calib, clip: Path, steps: int, work: Path, threads: int, t
         quantize_flavour(prepared, dst, "onnx", ranges, keep + floats)
         a8 = _stream_step(dst, fp32, video, mel)
         row = {"kept_float": label, "nodes": len(floats), "alpha_max_rel_error": float(np.abs(a8 - ref).max() / scale),
-               **map_figures(a8, ref), **near_ties(a8, ref)}
+               **map_figures(a8, ref, _reach(ref)), **near_ties(a8, ref)}
         if timed:
             row["time"] = interleaved(fp32, None, threads, time_pairs, int8_step=dst)
         print(row, flush=True)

@@ -101,7 +101,7 @@ def serve_http(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServ
     return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
 
 
-def soundloc_cli(*args: object, timeout: float = 300) -> "subprocess.CompletedProcess":
+def soundloc_cli(*args: object, timeout: float = 900) -> "subprocess.CompletedProcess":
     """The real `soundloc` command (``python -m soundloc``) in a subprocess."""
     import subprocess
     import sys

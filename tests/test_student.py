@@ -161,6 +161,17 @@ def test_frames_moments_picks_exactly_the_moments_frames_and_counts_the_fallback
                                   family.normalise(load_clip(records[0].path, size=96).frames[10][None])[:, 0])
 
 
+def test_the_cache_keeps_one_frame_per_clip_not_the_decoded_clip(clips: Path) -> None:
+    """`--cache` keeps the chosen frame and its spectrogram: each owns its memory, so the clip
+    decoded to find it is freed (a view would keep every frame of every clip in memory)."""
+    data = FrameDataset([ClipRecord("clip0", clips / "clip0.mp4", 0)], ["x"], CONFIG, FrameChoice("mid"))
+    data.keep_decoded()
+    first = data[0]
+    frame, spec = data._decoded[0]
+    assert frame.base is None and frame.nbytes == CONFIG.image_size ** 2 * 3 and spec.base is None
+    np.testing.assert_array_equal(data[0]["frame"].numpy(), first["frame"].numpy())
+
+
 def test_a_moment_past_the_clip_is_skipped_with_its_reason(clips: Path) -> None:
     data = FrameDataset([ClipRecord("clip0", clips / "clip0.mp4", 0)], ["x"], CONFIG, FrameChoice("moments", {"clip0": 25}))
     skipped = data[0]

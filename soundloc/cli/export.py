@@ -95,7 +95,8 @@ def _print_int8(report: dict, console) -> dict:
     console.print(f"verify (int8 vs the fp32 export, {escape(report['clip'])}, {report['steps']} steps):")
     for key in ("stream", "offline", "stream_vs_offline_int8"):
         f = report[key]
-        console.print(f"  {key:>22}: peak cell same on {f['peak_agreement']:.1%} of steps, binarised-map cIoU "
+        near = f", within {f['peak_reach_cells']} cell(s) on {f['peak_within_reach']:.1%}" if f["peak_reach_cells"] else ""
+        console.print(f"  {key:>22}: peak cell same on {f['peak_agreement']:.1%} of steps{near}, binarised-map cIoU "
                       f"median {f['ciou_median']:.3f} (min {f['ciou_min']:.3f})")
     m = report["moments"]
     console.print(f"  alpha max error {report['alpha_max_rel_error']:.2%} of max |alpha|; S_av {m['score_max_rel_error']:.2%}; "

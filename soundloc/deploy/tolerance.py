@@ -10,6 +10,7 @@ the fp32 export it was quantized from (``verify.compare_int8``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -21,14 +22,22 @@ class Tolerance:
     ``rel`` itself: values of magnitude < 1 are held to an absolute ``rel``);
     ``min_map_ciou``: binarised maps must also agree with fp32 at this cIoU on every step;
     ``min_map_ciou_median``: ... at this median cIoU over the steps;
-    ``min_peak_agreement``: the fraction of steps whose map peak cell equals fp32's
-    (None: unchecked).
+    ``min_peak_agreement``: the fraction of steps whose map peak stays within ``peak_reach``
+    of fp32's (None: unchecked);
+    ``peak_reach``: how far a peak may move and still count as the same, as a fraction of the
+    frame's side (0: the same cell). ``peak_cells`` turns it into cells of a given map.
     """
 
     rel: float
     min_map_ciou: float | None = None
     min_map_ciou_median: float | None = None
     min_peak_agreement: float | None = None
+    peak_reach: float = 0.0
+
+    def peak_cells(self, side: int) -> int:
+        """The Chebyshev distance in cells of a ``side`` x ``side`` map that is within reach:
+        the largest d with d / side < ``peak_reach`` (0 on a 7x7 map at reach 1/7, 1 on 14x14)."""
+        return max(0, math.ceil(self.peak_reach * side - 1e-9) - 1)
 
     def allowed(self, scale: float) -> float:
         """The max abs error allowed where the reference's max |value| is ``scale``."""
@@ -45,11 +54,16 @@ class Tolerance:
 # trained map's peak stands clear of its other cells. Those are what a user reads, so they are the
 # targets (issue 12: peak cell identical on >= 95 % of steps, binarised cIoU median >= 0.95); the
 # 15 % bound on alpha only catches a broken quantization (ranges that missed the data: >= 20 %).
+# The peak bound was set on 7x7 maps, one cell = 1/7 of the frame; it is kept at that precision on
+# any map (``peak_reach``): on the default recipe's 14x14 map the fp32 peak itself is a near-tie
+# between neighbours (RESULTS.md, "int8 at 14x14": top-2 gap median 1 % of the map's range, no
+# step clear of int8's error, and keeping the whole video or audio network float leaves the exact
+# cell at 82-84 %), so the same cell on 14x14 would judge the map's flatness, not int8.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(rel=1e-5),
     "tf32": Tolerance(rel=1e-2),
     "fp16": Tolerance(rel=1e-2, min_map_ciou=0.95),
-    "int8": Tolerance(rel=0.15, min_map_ciou_median=0.95, min_peak_agreement=0.95),
+    "int8": Tolerance(rel=0.15, min_map_ciou_median=0.95, min_peak_agreement=0.95, peak_reach=1 / 7),
 }
 
 

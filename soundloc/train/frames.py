@@ -149,7 +149,9 @@ class FrameDataset(torch.utils.data.Dataset):
             return SkippedClip(rec.clip_id, f"moment frame {t} is past the clip's last frame ({len(clip.frames) - 1}): "
                                             f"a moments file of other clips?")
         audio = audio_window(np.asarray(clip.audio, np.float32), self.window.first_sample(t), self.window.length)
-        decoded = np.ascontiguousarray(clip.frames[t]), log_spectrogram(audio)
+        # a copy, not a view: a cached view would keep the whole decoded clip alive (10 s clips at
+        # 224 px: 15 MB each, several GB over a dataset)
+        decoded = clip.frames[t].copy(), log_spectrogram(audio)
         if self._decoded is not None:
             self._decoded[i] = decoded
         return decoded
