@@ -227,7 +227,7 @@ def sensitivity(fp32, calib, clip: Path, steps: int, work: Path, threads: int, t
     rows = [trial(block, names) for block, names in blocks.items()] + [trial("non-conv operators", others)]
 
     def gain(r):
-        return (r["peak_agreement"], r["ciou_median"], -r["alpha_max_rel_error"])
+        return (r["peak_within_reach"], r["peak_agreement"], r["ciou_median"], -r["alpha_max_rel_error"])
 
     rows.sort(key=gain, reverse=True)
     out["block_float"] = rows
