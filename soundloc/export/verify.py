@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import torch
@@ -242,7 +243,8 @@ def compare_int8(bundle: Bundle, reference: Bundle, video: np.ndarray, mel: np.n
            "labels": label_agreement(s8, s32)}
     failures = []
     if not out["stream"]["peak_within_reach"] >= tol.min_peak_agreement:
-        where = "equals fp32's" if not reach else f"is within {reach} cell(s) of fp32's (1/7 of the frame)"
+        reach_text = Fraction(tol.peak_reach).limit_denominator(100)
+        where = "equals fp32's" if not reach else f"is within {reach} cell(s) of fp32's ({reach_text} of the frame)"
         failures.append(f"int8 map peak {where} on {out['stream']['peak_within_reach']:.1%} of steps "
                         f"< {tol.min_peak_agreement:.0%}")
     if not out["stream"]["ciou_median"] >= tol.min_map_ciou_median:
