@@ -34,12 +34,13 @@ from pathlib import Path
 import numpy as np
 from generalisation import score
 
-from soundloc import evaluate
-from soundloc.config import EVAL_SIZE
+from soundloc import evaluate, localize
+from soundloc.config import EVAL_SIZE, SALIENCE_POWER
 from soundloc.data.annotations import find_video, read_vggss
 from soundloc.dependence import other_clips
 from soundloc.fileio import write_json
 from soundloc.localize import BOX_SEGMENTS, pseudo_box, upsample, window_map
+from soundloc.model import classifier
 from soundloc.model.inference import Analyzer, Skipped
 
 PLACES = ("sounding", "silent", "next_to_sounding", "between", "edge", "elsewhere")
@@ -148,19 +149,30 @@ def _line(name: str, r: dict) -> str:
             "  | box IoU>=0.5: " + "  ".join(f"{k} {v['iou50']:.2f}" for k, v in r["boxes"].items()))
 
 
+def set_salience_power(power: float) -> None:
+    """Both implementations of the salient map (torch's, which scores here, and numpy's, which
+    streams) read the module constant at call time."""
+    classifier.SALIENCE_POWER = localize.SALIENCE_POWER = power
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="a `soundloc synth` folder (its test split is scored)")
     ap.add_argument("--run", action="append", default=[],
                     help="NAME=CHECKPOINT (repeatable); NAME=CHECKPOINT:fine reads it with fine_map on")
+    ap.add_argument("--salience-power", type=float, default=None,
+                    help=f"read salient maps with this power of |V| instead of {SALIENCE_POWER} (an exploration of the "
+                         "read; the constant is not a checkpoint setting, so this sets it for this process)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     t0 = time.time()
+    if args.salience_power is not None:
+        set_salience_power(args.salience_power)
     gt = read_vggss(args.data / "vggss.json")
     tracks = json.loads((args.data / "tracks.json").read_text())
     frame = {i: len(tracks[i]["objects"][0]["boxes"]) // 2 for i in gt.ids}
     center = evaluate.center_maps(gt.ids)
-    result = {"data": str(args.data), "protocol": "lvs", "clips": len(gt.ids),
+    result = {"data": str(args.data), "protocol": "lvs", "clips": len(gt.ids), "salience_power": classifier.SALIENCE_POWER,
               "center": full(center, gt, tracks, frame), "runs": {}}
     print(_line("center", result["center"]), flush=True)
     for spec in args.run:

@@ -35,7 +35,7 @@ from soundloc.media import load_clip  # noqa: E402
 from soundloc.mel import audio_window, log_spectrogram  # noqa: E402
 from soundloc.model.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
 from soundloc.model.ezvsl import EZVSL, box_loss, mil_contrastive_loss  # noqa: E402
-from soundloc.train.datasets import ClipRecord  # noqa: E402
+from soundloc.train.datasets import ClipRecord, decode_record  # noqa: E402
 from soundloc.train.distributed import DistInfo  # noqa: E402
 from soundloc.train.epoch import forward_backward  # noqa: E402
 from soundloc.train.frames import FrameChoice, FrameDataset, box_target, collate_frames  # noqa: E402
@@ -178,6 +178,20 @@ def test_a_moment_past_the_clip_is_skipped_with_its_reason(clips: Path) -> None:
     assert "moment frame 25" in skipped.reason and "last frame (19)" in skipped.reason
     batch = collate_frames([skipped])
     assert batch["skipped"] == [("clip0", skipped.reason)] and "frame" not in batch
+
+
+def test_a_broken_file_is_skipped_with_the_classifier_datasets_reason(clips: Path, tmp_path: Path) -> None:
+    """Both training datasets skip a bad file through one function: the student's reason is the
+    classifier's, one line, and the batch goes on without it."""
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes((clips / "clip0.mp4").read_bytes()[:2000])  # a cut-off download
+    records = [ClipRecord("broken", broken, 0), ClipRecord("clip1", clips / "clip1.mp4", 0)]
+    student = FrameDataset(records, ["x"], CONFIG, FrameChoice("mid"))
+    skipped = student[0]
+    assert skipped == decode_record(records[0], CONFIG) and skipped.clip_id == "broken"
+    assert "broken.mp4" in skipped.reason and "\n" not in skipped.reason
+    batch = collate_frames([skipped, student[1]])
+    assert batch["skipped"] == [("broken", skipped.reason)] and batch["id"] == ["clip1"]
 
 
 def test_cli_refusals_are_one_line(clips: Path, tmp_path: Path) -> None:

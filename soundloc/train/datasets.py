@@ -31,7 +31,7 @@ import torch
 from ..config import FPS, MELS_PER_STEP, SAMPLE_RATE, VIDEO_FOLDERS, Config, is_whole_steps, seconds_to_steps
 from ..data.annotations import (AnnotationError, find_video, read_path_label_csv, read_vggsound_csv, safe_join,
                                 video_folder)
-from ..media import MediaError, load_clip
+from ..media import Clip, MediaError, load_clip
 from ..mel import log_mel
 from ..preprocess import normalise_frames
 from ..errors import SoundlocError
@@ -59,6 +59,18 @@ class SkippedClip:
 
     clip_id: str
     reason: str
+
+
+def decode_record(rec: ClipRecord, config: Config, seconds: float | None = None) -> Clip | SkippedClip:
+    """The clip of ``rec`` on the model's grid (``seconds`` of it, or all), or the one-line
+    reason it cannot be used: every training dataset skips a bad file through here."""
+    try:
+        return load_clip(rec.path, seconds=seconds, fps=FPS, size=config.image_size, sample_rate=SAMPLE_RATE,
+                         require_audio=True)
+    except MediaError as e:
+        return SkippedClip(rec.clip_id, str(e))
+    except (OSError, ValueError, RuntimeError) as e:  # av/numpy failures media.py did not foresee
+        return SkippedClip(rec.clip_id, f"{rec.path}: cannot decode ({type(e).__name__}: {' '.join(str(e).split())})")
 
 
 @dataclass(frozen=True)
@@ -161,14 +173,9 @@ class ClipDataset(torch.utils.data.Dataset):
     def _decode(self, i: int) -> tuple[np.ndarray, np.ndarray] | SkippedClip:
         if self._decoded is not None and i in self._decoded:
             return self._decoded[i]
-        rec = self.records[i]
-        try:
-            clip = load_clip(rec.path, seconds=self.config.clip_seconds, fps=FPS, size=self.config.image_size,
-                             sample_rate=SAMPLE_RATE, require_audio=True)
-        except MediaError as e:
-            return SkippedClip(rec.clip_id, str(e))
-        except (OSError, ValueError, RuntimeError) as e:  # av/numpy failures media.py did not foresee
-            return SkippedClip(rec.clip_id, f"{rec.path}: cannot decode ({type(e).__name__}: {' '.join(str(e).split())})")
+        clip = decode_record(self.records[i], self.config, seconds=self.config.clip_seconds)
+        if isinstance(clip, SkippedClip):
+            return clip
         decoded = clip.frames, log_mel(clip.audio)
         if self._decoded is not None:
             self._decoded[i] = decoded

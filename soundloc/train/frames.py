@@ -20,13 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import FPS, SAMPLE_RATE, Config
+from ..config import Config
 from ..data.annotations import AnnotationError, read_vggss
 from ..families import WindowFeeder, family_of
 from ..fileio import sha256_file
-from ..media import MediaError, load_clip
 from ..mel import audio_window, log_spectrogram
-from .datasets import ClipRecord, DatasetError, SkippedClip
+from .datasets import ClipRecord, DatasetError, SkippedClip, decode_record
 
 FRAME_MODES = ("mid", "moments")
 
@@ -137,13 +136,9 @@ class FrameDataset(torch.utils.data.Dataset):
         if self._decoded is not None and i in self._decoded:
             return self._decoded[i]
         rec = self.records[i]
-        try:
-            clip = load_clip(rec.path, fps=FPS, size=self.config.image_size, sample_rate=SAMPLE_RATE,
-                             require_audio=True)
-        except MediaError as e:
-            return SkippedClip(rec.clip_id, str(e))
-        except (OSError, ValueError, RuntimeError) as e:
-            return SkippedClip(rec.clip_id, f"{rec.path}: cannot decode ({type(e).__name__}: {' '.join(str(e).split())})")
+        clip = decode_record(rec, self.config)
+        if isinstance(clip, SkippedClip):
+            return clip
         t = self.choice.frame(rec.clip_id, len(clip.frames))
         if t >= len(clip.frames):
             return SkippedClip(rec.clip_id, f"moment frame {t} is past the clip's last frame ({len(clip.frames) - 1}): "
