@@ -9,8 +9,8 @@
 #   bash benchmarks/paper_applications.sh WORKDIR
 #
 # Environment (defaults in brackets): CLIPS training clips [240], TEST shift clips [60],
-# CLIP_SECONDS per clip [4] (10, VGGSound's length, is where the top-1 moment and the middle frame part:
-# benchmarks/RESULTS.md, issue 26's third pass), N clips annotated with pseudo boxes [100], TEACHER_EPOCHS [8],
+# CLIP_SECONDS per clip [4] (10, VGGSound's length, is where the top-1 moment and the middle frame part,
+# with STUDENT_EPOCHS=15: benchmarks/RESULTS.md, issue 26's third and fourth passes), N clips annotated with pseudo boxes [100], TEACHER_EPOCHS [8],
 # STUDENT_EPOCHS [8], STUDENT_PRESET (the students' ResNet-18 width: small = 1/8) [small], LR of the students [1e-3],
 # STUDENT_INIT (teacher: the students' image nets start from the teacher's video net, `--init
 # TEACHER`; empty: the authors' random initialisation) [teacher], MIL_BORDER (map cells of the border
