@@ -35,7 +35,7 @@ from soundloc.media import load_clip  # noqa: E402
 from soundloc.mel import audio_window, log_spectrogram  # noqa: E402
 from soundloc.model.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
 from soundloc.model.ezvsl import EZVSL, box_loss, mil_contrastive_loss  # noqa: E402
-from soundloc.train.datasets import ClipRecord, decode_record  # noqa: E402
+from soundloc.train.datasets import ClipDataset, ClipRecord  # noqa: E402
 from soundloc.train.distributed import DistInfo  # noqa: E402
 from soundloc.train.epoch import forward_backward  # noqa: E402
 from soundloc.train.frames import FrameChoice, FrameDataset, box_target, collate_frames  # noqa: E402
@@ -188,7 +188,7 @@ def test_a_broken_file_is_skipped_with_the_classifier_datasets_reason(clips: Pat
     records = [ClipRecord("broken", broken, 0), ClipRecord("clip1", clips / "clip1.mp4", 0)]
     student = FrameDataset(records, ["x"], CONFIG, FrameChoice("mid"))
     skipped = student[0]
-    assert skipped == decode_record(records[0], CONFIG) and skipped.clip_id == "broken"
+    assert skipped == ClipDataset(records, ["x"], CONFIG)[0] and skipped.clip_id == "broken"
     assert "broken.mp4" in skipped.reason and "\n" not in skipped.reason
     batch = collate_frames([skipped, student[1]])
     assert batch["skipped"] == [("broken", skipped.reason)] and batch["id"] == ["clip1"]
