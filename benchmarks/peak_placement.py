@@ -16,6 +16,8 @@ Beside it, each figure for the same model with another clip's audio of another c
 (pointing, sounding-beats-silent, mean cIoU, AP50, AUC), and the live box
 (``localize.pseudo_box`` at threshold 0.5) around the largest thresholded segment and around
 the segment holding the peak: mean IoU with the sounding box and the share with IoU >= 0.5.
+``by``: pointing split by the clip's sound family, object count, the sounding object's texture
+and height, and whether the audio head names the clip's class (``breakdown``).
 
     python benchmarks/peak_placement.py --data runs/heldout100 --run default=runs/default/last.pt \\
         --json benchmarks/results/peak_placement.json
@@ -41,7 +43,7 @@ from soundloc.dependence import other_clips
 from soundloc.fileio import write_json
 from soundloc.localize import BOX_SEGMENTS, pseudo_box, upsample, window_map
 from soundloc.model import classifier
-from soundloc.model.inference import Analyzer, Skipped
+from soundloc.model.inference import Analyzer, Skipped, window_outputs
 
 PLACES = ("sounding", "silent", "next_to_sounding", "between", "edge", "elsewhere")
 NEXT_TO = 0.25  # of the sounding box's width / height, on each side
@@ -89,6 +91,31 @@ def placements(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int])
     return {k: v / max(len(maps), 1) for k, v in counts.items()}
 
 
+def _height_bin(box) -> str:
+    h = box[3] - box[1]
+    return "<0.22" if h < 0.22 else "0.22-0.28" if h < 0.28 else ">=0.28"
+
+
+def breakdown(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int], heard: dict[str, bool]) -> dict:
+    """Pointing and the silent-object share by what each clip shows and plays: its sound family,
+    object count, the sounding object's texture and box height (frame fractions), and whether
+    the audio head names the clip's class at the scored window (``heard``). Which of a held-out
+    profile's differences costs the peak; a diagnosis, not a choice of settings."""
+    rows: dict[str, dict[str, list[str]]] = {}
+    for clip_id, m in maps.items():
+        track = tracks[clip_id]
+        boxes = [o["boxes"][frame[clip_id]] for o in track["objects"]]
+        src = track["objects"][track["sounding"]]
+        where = place(*peak_xy(m), boxes, track["sounding"])
+        keys = {"sound": track.get("sound", "steady"), "objects": str(len(boxes)),
+                "texture": src.get("texture", "not recorded"), "height": _height_bin(boxes[track["sounding"]]),
+                "audio_class": "right" if heard[clip_id] else "wrong"}
+        for factor, value in keys.items():
+            rows.setdefault(factor, {}).setdefault(value, []).append(where)
+    return {factor: {v: {"n": len(w), "pointing": w.count("sounding") / len(w), "silent": w.count("silent") / len(w)}
+                     for v, w in sorted(values.items())} for factor, values in rows.items()}
+
+
 def box_iou(a, b) -> float:
     w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -115,30 +142,35 @@ def full(maps: dict[str, np.ndarray], gt, tracks: dict, frame: dict[str, int]) -
             "boxes": boxes(maps, tracks, frame)}
 
 
-def refine(an: Analyzer) -> None:
-    """Read a 7x7 model's weights with ``fine_map`` on (the same parameters, layer4 unstrided):
-    a 14x14 map without retraining."""
+def reread(an: Analyzer, **overrides) -> None:
+    """Read a model's weights under other settings of the same parameters: ``fine_map=True``
+    (layer4 unstrided: a 7x7 model's 14x14 map without retraining) or another ``image_size``
+    (the networks are convolutional: frames resized to it, a map of size / 8 cells)."""
     from soundloc.model.classifier import AVClassifier
 
-    fine = AVClassifier(an.config.replace(fine_map=True)).to(an.device).eval()
-    fine.load_state_dict(an.model.state_dict())
-    an.model, an.config = fine, fine.config
+    model = AVClassifier(an.config.replace(**overrides)).to(an.device).eval()
+    model.load_state_dict(an.model.state_dict())
+    an.model, an.config = model, model.config
 
 
-def evaluate_run(ckpt: Path, data: Path, gt, tracks: dict, fine: bool = False) -> dict:
+def evaluate_run(ckpt: Path, data: Path, gt, tracks: dict, fine: bool = False, image_size: int | None = None) -> dict:
     an = Analyzer(ckpt)
-    if fine:
-        refine(an)
+    overrides = {**({"fine_map": True} if fine else {}), **({"image_size": image_size} if image_size else {})}
+    if overrides:
+        reread(an, **overrides)
     feats = list(an.each([(i, find_video(data, i)) for i in gt.ids], Skipped()))
     steps = an.config.window_steps
     frame = {f.clip_id: f.steps // 2 for f in feats}
     other = other_clips([tracks[f.clip_id]["label"] for f in feats], len(feats))
     own = {f.clip_id: window_map(f.alpha(), frame[f.clip_id], steps) for f in feats}
     shuffled = {f.clip_id: window_map(f.alpha(feats[j].za), frame[f.clip_id], steps) for f, j in zip(feats, other)}
+    heard = {f.clip_id: window_outputs(an, f, frame[f.clip_id], steps)["classes"].get("audio") == tracks[f.clip_id]["label"]
+             for f in feats}
     cfg = an.config
     return {"ckpt": str(ckpt), "clips": len(feats), "map_size": list(next(iter(own.values())).shape),
-            "config": {k: getattr(cfg, k) for k in ("head", "map_kind", "contrastive_weight", "contrastive_map", "fine_map")},
-            "map": full(own, gt, tracks, frame), "shuffled": full(shuffled, gt, tracks, frame)}
+            "config": {k: getattr(cfg, k) for k in ("head", "map_kind", "contrastive_weight", "contrastive_map", "fine_map", "image_size")},
+            "map": full(own, gt, tracks, frame), "shuffled": full(shuffled, gt, tracks, frame),
+            "by": breakdown(own, tracks, frame, heard)}
 
 
 def _line(name: str, r: dict) -> str:
@@ -163,6 +195,8 @@ def main() -> None:
     ap.add_argument("--salience-power", type=float, default=None,
                     help=f"read salient maps with this power of |V| instead of {SALIENCE_POWER} (an exploration of the "
                          "read; the constant is not a checkpoint setting, so this sets it for this process)")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="read every run's weights at this input size (a multiple of 16) instead of its checkpoint's")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     t0 = time.time()
@@ -178,9 +212,11 @@ def main() -> None:
     for spec in args.run:
         name, _, ckpt = spec.partition("=")
         fine = ckpt.endswith(":fine")
-        r = result["runs"][name] = evaluate_run(Path(ckpt.removesuffix(":fine")), args.data, gt, tracks, fine)
+        r = result["runs"][name] = evaluate_run(Path(ckpt.removesuffix(":fine")), args.data, gt, tracks, fine, args.image_size)
         print(_line(name, r["map"]), flush=True)
         print(_line(f"{name} shuffled", r["shuffled"]), flush=True)
+        for factor, values in r["by"].items():
+            print(f"{'':>16}  by {factor}: " + "  ".join(f"{v} {x['pointing']:.2f} (n={x['n']})" for v, x in values.items()))
     result["seconds"] = round(time.time() - t0, 1)
     if args.json:
         write_json(result, args.json)

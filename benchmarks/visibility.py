@@ -29,8 +29,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from soundloc.data.annotations import find_video, read_vggsound_csv
 from soundloc.fileio import write_json
 from soundloc.runtime.engine import StepModel

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import threading
+import types
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-
-import types
 
 import numpy as np
 import pytest
@@ -101,9 +101,8 @@ def serve_http(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServ
     return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
 
 
-def soundloc_cli(*args: object, timeout: float = 900) -> "subprocess.CompletedProcess":
+def soundloc_cli(*args: object, timeout: float = 900) -> subprocess.CompletedProcess:
     """The real `soundloc` command (``python -m soundloc``) in a subprocess."""
-    import subprocess
     import sys
 
     cmd = [sys.executable, "-m", "soundloc", *map(str, args)]

@@ -266,6 +266,7 @@ def test_train_defaults_use_the_default_recipe_and_paper_recipe_is_the_paper(tmp
     cfg = model.config
     assert (cfg.head, cfg.map_kind, cfg.contrastive_weight) == ("tied-fc", "salient", RECIPES["default"][0]["contrastive_weight"])
     assert data_d["schedule"] == "cosine" and "T_max" in data_d["scheduler"]
+    assert data_d["zoom"] == RECIPES["default"][1].get("zoom", 1.0) == 1.0  # recorded; an option (issue 24)
     (line,) = [json.loads(x) for x in (tmp_path / "default" / "log.jsonl").read_text().splitlines()]
     assert line["monitor"] == "val_minus_loss"
     assert ("contrastive" in line["train"]["loss_parts"]) == (cfg.contrastive_weight > 0)
@@ -277,6 +278,7 @@ def test_train_defaults_use_the_default_recipe_and_paper_recipe_is_the_paper(tmp
     cfg = model.config
     assert (cfg.head, cfg.map_kind, cfg.contrastive_weight) == ("individual-fc", "dot", 0.0)
     assert data_p["schedule"] == "plateau" and data_p["scheduler"]["mode"] == "max"
+    assert data_p["zoom"] == 1.0 and "zoom" not in RECIPES["paper"][1]
     assert {n for n, _ in model.named_children()} == {"video", "audio", "fc_v", "fc_a", "fc_av"}
     (line,) = [json.loads(x) for x in (tmp_path / "paper" / "log.jsonl").read_text().splitlines()]
     assert line["monitor"] == "val_accuracy_av" and set(line["train"]["loss_parts"]) == {"vision", "audio", "av"}
@@ -299,6 +301,13 @@ def test_train_defaults_use_the_default_recipe_and_paper_recipe_is_the_paper(tmp
     r = runner.invoke(app, resume)  # no --preset: the checkpoint's config and schedule, not the default recipe's
     assert r.exit_code == 0, r.output
     assert read_checkpoint(tmp_path / "paper" / "last.pt")["schedule"] == "plateau"
+    assert read_checkpoint(tmp_path / "paper" / "last.pt")["zoom"] == 1.0
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "zoom"), "--zoom", "0.75"])
+    assert r.exit_code == 0, r.output
+    assert read_checkpoint(tmp_path / "zoom" / "last.pt")["zoom"] == 0.75
+    r = runner.invoke(app, [*resume[:-5], "--out", str(tmp_path / "zoom"), "--epochs", "2", "--resume"])
+    assert r.exit_code == 0, r.output  # a resume goes on with the run's own zoom, not TrainOptions' 1.0
+    assert read_checkpoint(tmp_path / "zoom" / "last.pt")["zoom"] == 0.75
     r = runner.invoke(app, [*resume[:-3], "--epochs", "3", "--resume", "--schedule", "cosine"])
     assert r.exit_code == 2 and "trained with the plateau schedule" in r.output
     r = runner.invoke(app, [*base, "--out", str(tmp_path / "x"), "--recipe", "fancy"])

@@ -200,6 +200,31 @@ def test_shift_profile_changes_rates_channels_sizes_and_counts(tmp_path: Path) -
     assert max(counts) > 3 >= min(counts) >= 2  # up to four objects (seed 7 draws two fours)
 
 
+def test_varied_profile_unties_texture_from_class_and_keeps_heldouts_own_unseen(tmp_path: Path) -> None:
+    """`varied` (training data): any object wears any training texture, whatever its class,
+    while shape and colour stay the class's; boxes of 4-45 % of the frame, below the default's
+    10 %; nothing that `heldout` keeps for final figures (its textures, decoys, sound families)."""
+    prof, held = synth.PROFILES["varied"], synth.PROFILES["heldout"]
+    assert set(prof.textures) == set(scenes.TEXTURES) and set(prof.textures).isdisjoint(held.textures)
+    assert not prof.decoy_shapes and prof.sounds == ("steady",) and prof.offscreen == 0
+    cls = synth_classes(10)
+    rng = np.random.default_rng(0)
+    worn = {c.name: set() for c in cls[:3]}
+    for _ in range(40):
+        looks = synth._looks(prof, list(cls[:3]), rng)
+        assert [(k.name, k.shape, k.colour) for k in looks] == [(c.name, c.shape, c.colour) for c in cls[:3]]
+        for k in looks:
+            worn[k.name].add(k.texture)
+    assert all(t == set(scenes.TEXTURES) for t in worn.values()), worn  # each class in all four
+    assert synth._looks(synth.PROFILES["default"], list(cls[:3]), rng) == list(cls[:3])
+    make_synthetic_dataset(tmp_path, num_clips=8, seed=5, seconds=1.0, num_classes=6, val_fraction=0.5,
+                           workers=1, size=64, profile="varied")
+    objects = [o for t in json.loads((tmp_path / "tracks.json").read_text()).values() for o in t["objects"]]
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in (o["boxes"][0] for o in objects)]
+    assert min(areas) < scenes.AREA_RANGE[0] and max(areas) <= prof.area_range[1] * 1.34 + 1e-3, areas
+    assert {o["texture"] for o in objects} <= set(scenes.TEXTURES) and len({o["texture"] for o in objects}) > 1
+
+
 def test_unknown_profile_raises(tmp_path: Path) -> None:
     with pytest.raises(SynthError, match="unknown profile 'nope'"):
         make_synthetic_dataset(tmp_path, num_clips=2, seconds=1.0, profile="nope")
@@ -231,6 +256,7 @@ def test_heldout_profile_differs_where_shift_does_not(heldout: Path) -> None:
         for k, obj in enumerate(objects):
             b = np.array(obj["boxes"])
             assert np.all((b[:, 3] - b[:, 1] >= 0.15 - 1e-3) & (b[:, 3] - b[:, 1] <= 0.35 + 1e-3))
+            assert obj["texture"] in prof.textures  # recorded, and never a training texture
             is_decoy = obj["class"].startswith("decoy ")
             decoys += is_decoy
             assert not is_decoy or (k == 2 and obj["class"][6:] in prof.decoy_shapes)
@@ -308,6 +334,8 @@ def test_default_profile_clips_are_unchanged_by_the_heldout_options(made) -> Non
     tracks = json.loads((out / "tracks.json").read_text())
     names = {c.name for c in synth_classes(5)}
     assert all(t["sound"] == "steady" and {o["class"] for o in t["objects"]} <= names for t in tracks.values())
+    textures = {c.name: c.texture for c in synth_classes(5)}
+    assert all(o["texture"] == textures[o["class"]] for t in tracks.values() for o in t["objects"])
 
 
 def test_negatives_profile_marks_clips_without_a_visible_source(tmp_path: Path) -> None:

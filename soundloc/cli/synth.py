@@ -28,7 +28,7 @@ def synth(
     val_fraction: float = typer.Option(0.2, "--val-fraction", help="Share of clips in the 'test' split."),
     size: int = typer.Option(160, "--size", help="Frame width and height in pixels."),
     workers: int = typer.Option(0, "--workers", help="Processes (0 = all cores)."),
-    profile: str = typer.Option("default", "--profile", help="default; shift (smaller objects, clutter, motion, 24/25/30 fps, 44.1/48 kHz stereo); heldout (new textures, decoy shapes, bursts/chirps/clicks, off-screen noise: for final figures only); negatives (half the test clips without a visible source: off-screen, occluded, noise, silence)."),
+    profile: str = typer.Option("default", "--profile", help="default; shift (smaller objects, clutter, motion, 24/25/30 fps, 44.1/48 kHz stereo); heldout (new textures, decoy shapes, bursts/chirps/clicks, off-screen noise: for final figures only); varied (training data: any object in any training texture, 4-45 % of the frame); negatives (half the test clips without a visible source: off-screen, occluded, noise, silence)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the summary (counts, seconds, clips/min) here."),
     force: bool = typer.Option(False, "--force", help="Write into a folder that is not empty (files of the same names are replaced)."),
 ) -> None:

@@ -46,7 +46,7 @@ def train_command(
     keep_epochs: bool = typer.Option(False, "--keep-epochs", help="Also keep epoch_XXX.pt for every epoch."),
     crop_seconds: Optional[float] = typer.Option(None, "--crop-seconds", help="Train on random windows of this length (cheaper steps; validation uses whole clips)."),
     flip: bool = typer.Option(False, "--flip", help="Random horizontal flips while training."),
-    zoom: float = typer.Option(1.0, "--zoom", help="Below 1: shrink training frames by a random factor in [ZOOM, 1] (smaller, further sources)."),
+    zoom: Optional[float] = typer.Option(None, "--zoom", help="Below 1: shrink training frames by a random factor in [ZOOM, 1] (smaller, further sources; 0.75 pointed best, see docs/guide.md). Default: 1, or on --resume the run's own."),
     cache: bool = typer.Option(False, "--cache", help="Keep decoded clips in memory after the first epoch (small collections; ~1.5 MB per 10 s clip per worker)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the run summary here."),
 ) -> None:
@@ -61,7 +61,7 @@ def train_command(
     own = [out / "last.pt", out / "best.pt", out / "log.jsonl"] if not out.is_file() else []
     check_paths([json_out, *own], [data_dir, csv_path, classes, init_video, init, moments, boxes, teacher], dirs=[out])
     try:
-        extra = {"schedule": schedule} if schedule is not None else {}
+        extra = {k: v for k, v in {"schedule": schedule, "zoom": zoom}.items() if v is not None}
         student = {k: v for k, v in {"init": init, "frames": frames, "moments": moments, "boxes": boxes,
                                      "teacher": teacher}.items() if v is not None}
         result = train(data_dir, out, preset=preset, recipe=recipe, overrides=Config.parse_overrides(overrides), csv_path=csv_path,
@@ -69,7 +69,7 @@ def train_command(
                        resume=resume, init_video=init_video, family=family, **student, epochs=epochs,
                        batch_size=batch_size, lr=lr,
                        workers=workers, amp=amp, device=device, seed=seed, keep_epochs=keep_epochs,
-                       crop_seconds=crop_seconds, flip=flip, zoom=zoom, cache=cache, **extra)
+                       crop_seconds=crop_seconds, flip=flip, cache=cache, **extra)
     except (TrainError, DistributedError, ConfigError, CheckpointError) as e:
         raise fail(str(e)) from None
     except OSError as e:  # full disk, unwritable --out: the previous checkpoint is intact

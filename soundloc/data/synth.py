@@ -20,7 +20,8 @@ Outputs under ``out_dir``:
 - ``vggss.json``: VGG-SS format for the ``test`` clips, ``[{"file", "class", "bbox":
   [[xmin, ymin, xmax, ymax]]}]``, normalised, the sounding object's box at the middle frame
   (10 fps frame index ``T // 2``, t = 5.0 s for a 10 s clip).
-- ``tracks.json``: every clip's boxes of every object at each 10 fps frame, and which sounds.
+- ``tracks.json``: every clip's boxes of every object at each 10 fps frame (with its class and the
+  texture it wears), and which sounds.
 - ``intervals.json``: per clip, the ``[start_s, end_s]`` intervals where the source sounds.
 - ``classes.csv``: ``label,count,split_counts`` rows in class-index order (like VGGSound's
   ``stat.csv``), ``synth.json``: the generation settings.
@@ -39,7 +40,10 @@ a shape no class has (star, crescent, arrow) in another class's colour, the sour
 sounding in bursts, chirps or clicks instead of steadily, up to two noise bursts from nothing in
 view, 25 fps video and 44.1 kHz stereo. ``tracks.json`` names each clip's sound family
 (``sound``). Train on one profile and evaluate on another to see whether the maps follow the
-sound or what the model was tuned on. ``negatives`` is the default scene, but half of its
+sound or what the model was tuned on. ``varied`` is training data whose look is not tied to
+the class: every object wears any of the four training textures (solid, stripes, checker, dots)
+whatever its class, at 4-45 % of the frame; shape, colour and sound still name the class.
+``negatives`` is the default scene, but half of its
 test clips have no visible sounding object (``NEGATIVE_KINDS``, in turn): the source out of
 frame, occluded, pure noise, or silence. A negative has ``"bbox": []`` and a ``"negative"`` kind
 in ``vggss.json`` and ``"visible": false`` with the same ``"negative"`` in ``tracks.json``
@@ -66,7 +70,8 @@ from ..config import FPS, SAMPLE_RATE, is_whole_steps, seconds_to_steps, steps_t
 from ..fileio import atomic_write_bytes, check_outputs
 from .annotations import clip_id
 from .scenes import (  # noqa: F401  (SynthClass, SynthError, MAX_CLASSES: part of this module's API)
-    AREA_RANGE, BACKGROUND_NOISE, HELDOUT_SHAPES, HELDOUT_TEXTURES, MAX_CLASSES, MAX_SPEED, SOURCE_LEVEL, SynthClass,
+    AREA_RANGE, BACKGROUND_NOISE, HELDOUT_SHAPES, HELDOUT_TEXTURES, MAX_CLASSES, MAX_SPEED, SOURCE_LEVEL, TEXTURES,
+    SynthClass,
     SynthError, add_clutter, background_field, offscreen_bursts, place_objects, silent_gaps, object_boxes,
     render_audio, render_frames, synth_classes,
 )
@@ -109,6 +114,9 @@ PROFILES = {
                             sample_rates=(44_100,), stereo=True, textures=HELDOUT_TEXTURES,
                             decoy_shapes=HELDOUT_SHAPES, sounds=("bursts", "chirp", "clicks"), offscreen=2),
     "negatives": SynthProfile("negatives", negatives=NEGATIVE_KINDS, negative_share=0.5),
+    # Training data whose look varies apart from the class: any object wears any of the training
+    # textures, at 4-45 % of the frame. Nothing of `heldout`'s own (textures, decoys, sounds).
+    "varied": SynthProfile("varied", area_range=(0.04, 0.45), textures=TEXTURES),
 }
 
 
@@ -197,7 +205,7 @@ def _make_clip(job: _ClipJob) -> dict:
     return {
         "id": cid, "index": job.index, "label": job.label, "intervals": intervals,
         "source_fps": fps, "source_sample_rate": rate, "sound": family, "negative": job.negative,
-        "objects": [{"class": look.name, "boxes": track[k].tolist()} for k, look in enumerate(looks)],
+        "objects": [{"class": look.name, "texture": look.texture, "boxes": track[k].tolist()} for k, look in enumerate(looks)],
     }
 
 

@@ -70,7 +70,7 @@ def build_state(config: Config, options: TrainOptions, info: DistInfo, device: t
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=options.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    return TrainState(module, model, optimizer, scheduler, scaler, device, amp, info, options.schedule)
+    return TrainState(module, model, optimizer, scheduler, scaler, device, amp, info, options.schedule, options.zoom)
 
 
 def load_init(module: nn.Module, path: str | Path, initialise: Callable[[nn.Module], None] = lambda m: None) -> None:

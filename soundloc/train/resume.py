@@ -45,7 +45,8 @@ def save_epoch(out: Path, state: TrainState, record: dict[str, Any], keep_epochs
     # "best_accuracy": the checkpoint key stays (checkpoints already written resume); it holds best_monitored
     extra = {"optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
              "scaler": state.scaler.state_dict(), "epoch": state.epoch, "best_accuracy": state.best_monitored,
-             "best_epoch": state.best_epoch, "rng": rng_state(), "metrics": record, "schedule": state.schedule}
+             "best_epoch": state.best_epoch, "rng": rng_state(), "metrics": record, "schedule": state.schedule,
+             "zoom": state.zoom}
     if state.provenance is not None:
         extra["provenance"] = state.provenance
     save_checkpoint(out / "last.pt", state.module, **extra)

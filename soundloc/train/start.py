@@ -82,7 +82,7 @@ def recipe_settings(name: str | None, out: Path, preset: str | None,
         if name is not None and not _trained_with(saved, name):
             raise TrainError(f"{out / 'last.pt'} was not trained with the {name} recipe and --resume cannot "
                              f"change it; resume without --recipe, or train afresh into another --out")
-        return {}, {"schedule": saved.get("schedule", "plateau")}
+        return {}, {"schedule": saved.get("schedule", "plateau"), "zoom": saved.get("zoom", 1.0)}
     config_fields, option_fields = RECIPES[name or DEFAULT_RECIPE]
     return dict(config_fields), dict(option_fields)
 

@@ -99,6 +99,7 @@ class TrainState:
     amp: bool
     dist: DistInfo
     schedule: str = "plateau"
+    zoom: float = 1.0  # the run's scale augmentation (TrainOptions.zoom), kept so that a resume goes on with it
     epoch: int = 0  # completed epochs
     best_monitored: float = -math.inf  # the best of the monitored value: accuracy, or minus the loss (cosine)
     best_epoch: int = 0
