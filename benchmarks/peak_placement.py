@@ -96,11 +96,12 @@ def _height_bin(box) -> str:
     return "<0.22" if h < 0.22 else "0.22-0.28" if h < 0.28 else ">=0.28"
 
 
-def breakdown(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int], heard: dict[str, bool]) -> dict:
+def breakdown(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int], heard: dict[str, str | None]) -> dict:
     """Pointing and the silent-object share by what each clip shows and plays: its sound family,
     object count, the sounding object's texture and box height (frame fractions), and whether
-    the audio head names the clip's class at the scored window (``heard``). Which of a held-out
-    profile's differences costs the peak; a diagnosis, not a choice of settings."""
+    the audio head names the clip's class at the scored window (``heard``: its top class, None
+    for a model without one). Which of a held-out profile's differences costs the peak: a
+    diagnosis, not a choice of settings."""
     rows: dict[str, dict[str, list[str]]] = {}
     for clip_id, m in maps.items():
         track = tracks[clip_id]
@@ -109,7 +110,8 @@ def breakdown(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int], 
         where = place(*peak_xy(m), boxes, track["sounding"])
         keys = {"sound": track.get("sound", "steady"), "objects": str(len(boxes)),
                 "texture": src.get("texture", "not recorded"), "height": _height_bin(boxes[track["sounding"]]),
-                "audio_class": "right" if heard[clip_id] else "wrong"}
+                "audio_class": "no audio head" if heard[clip_id] is None else
+                "right" if heard[clip_id] == track["label"] else "wrong"}
         for factor, value in keys.items():
             rows.setdefault(factor, {}).setdefault(value, []).append(where)
     return {factor: {v: {"n": len(w), "pointing": w.count("sounding") / len(w), "silent": w.count("silent") / len(w)}
@@ -164,8 +166,7 @@ def evaluate_run(ckpt: Path, data: Path, gt, tracks: dict, fine: bool = False, i
     other = other_clips([tracks[f.clip_id]["label"] for f in feats], len(feats))
     own = {f.clip_id: window_map(f.alpha(), frame[f.clip_id], steps) for f in feats}
     shuffled = {f.clip_id: window_map(f.alpha(feats[j].za), frame[f.clip_id], steps) for f, j in zip(feats, other)}
-    heard = {f.clip_id: window_outputs(an, f, frame[f.clip_id], steps)["classes"].get("audio") == tracks[f.clip_id]["label"]
-             for f in feats}
+    heard = {f.clip_id: window_outputs(an, f, frame[f.clip_id], steps)["classes"].get("audio") for f in feats}
     cfg = an.config
     return {"ckpt": str(ckpt), "clips": len(feats), "map_size": list(next(iter(own.values())).shape),
             "config": {k: getattr(cfg, k) for k in ("head", "map_kind", "contrastive_weight", "contrastive_map", "fine_map", "image_size")},
