@@ -81,14 +81,19 @@ def peak_xy(m: np.ndarray) -> tuple[float, float]:
     return (c + 0.5) / up.shape[1], (r + 0.5) / up.shape[0]
 
 
-def placements(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int]) -> dict[str, float]:
-    """Share of clips whose peak lands in each of ``PLACES``."""
-    counts = dict.fromkeys(PLACES, 0)
+def clip_places(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int]) -> dict[str, str]:
+    """Which of ``PLACES`` each clip's peak lands in."""
+    out = {}
     for clip_id, m in maps.items():
         track = tracks[clip_id]
         boxes = [o["boxes"][frame[clip_id]] for o in track["objects"]]
-        counts[place(*peak_xy(m), boxes, track["sounding"])] += 1
-    return {k: v / max(len(maps), 1) for k, v in counts.items()}
+        out[clip_id] = place(*peak_xy(m), boxes, track["sounding"])
+    return out
+
+
+def placements(places: dict[str, str]) -> dict[str, float]:
+    """Share of clips whose peak lands in each of ``PLACES``."""
+    return {k: list(places.values()).count(k) / max(len(places), 1) for k in PLACES}
 
 
 def _height_bin(box) -> str:
@@ -96,20 +101,18 @@ def _height_bin(box) -> str:
     return "<0.22" if h < 0.22 else "0.22-0.28" if h < 0.28 else ">=0.28"
 
 
-def breakdown(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int], heard: dict[str, str | None]) -> dict:
+def breakdown(places: dict[str, str], tracks: dict, frame: dict[str, int], heard: dict[str, str | None]) -> dict:
     """Pointing and the silent-object share by what each clip shows and plays: its sound family,
     object count, the sounding object's texture and box height (frame fractions), and whether
     the audio head names the clip's class at the scored window (``heard``: its top class, None
     for a model without one). Which of a held-out profile's differences costs the peak: a
-    diagnosis, not a choice of settings."""
+    diagnosis, not a choice of settings. ``places``: ``clip_places`` of the maps."""
     rows: dict[str, dict[str, list[str]]] = {}
-    for clip_id, m in maps.items():
+    for clip_id, where in places.items():
         track = tracks[clip_id]
-        boxes = [o["boxes"][frame[clip_id]] for o in track["objects"]]
         src = track["objects"][track["sounding"]]
-        where = place(*peak_xy(m), boxes, track["sounding"])
-        keys = {"sound": track.get("sound", "steady"), "objects": str(len(boxes)),
-                "texture": src.get("texture", "not recorded"), "height": _height_bin(boxes[track["sounding"]]),
+        keys = {"sound": track.get("sound", "steady"), "objects": str(len(track["objects"])),
+                "texture": src.get("texture", "not recorded"), "height": _height_bin(src["boxes"][frame[clip_id]]),
                 "audio_class": "no audio head" if heard[clip_id] is None else
                 "right" if heard[clip_id] == track["label"] else "wrong"}
         for factor, value in keys.items():
@@ -139,9 +142,10 @@ def boxes(maps: dict[str, np.ndarray], tracks: dict, frame: dict[str, int]) -> d
     return out
 
 
-def full(maps: dict[str, np.ndarray], gt, tracks: dict, frame: dict[str, int]) -> dict:
-    return {**score(maps, gt, tracks, frame), "placement": placements(maps, tracks, frame),
-            "boxes": boxes(maps, tracks, frame)}
+def full(maps: dict[str, np.ndarray], gt, tracks: dict, frame: dict[str, int],
+         places: dict[str, str] | None = None) -> dict:
+    places = clip_places(maps, tracks, frame) if places is None else places
+    return {**score(maps, gt, tracks, frame), "placement": placements(places), "boxes": boxes(maps, tracks, frame)}
 
 
 def reread(an: Analyzer, **overrides) -> None:
@@ -167,11 +171,12 @@ def evaluate_run(ckpt: Path, data: Path, gt, tracks: dict, fine: bool = False, i
     own = {f.clip_id: window_map(f.alpha(), frame[f.clip_id], steps) for f in feats}
     shuffled = {f.clip_id: window_map(f.alpha(feats[j].za), frame[f.clip_id], steps) for f, j in zip(feats, other)}
     heard = {f.clip_id: window_outputs(an, f, frame[f.clip_id], steps)["classes"].get("audio") for f in feats}
+    places = clip_places(own, tracks, frame)
     cfg = an.config
     return {"ckpt": str(ckpt), "clips": len(feats), "map_size": list(next(iter(own.values())).shape),
             "config": {k: getattr(cfg, k) for k in ("head", "map_kind", "contrastive_weight", "contrastive_map", "fine_map", "image_size")},
-            "map": full(own, gt, tracks, frame), "shuffled": full(shuffled, gt, tracks, frame),
-            "by": breakdown(own, tracks, frame, heard)}
+            "map": full(own, gt, tracks, frame, places), "shuffled": full(shuffled, gt, tracks, frame),
+            "by": breakdown(places, tracks, frame, heard)}
 
 
 def _line(name: str, r: dict) -> str:
