@@ -5,6 +5,8 @@
 
 - ``--clip``: the streaming maps of both exports over every step of a real clip: peak cell
   identical (fraction of steps), binarised-map cIoU (median, min), max relative error;
+- ``--ties CLIP ...``: pooled over the clips, the int8 row's peak agreement and, for each step whose
+  int8 peak moved beyond the row's reach, how far below its own peak fp32 scores that cell;
 - ``--interleaved N``: fp32 and int8 steps timed alternately, N each (robust to a shared CPU);
 - ``--bench``: one ``soundloc bench`` run with both exports (onnxruntime CPU, same threads):
   step p50 at batch 1 and batched, the int8/fp32 ratio, streams per device;
@@ -42,9 +44,35 @@ def agreement(fp32, int8, clip: Path) -> dict:
     video, mel = file_inputs(clip, fp32.config)
     s32, s8 = stream_onnx(fp32, video, mel), stream_onnx(int8, video, mel)
     scale = float(np.abs(s32["alpha"]).max())
-    return {"clip": clip.name, "steps": int(video.shape[2]), **map_figures(s8["alpha"][0], s32["alpha"][0], _reach(s32["alpha"])),
+    return {"clip": clip.name, "steps": int(video.shape[2]), **map_figures(s8["alpha"][0], s32["alpha"][0], *_reach(s32["alpha"])),
             **near_ties(s8["alpha"][0], s32["alpha"][0]),
             "alpha_max_rel_error": float(np.abs(s8["alpha"] - s32["alpha"]).max() / scale)}
+
+
+def ties(fp32, int8, clips: list[Path]) -> dict:
+    """Pooled over ``clips``: the int8 row's peak figures, and for every step whose int8 peak moved
+    beyond the row's reach, how far below its own peak fp32 scores int8's peak cell (a fraction of
+    fp32's map range at that step: below the row's ``peak_tie`` the move is between fp32's ties)."""
+    reach, tie = None, None
+    below, moved, agrees, err = [], [], [], []
+    for clip in clips:
+        video, mel = file_inputs(clip, fp32.config)
+        a32, a8 = stream_onnx(fp32, video, mel)["alpha"][0], stream_onnx(int8, video, mel)["alpha"][0]
+        reach, tie = _reach(a32)
+        ref, got, side = a32.reshape(len(a32), -1), a8.reshape(len(a8), -1), a32.shape[-1]
+        p, q = ref.argmax(1), got.argmax(1)
+        span = ref.max(1) - ref.min(1)
+        steps = np.arange(len(ref))
+        moved += list(np.maximum(np.abs(p // side - q // side), np.abs(p % side - q % side)))
+        below += list((ref[steps, p] - ref[steps, q]) / span)
+        err += list(np.abs(got - ref).max(1) / span)
+        agrees.append(map_figures(a8, a32, reach, tie)["peak_agrees"] * len(ref))
+    moved, below = np.array(moved), np.array(below)
+    far = moved > reach
+    return {"clips": [c.name for c in clips], "steps": len(moved), "reach_cells": reach, "tie": tie,
+            "peak_agrees": float(sum(agrees) / len(moved)), "peak_within_reach": float(np.mean(~far)),
+            "moved_beyond_reach": int(far.sum()), "below_peak_of_those": sorted(round(float(b), 4) for b in below[far]),
+            "error_over_range_median": float(np.median(err))}
 
 
 def run_bench(fp32, int8, streams: int, threads: int, duration: float) -> dict:
@@ -107,11 +135,12 @@ def _stream_step(path: Path, bundle, video, mel) -> np.ndarray:
     return np.stack(alphas)
 
 
-def _reach(maps: np.ndarray) -> int:
-    """The int8 row's peak reach in cells of these maps (0 on 7x7, 1 on 14x14)."""
+def _reach(maps: np.ndarray) -> tuple[int, float]:
+    """The int8 row's peak reach in cells of these maps (0 on 7x7, 1 on 14x14) and its tie."""
     from soundloc.deploy.tolerance import tolerance_for
 
-    return tolerance_for("int8").peak_cells(maps.shape[-1])
+    row = tolerance_for("int8")
+    return row.peak_cells(maps.shape[-1]), row.peak_tie
 
 
 def near_ties(maps: np.ndarray, reference: np.ndarray) -> dict:
@@ -208,7 +237,7 @@ def sensitivity(fp32, calib, clip: Path, steps: int, work: Path, threads: int, t
         quantize_flavour(prepared, dst, "onnx", ranges, keep + floats)
         a8 = _stream_step(dst, fp32, video, mel)
         row = {"kept_float": label, "nodes": len(floats), "alpha_max_rel_error": float(np.abs(a8 - ref).max() / scale),
-               **map_figures(a8, ref, _reach(ref)), **near_ties(a8, ref)}
+               **map_figures(a8, ref, *_reach(ref)), **near_ties(a8, ref)}
         if timed:
             row["time"] = interleaved(fp32, None, threads, time_pairs, int8_step=dst)
         print(row, flush=True)
@@ -227,7 +256,7 @@ def sensitivity(fp32, calib, clip: Path, steps: int, work: Path, threads: int, t
     rows = [trial(block, names) for block, names in blocks.items()] + [trial("non-conv operators", others)]
 
     def gain(r):
-        return (r["peak_within_reach"], r["peak_agreement"], r["ciou_median"], -r["alpha_max_rel_error"])
+        return (r["peak_agrees"], r["peak_within_reach"], r["ciou_median"], -r["alpha_max_rel_error"])
 
     rows.sort(key=gain, reverse=True)
     out["block_float"] = rows
@@ -284,6 +313,8 @@ def main() -> None:
     ap.add_argument("--fp32", type=Path)
     ap.add_argument("--int8", type=Path)
     ap.add_argument("--clip", type=Path, help="real clip for map agreement and sensitivity")
+    ap.add_argument("--ties", type=Path, nargs="+", help="clips whose steps are pooled: where int8's peak moves, "
+                    "and how far below its own peak fp32 scores that cell")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--streams", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
@@ -311,6 +342,9 @@ def main() -> None:
         if args.clip:
             out["agreement"] = agreement(fp32, int8, args.clip)
             print("agreement", out["agreement"], flush=True)
+        if args.ties:
+            out["ties"] = ties(fp32, int8, args.ties)
+            print("ties", out["ties"], flush=True)
         if args.interleaved:
             out["interleaved"] = interleaved(fp32, int8, args.threads, args.interleaved)
             print("interleaved", out["interleaved"], flush=True)

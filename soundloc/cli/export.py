@@ -96,6 +96,8 @@ def _print_int8(report: dict, console) -> dict:
     for key in ("stream", "offline", "stream_vs_offline_int8"):
         f = report[key]
         near = f", within {f['peak_reach_cells']} cell(s) on {f['peak_within_reach']:.1%}" if f["peak_reach_cells"] else ""
+        if f["peak_tie"]:
+            near += f", there or on an fp32 tie (within {f['peak_tie']:.0%}) on {f['peak_agrees']:.1%}"
         console.print(f"  {key:>22}: peak cell same on {f['peak_agreement']:.1%} of steps{near}, binarised-map cIoU "
                       f"median {f['ciou_median']:.3f} (min {f['ciou_min']:.3f})")
     m = report["moments"]

@@ -22,10 +22,13 @@ class Tolerance:
     ``rel`` itself: values of magnitude < 1 are held to an absolute ``rel``);
     ``min_map_ciou``: binarised maps must also agree with fp32 at this cIoU on every step;
     ``min_map_ciou_median``: ... at this median cIoU over the steps;
-    ``min_peak_agreement``: the fraction of steps whose map peak stays within ``peak_reach``
-    of fp32's (None: unchecked);
+    ``min_peak_agreement``: the fraction of steps whose map peak agrees with fp32's, i.e. stays
+    within ``peak_reach`` of it or lands on one of fp32's ties (``peak_tie``) (None: unchecked);
     ``peak_reach``: how far a peak may move and still count as the same, as a fraction of the
-    frame's side (0: the same cell). ``peak_cells`` turns it into cells of a given map.
+    frame's side (0: the same cell). ``peak_cells`` turns it into cells of a given map;
+    ``peak_tie``: a peak further away still agrees where the reference map scores that cell within
+    this fraction of its range (its max minus its min at that step) of its own peak: the reference
+    had several peaks there, and which of them wins is not a property of the map.
     """
 
     rel: float
@@ -33,6 +36,7 @@ class Tolerance:
     min_map_ciou_median: float | None = None
     min_peak_agreement: float | None = None
     peak_reach: float = 0.0
+    peak_tie: float = 0.0
 
     def peak_cells(self, side: int) -> int:
         """The Chebyshev distance in cells of a ``side`` x ``side`` map that is within reach:
@@ -59,11 +63,18 @@ class Tolerance:
 # between neighbours (RESULTS.md, "int8 at 14x14": top-2 gap median 1 % of the map's range, no
 # step clear of int8's error, and keeping the whole video or audio network float leaves the exact
 # cell at 82-84 %), so the same cell on 14x14 would judge the map's flatness, not int8.
+# A peak may also jump further, between cells of fp32's map that are tied (RESULTS.md, "int8 peaks
+# on fp32's ties"): on eight `small` models trained 8-16 epochs, 8 clips each, int8's peak moved two
+# or more cells on 4-12 % of steps, and on most of those fp32 scores int8's cell within 0.3-1.4 %
+# (median per model) of its map's range below its own peak, while int8's error is 2.0-3.6 % of that
+# range: int8 cannot order such cells, and a user reads either as the map's peak. The tie is 2 % of
+# the range; a cell further below fp32's peak (up to 21 % in those runs) still counts as a move.
 TOLERANCES: dict[str, Tolerance] = {
     "fp32": Tolerance(rel=1e-5),
     "tf32": Tolerance(rel=1e-2),
     "fp16": Tolerance(rel=1e-2, min_map_ciou=0.95),
-    "int8": Tolerance(rel=0.15, min_map_ciou_median=0.95, min_peak_agreement=0.95, peak_reach=1 / 7),
+    "int8": Tolerance(rel=0.15, min_map_ciou_median=0.95, min_peak_agreement=0.95, peak_reach=1 / 7,
+                      peak_tie=0.02),
 }
 
 
