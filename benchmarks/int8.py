@@ -45,8 +45,23 @@ def agreement(fp32, int8, clip: Path) -> dict:
     s32, s8 = stream_onnx(fp32, video, mel), stream_onnx(int8, video, mel)
     scale = float(np.abs(s32["alpha"]).max())
     return {"clip": clip.name, "steps": int(video.shape[2]), **map_figures(s8["alpha"][0], s32["alpha"][0], *_reach(s32["alpha"])),
-            **near_ties(s8["alpha"][0], s32["alpha"][0]),
+            **near_ties(s8["alpha"][0], s32["alpha"][0]), "feature_norms": feature_norms(fp32, video, mel),
             "alpha_max_rel_error": float(np.abs(s8["alpha"] - s32["alpha"]).max() / scale)}
+
+
+def feature_norms(fp32, video: np.ndarray, mel: np.ndarray) -> dict:
+    """The fp32 video features V the map is made of, per cell (offline graph): the spread of
+    their norms against the largest element, which sets int8's one scale for the tensor. A cell
+    whose channels get one or two int8 levels loses its direction, which the cosine map reads."""
+    from soundloc.export.verify import offline_onnx
+
+    V = offline_onnx(fp32, video, mel)["V"]  # (1, C, T, h, w)
+    norms = np.linalg.norm(V, axis=1).ravel()
+    top, channels = float(np.abs(V).max()), int(V.shape[1])
+    return {"cell_norm_min": float(norms.min()), "cell_norm_median": float(np.median(norms)),
+            "cell_norm_max": float(norms.max()), "element_max_abs": top, "channels": channels,
+            # int8 levels (of a symmetric scale, top / 127) per channel of the median cell, root-mean-square
+            "median_cell_levels": float(np.median(norms) / np.sqrt(channels) / (top / 127))}
 
 
 def ties(fp32, int8, clips: list[Path]) -> dict:
