@@ -338,3 +338,5 @@ def test_int8_default_recipe_model_is_judged_by_the_int8_row(default_run, tmp_pa
     assert v["alpha_max_rel_error"] <= row.rel and v["stream"]["ciou_median"] >= row.min_map_ciou_median
     assert v["stream"]["peak_agrees"] >= row.min_peak_agreement, v
     assert v["ok"] and r.returncode == 0, r.stderr
+    said = " ".join((r.stdout + r.stderr).split())  # rich wraps long lines
+    assert f"on an fp32 tie (within 2%) on {v['stream']['peak_agrees']:.1%}" in said, said
