@@ -65,7 +65,7 @@ class Tolerance:
 # cell at 82-84 %), so the same cell on 14x14 would judge the map's flatness, not int8.
 # A peak may also jump further, between cells of fp32's map that are tied (RESULTS.md, "int8 peaks
 # on fp32's ties"): on eight `small` models trained 8-16 epochs, 8 clips each, int8's peak moved two
-# or more cells on 4-12 % of steps, and on most of those fp32 scores int8's cell within 0.3-1.4 %
+# or more cells on 4-12 % of steps, and on most of those fp32 scores int8's cell within 0.2-1.4 %
 # (median per model) of its map's range below its own peak, while int8's error is 2.0-3.6 % of that
 # range: int8 cannot order such cells, and a user reads either as the map's peak. The tie is 2 % of
 # the range; a cell further below fp32's peak (up to 21 % in those runs) still counts as a move.

@@ -251,7 +251,7 @@ def compare_int8(bundle: Bundle, reference: Bundle, video: np.ndarray, mel: np.n
     if not out["stream"]["peak_agrees"] >= tol.min_peak_agreement:
         reach_text = Fraction(tol.peak_reach).limit_denominator(100)
         where = "equals fp32's" if not reach else f"is within {reach} cell(s) of fp32's ({reach_text} of the frame)"
-        tied = f" or on a cell fp32 scores within {tie:.0%} of its range of its peak" if tie else ""
+        tied = f" or lies on a cell fp32 scores within {tie:.0%} of its range of its peak" if tie else ""
         failures.append(f"int8 map peak {where}{tied} on {out['stream']['peak_agrees']:.1%} of steps "
                         f"< {tol.min_peak_agreement:.0%}")
     if not out["stream"]["ciou_median"] >= tol.min_map_ciou_median:
