@@ -65,8 +65,8 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     # since it counts fp32's ties, but a tiny model trained with it misses the row on cIoU and alpha:
     # an option until int8 keeps up with it; so is --zoom 0.75 (frames shrunk by a random factor in
     # [0.75, 1]): it won on validation and shifted clips and met held-out pointing 0.75 at 16 epochs
-    # on three seeds of four, but the suite's tiny default-recipe model trained with it misses the
-    # int8 row (alpha 30 % of its scale; issue 24, fifth and sixth rounds)
+    # on three seeds of four, but the demo model trained with it misses the int8 row (its peak agrees
+    # on 80 % of steps; tiny models miss it by seed with or without it; issue 24, rounds 5-7)
     "default": ({"head": "tied-fc", "map_kind": "salient", "contrastive_weight": 0.0, "fine_map": True,
                  "coarse_training": True}, {"schedule": "cosine"}),
 }

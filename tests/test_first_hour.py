@@ -128,6 +128,8 @@ def test_default_recipe_model_through_every_command(default_run, tmp_path):
         assert "Traceback" not in r.stderr and "Skipping torchvision" not in r.stdout + r.stderr
         return r
 
+    r = ok("info", ckpt)
+    assert "training: schedule cosine, zoom 1" in r.stdout  # what the run was trained with
     r = ok("info", export)
     assert "tied-fc, salient maps" in r.stdout and "precision  fp32" in r.stdout and "best.pt" in r.stdout
     r = ok("export", ckpt, "--out", tmp_path / "triton", "--format", "triton")  # + TensorRT operator check
@@ -157,8 +159,10 @@ def test_info_tells_what_train_trains_and_what_an_export_is():
     r = soundloc_cli("info", "--preset", "tiny")
     assert r.returncode == 0, r.stderr
     assert "train --preset tiny --recipe default" in r.stdout and "tied-fc" in r.stdout and "salient" in r.stdout
+    assert "training: schedule cosine, zoom 1" in r.stdout
     r = soundloc_cli("info", "--preset", "small", "--recipe", "paper")
     assert "individual-fc" in r.stdout and " dot " in r.stdout + " "
+    assert "training: schedule plateau, zoom 1" in r.stdout
     r = soundloc_cli("info", "demo")
     assert r.returncode == 0, r.stderr
     assert "family     classifier" in r.stdout and "classes    10" in r.stdout and "epoch 10" in r.stdout

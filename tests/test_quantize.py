@@ -325,8 +325,13 @@ def test_int8_export_through_the_cli_for_every_map_kind(map_kind, clips, tmp_pat
 
 
 def test_int8_default_recipe_model_is_judged_by_the_int8_row(default_run, tmp_path):
-    """A trained default-recipe model (tied-fc, salient maps, `soundloc train` with no recipe
-    flags): its int8 export verified against its fp32 export meets the int8 tolerance row."""
+    """A default-recipe model as the suite trains one (tied-fc, salient maps, `soundloc train` with
+    no recipe flags; tiny, seconds of training): its int8 export is verified against its fp32
+    export and judged by the int8 row, the verdict, the exit code and the printed lines agreeing
+    with the figures. Whether such a model passes is not fixed: trained on another CPU (other
+    float rounding) the same command makes another model, and models this small and this briefly
+    trained pass on some seeds and miss on others (benchmarks/RESULTS.md, issue 24, seventh round);
+    the pass on a trained model is the next test."""
     from conftest import soundloc_cli
     from soundloc.deploy.tolerance import tolerance_for
 
@@ -335,8 +340,33 @@ def test_int8_default_recipe_model_is_judged_by_the_int8_row(default_run, tmp_pa
     int8 = read_bundle(tmp_path / "int8")
     assert int8.config.map_kind == "salient" and int8.config.head == "tied-fc"
     v, row = int8.manifest["verify"], tolerance_for("int8")
-    assert v["alpha_max_rel_error"] <= row.rel and v["stream"]["ciou_median"] >= row.min_map_ciou_median
-    assert v["stream"]["peak_agrees"] >= row.min_peak_agreement, v
-    assert v["ok"] and r.returncode == 0, r.stderr
+    meets = {"peak": v["stream"]["peak_agrees"] >= row.min_peak_agreement,
+             "cIoU": v["stream"]["ciou_median"] >= row.min_map_ciou_median,
+             "alpha": v["alpha_max_rel_error"] <= row.rel}
+    assert v["ok"] == all(meets.values()) and len(v["failures"]) == sum(not m for m in meets.values()), v
+    assert r.returncode == (0 if v["ok"] else 1), r.stderr
     said = " ".join((r.stdout + r.stderr).split())  # rich wraps long lines
     assert f"on an fp32 tie (within 2%) on {v['stream']['peak_agrees']:.1%}" in said, said
+    for failure in v["failures"]:
+        assert f"FAIL {failure}" in said, said
+
+
+def test_int8_export_of_a_trained_default_recipe_model_meets_the_int8_row(tmp_path):
+    """A `small` default-recipe model trained as the benchmarks train one (160 clips, 30 epochs,
+    the run's best.pt; tests/fixtures/default_small/README.md) exported at int8, calibrated on 8
+    clips it never saw, passes `--verify`: what the int8 row was set on, with room on every bound
+    (measured: alpha 3.9 % of its scale against 15 %, binarised cIoU median 0.99 against 0.95, peak
+    agreeing on 100 % of 40 steps against 95 %)."""
+    from conftest import soundloc_cli
+    from pathlib import Path
+
+    ckpt = Path(__file__).parent / "fixtures" / "default_small" / "best.pt"
+    make_synthetic_dataset(tmp_path / "data", num_clips=8, seed=13, seconds=4.0, num_classes=10, workers=1)
+    r = soundloc_cli("export", ckpt, "--out", tmp_path / "int8", "--precision", "int8",
+                     "--calib", tmp_path / "data" / "videos", "--verify")
+    int8 = read_bundle(tmp_path / "int8")
+    v = int8.manifest["verify"]
+    assert (int8.config.map_kind, int8.config.head, int8.config.fine_map) == ("salient", "tied-fc", True)
+    assert v["ok"] and r.returncode == 0, (v["failures"], r.stderr)
+    assert v["stream"]["peak_agrees"] >= 0.95 and v["stream"]["ciou_median"] >= 0.95
+    assert v["alpha_max_rel_error"] <= 0.15 and v["steps"] == 40

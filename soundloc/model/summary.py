@@ -24,10 +24,12 @@ def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe
         model, data = load_checkpoint(ckpt)
         source = str(ckpt)
         epoch = data.get("epoch")
+        training = {k: data[k] for k in ("schedule", "zoom") if k in data}
     else:
         cfg = preset(preset_name, **RECIPES[recipe][0])
         model, epoch = AVClassifier(cfg).eval(), None
         source = f"what `soundloc train --preset {preset_name} --recipe {recipe}` trains (untrained here)"
+        training = {"zoom": 1.0, **RECIPES[recipe][1]}
     cfg = model.config
     macs = macs_per_step(model, cfg)
     nets = model_parts(cfg).networks(model, cfg)
@@ -44,6 +46,7 @@ def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe
         "gmac_per_frame": {k: round(v / 1e9, 4) for k, v in macs.items()},
         "model": family_of(cfg).summary(cfg),
         "imported": data.get("imported") if ckpt is not None else None,
+        "training": training,  # the run's schedule and scale augmentation (a checkpoint's, or the recipe's)
     }
 
 
@@ -54,6 +57,9 @@ def print_description(desc: dict[str, Any]) -> None:
     if desc.get("imported"):
         console.print(f"imported: {escape(str(desc['imported'].get('file')))} sha256 {desc['imported'].get('sha256')}",
                       highlight=False, soft_wrap=True)
+    if desc.get("training"):
+        console.print("training: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in sorted(desc["training"].items())), highlight=False)
     table = Table("setting", "value", box=None)
     for k, v in desc["config"].items():
         table.add_row(k, escape(str(v)))

@@ -14,7 +14,7 @@
   with the lowest validation loss. The ablation behind it is in benchmarks/RESULTS.md (issue 10).
   ``zoom=0.75`` (``--zoom``: each training clip's frames shrunk by a random factor in [0.75, 1]
   onto a canvas of their mean colour) makes the peak land on small sources more often, but the
-  suite's tiny default-recipe model trained with it misses the int8 row: an option (issue 24).
+  demo model trained with it misses the int8 row: an option (issue 24).
 
 Every validation also runs the label-free audio-dependence check (``soundloc.dependence``) on
 the validation maps, logs it and warns when the maps do not follow the audio.
