@@ -87,14 +87,15 @@ def other_clips(labels: Sequence | None, n: int) -> list[int]:
 
 
 def map_change(own: np.ndarray, other: np.ndarray) -> float:
-    """1 - Pearson correlation of two maps of one shape; two flat maps count as unchanged."""
+    """1 - Pearson correlation of two maps of one shape (0 to 2: rounding may not push it below 0);
+    two flat maps count as unchanged."""
     a = np.asarray(own, np.float64).ravel()
     b = np.asarray(other, np.float64).ravel()
     a, b = a - a.mean(), b - b.mean()
     na, nb = np.linalg.norm(a), np.linalg.norm(b)
     if na < 1e-12 or nb < 1e-12:
         return 0.0 if na < 1e-12 and nb < 1e-12 else 1.0
-    return float(1.0 - a @ b / (na * nb))
+    return float(np.clip(1.0 - a @ b / (na * nb), 0.0, 2.0))
 
 
 def peak_shift(own: np.ndarray, other: np.ndarray) -> float:
