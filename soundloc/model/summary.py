@@ -29,7 +29,10 @@ def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe
         cfg = preset(preset_name, **RECIPES[recipe][0])
         model, epoch = AVClassifier(cfg).eval(), None
         source = f"what `soundloc train --preset {preset_name} --recipe {recipe}` trains (untrained here)"
-        training = {"zoom": 1.0, **RECIPES[recipe][1]}
+        from ..train.types import TrainOptions
+
+        options = TrainOptions(**RECIPES[recipe][1])  # the recipe's, over TrainOptions' own defaults
+        training = {"schedule": options.schedule, "zoom": options.zoom}
     cfg = model.config
     macs = macs_per_step(model, cfg)
     nets = model_parts(cfg).networks(model, cfg)
