@@ -45,6 +45,11 @@ def info(
             desc = describe(ckpt=target, preset_name=preset or DEFAULT_PRESET, recipe=recipe)
         except ConfigError as e:
             raise fail(str(e))
+        if target is None:  # what the recipe trains with: its options over TrainOptions' defaults
+            from ..train.types import TrainOptions
+
+            options = TrainOptions(**RECIPES[recipe][1])
+            desc["training"] = {"schedule": options.schedule, "zoom": options.zoom}
         print_description(desc)
     if json_out:
         write_json(desc, json_out)

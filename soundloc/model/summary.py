@@ -29,10 +29,7 @@ def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe
         cfg = preset(preset_name, **RECIPES[recipe][0])
         model, epoch = AVClassifier(cfg).eval(), None
         source = f"what `soundloc train --preset {preset_name} --recipe {recipe}` trains (untrained here)"
-        from ..train.types import TrainOptions
-
-        options = TrainOptions(**RECIPES[recipe][1])  # the recipe's, over TrainOptions' own defaults
-        training = {"schedule": options.schedule, "zoom": options.zoom}
+        training = {}  # a recipe's training options: the caller's to add (they live in soundloc.train)
     cfg = model.config
     macs = macs_per_step(model, cfg)
     nets = model_parts(cfg).networks(model, cfg)
@@ -49,7 +46,7 @@ def describe(ckpt: Path | None = None, preset_name: str = DEFAULT_PRESET, recipe
         "gmac_per_frame": {k: round(v / 1e9, 4) for k, v in macs.items()},
         "model": family_of(cfg).summary(cfg),
         "imported": data.get("imported") if ckpt is not None else None,
-        "training": training,  # the run's schedule and scale augmentation (a checkpoint's, or the recipe's)
+        "training": training,  # a checkpoint's schedule and scale augmentation (what its run trained with)
     }
 
 
