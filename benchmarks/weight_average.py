@@ -15,6 +15,7 @@ average after the last epoch) for each half-life, to be scored with ``peak_place
 from __future__ import annotations
 
 import argparse
+import copy
 from pathlib import Path
 
 import torch
@@ -45,11 +46,10 @@ def main() -> None:
     if not paths:
         raise SystemExit(f"{args.run}: no epoch_XXX.pt (train with --keep-epochs)")
     args.out.mkdir(parents=True, exist_ok=True)
+    epochs = [load_checkpoint(path)[0] for path in paths]  # read once for every half-life
     for h in args.half_life:
-        average = None
-        for i, path in enumerate(paths):
-            trained, _ = load_checkpoint(path)
-            average = average or load_checkpoint(path)[0]
+        average = copy.deepcopy(epochs[0])
+        for i, trained in enumerate(epochs):
             update(average, trained, i, h)
         dst = args.out / f"{args.run.name}_hl{h:g}_last.pt"
         save_checkpoint(dst, average)
