@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from soundloc.config import MAP_KINDS, RECIPES
+from soundloc.config import MAP_KINDS, RECIPES, Config
 from soundloc.export.onnx import export_model
 from soundloc.fileio import sha256_file
 from soundloc.model.checkpoint import load_checkpoint
@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--train", action="store_true", help="train first (else use RUN/last.pt)")
     ap.add_argument("--recipe", default="default", help="default or paper (soundloc.config.RECIPES)")
     ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="Config override over the recipe's, as `soundloc train --set` (repeatable)")
     ap.add_argument("--device", default="auto", help="training device: auto, cpu, cuda")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     ap.add_argument("--map-kind", choices=MAP_KINDS, help="map the export computes (default: the recipe's); "
@@ -45,7 +47,8 @@ def main() -> None:
     if args.train:
         from soundloc.train import train
 
-        train(args.data, args.run, preset="small", recipe=args.recipe, epochs=args.epochs,
+        train(args.data, args.run, preset="small", recipe=args.recipe, overrides=Config.parse_overrides(args.overrides),
+              epochs=args.epochs,
               batch_size=16, workers=args.workers, crop_seconds=3.0, flip=True, cache=True, device=args.device)
     ckpt = args.run / "last.pt"  # the full schedule (val accuracy saturates early, so best.pt is an early epoch)
     model, data = load_checkpoint(ckpt)

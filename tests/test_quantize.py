@@ -35,6 +35,10 @@ CFG = preset("tiny", num_classes=4)  # 2 s clips: 20 steps each
 # and alpha within the row's 15 % says the quantization is not broken. The row itself is for
 # trained models (test_int8_export_of_a_trained_default_recipe_model_meets_the_int8_row).
 MIN_CIOU_MEDIAN, MAX_REL_ERROR = 0.95, 0.15
+# The moment scores and the int8 step graph against the int8 offline graph have bounds of their
+# own, the tighter ones every CPU measured met (an Intel Xeon with AVX-512 VNNI: 0.7 % and 1.0 % of
+# the scale, alpha 1.4 %).
+MAX_MOMENT_REL_ERROR, MAX_STREAM_VS_OFFLINE = 0.05, 0.10
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +129,7 @@ def test_int8_agrees_with_fp32_on_a_generated_clip(exported):
     v = exported[0].manifest["verify"]
     assert v["ok"] == (not v["failures"]) and v["stream"]["ciou_median"] >= MIN_CIOU_MEDIAN
     assert v["offline"]["ciou_median"] >= MIN_CIOU_MEDIAN
-    assert v["alpha_max_rel_error"] <= MAX_REL_ERROR and v["moments"]["score_max_rel_error"] <= MAX_REL_ERROR
+    assert v["alpha_max_rel_error"] <= MAX_REL_ERROR and v["moments"]["score_max_rel_error"] <= MAX_MOMENT_REL_ERROR
     assert v["alpha_max_rel_error"] > 0  # it is really quantized
 
 
@@ -219,7 +223,7 @@ def test_streaming_int8_vs_offline_int8_bound(exported):
     s8, o8 = stream_onnx(int8, video, mel)["alpha"], offline_onnx(int8, video, mel)["alpha"]
     ref = offline_onnx(fp32, video, mel)["alpha"]
     scale = np.abs(ref).max()
-    assert np.abs(s8 - o8).max() <= 2 * MAX_REL_ERROR * scale
+    assert np.abs(s8 - o8).max() <= MAX_STREAM_VS_OFFLINE * scale
     assert np.abs(s8 - o8).max() > 0
     assert int8.manifest["verify"]["stream_vs_offline_int8"]["ciou_median"] >= MIN_CIOU_MEDIAN
 
