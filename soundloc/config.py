@@ -61,10 +61,9 @@ RECIPES: dict[str, tuple[dict, dict]] = {
     # trained at 7x7 and read at 14x14 beat 7x7 and trained-at-14x14 on validation clips (issue 24);
     # the same term on the deployed map's peak (contrastive_map="deployed", weights 1 and 0.3) lost on them
     # while its peak could sit on the zero-padded border ring; with that ring left out (mil_border=1)
-    # weight 0.3 won on them and on the held-out profile; its `small` int8 exports pass the int8 row
-    # since it counts fp32's ties, but a tiny model trained with it misses the row on cIoU and alpha:
-    # an option until int8 keeps up with it; so is --zoom 0.75 (frames shrunk by a random factor in
-    # [0.75, 1]): it won on validation and shifted clips and met held-out pointing 0.75 at 16 epochs
+    # weight 0.3 won on them and on the held-out profile at 8 epochs, and lost at 30 (its peak moves
+    # beside the object; issue 24, round 8): an option; so is --zoom 0.75 (frames shrunk by a random
+    # factor in [0.75, 1]): it won on validation and shifted clips and met held-out pointing 0.75 at 16 epochs
     # on three seeds of four, but the demo model trained with it misses the int8 row (its peak agrees
     # on 80 % of steps; tiny models miss it by seed with or without it; issue 24, rounds 5-7)
     "default": ({"head": "tied-fc", "map_kind": "salient", "contrastive_weight": 0.0, "fine_map": True,
