@@ -47,9 +47,9 @@ def main() -> None:
     if args.train:
         from soundloc.train import train
 
-        train(args.data, args.run, preset="small", recipe=args.recipe, overrides=Config.parse_overrides(args.overrides),
-              epochs=args.epochs,
-              batch_size=16, workers=args.workers, crop_seconds=3.0, flip=True, cache=True, device=args.device)
+        train(args.data, args.run, preset="small", recipe=args.recipe,
+              overrides=Config.parse_overrides(args.overrides), epochs=args.epochs, batch_size=16,
+              workers=args.workers, crop_seconds=3.0, flip=True, cache=True, device=args.device)
     ckpt = args.run / "last.pt"  # the full schedule (val accuracy saturates early, so best.pt is an early epoch)
     model, data = load_checkpoint(ckpt)
     kind = args.map_kind or RECIPES[args.recipe][0]["map_kind"]

@@ -35,10 +35,11 @@ CFG = preset("tiny", num_classes=4)  # 2 s clips: 20 steps each
 # and alpha within the row's 15 % says the quantization is not broken. The row itself is for
 # trained models (test_int8_export_of_a_trained_default_recipe_model_meets_the_int8_row).
 MIN_CIOU_MEDIAN, MAX_REL_ERROR = 0.95, 0.15
-# The moment scores and the int8 step graph against the int8 offline graph have bounds of their
-# own, the tighter ones every CPU measured met (an Intel Xeon with AVX-512 VNNI: 0.7 % and 1.0 % of
-# the scale, alpha 1.4 %).
-MAX_MOMENT_REL_ERROR, MAX_STREAM_VS_OFFLINE = 0.05, 0.10
+# The moment scores are held to the same row as alpha; the int8 step graph against the int8 offline
+# graph to twice it (each is within the row of the same fp32 maps). Measured on an Intel Xeon with
+# AVX-512 VNNI: alpha 1.4 %, moment scores 0.7 %, step vs offline 1.0 % of the scale; tighter bounds
+# would hold there, but these figures move with the CPU's int8 kernels, as alpha's did (above).
+MAX_MOMENT_REL_ERROR, MAX_STREAM_VS_OFFLINE = MAX_REL_ERROR, 2 * MAX_REL_ERROR
 
 
 @pytest.fixture(scope="module")
