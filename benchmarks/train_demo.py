@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="Config override over the recipe's, as `soundloc train --set` (repeatable)")
-    ap.add_argument("--zoom", type=float, default=1.0, help="scale augmentation, as `soundloc train --zoom`")
+    ap.add_argument("--zoom", type=float, help="scale augmentation, as `soundloc train --zoom` (default: its default)")
     ap.add_argument("--device", default="auto", help="training device: auto, cpu, cuda")
     ap.add_argument("--workers", type=int, default=1, help="DataLoader workers")
     ap.add_argument("--map-kind", choices=MAP_KINDS, help="map the export computes (default: the recipe's); "
@@ -48,9 +48,10 @@ def main() -> None:
     if args.train:
         from soundloc.train import train
 
+        zoom = {} if args.zoom is None else {"zoom": args.zoom}  # else TrainOptions' own default
         train(args.data, args.run, preset="small", recipe=args.recipe,
               overrides=Config.parse_overrides(args.overrides), epochs=args.epochs, batch_size=16,
-              workers=args.workers, crop_seconds=3.0, flip=True, cache=True, zoom=args.zoom, device=args.device)
+              workers=args.workers, crop_seconds=3.0, flip=True, cache=True, device=args.device, **zoom)
     ckpt = args.run / "last.pt"  # the full schedule (val accuracy saturates early, so best.pt is an early epoch)
     model, data = load_checkpoint(ckpt)
     kind = args.map_kind or RECIPES[args.recipe][0]["map_kind"]
